@@ -1,0 +1,42 @@
+"""The vocabulary of scenarios and groups (DESIGN.md section 1).
+
+A *scenario* is a set of cameras sharing one kind of heterogeneity; inside it each camera belongs
+to a *group* (a homogeneous subset).  Known from the camera, never from identity labels.
+"""
+
+from __future__ import annotations
+
+from ..errors import ItkmError
+
+SCENARIOS: tuple[str, ...] = ("visible-infrared", "cross-resolution", "clothing-change", "cross-camera")
+GROUPS: tuple[str, ...] = ("visible", "infrared", "high-res", "low-res", "all")
+
+#: Scenarios whose cameras split into two groups, and those groups (side A, side B).
+TWO_GROUP: dict[str, tuple[str, str]] = {
+    "visible-infrared": ("visible", "infrared"),
+    "cross-resolution": ("high-res", "low-res"),
+}
+
+
+def allowed_groups(scenario: str) -> tuple[str, ...]:
+    return TWO_GROUP.get(scenario, ("all",))
+
+
+def default_group(scenario: str) -> str:
+    return allowed_groups(scenario)[0]
+
+
+def validate(scenario: str, group: str) -> None:
+    """Raise :class:`ItkmError` unless ``group`` is a valid group of ``scenario``."""
+    if scenario not in SCENARIOS:
+        raise ItkmError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
+    if group not in allowed_groups(scenario):
+        raise ItkmError(
+            f"group {group!r} is not part of scenario {scenario!r}; "
+            f"choose one of: {', '.join(allowed_groups(scenario))}"
+        )
+
+
+def group_key(scenario: str, group: str) -> str:
+    """Pseudo-labels are computed per group key."""
+    return f"{scenario}/{group}"

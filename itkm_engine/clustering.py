@@ -1,0 +1,485 @@
+"""Pseudo-labels for Stage I: faiss kNN -> sparse k-reciprocal Jaccard distance -> DBSCAN.
+
+Why this file exists
+--------------------
+Stage I re-clusters every group's features every epoch.  The reference recipe (Zhong et al.,
+"Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017, as used by Cluster
+Contrast's ``compute_jaccard_distance`` and torchreid's ``re_ranking``) builds several dense
+``N x N`` matrices and loops over them in Python: fine for Market-1501, hopeless for a
+100,000-crop camera network on a laptop.  Everything here keeps the *same* algorithm but stores
+only what is non-zero:
+
+1. **kNN** (``nearest_neighbors``): faiss inner-product search on the L2-normalised features,
+   exact (``IndexFlatIP``) up to ``exact_limit`` points, an inverted-file index above it, the GPU
+   when faiss sees one.  Each point's own id is forced into column 0, so duplicate images (which
+   tie with the point itself) cannot push it out.
+2. **k-reciprocal encoding** (``jaccard_knn``, stage ``"encoding"``): ``R(i, k)`` = the ``j`` in
+   ``i``'s first ``k+1`` neighbours (itself included) that also have ``i`` in their first ``k+1``;
+   computed as the element-wise product of the sparse kNN indicator matrix with its transpose.
+   The expansion rule: a member ``c`` of ``R(i, k1)`` adds its whole ``R(c, round(k1/2))`` when
+   more than 2/3 of that set already lies in ``R(i, k1)`` (a sparse product counts the
+   overlaps).  Over the expanded set the weights are the Gaussian kernel ``exp(-d)`` with
+   ``d = 2 - 2 cos`` (the squared Euclidean distance of unit vectors), normalised to sum 1 per
+   row (a softmax, exactly as Cluster Contrast).  Local query expansion then averages the rows
+   of the ``k2`` nearest neighbours (itself included): ``V <- Q V`` with ``Q`` sparse.
+3. **Jaccard distance** (stage ``"jaccard"``): ``d_J(i, j) = 1 - sum_k min(V_ik, V_jk) /
+   sum_k max(V_ik, V_jk)``; every row of ``V`` sums to 1, so ``sum max = 2 - sum min``.  The
+   minimum-overlap is accumulated through the inverted index (the columns of ``V``), fully
+   vectorised over blocks of rows sized to a memory budget: for each stored ``V_ik`` the column
+   ``k``'s entries ``V_jk`` are gathered, ``min`` is taken, and duplicates ``(i, j)`` are summed
+   by a COO -> CSR conversion.  Only pairs that share a column are ever touched; every other
+   pair has distance exactly 1.0 and is simply absent from the result.
+4. **DBSCAN** (stage ``"dbscan"``): ``sklearn.cluster.DBSCAN(metric="precomputed")`` on the sparse
+   matrix.  scikit-learn treats a *stored* entry ``<= eps`` as a neighbour and an absent entry as
+   no neighbour (``sklearn.neighbors._base._radius_neighbors_from_graph``), so absent = distance
+   1.0 is exact as long as ``eps < 1``.  The diagonal is stored as explicit zeros so each point
+   counts itself towards ``min_samples`` as in the dense formulation.
+
+Conventions that differ between the predecessors, fixed here
+------------------------------------------------------------
+* ``k1`` neighbours *besides* the point itself (``k1 + 1`` columns), as in Zhong et al.'s and
+  torchreid's code (Cluster Contrast passes ``k1`` columns including the point itself).
+* The kernel uses ``d = 2 - 2 cos`` unscaled (Cluster Contrast), not torchreid's squared
+  distance divided by its column maximum (which only makes sense for a query/gallery split).
+* Pseudo-labels are renumbered ``0..C-1`` in order of first appearance (the lowest image index
+  of each cluster gets the lower label), so the same input always gives the same labels;
+  outliers are ``-1``.
+
+Nothing here allocates an ``N x N`` dense array.  At N = 100,000 512-d features the whole
+pipeline stays within a few GB on two CPU cores (see ``benchmarks/bench_pseudo_labels.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import ItkmError
+from .progress import Reporter
+
+__all__ = [
+    "ClusteringInputError",
+    "nearest_neighbors",
+    "jaccard_knn",
+    "pseudo_labels",
+    "EXACT_LIMIT",
+]
+
+#: Above this many points the CPU kNN uses an inverted-file index instead of exhaustive search.
+#: Exhaustive search costs ``2 N^2 D`` flops: about 12 s at 50,000 x 512 on two cores.
+EXACT_LIMIT = 50_000
+
+_QUERY_CHUNK = 8192  # kNN queries per faiss call (a cancel check between calls)
+_ROW_CHUNK = 8192  # rows per block in the sparse encoding steps
+_JACCARD_BUDGET = 4_000_000  # gathered (i, k, j) triples per block in the Jaccard step (~150 MB)
+
+
+class ClusteringInputError(ItkmError):
+    """The features or parameters handed to the clustering cannot be used."""
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+def _as_unit_features(features: np.ndarray, reporter: Reporter) -> np.ndarray:
+    """float32, C-contiguous, L2-normalised [N, D]; a copy only when needed."""
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise ClusteringInputError(
+            f"features must be a 2-D array [N, D]; got an array of shape {x.shape}"
+        )
+    if x.shape[0] and x.shape[1] == 0:
+        raise ClusteringInputError("features have zero dimensions (shape [N, 0])")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ClusteringInputError(f"features must be floating point; got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[0] == 0:
+        return x
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    if not np.all(np.isfinite(norms)):
+        bad = int(np.flatnonzero(~np.isfinite(norms))[0])
+        raise ClusteringInputError(f"features contain NaN or infinite values (first at row {bad})")
+    if np.any(norms == 0):
+        bad = int(np.flatnonzero(norms == 0)[0])
+        raise ClusteringInputError(f"feature row {bad} is all zeros and has no direction")
+    if np.max(np.abs(norms - 1.0)) > 1e-3:
+        reporter.warning("clustering: features were not L2-normalised; normalising a copy")
+        x = (x / norms[:, None]).astype(np.float32)
+    return x
+
+
+def _check_k(name: str, value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ClusteringInputError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. kNN
+# --------------------------------------------------------------------------------------------
+def nearest_neighbors(
+    features: np.ndarray,
+    k: int,
+    *,
+    exact_limit: int = EXACT_LIMIT,
+    nprobe: int | None = None,
+    reporter: Reporter | None = None,
+) -> np.ndarray:
+    """Indices of each point's ``k`` nearest neighbours by cosine, the point itself first.
+
+    ``features`` are L2-normalised float32 ``[N, D]``.  Returns int64 ``[N, min(k, N)]`` sorted by
+    decreasing similarity with column 0 equal to the row index (a duplicate image ties with the
+    point itself; forcing self first keeps the k-reciprocal definition well-posed).
+
+    Exact search below ``exact_limit`` points and on a GPU; above it on a CPU an
+    ``IndexIVFFlat`` with ``~4 sqrt(N)`` lists and ``nprobe`` (default ``max(32, nlist/32)``)
+    probed lists, whose recall of the true top-30 on clustered ReID-like features is ~0.99
+    (measured in the benchmark).  Rows the IVF cannot fill are re-searched exhaustively.
+    """
+    import faiss
+
+    reporter = reporter or Reporter()
+    x = _as_unit_features(features, reporter)
+    n, dim = x.shape
+    k = min(_check_k("k", k), n)
+    if n == 0:
+        return np.zeros((0, k), dtype=np.int64)
+
+    index = None
+    gpu = False
+    if faiss.get_num_gpus() > 0:
+        try:
+            res = faiss.StandardGpuResources()
+            index = faiss.GpuIndexFlatIP(res, dim)
+            gpu = True
+        except Exception as exc:  # noqa: BLE001 - a broken GPU setup falls back to the CPU
+            reporter.warning(f"clustering: faiss GPU unavailable ({exc}); searching on the CPU")
+            index = None
+    if index is None:
+        if n <= exact_limit:
+            index = faiss.IndexFlatIP(dim)
+        else:
+            nlist = int(round(4 * math.sqrt(n)))
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = 1234
+            train_n = min(n, 40 * nlist)
+            rng = np.random.default_rng(0)
+            sample = x[np.sort(rng.choice(n, size=train_n, replace=False))]
+            reporter.update(0.0, stage="knn", message=f"training IVF index ({nlist} lists)")
+            index.train(sample)
+            del sample
+            index.nprobe = int(nprobe) if nprobe else max(32, nlist // 32)
+    index.add(x)
+    kind = "GPU exact" if gpu else ("exact" if not hasattr(index, "nprobe") else "IVF")
+
+    out = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, _QUERY_CHUNK):
+        reporter.check()
+        stop = min(start + _QUERY_CHUNK, n)
+        _, idx = index.search(x[start:stop], k)
+        out[start:stop] = idx
+        reporter.update(stop / n, stage="knn", message=f"{kind} kNN {stop}/{n}")
+    del index
+
+    missing = np.flatnonzero((out < 0).any(axis=1))
+    if missing.size:  # an IVF probe found fewer than k candidates: search those rows exactly
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(x)
+        for start in range(0, missing.size, _QUERY_CHUNK):
+            reporter.check()
+            rows = missing[start : start + _QUERY_CHUNK]
+            out[rows] = flat.search(x[rows], k)[1]
+        del flat
+    return _self_first(out)
+
+
+def _self_first(idx: np.ndarray) -> np.ndarray:
+    """Put each row's own index in column 0, keeping the others in rank order."""
+    n, k = idx.shape
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    is_self = idx == rows
+    absent = ~is_self.any(axis=1)
+    if absent.any():  # drop the last (weakest) neighbour to make room for self
+        idx = idx.copy()
+        idx[absent, -1] = np.arange(n, dtype=np.int64)[absent]
+        is_self = idx == rows
+    order = np.argsort(~is_self, axis=1, kind="stable")  # self (False) first, rest in order
+    return np.take_along_axis(idx, order, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. k-reciprocal encoding
+# --------------------------------------------------------------------------------------------
+def _indicator(rank: np.ndarray, k: int, n: int) -> sp.csr_matrix:
+    """Boolean CSR: row i holds i's first ``k + 1`` neighbours (columns sorted)."""
+    cols = np.sort(rank[:, : k + 1], axis=1).astype(np.int32)
+    width = cols.shape[1]
+    indptr = np.arange(0, n * width + 1, width, dtype=np.int64)
+    data = np.ones(n * width, dtype=bool)
+    return sp.csr_matrix((data, cols.ravel(), indptr), shape=(n, n))
+
+
+def _reciprocal(rank: np.ndarray, k: int, n: int) -> sp.csr_matrix:
+    """R(i, k) as a boolean CSR: mutual membership in the first ``k + 1`` neighbours."""
+    a = _indicator(rank, k, n)
+    r = a.multiply(a.T).tocsr()
+    r.sort_indices()
+    return r.astype(bool)
+
+
+def _row_blocks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _encode(
+    x: np.ndarray, rank: np.ndarray, k1: int, k2: int, reporter: Reporter
+) -> sp.csr_matrix:
+    """The k-reciprocal feature V (after local query expansion), float32 CSR, rows sum to 1."""
+    n = x.shape[0]
+    reporter.update(0.0, stage="encoding", message="k-reciprocal sets")
+    r1 = _reciprocal(rank, k1, n)
+    half = int(np.around(k1 / 2.0))
+    rh = _reciprocal(rank, half, n)
+    rh_f = rh.astype(np.float32)
+    rh_t = rh_f.T.tocsr()
+    rh_len = np.diff(rh.indptr).astype(np.float32)
+
+    # Expansion: c in R(i,k1) contributes R(c,k1/2) when |R(c,k1/2) & R(i,k1)| > 2/3 |R(c,k1/2)|.
+    blocks = []
+    r1_f = r1.astype(np.float32)
+    for start, stop in _row_blocks(n, _ROW_CHUNK):
+        reporter.check()
+        r1_blk = r1_f[start:stop]
+        overlap = (r1_blk @ rh_t).multiply(r1_blk).tocsr()  # counts on R(i,k1)'s pattern
+        overlap.eliminate_zeros()
+        coo = overlap.tocoo()
+        keep = coo.data > (2.0 / 3.0) * rh_len[coo.col]
+        sel = sp.csr_matrix(
+            (np.ones(int(keep.sum()), dtype=np.float32), (coo.row[keep], coo.col[keep])),
+            shape=(stop - start, n),
+        )
+        expanded = (sel @ rh_f + r1_blk).tocsr()
+        expanded.sort_indices()
+        blocks.append(expanded)
+        reporter.update(0.5 * stop / n, stage="encoding", message=f"expansion {stop}/{n}")
+    pattern = sp.vstack(blocks, format="csr")
+    del blocks, r1, r1_f, rh, rh_f, rh_t
+    pattern.sort_indices()
+
+    # Gaussian-kernel weights over each expanded set, normalised per row (softmax of -d).
+    indptr, cols = pattern.indptr, pattern.indices
+    counts = np.diff(indptr)
+    weights = np.empty(cols.size, dtype=np.float32)
+    row_of = np.repeat(np.arange(n, dtype=np.int64), counts)
+    pair_chunk = 1 << 17
+    for s in range(0, cols.size, pair_chunk):
+        reporter.check()
+        e = min(s + pair_chunk, cols.size)
+        sims = np.einsum("ij,ij->i", x[row_of[s:e]], x[cols[s:e]])
+        weights[s:e] = np.exp(-(2.0 - 2.0 * sims))
+    del row_of
+    row_sum = np.add.reduceat(weights.astype(np.float64), indptr[:-1]) if cols.size else np.zeros(n)
+    weights /= np.repeat(row_sum, counts).astype(np.float32)
+    v = sp.csr_matrix((weights, cols, indptr), shape=(n, n))
+    reporter.update(0.75, stage="encoding", message="local query expansion")
+
+    # Local query expansion: average the V rows of the k2 nearest neighbours (self included).
+    if k2 > 1:
+        qcols = rank[:, :k2]
+        width = qcols.shape[1]
+        q = sp.csr_matrix(
+            (
+                np.full(n * width, 1.0 / width, dtype=np.float32),
+                qcols.ravel().astype(np.int32),
+                np.arange(0, n * width + 1, width, dtype=np.int64),
+            ),
+            shape=(n, n),
+        )
+        parts = []
+        for start, stop in _row_blocks(n, _ROW_CHUNK):
+            reporter.check()
+            parts.append((q[start:stop] @ v).tocsr())
+        v = sp.vstack(parts, format="csr")
+        del parts
+    v.sort_indices()
+    reporter.update(1.0, stage="encoding", message=f"encoded: {v.nnz / max(n, 1):.1f} per row")
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Jaccard distance through the inverted index
+# --------------------------------------------------------------------------------------------
+def _jaccard(v: sp.csr_matrix, max_distance: float, reporter: Reporter) -> sp.csr_matrix:
+    n = v.shape[0]
+    vt = v.tocsc()  # column k -> the rows j with V_jk != 0 (the inverted index)
+    vt.sort_indices()
+    col_len = np.diff(vt.indptr).astype(np.int64)
+    # Work per row: sum over its stored columns of that column's length.
+    row_work = np.add.reduceat(col_len[v.indices], v.indptr[:-1]) if v.nnz else np.zeros(n, np.int64)
+    row_work[np.diff(v.indptr) == 0] = 0
+    cum = np.cumsum(row_work)
+
+    out_data: list[np.ndarray] = []
+    out_idx: list[np.ndarray] = []
+    out_len = np.zeros(n, dtype=np.int64)
+    start = 0
+    while start < n:
+        reporter.check()
+        base = cum[start - 1] if start else 0
+        stop = int(np.searchsorted(cum, base + _JACCARD_BUDGET, side="right"))
+        stop = min(max(stop, start + 1), n)
+        b = stop - start
+        lo, hi = v.indptr[start], v.indptr[stop]
+        k_idx = v.indices[lo:hi]
+        a_val = v.data[lo:hi]
+        local = np.repeat(np.arange(b, dtype=np.int64), np.diff(v.indptr[start : stop + 1]))
+        lens = col_len[k_idx]
+        total = int(lens.sum())
+        # Ragged gather of every column k's entries, for every stored V_ik of the block.
+        first = np.repeat(vt.indptr[k_idx] - (np.cumsum(lens) - lens), lens)
+        pos = first + np.arange(total, dtype=np.int64)
+        j = vt.indices[pos]
+        mins = np.minimum(np.repeat(a_val, lens), vt.data[pos])
+        ii = np.repeat(local, lens)
+        del first, pos
+        m = sp.coo_matrix((mins.astype(np.float64), (ii, j)), shape=(b, n)).tocsr()  # sums dups
+        del mins, ii, j
+        m.sum_duplicates()
+        overlap = m.data
+        dist = 1.0 - overlap / (2.0 - overlap)
+        np.clip(dist, 0.0, 1.0, out=dist)
+        rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(m.indptr))
+        dist[m.indices == rows] = 0.0  # self distance: exactly 0, stored
+        keep = (dist <= max_distance) | (m.indices == rows)
+        out_len[start:stop] = np.bincount(rows[keep] - start, minlength=b)
+        out_data.append(dist[keep].astype(np.float32))
+        out_idx.append(m.indices[keep].astype(np.int32))
+        reporter.update(stop / n, stage="jaccard", message=f"Jaccard rows {stop}/{n}")
+        start = stop
+
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(out_len, out=indptr[1:])
+    data = np.concatenate(out_data) if out_data else np.zeros(0, np.float32)
+    indices = np.concatenate(out_idx) if out_idx else np.zeros(0, np.int32)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+
+
+def jaccard_knn(
+    features: np.ndarray,
+    k1: int = 30,
+    k2: int = 6,
+    *,
+    neighbors: np.ndarray | None = None,
+    max_distance: float = 1.0,
+    exact_limit: int = EXACT_LIMIT,
+    reporter: Reporter | None = None,
+) -> sp.csr_matrix:
+    """Sparse k-reciprocal Jaccard distances between all pairs of ``features``.
+
+    Returns a float32 ``N x N`` CSR matrix (sorted indices) holding ``d_J(i, j)`` for every pair
+    whose k-reciprocal encodings overlap (``d_J < 1``) and ``d_J <= max_distance``, and the
+    diagonal as explicit zeros.  A pair that is absent has distance 1.0.  Pass it to DBSCAN with
+    ``metric="precomputed"`` for any ``eps < 1``; lower ``max_distance`` (e.g. to ``eps``) to keep
+    the result small on large N.
+
+    ``k1``/``k2`` are clamped to ``N - 1``/``N`` on tiny inputs.  ``neighbors`` optionally gives
+    precomputed neighbour indices ``[N, >= k1 + 1]`` in decreasing similarity (e.g. from the
+    retrieval index); otherwise :func:`nearest_neighbors` computes them.
+    """
+    reporter = reporter or Reporter()
+    x = _as_unit_features(features, reporter)
+    n = x.shape[0]
+    k1 = _check_k("k1", k1)
+    k2 = _check_k("k2", k2)
+    if not (0.0 <= float(max_distance) <= 1.0):
+        raise ClusteringInputError(f"max_distance must lie in [0, 1]; got {max_distance!r}")
+    if n == 0:
+        return sp.csr_matrix((0, 0), dtype=np.float32)
+    k1 = min(k1, n - 1)
+    k2 = min(k2, n)
+    width = max(k1 + 1, k2)
+
+    knn_rep = reporter.child(0.0, 0.4)
+    if neighbors is None:
+        rank = nearest_neighbors(x, width, exact_limit=exact_limit, reporter=knn_rep)
+    else:
+        rank = np.asarray(neighbors)
+        if rank.ndim != 2 or rank.shape[0] != n or rank.shape[1] < width:
+            raise ClusteringInputError(
+                f"neighbors must have shape [{n}, >= {width}]; got {rank.shape}"
+            )
+        if not np.issubdtype(rank.dtype, np.integer) or rank.min() < 0 or rank.max() >= n:
+            raise ClusteringInputError("neighbors must hold valid row indices 0..N-1")
+        rank = _self_first(rank[:, :width].astype(np.int64))
+        knn_rep.update(1.0, stage="knn", message="precomputed neighbours")
+
+    v = _encode(x, rank, k1, k2, reporter.child(0.4, 0.6))
+    del rank
+    return _jaccard(v, float(max_distance), reporter.child(0.6, 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# 4. DBSCAN
+# --------------------------------------------------------------------------------------------
+def pseudo_labels(
+    features: np.ndarray,
+    *,
+    k1: int = 30,
+    k2: int = 6,
+    eps: float = 0.6,
+    min_samples: int = 4,
+    exact_limit: int = EXACT_LIMIT,
+    reporter: Reporter | None = None,
+) -> np.ndarray:
+    """Cluster L2-normalised ``features`` [N, D] into pseudo-identities (Stage I).
+
+    k-reciprocal Jaccard distance (:func:`jaccard_knn`) then DBSCAN(``eps``, ``min_samples``,
+    precomputed).  Returns int64 ``[N]``: ``-1`` for outliers, clusters numbered ``0..C-1`` in
+    order of first appearance (the cluster holding the lowest row index is 0).  Deterministic.
+    ``eps`` must be in ``(0, 1)``: absent pairs have Jaccard distance 1.
+    """
+    from sklearn.cluster import DBSCAN
+
+    reporter = reporter or Reporter()
+    if not (0.0 < float(eps) < 1.0):
+        raise ClusteringInputError(
+            f"eps must lie strictly between 0 and 1 (Jaccard distance); got {eps!r}"
+        )
+    min_samples = _check_k("min_samples", min_samples)
+    dist = jaccard_knn(
+        features,
+        k1,
+        k2,
+        max_distance=float(eps),
+        exact_limit=exact_limit,
+        reporter=reporter.child(0.0, 0.9),
+    )
+    n = dist.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    reporter.check()
+    reporter.update(0.9, stage="dbscan", message=f"DBSCAN on {dist.nnz} pairs")
+    raw = DBSCAN(eps=float(eps), min_samples=min_samples, metric="precomputed").fit(dist).labels_
+    labels = _renumber(np.asarray(raw, dtype=np.int64))
+    n_clusters = int(labels.max()) + 1 if labels.size else 0
+    n_out = int((labels < 0).sum())
+    reporter.update(1.0, stage="dbscan", message=f"{n_clusters} clusters, {n_out} outliers")
+    reporter.log(f"pseudo-labels: {n} points -> {n_clusters} clusters, {n_out} outliers")
+    return labels
+
+
+def _renumber(raw: np.ndarray) -> np.ndarray:
+    """Clusters 0..C-1 in order of first appearance; -1 stays -1."""
+    out = np.full(raw.shape, -1, dtype=np.int64)
+    inl = raw >= 0
+    if inl.any():
+        uniq, first = np.unique(raw[inl], return_index=True)
+        order = np.argsort(first, kind="stable")
+        new_id = np.empty(uniq.size, dtype=np.int64)
+        new_id[order] = np.arange(uniq.size, dtype=np.int64)
+        out[inl] = new_id[np.searchsorted(uniq, raw[inl])]
+    return out

@@ -1,0 +1,238 @@
+"""Datasets, transforms and the PK sampler used by training and extraction.
+
+Images are decoded with :func:`itkm_engine.data.imageio.load_rgb` (read-only, every odd mode
+handled).  An image that fails to decode -- it may have vanished or been truncated since ingest --
+does not stop anything: the dataset yields a flagged placeholder, the collate function drops it,
+and the batch carries the failed indices so the caller can record them in the workspace.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+# CLIP's normalisation (open_clip OPENAI_DATASET_MEAN/STD).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Augment:
+    """Training augmentation (CLIP-ReID / Cluster Contrast style)."""
+
+    flip: bool = True
+    pad: int = 10
+    random_erasing: float = 0.5
+
+
+class CropTransform:
+    """uint8 HxWx3 array -> normalised float tensor 3xHxW at ``size`` (height, width)."""
+
+    def __init__(self, size: tuple[int, int], augment: Augment | None = None) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.augment = augment
+        self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
+
+    def __call__(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+        x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
+        a = self.augment
+        if a is not None:
+            rng = rng or np.random.default_rng()
+            if a.flip and rng.random() < 0.5:
+                x = x.flip(-1)
+            if a.pad > 0:
+                p = a.pad
+                x = F.pad(x[None], (p, p, p, p), mode="constant", value=0.0)[0]
+                h, w = self.size
+                top = int(rng.integers(0, 2 * p + 1))
+                left = int(rng.integers(0, 2 * p + 1))
+                x = x[:, top : top + h, left : left + w]
+        x = (x - self.mean) / self.std
+        if a is not None and a.random_erasing > 0 and rng.random() < a.random_erasing:
+            x = _random_erase(x, rng)
+        return x
+
+
+def _random_erase(x: torch.Tensor, rng: np.random.Generator, sl=0.02, sh=0.4, r1=0.3) -> torch.Tensor:
+    """Zhong et al. random erasing: a random rectangle filled with random values."""
+    _, h, w = x.shape
+    area = h * w
+    for _ in range(20):
+        target = rng.uniform(sl, sh) * area
+        aspect = math.exp(rng.uniform(math.log(r1), math.log(1 / r1)))
+        eh = int(round(math.sqrt(target * aspect)))
+        ew = int(round(math.sqrt(target / aspect)))
+        if 0 < eh < h and 0 < ew < w:
+            top = int(rng.integers(0, h - eh + 1))
+            left = int(rng.integers(0, w - ew + 1))
+            x = x.clone()
+            x[:, top : top + eh, left : left + ew] = torch.from_numpy(
+                rng.standard_normal((3, eh, ew)).astype(np.float32)
+            )
+            return x
+    return x
+
+
+class CropDataset(Dataset):
+    """Items: ``(image, index, scenario_idx, group_idx, label, ok)``.
+
+    ``index`` is the position in the arrays given here (the caller maps it to image ids).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        scenario_idx: np.ndarray,
+        group_idx: np.ndarray,
+        transform: CropTransform,
+        labels: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.paths = list(paths)
+        self.scenario_idx = np.asarray(scenario_idx, dtype=np.int64)
+        self.group_idx = np.asarray(group_idx, dtype=np.int64)
+        self.labels = (
+            np.full(len(self.paths), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        )
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        """``key`` is an index, or ``(index, draw)`` from :class:`PKSampler`.
+
+        The augmentation RNG is seeded by (dataset seed, index, draw), so an epoch is the same
+        whatever the number of loader workers and whether it runs after a resume.
+        """
+        from .imageio import BadImage, load_rgb
+
+        i, draw = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
+        rng = np.random.default_rng((self.seed, i, draw)) if self.transform.augment else None
+        try:
+            x = self.transform(load_rgb(self.paths[i]), rng)
+            ok = True
+        except (BadImage, OSError, ValueError) as exc:  # vanished / truncated since ingest
+            x = torch.zeros(3, *self.transform.size)
+            ok = False
+            del exc
+        return x, i, int(self.scenario_idx[i]), int(self.group_idx[i]), int(self.labels[i]), ok
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    index: torch.Tensor
+    scenario_idx: torch.Tensor
+    group_idx: torch.Tensor
+    labels: torch.Tensor
+    failed: list[int]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.index.to(device, non_blocking=non_blocking),
+            self.scenario_idx.to(device, non_blocking=non_blocking),
+            self.group_idx.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.failed,
+        )
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+def collate(items) -> Batch:
+    good = [it for it in items if it[5]]
+    failed = [it[1] for it in items if not it[5]]
+    if not good:
+        return Batch(
+            torch.zeros(0, *items[0][0].shape),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            failed,
+        )
+    return Batch(
+        torch.stack([it[0] for it in good]),
+        torch.tensor([it[1] for it in good], dtype=torch.long),
+        torch.tensor([it[2] for it in good], dtype=torch.long),
+        torch.tensor([it[3] for it in good], dtype=torch.long),
+        torch.tensor([it[4] for it in good], dtype=torch.long),
+        failed,
+    )
+
+
+class PKSampler(Sampler[tuple[int, int]]):
+    """P identities x K instances per batch, for a fixed number of batches.
+
+    Labels < 0 (outliers) are never sampled.  Identities with fewer than K instances are sampled
+    with replacement, as in Cluster Contrast's ``RandomMultipleGallerySampler``.
+    """
+
+    def __init__(self, labels: np.ndarray, p: int, k: int, batches: int, seed: int = 0) -> None:
+        self.labels = np.asarray(labels)
+        self.p, self.k, self.batches, self.seed = int(p), int(k), int(batches), seed
+        valid = np.flatnonzero(self.labels >= 0)
+        order = np.argsort(self.labels[valid], kind="stable")
+        sorted_idx = valid[order]
+        uniq, starts = np.unique(self.labels[sorted_idx], return_index=True)
+        self.ids = uniq
+        self.members = np.split(sorted_idx, starts[1:]) if len(uniq) else []
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def __len__(self) -> int:
+        return self.batches * self.batch_size if len(self.ids) else 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """Yields ``(index, draw)``; ``draw`` numbers the sample within the epoch."""
+        if not len(self.ids):
+            return
+        rng = np.random.default_rng(self.seed)
+        p = min(self.p, len(self.ids))
+        draw = 0
+        for _ in range(self.batches):
+            chosen = rng.choice(len(self.ids), size=p, replace=False)
+            for c in chosen:
+                m = self.members[c]
+                pick = rng.choice(m, size=self.k, replace=len(m) < self.k)
+                for x in pick:
+                    yield int(x), draw
+                    draw += 1
+
+
+def make_loader(
+    dataset: CropDataset,
+    *,
+    batch_size: int,
+    sampler: Sampler | None = None,
+    shuffle: bool = False,
+    workers: int = 0,
+    device: torch.device | None = None,
+) -> DataLoader:
+    """A DataLoader with the project's collate; pinned memory when feeding a CUDA device."""
+    pin = device is not None and device.type == "cuda"
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle if sampler is None else False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        persistent_workers=False,
+        drop_last=False,
+    )

@@ -1,0 +1,224 @@
+"""Feature extraction, cached on disk per model checkpoint.
+
+Features of a checkpoint never change, so they are computed once: ``features/<key>/`` holds
+chunk files (``chunk_00000.npz``: ids, retrieval features, projected features), each written
+atomically.  A later call embeds only the ids no chunk holds yet -- new cameras after a retrain,
+or the rest of an extraction that was killed half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_open
+from .data.loading import CropDataset, CropTransform, make_loader
+from .progress import Reporter
+
+CHUNK = 4096  # images per cache chunk: what a kill -9 can lose at most
+
+
+@dataclass
+class FeatureSet:
+    """Features of some images under one model: rows follow ``ids``."""
+
+    ids: np.ndarray  # int64 [N] image ids
+    feats: np.ndarray  # float32 [N, D] L2-normalised retrieval features
+    proj: np.ndarray  # float32 [N, E] L2-normalised projected CLS (CLIP joint image-text space)
+    key: str = ""
+    failed: np.ndarray | None = None  # image ids that could not be read
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows_for(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id in this set (-1 where absent)."""
+        order = np.argsort(self.ids)
+        pos = np.searchsorted(self.ids, ids, sorter=order)
+        pos = np.clip(pos, 0, max(len(self.ids) - 1, 0))
+        rows = order[pos] if len(self.ids) else np.zeros(len(ids), dtype=np.int64)
+        hit = (self.ids[rows] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+        return np.where(hit, rows, -1)
+
+    def subset(self, ids: np.ndarray) -> "FeatureSet":
+        rows = self.rows_for(np.asarray(ids, dtype=np.int64))
+        rows = rows[rows >= 0]
+        return FeatureSet(self.ids[rows], self.feats[rows], self.proj[rows], self.key)
+
+
+class FeatureCache:
+    """Chunked on-disk cache of one checkpoint's features."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+
+    def load(self) -> FeatureSet:
+        ids, feats, proj = [], [], []
+        if self.folder is not None and self.folder.is_dir():
+            for f in sorted(self.folder.glob("chunk_*.npz")):
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        ids.append(z["ids"].astype(np.int64))
+                        feats.append(z["feats"].astype(np.float32))
+                        proj.append(z["proj"].astype(np.float32))
+                except (OSError, ValueError, KeyError):
+                    continue  # a damaged chunk is recomputed, never trusted
+        if not ids:
+            return FeatureSet(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
+        ids_a = np.concatenate(ids)
+        _, first = np.unique(ids_a, return_index=True)  # duplicates can only come from a re-run: keep one
+        first.sort()
+        return FeatureSet(ids_a[first], np.concatenate(feats)[first], np.concatenate(proj)[first])
+
+    def append(self, ids: np.ndarray, feats: np.ndarray, proj: np.ndarray) -> None:
+        if self.folder is None or not len(ids):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len(list(self.folder.glob("chunk_*.npz")))
+        path = self.folder / f"chunk_{n:05d}.npz"
+        while path.exists():
+            n += 1
+            path = self.folder / f"chunk_{n:05d}.npz"
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, ids=ids.astype(np.int64), feats=feats.astype(np.float16), proj=proj.astype(np.float16))
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA where supported, fp16 otherwise; nothing on CPU."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def embed(
+    model,
+    paths,
+    scenarios,
+    groups,
+    *,
+    device: torch.device,
+    batch_size: int = 128,
+    workers: int = 0,
+    amp: bool = True,
+    reporter: Reporter | None = None,
+    on_chunk=None,
+    chunk: int = CHUNK,
+    stage: str = "extract",
+):
+    """Embed images (no cache).  Returns ``(ok_index, feats, proj)``; ``ok_index`` are the
+    positions in ``paths`` that could be read.  ``on_chunk(ok_index, feats, proj)`` is called
+    every ``chunk`` images so callers can persist partial work."""
+    reporter = reporter or Reporter()
+    was_training = model.training
+    model.eval()
+    ds = CropDataset(
+        paths,
+        model.scenario_index(list(scenarios)).numpy(),
+        model.group_index(list(groups)).numpy(),
+        CropTransform(model.cfg.image_size),
+    )
+    loader = make_loader(ds, batch_size=batch_size, workers=workers, device=device)
+    n = len(ds)
+    out_idx, out_f, out_p = [], [], []
+    flushed = 0  # batches already handed to on_chunk
+
+    def flush():
+        nonlocal flushed
+        if on_chunk is not None and flushed < len(out_idx):
+            on_chunk(np.concatenate(out_idx[flushed:]), np.concatenate(out_f[flushed:]), np.concatenate(out_p[flushed:]))
+        flushed = len(out_idx)
+
+    done = 0
+    t0 = time.monotonic()
+    try:
+        for batch in loader:
+            reporter.check()
+            done += len(batch) + len(batch.failed)
+            if len(batch):
+                b = batch.to(device, non_blocking=True)
+                with autocast(device, amp):
+                    out = model.forward_image(b.images, b.scenario_idx, b.group_idx)
+                out_f.append(model.retrieval_feature(out).float().cpu().numpy())
+                out_p.append(torch.nn.functional.normalize(out.proj.float(), dim=-1).cpu().numpy())
+                out_idx.append(batch.index.numpy())
+            if sum(len(x) for x in out_idx[flushed:]) >= chunk:
+                flush()
+            rate = done / max(time.monotonic() - t0, 1e-6)
+            reporter.update(done / max(n, 1), stage=stage, step=done, steps=n, message=f"{rate:.0f} images/s")
+        flush()
+    finally:
+        model.train(was_training)
+    if not out_idx:
+        return np.zeros(0, np.int64), np.zeros((0, model.feature_dim), np.float32), np.zeros((0, model.embed_dim), np.float32)
+    return np.concatenate(out_idx), np.concatenate(out_f), np.concatenate(out_p)
+
+
+def extract_features(
+    model,
+    images,
+    *,
+    cache_dir: Path | None,
+    key: str,
+    device: torch.device,
+    batch_size: int = 128,
+    workers: int = 0,
+    amp: bool = True,
+    reporter: Reporter | None = None,
+    stage: str = "extract",
+) -> FeatureSet:
+    """Features for every image of ``images`` (an ImageTable) under ``model``.
+
+    Rows come back in the order of ``images.id``; images that could not be read are left out
+    and listed in ``FeatureSet.failed``.  ``cache_dir`` None (or unwritable) computes in memory.
+    """
+    reporter = reporter or Reporter()
+    cache = FeatureCache(cache_dir)
+    have = cache.load()
+    ids = np.asarray(images.id, dtype=np.int64)
+    have_rows = have.rows_for(ids) if len(have) else np.full(len(ids), -1)
+    missing = np.flatnonzero(have_rows < 0)
+    if len(missing):
+        reporter.log(f"embedding {len(missing)} of {len(ids)} images with model {key}")
+
+        def persist(idx, feats, proj):
+            try:
+                cache.append(ids[missing][idx], feats, proj)
+            except OSError as exc:  # read-only / full disk: keep going in memory, say so
+                reporter.warning(f"feature cache not written ({exc}); continuing in memory")
+                cache.folder = None
+
+        paths = [images.path[i] for i in missing]
+        ok_idx, feats, proj = embed(
+            model,
+            paths,
+            [images.scenario[i] for i in missing],
+            [images.group[i] for i in missing],
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            amp=amp,
+            reporter=reporter,
+            on_chunk=persist if cache.folder is not None else None,
+            stage=stage,
+        )
+        new_ids = ids[missing][ok_idx]
+        failed = np.setdiff1d(ids[missing], new_ids)
+        if len(have):
+            all_ids = np.concatenate([have.ids, new_ids])
+            all_f = np.concatenate([have.feats, feats]) if len(feats) else have.feats
+            all_p = np.concatenate([have.proj, proj]) if len(proj) else have.proj
+        else:
+            all_ids, all_f, all_p = new_ids, feats, proj
+        have = FeatureSet(all_ids, all_f, all_p)
+    else:
+        failed = np.zeros(0, np.int64)
+    rows = have.rows_for(ids)
+    rows = rows[rows >= 0]
+    return FeatureSet(have.ids[rows], have.feats[rows], have.proj[rows], key, failed)

@@ -1,0 +1,139 @@
+"""What the three stages share within one round: the model, the images, and the per-group
+pseudo-labelling that Stage I and Stage III both redo every epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..clustering import pseudo_labels
+from ..config import Config
+from ..data.loading import Augment, CropDataset, CropTransform, PKSampler, make_loader
+from ..data.scenarios import group_key
+from ..features import FeatureSet, extract_features
+from ..metrics import pseudo_label_quality
+from ..progress import Reporter
+
+
+@dataclass
+class RoundContext:
+    cfg: Config
+    model: Any  # itkm_engine.model.backbone.ITKMModel
+    images: Any  # itkm_engine.records.ImageTable (status ok only)
+    device: torch.device
+    round_no: int
+    base_features: FeatureSet | None = None  # features of the round's starting checkpoint (cached on disk)
+    failed_ids: set[int] = field(default_factory=set)  # images found unreadable during the round
+    outputs: dict[str, Any] = field(default_factory=dict)  # stage outputs handed to later stages
+
+    # -- images -----------------------------------------------------------------------------
+    @property
+    def group_keys(self) -> np.ndarray:
+        return np.array([group_key(s, g) for s, g in zip(self.images.scenario, self.images.group)], dtype=object)
+
+    @property
+    def has_ids(self) -> bool:
+        return bool((np.asarray(self.images.person_id) >= 0).sum() > 1)
+
+    def extract(self, reporter: Reporter, stage: str) -> FeatureSet:
+        """Features of every image with the model as it is now (the first call of a round may
+        use the round's cached base features)."""
+        if self.base_features is not None:
+            fs, self.base_features = self.base_features, None
+        else:
+            fs = extract_features(
+                self.model,
+                self.images,
+                cache_dir=None,
+                key="in-training",
+                device=self.device,
+                batch_size=self.cfg.data.extract_batch_size,
+                workers=self.cfg.data.workers,
+                amp=self.cfg.amp,
+                reporter=reporter,
+                stage=stage,
+            )
+        if fs.failed is not None and len(fs.failed):
+            self.failed_ids.update(int(i) for i in fs.failed)
+            reporter.warning(f"{len(fs.failed)} images could not be read and are skipped")
+        return fs
+
+    def rows(self, fs: FeatureSet) -> np.ndarray:
+        """Row in ``self.images`` of each row of ``fs``."""
+        order = np.argsort(self.images.id)
+        return order[np.searchsorted(self.images.id, fs.ids, sorter=order)]
+
+    # -- pseudo-labels ------------------------------------------------------------------------
+    def cluster_per_group(self, fs: FeatureSet, reporter: Reporter) -> tuple[np.ndarray, dict[str, float]]:
+        """Pseudo-labels for every row of ``fs``: clustered per group, ids offset so they are
+        global; -1 for outliers.  Also the epoch's cluster metrics."""
+        c = self.cfg.cluster
+        keys = self.group_keys[self.rows(fs)]
+        labels = np.full(len(fs), -1, dtype=np.int64)
+        offset = 0
+        uniq = sorted(set(keys))
+        for gi, key in enumerate(uniq):
+            reporter.check()
+            mask = np.flatnonzero(keys == key)
+            lab = pseudo_labels(
+                np.ascontiguousarray(fs.feats[mask]),
+                k1=c.k1,
+                k2=c.k2,
+                eps=c.eps,
+                min_samples=c.min_samples,
+                reporter=reporter.child(gi / len(uniq), (gi + 1) / len(uniq)),
+            )
+            good = lab >= 0
+            labels[mask[good]] = lab[good] + offset
+            offset += int(lab.max()) + 1 if good.any() else 0
+        metrics: dict[str, float] = {
+            "n_clusters": float(len(np.unique(labels[labels >= 0]))),
+            "n_outliers": float((labels < 0).sum()),
+        }
+        if self.has_ids:
+            pid = np.asarray(self.images.person_id)[self.rows(fs)]
+            q = pseudo_label_quality(labels, pid)
+            metrics.update({k: float(q[k]) for k in ("precision", "recall", "fscore", "ari")})
+        return labels, metrics
+
+    # -- loaders ------------------------------------------------------------------------------
+    def pk_loader(self, fs: FeatureSet, labels: np.ndarray, *, batches: int, seed: int):
+        """Augmented PK batches over the rows of ``fs`` that carry a label >= 0."""
+        d = self.cfg.data
+        rows = self.rows(fs)
+        ds = CropDataset(
+            [self.images.path[r] for r in rows],
+            self.model.scenario_index(list(self.images.scenario[rows])).numpy(),
+            self.model.group_index(list(self.images.group[rows])).numpy(),
+            CropTransform(self.cfg.model.image_size, Augment(d.flip, d.pad, d.random_erasing)),
+            labels=labels,
+            seed=seed,
+        )
+        sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed)
+        return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
+
+
+def cluster_centroids(feats: np.ndarray | torch.Tensor, labels: np.ndarray, num: int | None = None) -> torch.Tensor:
+    """Normalised mean feature of each label 0..num-1 (labels < 0 ignored)."""
+    f = torch.as_tensor(np.asarray(feats, dtype=np.float32))
+    lab = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    num = int(lab.max()) + 1 if num is None else num
+    keep = lab >= 0
+    out = torch.zeros(num, f.shape[1])
+    out.index_add_(0, lab[keep], f[keep])
+    return torch.nn.functional.normalize(out, dim=1)
+
+
+def image_optimizer(model, lr: float, new_lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam over the image encoder: pretrained weights at ``lr``, ITKM's new parts (scenario
+    embedding, group stems) at ``new_lr``."""
+    new = list(model.new_parameters())
+    new_ids = {id(p) for p in new}
+    old = [p for p in model.image_parameters() if id(p) not in new_ids and p.requires_grad]
+    groups = [{"params": old, "lr": lr}]
+    if new:
+        groups.append({"params": [p for p in new if p.requires_grad], "lr": new_lr})
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)

@@ -1,0 +1,233 @@
+"""Stage III -- heterogeneous matching with dynamic text.
+
+Every epoch: fresh features and per-group pseudo-labels (as Stage I), then
+
+* **DRU** (matching/text_update.py): each new cluster's text anchor is the mean of its members'
+  offline (Stage II) text features, blended with momentum into the previous epoch's anchor, so
+  text anchors follow the improving image encoder;
+* **CHM** (matching/cluster_matching.py): per scenario, the clusters of side A and side B (the two
+  groups, or two camera sets in a one-group scenario) are paired by Hungarian assignment on a mix
+  of image-centroid and text cosine; matched clusters share one cross-group label;
+* **IHM** (matching/instance_matching.py): cross-side instance pairs that are mutual top-k in both
+  image space and text space (softmax over cluster text features) are reliable positives.
+
+Batches are PK-sampled over cross-group labels, so both sides of a matched identity meet in a
+batch.  Loss = homogeneous memory loss + cross-group memory loss + instance pair loss + image-to-
+text cross-entropy against the (updated) text anchors, each weighted and switchable in the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.scenarios import TWO_GROUP
+from ..losses.image_text import i2t_cross_entropy
+from ..losses.instance import instance_pair_loss, pairs_in_batch
+from ..matching.cluster_matching import match_scenario, sides_by_camera
+from ..matching.instance_matching import mutual_topk_pairs, text_space
+from ..matching.text_update import instance_offline_text, update_text_features
+from ..memory import ClusterMemory
+from ..progress import Reporter
+from .context import RoundContext, image_optimizer
+from .homogeneous import GroupMemories
+from .loop import EpochPlan, epoch_seed
+from .text import logit_scale
+
+
+class HeterogeneousStage:
+    name = "stage3"
+
+    def __init__(self, ctx: RoundContext) -> None:
+        self.ctx = ctx
+        s = ctx.cfg.stage3
+        self.epochs, self.warmup_epochs = s.epochs, s.warmup_epochs
+        ctx.model.set_image_trainable(True)
+        self.optimizer = image_optimizer(ctx.model, s.lr, ctx.cfg.stage1.new_param_lr, s.weight_decay)
+        self.prev_text: np.ndarray | None = None  # DRU state: last epoch's anchors ...
+        self.prev_ids: np.ndarray | None = None  # ... and the instances and labels they belonged to
+        self.prev_labels: np.ndarray | None = None
+
+    def prepare(self, reporter: Reporter, resume: dict[str, Any] | None) -> None:
+        st2 = self.ctx.outputs.get("stage2")
+        if st2 is None:
+            raise RuntimeError("Stage III needs Stage II's text features")
+        self.st2 = st2
+        if resume and resume.get("prev_text") is not None:
+            self.prev_text = resume["prev_text"].numpy()
+            self.prev_ids = resume["prev_ids"].numpy()
+            self.prev_labels = resume["prev_labels"].numpy()
+
+    # -- per epoch ------------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, reporter: Reporter) -> EpochPlan:
+        ctx, s = self.ctx, self.ctx.cfg.stage3
+        fs = ctx.extract(reporter.child(0.0, 0.5), "stage3")
+        labels, metrics = ctx.cluster_per_group(fs, reporter.child(0.5, 0.8))
+        rows = ctx.rows(fs)
+        self.fs, self.labels = fs, labels
+        if not (labels >= 0).any():
+            reporter.warning("no clusters found this epoch (all images are outliers); skipping its training steps")
+            return EpochPlan([], 0, metrics)
+        n_clusters = int(labels.max()) + 1
+
+        # Offline text of each instance: the Stage II text feature of its Stage II cluster.
+        st2_rows = _rows_of(self.st2["ids"], fs.ids)
+        st2_labels = np.where(st2_rows >= 0, self.st2["labels"][np.maximum(st2_rows, 0)], -1)
+        offline = instance_offline_text(st2_labels, self.st2["text"])
+
+        # DRU, or (switched off) static Stage II anchors with Stage II labels.
+        if s.dru:
+            prev_labels = None
+            if self.prev_text is not None:
+                prev_rows = _rows_of(self.prev_ids, fs.ids)
+                prev_labels = np.where(prev_rows >= 0, self.prev_labels[np.maximum(prev_rows, 0)], -1)
+            text = update_text_features(
+                torch.as_tensor(self.prev_text) if self.prev_text is not None else None,
+                prev_labels,
+                labels,
+                offline,
+                momentum=s.dru_momentum,
+            )
+            text = F.normalize(torch.as_tensor(text).float(), dim=1).numpy()
+            self.prev_text, self.prev_ids, self.prev_labels = text, fs.ids.copy(), labels.copy()
+            self.i2t_labels = labels
+        else:
+            text = self.st2["text"]
+            self.i2t_labels = st2_labels
+        self.text = text
+
+        # CHM per scenario -> cross-group labels; IHM -> reliable instance pairs.
+        scen = np.asarray(ctx.images.scenario[rows])
+        grp = np.asarray(ctx.images.group[rows])
+        cams = np.asarray(ctx.images.camera[rows])
+        cross = np.full(len(fs), -1, dtype=np.int64)
+        offset, chm_pairs, pairs = 0, 0, []
+        text_for_chm = torch.as_tensor(text[:n_clusters]) if len(text) >= n_clusters else None
+        for sc in sorted(set(scen)):
+            reporter.check()
+            m = np.flatnonzero(scen == sc)
+            if sc in TWO_GROUP:
+                a_name, _ = TWO_GROUP[sc]
+                sides = np.where(grp[m] == a_name, 0, 1)
+                sides = np.where(labels[m] >= 0, sides, -1)
+            else:
+                sides = sides_by_camera(labels[m], cams[m], shuffle_seed=epoch_seed(ctx.cfg.seed, ctx.round_no, sc, epoch))
+            if s.chm and text_for_chm is not None:
+                res = match_scenario(
+                    fs.feats[m], labels[m], sides, text_for_chm,
+                    text_weight=s.chm_text_weight, threshold=s.chm_threshold, offset=offset,
+                )
+                cross[m] = res.labels
+                offset += res.num_labels
+                chm_pairs += len(res.matches)
+            else:  # no CHM: the cross-group memory degenerates to the homogeneous clusters
+                lab = labels[m]
+                u, inv = np.unique(lab[lab >= 0], return_inverse=True)
+                cross[m[lab >= 0]] = inv + offset
+                offset += len(u)
+            if s.ihm:
+                inst_sides = _instance_sides(sc, grp[m], cams[m], sides, labels[m])
+                a, b = m[inst_sides == 0], m[inst_sides == 1]
+                if len(a) and len(b) and len(text):
+                    tt = torch.as_tensor(text)
+                    ta = text_space(torch.as_tensor(fs.proj[a]), tt, s.ihm_temperature)
+                    tb = text_space(torch.as_tensor(fs.proj[b]), tt, s.ihm_temperature)
+                    p = mutual_topk_pairs(torch.as_tensor(fs.feats[a]), torch.as_tensor(fs.feats[b]), ta, tb, k=s.ihm_k)
+                    if len(p):
+                        pairs.append(np.stack([a[p[:, 0]], b[p[:, 1]]], axis=1))
+        self.cross = cross
+        self.pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+        metrics.update({"chm_pairs": float(chm_pairs), "ihm_pairs": float(len(self.pairs))})
+        if self.ctx.has_ids and len(self.pairs):
+            pid = np.asarray(ctx.images.person_id)[rows]
+            known = (pid[self.pairs[:, 0]] >= 0) & (pid[self.pairs[:, 1]] >= 0)
+            if known.any():
+                metrics["ihm_precision"] = float((pid[self.pairs[known, 0]] == pid[self.pairs[known, 1]]).mean())
+
+        # Memories: per group (homogeneous) and over cross-group labels.
+        dev = ctx.device
+        keys = ctx.group_keys[rows]
+        self.memories = GroupMemories(fs.feats, labels, keys, temperature=ctx.cfg.stage1.temperature,
+                                      momentum=ctx.cfg.stage1.memory_momentum, device=dev)
+        self.cross_memory = ClusterMemory(fs.feats.shape[1], max(offset, 1), temperature=ctx.cfg.stage1.temperature,
+                                          momentum=ctx.cfg.stage1.memory_momentum).to(dev)
+        keep = cross >= 0
+        self.cross_memory.init_from(torch.as_tensor(fs.feats[keep], device=dev), torch.as_tensor(cross[keep], device=dev))
+        self.labels_t = torch.as_tensor(labels, device=dev)
+        self.i2t_t = torch.as_tensor(self.i2t_labels, device=dev)
+        self.text_t = torch.as_tensor(text, device=dev).float()
+        self.pairs_t = torch.as_tensor(self.pairs)
+        seed = epoch_seed(ctx.cfg.seed, ctx.round_no, self.name, epoch)
+        loader = ctx.pk_loader(fs, cross, batches=s.iters_per_epoch, seed=seed)
+        return EpochPlan(loader, s.iters_per_epoch, metrics)
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        ctx, s = self.ctx, self.ctx.cfg.stage3
+        if len(batch.failed):
+            ctx.failed_ids.update(int(self.fs.ids[i]) for i in batch.failed)
+        if not len(batch):
+            return {}
+        b = batch.to(ctx.device, non_blocking=True)
+        out = ctx.model.forward_image(b.images, b.scenario_idx, b.group_idx)
+        feats = ctx.model.retrieval_feature(out).float()
+        terms = {
+            "homogeneous": s.weight_homogeneous * self.memories.loss(feats, self.labels_t[b.index]),
+            "cross": s.weight_cross * self.cross_memory.loss(feats, b.labels),
+        }
+        self._cross_pending = (feats.detach(), b.labels)
+        if s.ihm:
+            local = pairs_in_batch(self.pairs_t, batch.index).to(ctx.device)
+            terms["instance"] = s.weight_instance * instance_pair_loss(feats, local, s.ihm_temperature, labels=b.labels)
+        if s.weight_i2t > 0 and len(self.text_t):
+            proj = F.normalize(out.proj.float(), dim=-1)
+            lab = self.i2t_t[b.index]
+            lab = torch.where(lab < len(self.text_t), lab, torch.full_like(lab, -1))
+            terms["i2t"] = s.weight_i2t * i2t_cross_entropy(proj, self.text_t, lab, logit_scale(ctx.model))
+        return terms
+
+    def after_step(self) -> None:
+        self.memories.update()
+        f, lab = self._cross_pending
+        self.cross_memory.update(f, lab)
+
+    def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]:
+        if epoch == self.epochs - 1:
+            self.ctx.outputs["stage3"] = {"ids": self.fs.ids.copy(), "labels": self.labels.copy(), "text": self.text}
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.prev_text is None:
+            return {}
+        return {
+            "prev_text": torch.as_tensor(self.prev_text),
+            "prev_ids": torch.as_tensor(self.prev_ids),
+            "prev_labels": torch.as_tensor(self.prev_labels),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass  # handled in prepare()
+
+
+def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each ``wanted`` id in ``ids`` (-1 where absent)."""
+    ids = np.asarray(ids)
+    if not len(ids):
+        return np.full(len(wanted), -1, dtype=np.int64)
+    order = np.argsort(ids)
+    pos = np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)
+    rows = order[pos]
+    return np.where(ids[rows] == wanted, rows, -1)
+
+
+def _instance_sides(scenario, groups, cameras, cluster_sides, labels) -> np.ndarray:
+    """Side of every instance (outliers included) for IHM: the group in a two-group scenario,
+    else the side its camera was dealt to by CHM's camera split."""
+    if scenario in TWO_GROUP:
+        return np.where(groups == TWO_GROUP[scenario][0], 0, 1)
+    cam_side: dict[str, int] = {}
+    for cam, side in zip(cameras[labels >= 0], cluster_sides[labels >= 0]):
+        cam_side.setdefault(cam, int(side))
+    return np.array([cam_side.get(c, -1) for c in cameras], dtype=np.int64)

@@ -1,0 +1,152 @@
+"""The one epoch loop every stage runs through.
+
+A stage is a *strategy* (:class:`Stage`): it says what an epoch starts with (fresh pseudo-labels,
+a sampler), what one batch's loss terms are, what to update after a step, and what to record at
+the end of an epoch.  :func:`run_stage` owns everything else -- seeding, the optimiser step,
+warm-up, cancellation, progress, loss averaging, the epoch log and the per-epoch checkpoint --
+so there is exactly one training loop in the code base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+
+from ..features import autocast
+from ..progress import Reporter
+
+#: How often (in steps) loss values are pulled to the host for progress events.  Between those
+#: steps the loop never synchronises with the device.
+LOG_EVERY = 10
+
+
+@dataclass
+class EpochPlan:
+    """What :meth:`Stage.begin_epoch` hands the loop."""
+
+    batches: Iterable[Any]
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. cluster counts, known before training
+
+
+class Stage(Protocol):
+    name: str  # "stage1" | "stage2" | "stage3"
+    epochs: int
+    warmup_epochs: int
+    optimizer: torch.optim.Optimizer
+
+    def begin_epoch(self, epoch: int, reporter: Reporter) -> EpochPlan: ...
+
+    def losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one batch; the loop back-propagates their sum."""
+
+    def after_step(self) -> None:
+        """Non-gradient updates after the optimiser step (memories)."""
+
+    def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra state (beyond model and optimiser) needed to resume after this epoch."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def epoch_seed(seed: int, round_no: int, stage: str, epoch: int) -> int:
+    """A seed that depends only on where we are, so a resumed epoch equals the original."""
+    h = hashlib.sha256(f"{seed}/{round_no}/{stage}/{epoch}".encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int, epochs: int) -> float:
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to 10% -- per step."""
+    t = epoch + step / max(steps, 1)
+    if warmup_epochs > 0 and t < warmup_epochs:
+        return 0.1 + 0.9 * t / warmup_epochs
+    span = max(epochs - warmup_epochs, 1e-9)
+    progress = min(max((t - warmup_epochs) / span, 0.0), 1.0)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def run_stage(
+    stage: Stage,
+    *,
+    start_epoch: int,
+    seed: int,
+    round_no: int,
+    device: torch.device,
+    amp: bool,
+    reporter: Reporter,
+    on_epoch_end: Callable[[int, dict[str, float]], None],
+) -> None:
+    """Run ``stage`` from ``start_epoch`` to its last epoch.
+
+    ``on_epoch_end(epoch, values)`` is called after each completed epoch with the averaged loss
+    terms and the stage's metrics; the trainer logs them and writes the resumable checkpoint.
+    """
+    opt = stage.optimizer
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    for epoch in range(start_epoch, stage.epochs):
+        seed_everything(epoch_seed(seed, round_no, stage.name, epoch))
+        ep_rep = reporter.child(epoch / stage.epochs, (epoch + 1) / stage.epochs)
+        plan = stage.begin_epoch(epoch, ep_rep.child(0.0, 0.3))
+        train_rep = ep_rep.child(0.3, 1.0)
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        t0 = time.monotonic()
+        for step, batch in enumerate(plan.batches):
+            reporter.check()
+            f = warmup_factor(epoch, step, plan.steps, stage.warmup_epochs, stage.epochs)
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * f
+            with autocast(device, amp):
+                terms = stage.losses(batch)
+            if not terms:
+                continue
+            loss = sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                opt.step()
+            stage.after_step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            n += 1
+            if step % LOG_EVERY == 0 or step == plan.steps - 1:
+                losses = {k: float(v) / n for k, v in sums.items()}  # host sync, every LOG_EVERY steps only
+                rate = (step + 1) / max(time.monotonic() - t0, 1e-6)
+                train_rep.update(
+                    (step + 1) / max(plan.steps, 1),
+                    stage=stage.name,
+                    round=round_no,
+                    epoch=epoch,
+                    epochs=stage.epochs,
+                    step=step + 1,
+                    steps=plan.steps,
+                    losses=losses,
+                    metrics=plan.metrics,
+                    message=f"{rate:.1f} steps/s",
+                )
+        values = {k: float(v) / max(n, 1) for k, v in sums.items()}
+        if sums:
+            values["loss"] = sum(values.values())
+        values.update(plan.metrics)
+        values.update(stage.end_epoch(epoch, ep_rep))
+        values["steps"] = n
+        values["seconds"] = time.monotonic() - t0
+        on_epoch_end(epoch, values)
+        ep_rep.update(1.0, stage=stage.name, round=round_no, epoch=epoch, epochs=stage.epochs,
+                      losses={k: v for k, v in values.items() if k in sums}, metrics=values,
+                      message=f"{stage.name} epoch {epoch + 1}/{stage.epochs} done")

@@ -1,0 +1,119 @@
+"""Stage II -- text knowledge: learned prompts per pseudo-identity.
+
+The image encoder is frozen; its projected features are computed once and clustered per group
+(these are the Stage I clusters of the round's final Stage I model).  Each cluster gets its own
+learnable tokens X1..Xn in "A photo of a X1 .. Xn person.", run through CLIP's real frozen text
+transformer (model/prompts.py).  Losses: image-to-text and text-to-image supervised contrast (as
+CLIP-ReID's first stage) plus the multi-scenario separation hinge that keeps text features of
+clusters from different scenarios apart.  Output: one "offline" text feature per cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..losses.image_text import supcon_i2t, supcon_t2i
+from ..losses.separation import multi_scenario_separation_loss
+from ..model.prompts import PromptLearner
+from ..progress import Reporter
+from .context import RoundContext
+from .loop import EpochPlan, epoch_seed
+
+
+def logit_scale(model) -> torch.Tensor:
+    """CLIP's temperature as a multiplier (open_clip stores its log)."""
+    return model.logit_scale.detach().exp()
+
+
+class TextStage:
+    name = "stage2"
+
+    def __init__(self, ctx: RoundContext) -> None:
+        self.ctx = ctx
+        s = ctx.cfg.stage2
+        self.epochs, self.warmup_epochs = s.epochs, s.warmup_epochs
+        self.learner: PromptLearner | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def prepare(self, reporter: Reporter, resume: dict[str, Any] | None) -> None:
+        """Freeze the image encoder, compute features once, fix this round's clusters."""
+        ctx, s = self.ctx, self.ctx.cfg.stage2
+        ctx.model.set_image_trainable(False)
+        fs = ctx.extract(reporter.child(0.0, 0.7), "stage2")
+        if resume and "ids" in resume:  # the classes the saved prompts were learned for
+            ids, labels = resume["ids"].numpy(), resume["labels"].numpy()
+            fs = fs.subset(ids)
+            labels = labels[np.searchsorted(ids, fs.ids, sorter=np.argsort(ids))] if len(ids) else labels
+            metrics = {}
+        else:
+            labels, metrics = ctx.cluster_per_group(fs, reporter.child(0.7, 1.0))
+        self.fs, self.labels, self.cluster_metrics = fs, labels, metrics
+        self.num_classes = int(labels.max()) + 1 if (labels >= 0).any() else 0
+        scen_idx = ctx.model.scenario_index(list(ctx.images.scenario[ctx.rows(fs)])).numpy()
+        self.cluster_scenario = np.zeros(self.num_classes, dtype=np.int64)
+        keep = labels >= 0
+        self.cluster_scenario[labels[keep]] = scen_idx[keep]  # clusters are per group: one scenario each
+        self.learner = PromptLearner(ctx.model, max(self.num_classes, 1), n_ctx=ctx.cfg.model.n_ctx).to(ctx.device)
+        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.img = torch.as_tensor(fs.proj, device=ctx.device)
+        self.lab = torch.as_tensor(labels, device=ctx.device)
+        self.scen = torch.as_tensor(self.cluster_scenario, device=ctx.device)
+        if resume and "learner" in resume:
+            self.learner.load_state_dict(resume["learner"])
+
+    def begin_epoch(self, epoch: int, reporter: Reporter) -> EpochPlan:
+        s = self.ctx.cfg.stage2
+        rows = np.flatnonzero(self.labels >= 0)
+        rng = np.random.default_rng(epoch_seed(self.ctx.cfg.seed, self.ctx.round_no, self.name, epoch))
+        rows = rows[rng.permutation(len(rows))]
+        batches = [rows[i : i + s.batch_size] for i in range(0, len(rows), s.batch_size)]
+        batches = [b for b in batches if len(b) > 1]
+        return EpochPlan(batches, len(batches), dict(self.cluster_metrics))
+
+    def losses(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        s = self.ctx.cfg.stage2
+        idx = torch.as_tensor(rows, device=self.ctx.device)
+        img, lab = self.img[idx], self.lab[idx]
+        txt = self.learner(lab)
+        scale = logit_scale(self.ctx.model)
+        terms = {
+            "i2t": supcon_i2t(img, txt, lab, scale),
+            "t2i": supcon_t2i(img, txt, lab, scale),
+        }
+        if s.separation:
+            terms["separation"] = s.separation_weight * multi_scenario_separation_loss(
+                txt, self.scen[lab], margin=s.separation_margin
+            )
+        return terms
+
+    def after_step(self) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]:
+        if epoch == self.epochs - 1:
+            self.publish()
+        return {}
+
+    def publish(self) -> None:
+        """Hand the offline text representations to Stage III."""
+        with torch.no_grad():
+            text = self.learner.all_features().float().cpu().numpy() if self.num_classes else np.zeros((0, 1), np.float32)
+        self.ctx.outputs["stage2"] = {
+            "ids": self.fs.ids.copy(),
+            "labels": self.labels.copy(),
+            "text": text,
+            "cluster_scenario": self.cluster_scenario.copy(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "ids": torch.as_tensor(self.fs.ids),
+            "labels": torch.as_tensor(self.labels),
+            "learner": self.learner.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass  # handled in prepare(), which needs the saved classes before building the learner

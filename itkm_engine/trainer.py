@@ -1,0 +1,242 @@
+"""Rounds of ITKM training: Stage I -> Stage II -> Stage III, resumable per epoch.
+
+A round starts from the last finished round's checkpoint (or the initial CLIP model for round 1),
+so "retrain after new cameras arrive" is just another round.  The starting checkpoint's features
+come from the on-disk cache: only images not yet embedded with it are embedded.
+
+After every epoch the trainer writes ``checkpoints/progress.pt`` atomically (model, optimiser,
+the stage's extra state, earlier stages' outputs) and logs the epoch in the workspace in the same
+step, so a kill at any point loses at most the epoch in flight; running the same command again
+continues from the last completed epoch.  A cancel request stops within one batch and leaves the
+same resumable state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+from .errors import Cancelled, NothingToDoError
+from .features import extract_features
+from .model.backbone import ITKMModel, build_model
+from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from .progress import Reporter
+from .stages.context import RoundContext
+from .stages.heterogeneous import HeterogeneousStage
+from .stages.homogeneous import HomogeneousStage
+from .stages.loop import run_stage, seed_everything
+from .stages.text import TextStage
+
+STAGES = (HomogeneousStage, TextStage, HeterogeneousStage)
+#: Share of a round's progress bar per stage (Stage II is cheap: features once, text tower only).
+STAGE_SPAN = {"stage1": (0.0, 0.45), "stage2": (0.45, 0.6), "stage3": (0.6, 1.0)}
+PROGRESS_FILE = "progress.pt"
+
+
+@dataclass
+class RoundResult:
+    round: int
+    checkpoint: Path
+    seconds: float
+    epochs: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def camera_vocabulary(ws) -> tuple[list[str], list[str]]:
+    """Scenario and group names in use, in a stable order (the model's embedding rows)."""
+    cams = ws.cameras()
+    scenarios = sorted({c.scenario for c in cams})
+    groups = sorted({c.group for c in cams})
+    return scenarios, groups
+
+
+def init_key(cfg: Config, scenarios: list[str], groups: list[str]) -> str:
+    """Feature-cache key of the untrained starting model ("round 0")."""
+    import hashlib
+
+    src = cfg.model.weights or cfg.model.pretrained or "random"
+    h = hashlib.sha256(json.dumps([cfg.model.name, src, cfg.seed, list(cfg.model.image_size), cfg.model.feature,
+                                   scenarios, groups]).encode()).hexdigest()[:12]
+    return f"init-{cfg.model.name}-{h}"
+
+
+def load_model(ws, cfg: Config, device: torch.device, checkpoint: Path | None = None) -> tuple[ITKMModel, str]:
+    """The model of ``checkpoint`` (default: the latest finished round), extended to the current
+    cameras' scenarios and groups; or the initial model before any training.  Returns (model, key)."""
+    scenarios, groups = camera_vocabulary(ws)
+    ckpt = checkpoint if checkpoint is not None else ws.latest_checkpoint()
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, map_location="cpu")
+        model = ITKMModel.from_checkpoint(state["model"], device=device)
+        model.extend(scenarios=scenarios, groups=groups)
+        return model, checkpoint_key(ckpt)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, scenarios, groups, device=device)
+    return model, init_key(cfg, scenarios, groups)
+
+
+def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None) -> list[RoundResult]:
+    """Run ``rounds`` rounds (an interrupted round is finished first and counts as one)."""
+    reporter = reporter or Reporter(job="train")
+    device = resolve_device(device if device is not None else cfg.device)
+    images = ws.images()
+    if len(images) == 0:
+        raise NothingToDoError("the workspace has no images yet: ingest camera folders first (itkm ingest)")
+    results = []
+    for i in range(rounds):
+        rep = reporter.child(i / rounds, (i + 1) / rounds)
+        results.append(_run_round(ws, cfg, device, rep))
+    return results
+
+
+def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter) -> RoundResult:
+    t0 = time.monotonic()
+    progress_path = ws.checkpoints_dir / PROGRESS_FILE
+    resume = _resumable(ws, progress_path)
+    images = ws.images()
+    if resume is not None:
+        round_no = int(resume["round"])
+        info = next(r for r in ws.rounds() if r.number == round_no)
+        cfg = Config.from_dict(json.loads(info.config_json)) if info.config_json else cfg
+        cfg.device = str(device)
+        model = ITKMModel.from_checkpoint(resume["model"], device=device)
+        scenarios, groups = camera_vocabulary(ws)
+        model.extend(scenarios=scenarios, groups=groups)
+        base_fs = None
+        reporter.log(f"resuming round {round_no} after {resume['stage']} epoch {int(resume['epoch']) + 1}")
+    else:
+        base_ckpt = ws.latest_checkpoint()
+        model, key = load_model(ws, cfg, device)
+        round_no = ws.start_round(json.dumps(cfg.to_dict()), str(base_ckpt) if base_ckpt else None)
+        reporter.log(f"round {round_no}: starting from {base_ckpt.name if base_ckpt else 'the initial model'}")
+        base_fs = extract_features(
+            model, images, cache_dir=ws.features_dir / key, key=key, device=device,
+            batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
+            reporter=reporter.child(0.0, 0.05), stage="extract",
+        )
+    ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs)
+    if resume is not None:
+        ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
+
+    stage_order = [s.name for s in STAGES]
+    done_stage = resume["stage"] if resume is not None else None
+    done_epoch = int(resume["epoch"]) if resume is not None else -1
+    try:
+        for cls in STAGES:
+            stage = cls(ctx)
+            if done_stage is not None:
+                di, si = stage_order.index(done_stage), stage_order.index(stage.name)
+                if si < di or (si == di and done_epoch >= stage.epochs - 1):
+                    continue  # finished before the interruption
+                start = done_epoch + 1 if si == di else 0
+                stage_resume = resume.get("stage_state") if si == di else None
+            else:
+                start, stage_resume = 0, None
+            lo, hi = STAGE_SPAN[stage.name]
+            srep = reporter.child(0.05 + 0.95 * lo, 0.05 + 0.95 * hi)
+            if hasattr(stage, "prepare"):
+                stage.prepare(srep.child(0.0, 0.05), stage_resume)
+            if resume is not None and stage_resume is not None and "optimizer" in resume:
+                try:
+                    stage.optimizer.load_state_dict(resume["optimizer"])
+                except (ValueError, KeyError):
+                    reporter.warning("optimiser state did not fit; continuing with a fresh optimiser")
+            ws.update_round(round_no, status="running", stage=stage.name, epoch=start)
+
+            def on_epoch_end(epoch: int, values: dict, stage=stage) -> None:
+                _save_progress(progress_path, round_no, stage, epoch, ctx)
+                ws.log_epoch(round_no, stage.name, epoch, values)
+                ws.update_round(round_no, stage=stage.name, epoch=epoch + 1)
+                _record_failed(ws, ctx)
+
+            run_stage(stage, start_epoch=start, seed=cfg.seed, round_no=round_no, device=device, amp=cfg.amp,
+                      reporter=srep.child(0.05, 1.0), on_epoch_end=on_epoch_end)
+            if stage.name == "stage2" and "stage2" not in ctx.outputs:
+                stage.publish()  # zero epochs configured: still hand over the initial prompts
+            done_stage = None
+    except Cancelled:
+        ws.update_round(round_no, status="cancelled")
+        _record_failed(ws, ctx)
+        reporter.log(f"round {round_no} cancelled; run training again to resume from the last completed epoch")
+        raise
+
+    ckpt = ws.checkpoints_dir / f"round_{round_no:04d}.pt"
+    save_checkpoint(ckpt, _final_state(round_no, cfg, ctx))
+    if "stage2" in ctx.outputs:
+        st2 = ctx.outputs["stage2"]
+        ws.save_assignments(round_no, st2["ids"], st2["labels"])
+    ws.update_round(round_no, status="done", checkpoint=str(ckpt), finished=time.time())
+    progress_path.unlink(missing_ok=True)
+    _record_failed(ws, ctx)
+    reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
+    reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")
+    return RoundResult(round_no, ckpt, time.monotonic() - t0, ws.epoch_log(round_no))
+
+
+def _resumable(ws, progress_path: Path) -> dict | None:
+    """The saved progress of an unfinished round, if any."""
+    if not progress_path.exists():
+        return None
+    state = load_checkpoint(progress_path, map_location="cpu")
+    rounds = {r.number: r for r in ws.rounds()}
+    r = rounds.get(int(state.get("round", -1)))
+    if r is None or r.status == "done":
+        progress_path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def _outputs_to_state(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {name: {k: torch.as_tensor(np.asarray(v)) for k, v in out.items()} for name, out in outputs.items()}
+
+
+def _outputs_from_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {name: {k: v.numpy() for k, v in out.items()} for name, out in state.items()}
+
+
+def _save_progress(path: Path, round_no: int, stage, epoch: int, ctx: RoundContext) -> None:
+    save_checkpoint(
+        path,
+        {
+            "format": "itkm-progress-v1",
+            "round": round_no,
+            "stage": stage.name,
+            "epoch": epoch,
+            "model": ctx.model.state_for_checkpoint(),
+            "optimizer": stage.optimizer.state_dict(),
+            "stage_state": stage.state_dict(),
+            "outputs": _outputs_to_state(ctx.outputs),
+        },
+    )
+
+
+def _final_state(round_no: int, cfg: Config, ctx: RoundContext) -> dict:
+    return {
+        "format": "itkm-checkpoint-v1",
+        "round": round_no,
+        "config": json.dumps(cfg.to_dict()),
+        "model": ctx.model.state_for_checkpoint(),
+        "outputs": _outputs_to_state(ctx.outputs),
+    }
+
+
+def _record_failed(ws, ctx: RoundContext) -> None:
+    """Images that vanished or broke since ingest: marked, so later stages skip them."""
+    if ctx.failed_ids:
+        ws.set_image_status(sorted(ctx.failed_ids), "unreadable", "could not be read during training")
+        ctx.failed_ids.clear()

@@ -1,0 +1,411 @@
+"""The ``itkm`` command: a thin shell over the library.
+
+Every sub-command parses its flags, opens the workspace, calls one library function with a
+printing reporter, and prints a table.  User errors (:class:`ItkmError`) print one clear line and
+exit with status 2; Ctrl-C cancels the job cleanly (training stays resumable) and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import Cancelled, ItkmError
+from .progress import LogMessage, ProgressEvent, Reporter
+
+EPILOG = "Run 'itkm COMMAND --help' for the options of one command."
+
+
+# -- printing -------------------------------------------------------------------------------------
+class ConsoleReporter(Reporter):
+    """Progress on one updating line (a TTY) or a line every few seconds (logs); messages on stderr."""
+
+    def __init__(self, job: str, quiet: bool = False) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last = 0.0
+        self._quiet = quiet
+        super().__init__(self._event, self._log, job=job)
+
+    def _event(self, e: ProgressEvent) -> None:
+        if self._quiet:
+            return
+        now = time.monotonic()
+        if now - self._last < (0.2 if self._tty else 5.0) and (e.fraction or 0) < 1.0:
+            return
+        self._last = now
+        parts = [f"{100 * e.fraction:5.1f}%" if e.fraction is not None else "     "]
+        if e.round is not None:
+            parts.append(f"round {e.round}")
+        if e.stage:
+            parts.append(e.stage)
+        if e.epoch is not None and e.epochs:
+            parts.append(f"epoch {e.epoch + 1}/{e.epochs}")
+        if e.step is not None and e.steps:
+            parts.append(f"{e.step}/{e.steps}")
+        if e.losses:
+            parts.append(" ".join(f"{k}={v:.3f}" for k, v in list(e.losses.items())[:4]))
+        if e.eta_s is not None and e.fraction and e.fraction < 1:
+            parts.append(f"ETA {_duration(e.eta_s)}")
+        if e.message:
+            parts.append(e.message)
+        line = "  ".join(parts)
+        if self._tty:
+            sys.stderr.write("\r\033[K" + line[:200])
+            sys.stderr.flush()
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def _log(self, m: LogMessage) -> None:
+        if self._quiet and m.level in ("debug", "info"):
+            return
+        if self._tty:
+            sys.stderr.write("\r\033[K")
+        prefix = "" if m.level == "info" else f"{m.level}: "
+        print(prefix + m.text, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self._tty and not self._quiet:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def print_table(rows: list[dict], cols: list[str] | None = None) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cols = cols or list(rows[0].keys())
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _json_out(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_demo_data(a) -> int:
+    from .data.demo import make_demo
+
+    rep = ConsoleReporter("demo", a.quiet)
+    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, reporter=rep)
+    rep.done()
+    print(f"demo camera set in {info.root}: {info.n_images} crops of {info.n_identities} people")
+    print_table([{"camera": name, **dataclasses.asdict(cam)} for name, cam in info.cameras.items()])
+    return 0
+
+
+def cmd_ingest(a) -> int:
+    from .data.ingest import ingest
+    from .workspace import Workspace
+
+    rep = ConsoleReporter("ingest", a.quiet)
+    with Workspace.open(a.workspace, create=True) as ws:
+        summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep)
+    rep.done()
+    print(summary.format_table())
+    return 0
+
+
+def cmd_cameras(a) -> int:
+    from .workspace import Workspace
+
+    with Workspace.open(a.workspace, readonly=not a.set) as ws:
+        for cam, assignments in a.set or []:
+            kw = {}
+            for item in assignments:
+                if "=" not in item:
+                    raise ItkmError(f"expected KEY=VALUE after the camera name, got {item!r} (keys: scenario, group)")
+                k, v = item.split("=", 1)
+                if k not in ("scenario", "group"):
+                    raise ItkmError(f"unknown camera setting {k!r}; use scenario=... and/or group=...")
+                kw[k] = v
+            ws.set_camera(cam, **kw)
+        rows = [
+            {"camera": c.name, "images": c.n_images, "missing": c.n_missing, "rejected": c.n_rejected,
+             "scenario": c.scenario, "group": c.group, "median_h": f"{c.median_height:.0f}" if c.median_height else "",
+             "set_by": "user" if c.user_set else "guess", "flag": c.flag or ""}
+            for c in ws.cameras()
+        ]
+    if a.json:
+        _json_out(rows)
+    else:
+        print_table(rows)
+    return 0
+
+
+def _config_for(ws, a):
+    from .config import Config, preset
+    from .session import CONFIG_FILE
+
+    path = ws.path / CONFIG_FILE
+    if a.config:
+        cfg = Config.load(a.config)
+    elif a.preset:
+        cfg = preset(a.preset)
+    elif path.exists():
+        cfg = Config.load(path)
+    else:
+        cfg = preset("quick")
+    if a.weights:
+        cfg.model.weights = a.weights
+    if a.device:
+        cfg.device = a.device
+    for item in a.set or []:
+        key, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        cfg = cfg.with_overrides(**{key: value})
+    return cfg
+
+
+def cmd_train(a) -> int:
+    from .atomic import atomic_write_text
+    from .session import CONFIG_FILE
+    from .trainer import train
+    from .workspace import Workspace
+
+    rep = ConsoleReporter("train", a.quiet)
+    with Workspace.open(a.workspace) as ws:
+        cfg = _config_for(ws, a)
+        atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
+        try:
+            results = train(ws, cfg, rounds=a.rounds, device=a.device or cfg.device, reporter=rep)
+        except (KeyboardInterrupt, Cancelled):
+            rep.done()
+            print("training stopped; run the same command again to resume from the last completed epoch",
+                  file=sys.stderr)
+            return 130
+        rep.done()
+        for r in results:
+            last = {e["stage"]: e for e in r.epochs}
+            print(f"round {r.round} done in {r.seconds:.0f} s -> {r.checkpoint}")
+            rows = [{"stage": s, "epochs": sum(1 for e in r.epochs if e["stage"] == s),
+                     **{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in e.get("values", e).items()
+                        if k in ("loss", "n_clusters", "n_outliers", "chm_pairs", "ihm_pairs", "precision", "ari")}}
+                    for s, e in last.items()]
+            print_table(rows)
+    return 0
+
+
+def cmd_status(a) -> int:
+    from .workspace import Workspace
+
+    with Workspace.open(a.workspace, readonly=True) as ws:
+        cams = ws.cameras()
+        rounds = ws.rounds()
+        latest = ws.latest_checkpoint()
+        ev = ws.metrics("evaluation")
+        ident = ws.identities() if latest else None
+        status = {
+            "workspace": str(ws.path),
+            "cameras": len(cams),
+            "images": sum(c.n_images for c in cams),
+            "missing": sum(c.n_missing for c in cams),
+            "rejected": sum(c.n_rejected for c in cams),
+            "scenarios": sorted({c.scenario for c in cams}),
+            "rounds": [{"round": r.number, "status": r.status, "stage": r.stage, "epoch": r.epoch,
+                        "checkpoint": r.checkpoint} for r in rounds],
+            "latest_checkpoint": str(latest) if latest else None,
+            "identities": int(len(set(ident.identity.tolist()))) if ident is not None and len(ident) else 0,
+            "last_evaluation": ev[-1] if ev else None,
+        }
+    if a.json:
+        _json_out(status)
+        return 0
+    print(f"workspace  {status['workspace']}")
+    print(f"cameras    {status['cameras']}  images {status['images']}  missing {status['missing']}  "
+          f"rejected {status['rejected']}")
+    print(f"scenarios  {', '.join(status['scenarios']) or '-'}")
+    print(f"identities {status['identities']}")
+    print_table(status["rounds"]) if status["rounds"] else print("no training rounds yet (itkm train)")
+    if status["last_evaluation"]:
+        from .evaluation import format_scores
+
+        print(format_scores(status["last_evaluation"]["values"]))
+    return 0
+
+
+def _session(a, readonly: bool):
+    from .session import Session
+
+    return Session.open(a.workspace, readonly=readonly, device=getattr(a, "device", None) or "auto")
+
+
+def cmd_extract(a) -> int:
+    rep = ConsoleReporter("extract", a.quiet)
+    with _session(a, readonly=False) as s:
+        fs = s.features(reporter=rep)
+        rep.done()
+        print(f"{len(fs)} features ({fs.feats.shape[1]}-d) with model {fs.key}"
+              + (f"; {len(fs.failed)} unreadable images skipped" if fs.failed is not None and len(fs.failed) else ""))
+    return 0
+
+
+def cmd_query(a) -> int:
+    from .session import QueryFilter
+
+    rep = ConsoleReporter("query", a.quiet)
+    with _session(a, readonly=True) as s:
+        filters = None
+        if a.scenario or a.camera or a.group or a.other_cameras:
+            filters = QueryFilter(frozenset(a.scenario) if a.scenario else None, frozenset(a.group) if a.group else None,
+                                  frozenset(a.camera) if a.camera else None, a.other_cameras)
+        s.features(reporter=rep)
+        if a.text:
+            matches = s.query_text(a.image, k=a.top_k, filters=filters)
+        elif a.image.isdigit() and not Path(a.image).exists():
+            matches = s.query_image(int(a.image), k=a.top_k, filters=filters, rerank=a.rerank)
+        else:
+            matches = s.query_file(a.image, k=a.top_k, filters=filters)
+        rep.done()
+    rows = [{"rank": i + 1, "similarity": round(m.similarity, 4), "camera": m.camera, "scenario": m.scenario,
+             "group": m.group, "path": m.path} for i, m in enumerate(matches)]
+    _json_out(rows) if a.json else print_table(rows)
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluation import format_scores
+
+    rep = ConsoleReporter("evaluate", a.quiet)
+    with _session(a, readonly=False) as s:
+        scores = s.evaluate(reporter=rep)
+    rep.done()
+    if not scores:
+        raise ItkmError("no images with known person ids (the layout carries none), so there is nothing to evaluate")
+    _json_out(scores) if a.json else print(format_scores(scores))
+    return 0
+
+
+def cmd_export_tracks(a) -> int:
+    from .export import export_tracks
+
+    rep = ConsoleReporter("export", a.quiet)
+    with _session(a, readonly=False) as s:
+        n = export_tracks(s, a.out, reporter=rep)
+    rep.done()
+    print(f"{n} sightings written to {a.out}")
+    return 0
+
+
+def cmd_export_features(a) -> int:
+    from .export import export_features
+
+    rep = ConsoleReporter("export", a.quiet)
+    with _session(a, readonly=False) as s:
+        n = export_features(s, a.out, reporter=rep)
+    rep.done()
+    print(f"{n} feature rows written to {a.out}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="itkm",
+        description="ITKM Studio, headless: find the same person across cameras without labels "
+        "(ITKM: image-text knowledge modelling for unsupervised multi-scenario person re-id).",
+        epilog=EPILOG,
+    )
+    p.add_argument("--version", action="version", version="itkm-studio 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name, fn, help_, ws=True):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if ws:
+            sp.add_argument("workspace", metavar="WORKSPACE", help="workspace folder")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("demo-data", cmd_demo_data, "write the built-in multi-scenario demo camera set", ws=False)
+    sp.add_argument("dir", metavar="DIR", help="output folder (created; must be empty or an earlier demo)")
+    sp.add_argument("--identities", type=int, default=60, help="number of people (default 60, ~2,000 crops)")
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("ingest", cmd_ingest, "add camera folders to a workspace (created if missing); re-run to pick up changes")
+    sp.add_argument("folders", metavar="FOLDER", nargs="+", help="dataset or camera folders")
+    sp.add_argument("--layout", help="force a layout instead of detecting it (see the error text for the list)")
+    sp.add_argument("--scenario", help="scenario of these cameras: visible-infrared, cross-resolution, "
+                    "clothing-change or cross-camera (default: guessed)")
+
+    sp = add("cameras", cmd_cameras, "list cameras; correct a camera's scenario or group")
+    sp.add_argument("--set", nargs="+", action="append", metavar=("CAMERA", "KEY=VALUE"),
+                    type=str, help="e.g. --set cam3 scenario=visible-infrared group=infrared")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("train", cmd_train, "run training rounds (Stage I -> II -> III); re-run to resume an interrupted one")
+    sp.add_argument("--rounds", type=int, default=1)
+    sp.add_argument("--preset", choices=["tiny", "quick", "full"],
+                    help="quick: small model for CPUs/demo; full: ViT-B-16 + OpenAI weights for a GPU "
+                    "(default: the workspace's config.toml, else quick)")
+    sp.add_argument("--config", help="a TOML config file (overrides --preset)")
+    sp.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    sp.add_argument("--weights", help="local open_clip checkpoint file or folder instead of downloading")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set stage2.separation=false --set stage1.epochs=5")
+
+    sp = add("status", cmd_status, "cameras, images, rounds, identities and the last evaluation")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("extract", cmd_extract, "compute (or complete) features of all images with the latest checkpoint")
+    sp.add_argument("--device")
+
+    sp = add("query", cmd_query, "rank the workspace's images against a query image, image id or text")
+    sp.add_argument("image", metavar="IMAGE", help="an image file, a workspace image id, or text with --text")
+    sp.add_argument("--text", action="store_true", help="IMAGE is a description, ranked with the CLIP text tower")
+    sp.add_argument("--top-k", type=int, default=20)
+    sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    sp.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
+    sp.add_argument("--group", action="append", help="only these groups (repeatable)")
+    sp.add_argument("--camera", action="append", help="only these cameras (repeatable)")
+    sp.add_argument("--other-cameras", action="store_true", help="leave out the query's own camera")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--device")
+
+    sp = add("evaluate", cmd_evaluate, "mAP / CMC overall, per scenario and per cross-group direction (needs ids)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--device")
+
+    sp = add("export-tracks", cmd_export_tracks, "identity tracks to CSV, one row per sighting, ordered by time")
+    sp.add_argument("out", metavar="OUT.csv")
+    sp.add_argument("--device")
+
+    sp = add("export-features", cmd_export_features, "features with paths, cameras, scenarios, ids to NPZ")
+    sp.add_argument("out", metavar="OUT.npz")
+    sp.add_argument("--device")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except ItkmError as exc:
+        print(f"itkm {a.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Exports: identity tracks (CSV) and features (NPZ), both written atomically.
+
+CSV cells that a spreadsheet would run as a formula (starting with ``= + - @``, tab or carriage
+return) are prefixed with a single quote (OWASP's advice on CSV injection); everything else goes
+through Python's csv module, so commas, quotes, newlines and any unicode round-trip.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_open
+from .progress import Reporter
+
+TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_cell(value) -> str:
+    """A cell value that no spreadsheet will evaluate."""
+    s = "" if value is None else str(value)
+    return "'" + s if s.startswith(_FORMULA_START) else s
+
+
+def iso_time(ts: float) -> str:
+    if ts is None or not math.isfinite(ts):
+        return ""
+    return dt.datetime.fromtimestamp(float(ts), tz=dt.timezone.utc).isoformat()
+
+
+def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None) -> int:
+    """One row per sighting, grouped by identity (largest first), ordered by time.  Returns rows."""
+    reporter = reporter or Reporter(job="export")
+    images = session.images()
+    table = session.identities(reporter=reporter.child(0.0, 0.7))
+    rows = images.index_of(table.image_id)
+    keep = rows >= 0
+    ident, rows, conf = table.identity[keep], rows[keep], table.confidence[keep]
+    sizes = np.bincount(ident) if len(ident) else np.zeros(0, np.int64)
+    ts = np.nan_to_num(np.asarray(images.timestamp, dtype=np.float64), nan=np.inf)
+    order = np.lexsort((ts[rows], ident, -sizes[ident])) if len(ident) else np.zeros(0, np.int64)
+    n = len(order)
+    with atomic_open(Path(out_csv), "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(TRACK_COLUMNS)
+        for i, o in enumerate(order):
+            r = rows[o]
+            w.writerow([
+                int(ident[o]),
+                escape_cell(images.camera[r]),
+                escape_cell(images.scenario[r]),
+                escape_cell(images.group[r]),
+                iso_time(images.timestamp[r]),
+                escape_cell(images.path[r]),
+                f"{float(conf[o]):.4f}",
+            ])
+            if i % 5000 == 0:
+                reporter.check()
+                reporter.update(0.7 + 0.3 * i / max(n, 1), stage="export", step=i, steps=n)
+    reporter.update(1.0, stage="export", step=n, steps=n, message=f"{n} sightings written")
+    return n
+
+
+def export_features(session, out_npz: str | Path, reporter: Reporter | None = None) -> int:
+    """Features with their metadata: features, image_id, path, camera, scenario, group,
+    person_id (-1 unknown), identity_id.  Returns rows."""
+    reporter = reporter or Reporter(job="export")
+    images = session.images()
+    fs = session.features(reporter=reporter.child(0.0, 0.6))
+    table = session.identities(reporter=reporter.child(0.6, 0.9))
+    rows = images.index_of(fs.ids)
+    ident_rows = np.searchsorted(table.image_id, fs.ids)
+    ident_rows = np.minimum(ident_rows, max(len(table.image_id) - 1, 0))
+    identity = np.where(table.image_id[ident_rows] == fs.ids, table.identity[ident_rows], -1) if len(table) else \
+        np.full(len(fs.ids), -1)
+    with atomic_open(Path(out_npz), "wb") as fh:
+        np.savez_compressed(
+            fh,
+            features=fs.feats.astype(np.float32),
+            image_id=fs.ids,
+            path=np.array([images.path[r] for r in rows], dtype=str),
+            camera=np.asarray(images.camera[rows]).astype(str),
+            scenario=np.asarray(images.scenario[rows]).astype(str),
+            group=np.asarray(images.group[rows]).astype(str),
+            person_id=np.asarray(images.person_id[rows], dtype=np.int64),
+            identity_id=identity.astype(np.int64),
+            checkpoint=np.array(fs.key),
+        )
+    reporter.update(1.0, stage="export", message=f"{len(fs.ids)} features written")
+    return len(fs.ids)

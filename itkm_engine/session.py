@@ -1,0 +1,290 @@
+"""The facade the app and the CLI query through: one workspace, its latest model, features,
+index and identities, each computed once and cached (on disk where it is keyed by checkpoint).
+
+Thread-safe: the app calls it from worker jobs while the GUI reads results.  Nothing here knows
+about Qt.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, preset
+from .errors import ItkmError, NothingToDoError
+from .features import FeatureSet, embed, extract_features
+from .progress import Reporter
+from .records import IdentityTable
+from .workspace import Workspace
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class QueryFilter:
+    scenarios: frozenset[str] | None = None
+    groups: frozenset[str] | None = None
+    cameras: frozenset[str] | None = None
+    exclude_same_camera: bool = False
+
+
+@dataclass(frozen=True)
+class Match:
+    image_id: int
+    path: str
+    camera: str
+    scenario: str
+    group: str
+    similarity: float
+    person_id: int
+    identity: int
+
+
+def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
+    """The workspace's ``config.toml`` (written by training), else a preset."""
+    path = ws.path / CONFIG_FILE
+    return Config.load(path) if path.exists() else preset(fallback)
+
+
+class Session:
+    def __init__(self, ws: Workspace, cfg: Config | None = None, device: str | torch.device = "auto") -> None:
+        from .trainer import resolve_device
+
+        self.ws = ws
+        self.cfg = cfg or workspace_config(ws)
+        self.device = resolve_device(device if device != "auto" else self.cfg.device)
+        self._lock = threading.RLock()
+        self.refresh()
+
+    @classmethod
+    def open(cls, path, *, readonly: bool = False, cfg: Config | None = None, device="auto") -> "Session":
+        return cls(Workspace.open(path, readonly=readonly), cfg, device)
+
+    def close(self) -> None:
+        self.ws.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def refresh(self) -> None:
+        """Forget everything derived from the workspace's state (after ingest or training)."""
+        with self._lock:
+            self._images = None
+            self._model = None
+            self._key = None
+            self._features: FeatureSet | None = None
+            self._index = None
+            self._identities: IdentityTable | None = None
+            self._projection = None
+
+    # -- basics --------------------------------------------------------------------------------
+    def images(self):
+        with self._lock:
+            if self._images is None:
+                self._images = self.ws.images()
+            return self._images
+
+    def model(self):
+        from .trainer import load_model
+
+        with self._lock:
+            if self._model is None:
+                self._model, self._key = load_model(self.ws, self.cfg, self.device)
+                self._model.eval()
+            return self._model
+
+    def checkpoint_key(self) -> str:
+        self.model()
+        return self._key
+
+    def features(self, reporter: Reporter | None = None) -> FeatureSet:
+        """Features of every usable image under the current model (cached on disk)."""
+        with self._lock:
+            if self._features is None:
+                images = self.images()
+                if len(images) == 0:
+                    raise NothingToDoError("the workspace has no images yet: add camera folders first")
+                model = self.model()
+                cache = None if self.ws.readonly else self.ws.features_dir / self._key
+                self._features = extract_features(
+                    model, images, cache_dir=cache, key=self._key, device=self.device,
+                    batch_size=self.cfg.data.extract_batch_size, workers=self.cfg.data.workers,
+                    amp=self.cfg.amp, reporter=reporter,
+                )
+            return self._features
+
+    def index(self):
+        from .index import FeatureIndex
+
+        with self._lock:
+            if self._index is None:
+                self._index = FeatureIndex.build(self.features().feats, exact_limit=self.cfg.inference.exact_search_limit)
+            return self._index
+
+    # -- queries -------------------------------------------------------------------------------
+    def _allowed(self, filters: QueryFilter | None, query_camera: str | None) -> np.ndarray | None:
+        if filters is None:
+            return None
+        fs, images = self.features(), self.images()
+        rows = images.index_of(fs.ids)
+        ok = np.ones(len(fs.ids), dtype=bool)
+        if filters.scenarios:
+            ok &= np.isin(images.scenario[rows], list(filters.scenarios))
+        if filters.groups:
+            ok &= np.isin(images.group[rows], list(filters.groups))
+        if filters.cameras:
+            ok &= np.isin(images.camera[rows], list(filters.cameras))
+        if filters.exclude_same_camera and query_camera is not None:
+            ok &= images.camera[rows] != query_camera
+        return ok
+
+    def _rank(self, q: np.ndarray, k: int, allowed: np.ndarray | None, exclude_row: int | None,
+              space: str = "feats") -> list[tuple[int, float]]:
+        """Top-k rows by cosine to ``q`` among the allowed rows.  Unfiltered retrieval-space
+        queries over large galleries go through the (approximate) faiss index; everything else
+        is one matrix-vector product, which is exact and fast enough for a filtered subset."""
+        fs = self.features()
+        n = len(fs.ids)
+        if space == "feats" and allowed is None and n > self.cfg.inference.exact_search_limit:
+            sims, idx = self.index().search(q[None].astype(np.float32), min(k + 1, n))
+            return [(int(i), float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0 and i != exclude_row][:k]
+        sims = (fs.feats if space == "feats" else fs.proj) @ q
+        if allowed is not None:
+            sims = np.where(allowed, sims, -np.inf)
+        if exclude_row is not None:
+            sims[exclude_row] = -np.inf
+        kk = min(k, n)
+        top = np.argpartition(-sims, kk - 1)[:kk] if kk < n else np.arange(n)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return [(int(r), float(sims[r])) for r in top if np.isfinite(sims[r])]
+
+    def _matches(self, ranked: list[tuple[int, float]]) -> list[Match]:
+        fs, images = self.features(), self.images()
+        ident = self._identity_lookup()
+        out = []
+        for r, s in ranked:
+            img_id = int(fs.ids[r])
+            row = int(images.index_of([img_id])[0])
+            out.append(Match(img_id, images.path[row], str(images.camera[row]), str(images.scenario[row]),
+                             str(images.group[row]), s, int(images.person_id[row]), ident.get(img_id, -1)))
+        return out
+
+    def _identity_lookup(self) -> dict[int, int]:
+        t = self._identities
+        if t is None:
+            return {}
+        return dict(zip(t.image_id.tolist(), t.identity.tolist()))
+
+    def query_image(self, image_id: int, k: int = 50, filters: QueryFilter | None = None,
+                    rerank: bool = False) -> list[Match]:
+        """Ranked matches for an image of the workspace (the query itself excluded)."""
+        fs, images = self.features(), self.images()
+        r = int(fs.rows_for(np.array([image_id]))[0])
+        if r < 0:
+            raise ItkmError(f"image {image_id} has no features (not in the workspace, or unreadable)")
+        cam = str(images.camera[images.index_of([image_id])[0]])
+        if rerank:
+            from .index import k_reciprocal_rerank
+
+            sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(200, 4 * k))
+            allowed = self._allowed(filters, cam)
+            ranked = [(int(i), float(s)) for s, i in zip(sims[0], idx[0])
+                      if i != r and i >= 0 and (allowed is None or allowed[i])][:k]
+            return self._matches(ranked)
+        return self._matches(self._rank(fs.feats[r], k, self._allowed(filters, cam), r))
+
+    def embed_file(self, path: str | Path, scenario: str | None = None, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Retrieval and projected feature of an outside image (read-only)."""
+        model = self.model()
+        if scenario is None or group is None:
+            scenario, group = self._guess_side(path)
+        ok, feats, proj = embed(model, [str(path)], [scenario], [group], device=self.device, batch_size=1,
+                                amp=self.cfg.amp)
+        if not len(ok):
+            raise ItkmError(f"cannot read {path}: not an image, or damaged")
+        return feats[0], proj[0]
+
+    def _guess_side(self, path) -> tuple[str, str]:
+        from .data.guess import guess_camera
+
+        model = self.model()
+        g = guess_camera([str(path)], sample=1)
+        if g.infrared and "visible-infrared" in model.scenarios:
+            return "visible-infrared", "infrared" if "infrared" in model.groups else model.groups[0]
+        images = self.images()
+        vals, counts = np.unique(images.scenario, return_counts=True)
+        sc = str(vals[np.argmax(counts)]) if len(vals) else model.scenarios[0]
+        m = images.scenario == sc
+        gv, gc = np.unique(images.group[m], return_counts=True)
+        return sc, str(gv[np.argmax(gc)]) if len(gv) else model.groups[0]
+
+    def query_file(self, path, k: int = 50, filters: QueryFilter | None = None, reporter=None) -> list[Match]:
+        feat, _ = self.embed_file(path)
+        return self._matches(self._rank(feat, k, self._allowed(filters, None), None))
+
+    def query_text(self, text: str, k: int = 50, filters: QueryFilter | None = None) -> list[Match]:
+        """Rank the gallery by a description, through the model's CLIP text tower."""
+        text = (text or "").strip()
+        if not text:
+            raise ItkmError("type a description first, e.g. 'a person in a red jacket'")
+        model = self.model()
+        with torch.no_grad():
+            t = model.encode_text([text]).float().cpu().numpy()[0]
+        return self._matches(self._rank(t, k, self._allowed(filters, None), None, space="proj"))
+
+    # -- identities, projection, evaluation ----------------------------------------------------
+    def identities(self, reporter: Reporter | None = None) -> IdentityTable:
+        from .identities import compute_identities
+
+        with self._lock:
+            if self._identities is None:
+                key = self.checkpoint_key()
+                stored = self.ws.identities(checkpoint=key)
+                if stored is not None and len(stored):
+                    self._identities = stored
+                else:
+                    fs = self.features(reporter=(reporter.child(0.0, 0.5) if reporter else None))
+                    inf, c = self.cfg.inference, self.cfg.cluster
+                    table = compute_identities(
+                        fs.ids, fs.feats, k1=c.k1, k2=c.k2, eps=inf.identity_eps, min_samples=inf.identity_min_samples,
+                        checkpoint=key, reporter=reporter.child(0.5, 1.0) if reporter else None,
+                    )
+                    if not self.ws.readonly:
+                        self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
+                    self._identities = table
+            return self._identities
+
+    def identity_summary(self, reporter: Reporter | None = None):
+        from .identities import summarize
+
+        return summarize(self.identities(reporter), self.images())
+
+    def projection(self, reporter: Reporter | None = None) -> np.ndarray:
+        """2-D UMAP of the features (rows follow ``features().ids``), cached per checkpoint."""
+        from .projection import cached_projection
+
+        with self._lock:
+            if self._projection is None:
+                fs = self.features(reporter=reporter.child(0.0, 0.3) if reporter else None)
+                self._projection = cached_projection(
+                    None if self.ws.readonly else self.ws.cache_dir, self.checkpoint_key(), fs.feats,
+                    reporter=reporter.child(0.3, 1.0) if reporter else None,
+                )
+            return self._projection
+
+    def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
+        from .evaluation import evaluate_features
+
+        fs = self.features(reporter=reporter.child(0.0, 0.5) if reporter else None)
+        images = self.images().subset(self.images().index_of(fs.ids))
+        scores = evaluate_features(fs.feats, images, reporter=reporter.child(0.5, 1.0) if reporter else None)
+        if not self.ws.readonly and scores:
+            self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
+        return scores

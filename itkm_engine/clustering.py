@@ -73,6 +73,7 @@ EXACT_LIMIT = 50_000
 
 _QUERY_CHUNK = 8192  # kNN queries per faiss call (a cancel check between calls)
 _ROW_CHUNK = 8192  # rows per block in the sparse encoding steps
+_PAIR_CHUNK = 16384  # feature pairs gathered at once (a few MB: stays cheap, no page faults)
 _JACCARD_BUDGET = 4_000_000  # gathered (i, k, j) triples per block in the Jaccard step (~150 MB)
 
 
@@ -126,12 +127,13 @@ def nearest_neighbors(
     exact_limit: int = EXACT_LIMIT,
     nprobe: int | None = None,
     reporter: Reporter | None = None,
-) -> np.ndarray:
-    """Indices of each point's ``k`` nearest neighbours by cosine, the point itself first.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's ``k`` nearest neighbours by cosine, the point itself first.
 
-    ``features`` are L2-normalised float32 ``[N, D]``.  Returns int64 ``[N, min(k, N)]`` sorted by
-    decreasing similarity with column 0 equal to the row index (a duplicate image ties with the
-    point itself; forcing self first keeps the k-reciprocal definition well-posed).
+    ``features`` are L2-normalised float32 ``[N, D]``.  Returns ``(similarities, indices)``:
+    float32 and int64 ``[N, min(k, N)]``, sorted by decreasing similarity with column 0 equal to
+    the row index (a duplicate image ties with the point itself; forcing self first keeps the
+    k-reciprocal definition well-posed).  The similarities are reused for the kernel weights.
 
     Exact search below ``exact_limit`` points and on a GPU; above it on a CPU an
     ``IndexIVFFlat`` with ``~4 sqrt(N)`` lists and ``nprobe`` (default ``max(32, nlist/32)``)
@@ -145,7 +147,7 @@ def nearest_neighbors(
     n, dim = x.shape
     k = min(_check_k("k", k), n)
     if n == 0:
-        return np.zeros((0, k), dtype=np.int64)
+        return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
 
     index = None
     gpu = False
@@ -176,11 +178,11 @@ def nearest_neighbors(
     kind = "GPU exact" if gpu else ("exact" if not hasattr(index, "nprobe") else "IVF")
 
     out = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, _QUERY_CHUNK):
         reporter.check()
         stop = min(start + _QUERY_CHUNK, n)
-        _, idx = index.search(x[start:stop], k)
-        out[start:stop] = idx
+        sims[start:stop], out[start:stop] = index.search(x[start:stop], k)
         reporter.update(stop / n, stage="knn", message=f"{kind} kNN {stop}/{n}")
     del index
 
@@ -191,23 +193,34 @@ def nearest_neighbors(
         for start in range(0, missing.size, _QUERY_CHUNK):
             reporter.check()
             rows = missing[start : start + _QUERY_CHUNK]
-            out[rows] = flat.search(x[rows], k)[1]
+            sims[rows], out[rows] = flat.search(x[rows], k)
         del flat
-    return _self_first(out)
+    return _self_first(sims, out)
 
 
-def _self_first(idx: np.ndarray) -> np.ndarray:
+def _self_first(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Put each row's own index in column 0, keeping the others in rank order."""
     n, k = idx.shape
     rows = np.arange(n, dtype=np.int64)[:, None]
     is_self = idx == rows
     absent = ~is_self.any(axis=1)
     if absent.any():  # drop the last (weakest) neighbour to make room for self
-        idx = idx.copy()
+        idx, sims = idx.copy(), sims.copy()
         idx[absent, -1] = np.arange(n, dtype=np.int64)[absent]
+        sims[absent, -1] = 1.0
         is_self = idx == rows
     order = np.argsort(~is_self, axis=1, kind="stable")  # self (False) first, rest in order
-    return np.take_along_axis(idx, order, axis=1)
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def _pair_sims(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, reporter: Reporter) -> np.ndarray:
+    """Cosine of the pairs (rows[t], cols[t]), gathered in cache-sized chunks."""
+    out = np.empty(rows.size, dtype=np.float32)
+    for s in range(0, rows.size, _PAIR_CHUNK):
+        reporter.check()
+        e = min(s + _PAIR_CHUNK, rows.size)
+        out[s:e] = np.einsum("ij,ij->i", x[rows[s:e]], x[cols[s:e]])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,7 +249,12 @@ def _row_blocks(n: int, size: int):
 
 
 def _encode(
-    x: np.ndarray, rank: np.ndarray, k1: int, k2: int, reporter: Reporter
+    x: np.ndarray,
+    sims: np.ndarray,
+    rank: np.ndarray,
+    k1: int,
+    k2: int,
+    reporter: Reporter,
 ) -> sp.csr_matrix:
     """The k-reciprocal feature V (after local query expansion), float32 CSR, rows sum to 1."""
     n = x.shape[0]
@@ -271,17 +289,26 @@ def _encode(
     pattern.sort_indices()
 
     # Gaussian-kernel weights over each expanded set, normalised per row (softmax of -d).
+    # Nearly all expanded members are among the kNN already (their cosine came with the
+    # search); only the others are computed here.
     indptr, cols = pattern.indptr, pattern.indices
     counts = np.diff(indptr)
-    weights = np.empty(cols.size, dtype=np.float32)
     row_of = np.repeat(np.arange(n, dtype=np.int64), counts)
-    pair_chunk = 1 << 17
-    for s in range(0, cols.size, pair_chunk):
-        reporter.check()
-        e = min(s + pair_chunk, cols.size)
-        sims = np.einsum("ij,ij->i", x[row_of[s:e]], x[cols[s:e]])
-        weights[s:e] = np.exp(-(2.0 - 2.0 * sims))
-    del row_of
+    width = rank.shape[1]
+    order = np.argsort(rank, axis=1, kind="stable")
+    knn_keys = (np.arange(n, dtype=np.int64)[:, None] * n + np.take_along_axis(rank, order, 1)).ravel()
+    knn_sims = np.take_along_axis(sims, order, 1).ravel()
+    del order
+    keys = row_of * n + cols
+    at = np.minimum(np.searchsorted(knn_keys, keys), knn_keys.size - 1)
+    found = knn_keys[at] == keys
+    cos = np.where(found, knn_sims[at], np.float32(0.0)).astype(np.float32)
+    del keys, at, knn_keys, knn_sims
+    other = np.flatnonzero(~found)
+    if other.size:
+        cos[other] = _pair_sims(x, row_of[other], cols[other].astype(np.int64), reporter)
+    del row_of, found, other
+    weights = np.exp(-(2.0 - 2.0 * cos)).astype(np.float32)
     row_sum = np.add.reduceat(weights.astype(np.float64), indptr[:-1]) if cols.size else np.zeros(n)
     weights /= np.repeat(row_sum, counts).astype(np.float32)
     v = sp.csr_matrix((weights, cols, indptr), shape=(n, n))
@@ -314,13 +341,20 @@ def _encode(
 # 3. Jaccard distance through the inverted index
 # --------------------------------------------------------------------------------------------
 def _jaccard(v: sp.csr_matrix, max_distance: float, reporter: Reporter) -> sp.csr_matrix:
+    """``d_J`` for every pair of rows of ``v`` sharing a column, kept where ``<= max_distance``.
+
+    Per block of rows: for each stored ``V_ik`` gather column ``k``'s entries ``V_jk`` (the
+    inverted index), take ``min(V_ik, V_jk)``, and sum them per ``(i, j)``.  The sum is a sparse
+    product ``L @ R`` (``L`` maps each gathered triple to its row ``i``, ``R`` holds the triple's
+    ``(j, min)``): scipy's SMMP kernel accumulates it with a dense row buffer in linear time,
+    where a COO -> CSR conversion would have to sort every block's triples.
+    """
     n = v.shape[0]
     vt = v.tocsc()  # column k -> the rows j with V_jk != 0 (the inverted index)
     vt.sort_indices()
     col_len = np.diff(vt.indptr).astype(np.int64)
-    # Work per row: sum over its stored columns of that column's length.
-    row_work = np.add.reduceat(col_len[v.indices], v.indptr[:-1]) if v.nnz else np.zeros(n, np.int64)
-    row_work[np.diff(v.indptr) == 0] = 0
+    # Work per row: sum over its stored columns of that column's length (every row is non-empty).
+    row_work = np.add.reduceat(col_len[v.indices], v.indptr[:-1])
     cum = np.cumsum(row_work)
 
     out_data: list[np.ndarray] = []
@@ -335,37 +369,46 @@ def _jaccard(v: sp.csr_matrix, max_distance: float, reporter: Reporter) -> sp.cs
         b = stop - start
         lo, hi = v.indptr[start], v.indptr[stop]
         k_idx = v.indices[lo:hi]
-        a_val = v.data[lo:hi]
-        local = np.repeat(np.arange(b, dtype=np.int64), np.diff(v.indptr[start : stop + 1]))
         lens = col_len[k_idx]
         total = int(lens.sum())
         # Ragged gather of every column k's entries, for every stored V_ik of the block.
-        first = np.repeat(vt.indptr[k_idx] - (np.cumsum(lens) - lens), lens)
-        pos = first + np.arange(total, dtype=np.int64)
+        pos = np.repeat(vt.indptr[k_idx] - (np.cumsum(lens) - lens), lens)
+        pos += np.arange(total, dtype=np.int64)
+        mins = np.minimum(np.repeat(v.data[lo:hi], lens), vt.data[pos])
         j = vt.indices[pos]
-        mins = np.minimum(np.repeat(a_val, lens), vt.data[pos])
-        ii = np.repeat(local, lens)
-        del first, pos
-        m = sp.coo_matrix((mins.astype(np.float64), (ii, j)), shape=(b, n)).tocsr()  # sums dups
-        del mins, ii, j
-        m.sum_duplicates()
-        overlap = m.data
+        del pos
+        l_indptr = np.zeros(b + 1, dtype=np.int64)
+        np.cumsum(row_work[start:stop], out=l_indptr[1:])
+        left = sp.csr_matrix(
+            (np.ones(total, dtype=np.float32), np.arange(total, dtype=np.int64), l_indptr),
+            shape=(b, total),
+        )
+        right = sp.csr_matrix(
+            (mins, j, np.arange(total + 1, dtype=np.int64)), shape=(total, n)
+        )
+        m = (left @ right).tocsr()  # m[i, j] = sum_k min(V_ik, V_jk) over shared columns
+        del left, right, mins, j
+        overlap = m.data.astype(np.float64)
         dist = 1.0 - overlap / (2.0 - overlap)
         np.clip(dist, 0.0, 1.0, out=dist)
         rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(m.indptr))
-        dist[m.indices == rows] = 0.0  # self distance: exactly 0, stored
-        keep = (dist <= max_distance) | (m.indices == rows)
+        is_self = m.indices == rows
+        dist[is_self] = 0.0  # self distance: exactly 0, and stored
+        keep = (dist <= max_distance) | is_self
         out_len[start:stop] = np.bincount(rows[keep] - start, minlength=b)
         out_data.append(dist[keep].astype(np.float32))
         out_idx.append(m.indices[keep].astype(np.int32))
+        del m, overlap, dist, rows, is_self, keep
         reporter.update(stop / n, stage="jaccard", message=f"Jaccard rows {stop}/{n}")
         start = stop
 
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(out_len, out=indptr[1:])
-    data = np.concatenate(out_data) if out_data else np.zeros(0, np.float32)
-    indices = np.concatenate(out_idx) if out_idx else np.zeros(0, np.int32)
-    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    out = sp.csr_matrix(
+        (np.concatenate(out_data), np.concatenate(out_idx), indptr), shape=(n, n)
+    )
+    out.sort_indices()
+    return out
 
 
 def jaccard_knn(
@@ -405,7 +448,7 @@ def jaccard_knn(
 
     knn_rep = reporter.child(0.0, 0.4)
     if neighbors is None:
-        rank = nearest_neighbors(x, width, exact_limit=exact_limit, reporter=knn_rep)
+        sims, rank = nearest_neighbors(x, width, exact_limit=exact_limit, reporter=knn_rep)
     else:
         rank = np.asarray(neighbors)
         if rank.ndim != 2 or rank.shape[0] != n or rank.shape[1] < width:
@@ -414,11 +457,17 @@ def jaccard_knn(
             )
         if not np.issubdtype(rank.dtype, np.integer) or rank.min() < 0 or rank.max() >= n:
             raise ClusteringInputError("neighbors must hold valid row indices 0..N-1")
-        rank = _self_first(rank[:, :width].astype(np.int64))
+        rank = rank[:, :width].astype(np.int64)
+        if width > 1 and np.any(np.diff(np.sort(rank, axis=1), axis=1) == 0):
+            raise ClusteringInputError("neighbors must not repeat an index within a row")
+        rows = np.repeat(np.arange(n, dtype=np.int64), width)
+        sims = _pair_sims(x, rows, rank.ravel(), knn_rep).reshape(n, width)
+        del rows
+        sims, rank = _self_first(sims, rank)
         knn_rep.update(1.0, stage="knn", message="precomputed neighbours")
 
-    v = _encode(x, rank, k1, k2, reporter.child(0.4, 0.6))
-    del rank
+    v = _encode(x, sims, rank, k1, k2, reporter.child(0.4, 0.6))
+    del rank, sims
     return _jaccard(v, float(max_distance), reporter.child(0.6, 1.0))
 
 

@@ -115,8 +115,9 @@ def test_sparse_jaccard_matches_dense_reference(k1, k2):
     assert got.dtype == np.float32
     assert_matches_dense(got, dense)
     # faiss finds the same ranking on this data, so the default path agrees too.
-    knn = nearest_neighbors(x, max(k1 + 1, k2))
+    sims, knn = nearest_neighbors(x, max(k1 + 1, k2))
     np.testing.assert_array_equal(knn, rank[:, : max(k1 + 1, k2)])
+    np.testing.assert_allclose(sims, np.take_along_axis(x @ x.T, knn, 1), atol=1e-5)
     assert_matches_dense(jaccard_knn(x, k1, k2), dense)
 
 
@@ -222,7 +223,7 @@ def test_duplicate_points_cluster_together():
     x, truth = planted(seed=7, clusters=6, per=10, n_noise=0)
     dup = np.vstack([x, x[:10], x[:10]])  # every one of the first 10 points three times
     labels = pseudo_labels(dup, k1=20, k2=6, min_samples=4)
-    knn = nearest_neighbors(dup, 5)
+    _, knn = nearest_neighbors(dup, 5)
     np.testing.assert_array_equal(knn[:, 0], np.arange(len(dup)))  # self first despite ties
     n = len(x)
     np.testing.assert_array_equal(labels[n : n + 10], labels[:10])

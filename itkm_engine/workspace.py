@@ -294,6 +294,7 @@ class Workspace:
         self._tx_depth = 0
         self._con: sqlite3.Connection | None = None
         self._lock: WriterLock | None = None
+        self._pid = os.getpid()  # a connection must not be used across fork()
         if readonly and create:
             raise WorkspaceError("a workspace cannot be created read-only; open it with readonly=False to create it")
         try:
@@ -433,6 +434,12 @@ class Workspace:
 
     def close(self) -> None:
         """Close the database and release the writer lock.  Idempotent."""
+        if os.getpid() != self._pid:
+            # A forked child (e.g. a data-loader worker) inherited this object: the connection
+            # and the lock belong to the parent; touching them here could disturb the parent.
+            self._con = None
+            self._lock = None
+            return
         with self._rlock:
             con, self._con = self._con, None
             if con is not None:
@@ -451,6 +458,10 @@ class Workspace:
     @property
     def closed(self) -> bool:
         return self._con is None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self) -> "Workspace":
         return self
@@ -511,6 +522,11 @@ class Workspace:
     def _conn(self) -> sqlite3.Connection:
         if self._con is None:
             raise WorkspaceError(f"the workspace {self.path} is closed")
+        if os.getpid() != self._pid:
+            raise WorkspaceError(
+                "a Workspace cannot be used in a forked child process; open one there "
+                "(Workspace.open(path, readonly=True)) instead"
+            )
         return self._con
 
     def _check_writable(self) -> None:
@@ -926,19 +942,19 @@ class Workspace:
             self._require_source(con, source_id)
             cam = self._camera_ids(con, {r.camera for r in records}, source_id)
             sid = int(source_id)
-            rows = []
-            for r in records:
-                rel = r.relpath
-                if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
-                    raise ItkmError(f"image path {rel!r} must be relative to its source folder")
-                ts = r.timestamp
-                rows.append(
-                    (sid, cam[r.camera], rel, int(r.width), int(r.height),
-                     None if ts is None or ts != ts else float(ts),
-                     None if r.mtime is None else float(r.mtime),
-                     None if r.size_bytes is None else int(r.size_bytes),
-                     int(r.person_id), now)
-                )
+            bad = next((r.relpath for r in records if not r.relpath or r.relpath[0] in "/\\" or r.relpath[1:2] == ":"), None)
+            if bad is not None:
+                raise ItkmError(f"image path {bad!r} must be relative to its source folder")
+            # One comprehension (this loop is most of the Python cost of a 100k batch).  NaN
+            # timestamps become NULL (ts == ts is False only for NaN); numpy scalars become plain.
+            rows = [
+                (sid, cam[r.camera], r.relpath, int(r.width), int(r.height),
+                 float(r.timestamp) if r.timestamp is not None and r.timestamp == r.timestamp else None,
+                 None if r.mtime is None else float(r.mtime),
+                 None if r.size_bytes is None else int(r.size_bytes),
+                 int(r.person_id), now)
+                for r in records
+            ]
             (max_before,) = con.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()
             changed = con.executemany(_UPSERT_IMAGE, rows).rowcount
             # INTEGER PRIMARY KEY without AUTOINCREMENT hands out max(id)+1, and images are never
@@ -1131,13 +1147,14 @@ class Workspace:
 
     _ROUND_COLS = "number, status, started, finished, checkpoint, stage, epoch, config_json, base_checkpoint"
 
-    @staticmethod
-    def _round(row: tuple) -> RoundInfo:
+    def _round(self, row: tuple) -> RoundInfo:
         number, status, started, finished, ckpt, stage, epoch, cfg, base = row
         return RoundInfo(
             number=int(number), status=status, started=float(started),
-            finished=None if finished is None else float(finished), checkpoint=ckpt, stage=stage,
-            epoch=None if epoch is None else int(epoch), config_json=cfg, base_checkpoint=base,
+            finished=None if finished is None else float(finished),
+            checkpoint=None if ckpt is None else str(self.resolve_path(ckpt)), stage=stage,
+            epoch=None if epoch is None else int(epoch), config_json=cfg,
+            base_checkpoint=None if base is None else str(self.resolve_path(base)),
         )
 
     def rounds(self) -> list[RoundInfo]:
@@ -1233,7 +1250,8 @@ class Workspace:
         with self.transaction() as con:
             cur = con.execute(
                 "INSERT INTO metrics (key, round, checkpoint, values_json, created) VALUES (?, ?, ?, ?, ?)",
-                (str(key), None if round is None else int(round), self._store_path(checkpoint), _dumps(values), time.time()),
+                (str(key), None if round is None else int(round), None if checkpoint is None else str(checkpoint),
+                 _dumps(values), time.time()),
             )
             return int(cur.lastrowid)
 
@@ -1263,7 +1281,7 @@ class Workspace:
         conf = np.asarray(confidences, dtype=np.float64).ravel()
         if not (ids.shape == ident.shape == conf.shape):
             raise ValueError(f"lengths differ: {len(ids)} image ids, {len(ident)} identities, {len(conf)} confidences")
-        key = self._store_path(checkpoint)
+        key = str(checkpoint)
         with self.transaction() as con:
             con.execute("DELETE FROM identities WHERE checkpoint = ?", (key,))
             con.executemany(
@@ -1280,7 +1298,7 @@ class Workspace:
                     return IdentityTable(None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
                 key = row[0]
             else:
-                key = self._store_path(checkpoint)
+                key = str(checkpoint)
             rows = con.execute(
                 "SELECT image_id, identity, confidence FROM identities WHERE checkpoint = ? ORDER BY image_id", (key,)
             ).fetchall()
@@ -1307,7 +1325,8 @@ class Workspace:
 
     # -- paths stored in the database --------------------------------------------------------
     def _store_path(self, p: str | Path | None) -> str | None:
-        """Paths inside the workspace are stored relative (``checkpoints/round_0001.pt``)."""
+        """Paths inside the workspace are stored relative (``checkpoints/round_0001.pt``) so the
+        workspace can be moved; :meth:`rounds` hands them back absolute."""
         if p is None:
             return None
         s = str(p)

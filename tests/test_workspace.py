@@ -291,11 +291,13 @@ def test_rounds_and_epochs_roundtrip(ws):
     ckpt.write_bytes(b"weights")
     ws.update_round(r1, status="done", checkpoint=ckpt)
     info = ws.get_round(r1)
-    assert info.status == "done" and info.finished is not None and info.checkpoint == "checkpoints/round_0001.pt"
+    assert info.status == "done" and info.finished is not None and info.checkpoint == str(ckpt)
+    stored = ws._query("SELECT checkpoint FROM rounds WHERE number = 1")[0][0]
+    assert stored == "checkpoints/round_0001.pt"  # relative inside: the workspace can move
     assert (info.stage, info.epoch) == ("homogeneous", 3)
     assert ws.latest_checkpoint() == ckpt
     r2 = ws.start_round("{}", info.checkpoint)
-    assert r2 == 2 and ws.get_round(r2).base_checkpoint == "checkpoints/round_0001.pt"
+    assert r2 == 2 and ws.get_round(r2).base_checkpoint == str(ckpt)
     ws.update_round(r2, status="done", checkpoint=ws.checkpoint_path(r2))  # file never written
     assert ws.latest_checkpoint() == ckpt
     ws.update_round(r2, status="failed")
@@ -494,3 +496,35 @@ def test_disk_full_rolls_back_whole_batch(ws, src):
 
 def test_locked_error_is_a_workspace_error():
     assert issubclass(WorkspaceLockedError, WorkspaceError)
+
+
+def test_unwritable_folder_message_even_as_root(tmp_path, monkeypatch):
+    path = tmp_path / "ws"
+    Workspace.open(path, create=True).close()
+    real_access = os.access
+    monkeypatch.setattr(wsmod.os, "access", lambda p, mode: False if Path(p) == path and mode == os.W_OK else real_access(p, mode))
+    with pytest.raises(WorkspaceError, match="readonly=True"):
+        Workspace.open(path)
+    assert not (path / "workspace.lock").exists()
+
+
+def test_moved_workspace_keeps_checkpoints(tmp_path):
+    path = tmp_path / "ws"
+    with Workspace.open(path, create=True) as w:
+        r = w.start_round("{}", None)
+        w.checkpoint_path(r).write_bytes(b"w")
+        w.update_round(r, status="done", checkpoint=w.checkpoint_path(r))
+    moved = tmp_path / "elsewhere"
+    path.rename(moved)
+    with Workspace.open(moved, readonly=True) as w:
+        assert w.latest_checkpoint() == moved / "checkpoints" / "round_0001.pt"
+        assert w.rounds()[0].checkpoint == str(moved / "checkpoints" / "round_0001.pt")
+
+
+def test_nan_timestamp_and_closed_workspace(ws, src):
+    ws.upsert_images(src, [ImageRecord("c/a.jpg", "c", 10, 20, float("nan"), 1.0, 5)])
+    assert np.isnan(ws.images().timestamp[0])
+    ws.close()
+    ws.close()  # idempotent
+    with pytest.raises(WorkspaceError, match="closed"):
+        ws.images()

@@ -58,7 +58,8 @@ def text_space(
         temperature: softmax temperature; small values make each vector peak on few clusters.
 
     Returns:
-        ``[N, C]`` float32 rows summing to 1, on ``feats``' device.
+        ``[N, C]`` float32 rows summing to 1, on ``feats``' device; computed without gradient
+        (IHM is a mining step between epochs, not part of the loss graph).
     """
     f = _float_tensor(feats, "feats")
     t = _float_tensor(cluster_text, "cluster_text").to(f.device)

@@ -41,7 +41,7 @@ class CropTransform:
         self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
 
     def __call__(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
         x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
         a = self.augment
         if a is not None:

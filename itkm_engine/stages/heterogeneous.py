@@ -76,7 +76,7 @@ class HeterogeneousStage:
         # Offline text of each instance: the Stage II text feature of its Stage II cluster.
         st2_rows = _rows_of(self.st2["ids"], fs.ids)
         st2_labels = np.where(st2_rows >= 0, self.st2["labels"][np.maximum(st2_rows, 0)], -1)
-        offline = instance_offline_text(st2_labels, self.st2["text"])
+        offline = instance_offline_text(st2_labels, self.st2["text"], image_embeds=fs.proj)
 
         # DRU, or (switched off) static Stage II anchors with Stage II labels.
         if s.dru:

@@ -1,0 +1,448 @@
+"""The ITKM model: an open_clip CLIP with a scenario embedding and per-group patch stems.
+
+Stage I of ITKM (DESIGN.md section 2) changes CLIP's vision tower in exactly one place, the
+token embedding step (``VisionTransformer._embeds``):
+
+* **group stems** -- the patch-embedding conv (``visual.conv1``) is duplicated per group
+  (visible / infrared / high-res / ...), each copy starting from the pretrained weights, so
+  pixels of different modalities get their own stem and share everything after it;
+* **scenario embedding** -- one learnable vector per scenario (init N(0, 0.02), times
+  ``cfg.scenario_scale``) added to every token, class token included, right where the positional
+  embedding is added (before patch dropout and ``ln_pre``).
+
+:meth:`ITKMModel.forward_image` therefore re-does ``_embeds`` with those two terms and then calls
+the vision tower's own modules (transformer, ``_pool``, ``proj``) unchanged; with a zero scenario
+embedding and unchanged stems it computes exactly ``clip.encode_image`` (a test checks this).
+The text tower is CLIP's, frozen; :meth:`ITKMModel.encode_text_embeddings` runs it from token
+embeddings so the prompt learner can put learnable vectors where words would be.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Iterable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ItkmError
+from .weights import create_clip, get_tokenizer, uses_quick_gelu
+
+__all__ = ["ImageOutput", "ITKMModel", "build_model", "CHECKPOINT_FORMAT", "FEATURES"]
+
+#: ``state["format"]`` of :meth:`ITKMModel.state_for_checkpoint`; bump the version on change.
+CHECKPOINT_FORMAT = "itkm-model"
+CHECKPOINT_VERSION = 1
+#: Values of ``ModelConfig.feature``.
+FEATURES = ("concat", "proj")
+SCENARIO_INIT_STD = 0.02
+
+
+class ImageOutput(NamedTuple):
+    """One batch through the vision tower.
+
+    ``pre``: ``ln_post`` of the class token, before the projection ``[B, width]``;
+    ``proj``: ``pre @ visual.proj`` in CLIP's joint image-text space ``[B, embed_dim]``.
+    """
+
+    pre: torch.Tensor
+    proj: torch.Tensor
+
+
+class _TextSide(NamedTuple):
+    """References to the modules of CLIP's text tower (CLIP keeps them on itself,
+    CustomTextCLIP on ``clip.text``)."""
+
+    token_embedding: nn.Embedding
+    positional_embedding: nn.Parameter
+    transformer: nn.Module
+    ln_final: nn.Module
+    text_projection: nn.Parameter | nn.Linear | None
+    attn_mask: torch.Tensor | None
+    pool_type: str
+    eos_id: int | None
+    context_length: int
+
+
+class ITKMModel(nn.Module):
+    """CLIP + scenario embedding + group stems; the one model every ITKM stage trains.
+
+    ``scenarios`` and ``groups`` fix the index order of ``scenario_idx`` / ``group_idx``.
+    """
+
+    def __init__(self, clip: nn.Module, scenarios: Sequence[str], groups: Sequence[str], cfg: ModelConfig,
+                 tokenizer=None) -> None:
+        super().__init__()
+        visual = getattr(clip, "visual", None)
+        if not isinstance(visual, VisionTransformer):
+            raise ItkmError(
+                f"model {cfg.name!r} has a {type(visual).__name__} image tower; ITKM needs an open_clip "
+                f"VisionTransformer (a ViT-* model) for its scenario embedding and patch stems"
+            )
+        if cfg.feature not in FEATURES:
+            raise ItkmError(f"model.feature must be one of {', '.join(FEATURES)}, got {cfg.feature!r}")
+        _check_names("scenario", scenarios)
+        _check_names("group", groups)
+        self.clip = clip
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.scenarios: list[str] = list(scenarios)
+        self.groups: list[str] = list(groups)
+        self.width: int = int(visual.class_embedding.shape[-1])
+        self.embed_dim: int = int(visual.output_dim)
+        self.feature_dim: int = self.width + self.embed_dim if cfg.feature == "concat" else self.embed_dim
+
+        if cfg.scenario_embedding:
+            emb = torch.empty(len(self.scenarios), self.width, device=visual.class_embedding.device)
+            self.scenario_embedding: nn.Parameter | None = nn.Parameter(emb.normal_(0.0, SCENARIO_INIT_STD))
+        else:
+            self.scenario_embedding = None
+        if cfg.group_stems:
+            self.stems: nn.ModuleList | None = nn.ModuleList(self._new_stem() for _ in self.groups)
+            visual.conv1.requires_grad_(False)  # kept as the pretrained template of new stems; unused
+        else:
+            self.stems = None
+        self.freeze_text()
+
+    # -- vocabulary ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.clip.visual.class_embedding.device
+
+    def scenario_index(self, names: Iterable[str]) -> torch.Tensor:
+        """CPU LongTensor of scenario positions.  An unknown name raises :class:`ItkmError`:
+        call :meth:`extend` first (a new camera of a new scenario gets its own row)."""
+        return _index("scenario", self.scenarios, names)
+
+    def group_index(self, names: Iterable[str]) -> torch.Tensor:
+        """CPU LongTensor of group positions (see :meth:`scenario_index`)."""
+        return _index("group", self.groups, names)
+
+    def extend(self, scenarios: Iterable[str] = (), groups: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+        """Append scenarios / groups the model has not seen (cameras added later).
+
+        New scenario rows are drawn from N(0, 0.02) like the first ones; a new group's stem is a
+        copy of the pretrained stem ``visual.conv1``.  Existing rows, stems and their indices are
+        unchanged, so old outputs stay identical and older checkpoints still load.  Replaces the
+        scenario-embedding parameter object: build optimizers after extending.
+        Returns the names actually added.
+        """
+        new_s = _new_names(self.scenarios, scenarios)
+        new_g = _new_names(self.groups, groups)
+        if new_s:
+            _check_names("scenario", self.scenarios + new_s)
+            if self.scenario_embedding is not None:
+                old = self.scenario_embedding
+                rows = torch.empty(len(new_s), self.width, device=old.device, dtype=old.dtype)
+                rows.normal_(0.0, SCENARIO_INIT_STD)
+                self.scenario_embedding = nn.Parameter(
+                    torch.cat([old.detach(), rows]), requires_grad=old.requires_grad
+                )
+            self.scenarios.extend(new_s)
+        if new_g:
+            _check_names("group", self.groups + new_g)
+            if self.stems is not None:
+                for _ in new_g:
+                    self.stems.append(self._new_stem())
+            self.groups.extend(new_g)
+        return new_s, new_g
+
+    def _new_stem(self) -> nn.Conv2d:
+        stem = copy.deepcopy(self.clip.visual.conv1)
+        stem.requires_grad_(True)
+        return stem
+
+    # -- image side ------------------------------------------------------------------------
+    def embed_tokens(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:
+        """``VisionTransformer._embeds`` with the group stem and the scenario embedding."""
+        visual = self.clip.visual
+        x = self._patchify(x, group_idx)  # [B, width, gh, gw]
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, gh*gw, width]
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + visual.positional_embedding.to(x.dtype)
+        if self.scenario_embedding is not None:
+            idx = self._as_index(scenario_idx, len(self.scenarios), "scenario", x.shape[0])
+            scen = self.scenario_embedding[idx] * self.cfg.scenario_scale
+            x = x + scen.to(x.dtype).unsqueeze(1)  # every token, class token included
+        x = visual.patch_dropout(x)
+        return visual.ln_pre(x)
+
+    def forward_image(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
+        """Images ``[B,3,H,W]`` (CLIP-normalised, ``cfg.image_size``) -> :class:`ImageOutput`."""
+        visual = self.clip.visual
+        tokens = self.embed_tokens(x, scenario_idx, group_idx)
+        tokens = visual.transformer(tokens)
+        pre, _ = visual._pool(tokens)
+        proj = pre @ visual.proj if visual.proj is not None else pre
+        return ImageOutput(pre=pre, proj=proj)
+
+    forward = forward_image
+
+    def retrieval_feature(self, out: ImageOutput) -> torch.Tensor:
+        """The L2-normalised feature used for clustering and search (``cfg.feature``):
+        ``concat`` = normalize(cat(normalize(pre), normalize(proj))) as CLIP-ReID does;
+        ``proj`` = normalize(proj)."""
+        if self.cfg.feature == "concat":
+            return F.normalize(torch.cat([F.normalize(out.pre, dim=-1), F.normalize(out.proj, dim=-1)], dim=-1), dim=-1)
+        return F.normalize(out.proj, dim=-1)
+
+    def _patchify(self, x: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:
+        if self.stems is None:
+            return self.clip.visual.conv1(x)
+        idx = self._as_index(group_idx, len(self.groups), "group", x.shape[0])
+        present = torch.unique(idx).tolist()
+        if len(present) == 1:
+            return self.stems[present[0]](x)
+        out: torch.Tensor | None = None
+        for g in present:
+            rows = (idx == g).nonzero(as_tuple=True)[0]
+            y = self.stems[g](x.index_select(0, rows))
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out.index_copy_(0, rows, y.to(out.dtype))
+        assert out is not None
+        return out
+
+    def _as_index(self, idx: torch.Tensor | Sequence[int], n: int, what: str, batch: int) -> torch.Tensor:
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
+        if idx.numel() != batch:
+            raise ItkmError(f"{what}_idx has {idx.numel()} entries for a batch of {batch} images")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ItkmError(f"{what}_idx out of range 0..{n - 1}; map names with {what}_index() and extend() new ones")
+        return idx
+
+    # -- text side -------------------------------------------------------------------------
+    def text_side(self) -> _TextSide:
+        """The modules of CLIP's text tower, wherever this CLIP class keeps them."""
+        clip = self.clip
+        text = getattr(clip, "text", None)
+        if isinstance(text, TextTransformer):
+            if text.cls_emb is not None or text.use_pad_mask:
+                raise ItkmError(f"the text tower of {self.cfg.name!r} (class token / pad mask) is not supported")
+            return _TextSide(text.token_embedding, text.positional_embedding, text.transformer, text.ln_final,
+                             text.text_projection, text.attn_mask, text.pool_type, getattr(text, "eos_id", None),
+                             text.context_length)
+        if hasattr(clip, "token_embedding"):
+            return _TextSide(clip.token_embedding, clip.positional_embedding, clip.transformer, clip.ln_final,
+                             clip.text_projection, clip.attn_mask, clip.text_pool_type,
+                             getattr(clip, "text_eos_id", None), clip.context_length)
+        raise ItkmError(f"the text tower of {self.cfg.name!r} ({type(text).__name__}) is not supported by ITKM")
+
+    def encode_text_embeddings(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Run CLIP's text tower from token embeddings ``x [B,L,W]`` (the steps of
+        ``CLIP.encode_text`` after ``token_embedding``); ``ids [B,L]`` are the token ids the
+        embeddings stand for, used only to find the pooling (end-of-text) position.
+        Returns unnormalised text features ``[B, embed_dim]``; gradients flow to ``x``."""
+        t = self.text_side()
+        cast = t.transformer.get_cast_dtype()
+        x = x.to(cast) + t.positional_embedding.to(cast)
+        x = t.transformer(x, attn_mask=t.attn_mask)
+        x = t.ln_final(x)
+        x = text_global_pool(x, ids, t.pool_type, eos_token_id=t.eos_id)
+        if t.text_projection is not None:
+            x = t.text_projection(x) if isinstance(t.text_projection, nn.Linear) else x @ t.text_projection
+        return x
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``[N, context_length]`` on the model's device."""
+        if self.tokenizer is None:
+            self.tokenizer = get_tokenizer(self.cfg.name)
+        return self.tokenizer(list(texts)).to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Normalised text features ``[N, embed_dim]`` of plain sentences (gallery text search),
+        through CLIP's own ``encode_text``.  No gradients: the text tower is frozen."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            return torch.zeros(0, self.embed_dim, device=self.device)
+        return self.clip.encode_text(self.tokenize(texts), normalize=True)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's learned temperature (a log value, frozen); use ``logit_scale.exp()``."""
+        return self.clip.logit_scale
+
+    # -- parameters and freezing -----------------------------------------------------------
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Parameters ITKM adds (scenario embedding, group stems): the trainer gives them their
+        own learning rate."""
+        params: list[nn.Parameter] = []
+        if self.scenario_embedding is not None:
+            params.append(self.scenario_embedding)
+        if self.stems is not None:
+            params.extend(self.stems.parameters())
+        return params
+
+    def image_parameters(self) -> list[nn.Parameter]:
+        """CLIP's own vision-tower parameters that the forward pass uses (not the new ones;
+        without shared stem when group stems replace it)."""
+        skip = {id(p) for p in self.clip.visual.conv1.parameters()} if self.stems is not None else set()
+        return [p for p in self.clip.visual.parameters() if id(p) not in skip]
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        """The text tower's parameters (always frozen; listed for accounting)."""
+        seen: set[int] = set()
+        out: list[nn.Parameter] = []
+        t = self.text_side()
+        for item in (t.token_embedding, t.positional_embedding, t.transformer, t.ln_final, t.text_projection):
+            ps = [item] if isinstance(item, nn.Parameter) else list(item.parameters()) if isinstance(item, nn.Module) else []
+            for p in ps:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def freeze_text(self) -> None:
+        """Freeze the text tower and ``logit_scale`` (ITKM never trains them)."""
+        for p in self.text_parameters():
+            p.requires_grad_(False)
+        self.clip.logit_scale.requires_grad_(False)
+        if getattr(self.clip, "logit_bias", None) is not None:
+            self.clip.logit_bias.requires_grad_(False)
+
+    def set_image_trainable(self, trainable: bool) -> None:
+        """Stage I/III train the image side (``True``); Stage II freezes it (``False``)."""
+        for p in self.image_parameters():
+            p.requires_grad_(trainable)
+        for p in self.new_parameters():
+            p.requires_grad_(trainable)
+        if self.stems is not None:
+            self.clip.visual.conv1.requires_grad_(False)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_for_checkpoint(self) -> dict:
+        """Everything needed to rebuild this model (weights-only safe: tensors, str, lists)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model_config": _config_to_dict(self.cfg),
+            "quick_gelu": uses_quick_gelu(self.clip),
+            "scenarios": list(self.scenarios),
+            "groups": list(self.groups),
+            "state_dict": {k: v.detach() for k, v in self.state_dict().items()},
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Load :meth:`state_for_checkpoint` output.  The model takes the checkpoint's scenario
+        and group lists (resizing its rows/stems to them); :meth:`extend` afterwards adds names
+        the checkpoint did not have."""
+        _check_state(state)
+        if self.scenarios != list(state["scenarios"]) or self.groups != list(state["groups"]):
+            self._resize_to(list(state["scenarios"]), list(state["groups"]))
+        missing, unexpected = self.load_state_dict(state["state_dict"], strict=False)
+        if missing or unexpected:
+            raise ItkmError(
+                f"the checkpoint does not fit model {self.cfg.name!r}: "
+                f"{len(missing)} missing weights ({', '.join(missing[:3])}), "
+                f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}). "
+                f"It was written for model {state['model_config'].get('name')!r}."
+            )
+
+    @classmethod
+    def from_checkpoint(cls, state: dict, device: torch.device | str = "cpu") -> "ITKMModel":
+        """Rebuild the model a checkpoint was written from (no weights download needed)."""
+        _check_state(state)
+        cfg = _config_from_dict(state["model_config"])
+        clip, tokenizer = create_clip(cfg, device=device, load_weights=False, quick_gelu=bool(state.get("quick_gelu")))
+        model = cls(clip, state["scenarios"], state["groups"], cfg, tokenizer=tokenizer).to(device)
+        model.load_state(state)
+        return model
+
+    def _resize_to(self, scenarios: list[str], groups: list[str]) -> None:
+        _check_names("scenario", scenarios)
+        _check_names("group", groups)
+        if self.scenario_embedding is not None:
+            p = self.scenario_embedding
+            self.scenario_embedding = nn.Parameter(
+                torch.zeros(len(scenarios), self.width, device=p.device, dtype=p.dtype), requires_grad=p.requires_grad
+            )
+        if self.stems is not None:
+            self.stems = nn.ModuleList(self._new_stem() for _ in groups)
+        self.scenarios, self.groups = list(scenarios), list(groups)
+
+    def extra_repr(self) -> str:
+        return f"scenarios={self.scenarios}, groups={self.groups}, feature={self.cfg.feature!r}"
+
+
+def build_model(cfg: ModelConfig, scenarios: Sequence[str], groups: Sequence[str], *,
+                device: torch.device | str = "cpu") -> ITKMModel:
+    """CLIP from ``cfg`` (weights resolved by :func:`~itkm_engine.model.weights.create_clip`,
+    raising :class:`~itkm_engine.errors.WeightsUnavailableError`) wrapped as an ITKM model."""
+    clip, tokenizer = create_clip(cfg, device=device)
+    return ITKMModel(clip, scenarios, groups, cfg, tokenizer=tokenizer).to(device)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _check_names(what: str, names: Sequence[str]) -> None:
+    if not names:
+        raise ItkmError(f"the model needs at least one {what}")
+    if any(not isinstance(n, str) or not n for n in names):
+        raise ItkmError(f"{what} names must be non-empty strings, got {list(names)!r}")
+    if len(set(names)) != len(names):
+        raise ItkmError(f"duplicate {what} names: {list(names)!r}")
+
+
+def _new_names(have: Sequence[str], names: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        if n not in have and n not in out:
+            out.append(n)
+    return out
+
+
+def _index(what: str, vocab: Sequence[str], names: Iterable[str]) -> torch.Tensor:
+    if isinstance(names, str):
+        names = [names]
+    pos = {n: i for i, n in enumerate(vocab)}
+    out: list[int] = []
+    unknown: list[str] = []
+    for n in names:
+        i = pos.get(n)
+        if i is None:
+            if n not in unknown:
+                unknown.append(n)
+        else:
+            out.append(i)
+    if unknown:
+        raise ItkmError(
+            f"the model has no {what} {', '.join(map(repr, unknown))} (it knows {', '.join(vocab)}); "
+            f"call model.extend({what}s=[...]) to add it"
+        )
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _config_to_dict(cfg: ModelConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["image_size"] = list(d["image_size"])
+    return d
+
+
+def _config_from_dict(d: dict) -> ModelConfig:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    kwargs = {k: v for k, v in d.items() if k in known}
+    if "image_size" in kwargs:
+        kwargs["image_size"] = tuple(int(v) for v in kwargs["image_size"])
+    return ModelConfig(**kwargs)
+
+
+def _check_state(state: dict) -> None:
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ItkmError("this file is not an ITKM model checkpoint (no 'format: itkm-model' entry)")
+    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
+        raise ItkmError(
+            f"the checkpoint was written by a newer ITKM Studio (model format v{state['version']}, "
+            f"this one reads up to v{CHECKPOINT_VERSION}); update ITKM Studio"
+        )
+    for key in ("model_config", "scenarios", "groups", "state_dict"):
+        if key not in state:
+            raise ItkmError(f"the model checkpoint is incomplete: no {key!r}")
+

@@ -87,12 +87,19 @@ def crop_saturation(rgb: np.ndarray) -> float:
     return float(s[lit].mean() / 255.0)
 
 
-def guess_camera(paths: Sequence[str | os.PathLike], sample: int = 32, seed: int = 0) -> CameraGuess:
+def guess_camera(
+    paths: Sequence[str | os.PathLike],
+    sample: int = 32,
+    seed: int = 0,
+    *,
+    median_height: float | None = None,
+) -> CameraGuess:
     """Guess infrared / mixed and the median crop height from a random sample of ``paths``.
 
     Deterministic for a given set of paths and ``seed`` (paths are sorted before sampling).
     Unreadable images are skipped; a camera with no readable image gets a neutral guess
-    (not infrared, not mixed, ``sampled == 0``).
+    (not infrared, not mixed, ``sampled == 0``).  ``median_height``: when the caller already
+    knows it (ingestion has every header), it is used as is and no header is read again.
     """
     ordered = sorted(paths, key=os.fsencode)
     rng = np.random.default_rng(seed)
@@ -103,14 +110,16 @@ def guess_camera(paths: Sequence[str | os.PathLike], sample: int = 32, seed: int
     heights: list[int] = []
     for p in ordered:
         try:
-            header = read_header(p)
+            if median_height is None:
+                heights.append(read_header(p).height)
             thumb = load_rgb(p, max_side=_THUMB)
         except BadImage:
+            if median_height is None and len(heights) > len(sats):
+                heights.pop()
             continue
-        heights.append(header.height)
         sats.append(crop_saturation(thumb))
     if not sats:
-        return CameraGuess(False, False, 0.0, 0.0, 0.0, 0.0, 0)
+        return CameraGuess(False, False, 0.0, 0.0, float(median_height or 0.0), 0.0, 0)
     s = np.asarray(sats)
     grey = float(np.mean(s < GREY_SATURATION))
     colour = float(np.mean(s > COLOUR_SATURATION))
@@ -121,7 +130,7 @@ def guess_camera(paths: Sequence[str | os.PathLike], sample: int = 32, seed: int
         mixed=mixed,
         mean_saturation=float(s.mean()),
         grey_fraction=grey,
-        median_height=float(np.median(heights)),
+        median_height=float(median_height) if median_height is not None else float(np.median(heights)),
         colour_fraction=colour,
         sampled=len(sats),
     )

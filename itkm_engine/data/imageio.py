@@ -68,7 +68,7 @@ __all__ = [
 
 #: Refuse images with more pixels than this (decompression-bomb guard).  A person crop is a few
 #: hundred pixels high; 64 megapixels is far beyond any real crop and still cheap to refuse.
-MAX_PIXELS: int = 64 * 1024 * 1024
+MAX_PIXELS: int = 64_000_000
 #: Refuse images with a side shorter than this: nothing can be learned from a 1x1 or 4x3 "crop".
 MIN_SIDE: int = 8
 #: Refuse files larger than this before opening them (a crop is kilobytes; this is a sanity bound).

@@ -69,9 +69,9 @@ def main() -> int:
         tmp = tempfile.mkdtemp(prefix="itkm-bench-demo-")
         root = Path(tmp) / "demo"
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         info = make_demo(root, identities=identities, seed=args.seed)
-        gen_s = time.perf_counter() - t0
+        gen_s, gen_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         t0 = time.perf_counter()
         again = make_demo(root, identities=identities, seed=args.seed)
         reuse_s = time.perf_counter() - t0
@@ -123,11 +123,13 @@ def main() -> int:
         "identities": info.n_identities,
         "images": info.n_images,
         "generate_s": round(gen_s, 2),
+        "generate_cpu_s": round(gen_cpu_s, 2),
         "images_per_s": round(info.n_images / gen_s, 1),
         "reuse_s": round(reuse_s, 3),
         "avg_kb": round(per_image_kb, 2),
         "color_feat_s": round(feat_s, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }]
     cam_rows = [{"camera": n, "scenario": c.scenario, "group": c.group, "camnum": c.camnum, "images": c.n_images}
                 for n, c in info.cameras.items()]

@@ -112,7 +112,7 @@ def main() -> int:
             assert ok == n, (ok, n)
             header_rates[workers] = n / dt
             rows.append({"phase": f"scan + headers ({workers} thread{'s' if workers > 1 else ''})",
-                         "images": n, "seconds": dt, "images_per_s": n / dt})
+                         "images": n, "seconds": dt, "images_per_s": round(n / dt)})
 
         ws = Workspace.open(tmp / "ws", create=True)
         try:
@@ -121,13 +121,13 @@ def main() -> int:
             dt_full = time.perf_counter() - t
             assert summary.added == n and ws.image_count() == n, (summary.added, n)
             rows.append({"phase": "ingest end to end (new folder)", "images": n, "seconds": dt_full,
-                         "images_per_s": n / dt_full})
+                         "images_per_s": round(n / dt_full)})
             t = time.perf_counter()
             again = ingest_mod.ingest(ws, data)
             dt_again = time.perf_counter() - t
             assert again.added == 0
             rows.append({"phase": "re-ingest (unchanged, idempotent)", "images": n, "seconds": dt_again,
-                         "images_per_s": n / dt_again})
+                         "images_per_s": round(n / dt_again)})
             groups = {r.camera: f"{r.scenario}/{r.group}" for r in summary.cameras}
         finally:
             ws.close()

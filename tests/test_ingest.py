@@ -410,11 +410,9 @@ def test_sysu_layout_presets_groups(ws, tmp_path):
     assert sorted(set(table.person_id.tolist())) == [1, 2]
 
 
-def test_demo_set_guesses(ws, tmp_path):
-    demo = pytest.importorskip("itkm_engine.data.demo")
-    info_root = tmp_path / "demo"
-    demo.make_demo(info_root, identities=6, seed=0)
-    s = ingest(ws, info_root)
+def test_demo_set_guesses(ws, demo_dir):
+    """The shared tiny demo set (conftest: identities=6): the guess must find its IR and low-res cameras."""
+    s = ingest(ws, demo_dir)
     rows = {r.camera: r for r in s.cameras}
     assert (rows["ir-a"].scenario, rows["ir-a"].group) == ("visible-infrared", "infrared")
     assert (rows["lr-a"].scenario, rows["lr-a"].group) == ("cross-resolution", "low-res")

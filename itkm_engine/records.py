@@ -112,9 +112,17 @@ class ImageTable:
         """``"scenario/group"`` per image (object array): pseudo-labels are computed per group key."""
         if len(self) == 0:
             return np.zeros(0, dtype=object)
-        # Few distinct (scenario, group) pairs: build each key once and scatter.
-        pairs = np.char.add(np.char.add(self.scenario.astype(str), "/"), self.group.astype(str))
-        return pairs.astype(object)
+        # Few distinct (scenario, group) pairs: build each key once and scatter (string ops on a
+        # million rows would cost seconds).
+        if len(self.camera_id) and int(self.camera_id.min()) >= 0:
+            uniq, first, inverse = np.unique(self.camera_id, return_index=True, return_inverse=True)
+            keys = np.array([f"{self.scenario[i]}/{self.group[i]}" for i in first], dtype=object)
+            return keys[inverse.reshape(-1)]
+        cache: dict[tuple[str, str], str] = {}
+        return np.array(
+            [cache.get((s, g)) or cache.setdefault((s, g), f"{s}/{g}") for s, g in zip(self.scenario, self.group)],
+            dtype=object,
+        )
 
     def subset(self, mask: np.ndarray | list[int] | slice) -> "ImageTable":
         """Rows selected by a boolean mask, an index array or a slice (order kept)."""

@@ -189,3 +189,39 @@ def test_unwritable_folder(tmp_path):
             WriterLock(tmp_path / LOCK_NAME).acquire()
     finally:
         os.chmod(tmp_path, 0o755)
+
+
+def test_kill_9_mid_transaction_keeps_committed_rows_only(tmp_path):
+    """A writer killed inside a transaction: reopening recovers the WAL; nothing half-written."""
+    path = tmp_path / "ws"
+    finish = textwrap.dedent(
+        """
+        from itkm_engine.records import ImageRecord
+        sid = ws.add_source({root!r}, "camera-folders")
+        ws.upsert_images(sid, [ImageRecord(f"c/{{i}}.jpg", "c", 1, 1, 0.0, 0.0, 1) for i in range(100)])
+        tx = ws.transaction()  # kept referenced: a collected one would roll back
+        con = tx.__enter__()
+        con.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [(f"k{{i}}", "v") for i in range(1000)])
+        print("in-transaction", flush=True)
+        import time; time.sleep(60)
+        """
+    ).format(root=str(tmp_path))
+    code = HOLDER.format(repo=str(REPO), path=str(path), finish="").replace(
+        "sys.stdin.readline()", "sys.stdin.readline()\n" + finish
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.stdin.write("\n"); p.stdin.flush()
+        line = p.stdout.readline().strip()
+        assert line == "in-transaction", p.stderr.read()
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+        for f in (p.stdin, p.stdout, p.stderr):
+            f.close()
+    with Workspace.open(path) as w:
+        assert w.image_count() == 100
+        assert w.get_meta("k5") is None
+        assert w._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"

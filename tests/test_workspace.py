@@ -528,3 +528,42 @@ def test_nan_timestamp_and_closed_workspace(ws, src):
     ws.close()  # idempotent
     with pytest.raises(WorkspaceError, match="closed"):
         ws.images()
+
+
+def test_images_chunked_odd_paths_and_statuses(ws, src, monkeypatch):
+    monkeypatch.setattr(wsmod, "_IMAGE_CHUNK", 3)  # force several aggregated chunks
+    odd = ["c/a,b.jpg", "c/new\nline.jpg", "c/ünï cödé 人.png", "c/x'y\"z.jpg", "c/semi;colon.bmp", "c/plain.jpg", "c/t.jpg"]
+    records = [
+        ImageRecord(rel, "c", 10 + i, 20 + i, float("nan") if i % 3 == 0 else 1_700_000_000.123456 + i, 1.0, 5, i - 1)
+        for i, rel in enumerate(odd)
+    ]
+    assert ws.upsert_images(src, records) == (7, 0)
+    ids = ws.images().id
+    ws.set_image_status(ids[1:2], "unreadable", "x")
+    ws.mark_missing(src, set(odd) - {"c/semi;colon.bmp"})
+    t = ws.images(include_missing=True)
+    assert t.relpath == odd and len(t) == 7 and list(t.id) == list(ids)
+    assert list(t.status) == ["ok", "unreadable", "ok", "ok", "missing", "ok", "ok"]
+    assert list(t.width) == [10, 11, 12, 13, 14, 15, 16] and list(t.person_id) == list(range(-1, 6))
+    ts = t.timestamp
+    assert np.isnan(ts[[0, 3, 6]]).all()
+    assert np.allclose(ts[[1, 2, 4, 5]], [1_700_000_000.123456 + i for i in (1, 2, 4, 5)], rtol=0, atol=1e-6)
+    ok = ws.images()
+    assert ok.relpath == [odd[i] for i in (0, 2, 3, 5, 6)]
+    with pytest.raises(ItkmError, match="NUL"):
+        ws.upsert_images(src, [ImageRecord("c/a\0b.jpg", "c", 1, 1, 0.0, 0.0, 1)])
+
+
+def test_group_key_without_camera_ids():
+    obj = lambda *v: np.array(v, dtype=object)  # noqa: E731
+    t = ImageTable(
+        id=np.array([1, 2, 3]), path=["a", "b", "c"], relpath=["a", "b", "c"], camera=obj("x", "y", "x"),
+        scenario=obj("visible-infrared", "cross-camera", "visible-infrared"), group=obj("infrared", "all", "infrared"),
+        width=np.ones(3, np.int32), height=np.ones(3, np.int32), timestamp=np.zeros(3), person_id=np.zeros(3, np.int64),
+        status=obj("ok", "ok", "ok"),
+    )
+    assert list(t.group_key()) == ["visible-infrared/infrared", "cross-camera/all", "visible-infrared/infrared"]
+    assert list(t.subset([2, 0]).camera) == ["x", "x"] and len(t.subset(slice(0, 2))) == 2
+    with pytest.raises(ValueError):
+        ImageTable(id=np.array([1]), path=[], relpath=["a"], camera=obj("x"), scenario=obj("s"), group=obj("g"),
+                   width=np.ones(1), height=np.ones(1), timestamp=np.zeros(1), person_id=np.zeros(1), status=obj("ok"))

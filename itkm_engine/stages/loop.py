@@ -97,7 +97,11 @@ def run_stage(
     terms and the stage's metrics; the trainer logs them and writes the resumable checkpoint.
     """
     opt = stage.optimizer
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    # The schedule scales each group's *initial* lr.  It is kept in the group itself, so it travels
+    # with the optimiser state through a checkpoint (the live "lr" there is already scaled).
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+    base_lrs = [g["initial_lr"] for g in opt.param_groups]
     for epoch in range(start_epoch, stage.epochs):
         seed_everything(epoch_seed(seed, round_no, stage.name, epoch))
         ep_rep = reporter.child(epoch / stage.epochs, (epoch + 1) / stage.epochs)

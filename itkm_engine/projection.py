@@ -290,7 +290,7 @@ def projection_path(cache_dir: str | Path, key: str) -> Path:
 
 
 def cached_projection(
-    cache_dir: str | Path,
+    cache_dir: str | Path | None,
     key: str,
     feats: np.ndarray,
     reporter: Reporter | None = None,
@@ -303,9 +303,12 @@ def cached_projection(
     Stored atomically as ``cache_dir/umap_<key>.npy``.  A cached layout is reused only when it
     has one row per feature and, if ``ids`` is given, was made for the same image ids (stored
     beside it as ``umap_<key>.ids.npy``): ingesting more images under the same checkpoint
-    recomputes it instead of showing a misaligned plot.
+    recomputes it instead of showing a misaligned plot.  ``cache_dir=None`` (a read-only
+    workspace) computes without caching.
     """
     reporter = reporter or Reporter(job="projection")
+    if cache_dir is None:
+        return umap_2d(feats, seed=seed, reporter=reporter)
     path = projection_path(cache_dir, key)
     ids_path = path.with_suffix(".ids.npy")
     n = int(np.asarray(feats).shape[0]) if np.ndim(feats) else 0

@@ -165,3 +165,8 @@ def test_cached_projection_reuses_and_invalidates(tmp_path, monkeypatch, umap_re
     path.write_bytes(b"not an npy")
     assert P.cached_projection(tmp_path, key, x3).shape == (55, 2)
     assert calls[-1] == 55 and len(calls) == 4
+
+
+def test_cached_projection_without_cache_dir(monkeypatch):
+    monkeypatch.setattr(P, "umap_2d", lambda feats, **kw: np.zeros((len(feats), 2), np.float32))
+    assert P.cached_projection(None, "k", np.ones((7, 3), np.float32)).shape == (7, 2)

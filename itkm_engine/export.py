@@ -27,6 +27,20 @@ def escape_cell(value) -> str:
     return "'" + s if s.startswith(_FORMULA_START) else s
 
 
+def path_text(path: str) -> str:
+    """A path as CSV text: itself, or -- when the file name is not valid UTF-8 (legal on Linux) --
+    the workspace's percent-escaped text form (``%%`` + escaped bytes; reverse it with
+    :func:`itkm_engine.data.imageio.text_to_relpath`).  A CSV file is UTF-8 text and cannot hold
+    the raw bytes; writing them would abort the whole export."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        from .data.imageio import relpath_to_text
+
+        return relpath_to_text(path)
+
+
 def iso_time(ts: float) -> str:
     if ts is None or not math.isfinite(ts):
         return ""
@@ -56,7 +70,7 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
                 escape_cell(images.scenario[r]),
                 escape_cell(images.group[r]),
                 iso_time(images.timestamp[r]),
-                escape_cell(images.path[r]),
+                escape_cell(path_text(images.path[r])),
                 f"{float(conf[o]):.4f}",
             ])
             if i % 5000 == 0:

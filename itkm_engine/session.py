@@ -228,6 +228,12 @@ class Session:
         ok, feats, proj = embed(model, [str(path)], [scenario], [group], device=self.device, batch_size=1,
                                 amp=self.cfg.amp)
         if not len(ok):
+            from .data.imageio import BadImage, load_rgb
+
+            try:  # the loader only says "failed"; decode once more for the reason to show
+                load_rgb(path)
+            except BadImage as exc:
+                raise ItkmError(f"cannot read {path}: {exc.reason}") from None
             raise ItkmError(f"cannot read {path}: not an image, or damaged")
         return feats[0], proj[0]
 

@@ -148,7 +148,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter) -> Rou
             else:
                 start, stage_resume = 0, None
             lo, hi = STAGE_SPAN[stage.name]
-            srep = reporter.child(0.05 + 0.95 * lo, 0.05 + 0.95 * hi)
+            srep = reporter.child(0.05 + 0.9 * lo, 0.05 + 0.9 * hi)
             if hasattr(stage, "prepare"):
                 stage.prepare(srep.child(0.0, 0.05), stage_resume)
             if resume is not None and stage_resume is not None and "optimizer" in resume:
@@ -183,6 +183,14 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter) -> Rou
     ws.update_round(round_no, status="done", checkpoint=str(ckpt), finished=time.time())
     progress_path.unlink(missing_ok=True)
     _record_failed(ws, ctx)
+    # Features of the new checkpoint, cached: the gallery, UMAP and identities need them next, and
+    # the next round (e.g. after new cameras) then embeds only images it has not seen.
+    key = checkpoint_key(ckpt)
+    extract_features(
+        ctx.model, ws.images(), cache_dir=ws.features_dir / key, key=key, device=device,
+        batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
+        reporter=reporter.child(0.95, 1.0), stage="extract",
+    )
     reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
     reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")
     return RoundResult(round_no, ckpt, time.monotonic() - t0, ws.epoch_log(round_no))

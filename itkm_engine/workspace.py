@@ -39,7 +39,7 @@ import numpy as np
 from .atomic import TMP_PREFIX, remove_stale_temporaries
 from .data.scenarios import SCENARIOS, allowed_groups, default_group, validate as validate_scenario_group
 from .errors import ItkmError, ReadOnlyWorkspaceError, SchemaTooNewError, WorkspaceError
-from .lock import LOCK_NAME, WriterLock, read_lock_info
+from .lock import LOCK_NAME, LockInfo, WriterLock, read_lock_info
 from .progress import Reporter
 from .records import (
     IMAGE_STATUSES,
@@ -388,6 +388,8 @@ class Workspace:
         self._lock = WriterLock(path / LOCK_NAME, on_message=self._reporter.warning).acquire()
         new = not db.exists() or db.stat().st_size == 0
         self._con = self._connect_writer(db)
+        if not new and self._is_empty_database():
+            new = True  # a create that crashed before its first commit: start it again
         if new:
             self._create_schema()
         else:
@@ -400,6 +402,12 @@ class Workspace:
         n = remove_stale_temporaries(path)
         if n:
             self._reporter.log(f"removed {n} unfinished temporary file(s) left by an interrupted write")
+
+    def _is_empty_database(self) -> bool:
+        try:
+            return self._conn().execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        except sqlite3.Error:
+            return False  # unreadable: let the version check report it
 
     def _connect_writer(self, db: Path) -> sqlite3.Connection:
         try:
@@ -417,25 +425,32 @@ class Workspace:
             self._pragmas(con)
             return con
         except sqlite3.Error as exc:
-            raise self._map_error(exc, "opening the database") from exc
+            raise (self._map_error(exc, "opening the database") or WorkspaceError(f"cannot open {db}: {exc}")) from exc
 
     def _connect_readonly(self, db: Path) -> sqlite3.Connection:
         uri = db.as_uri() + "?mode=ro"
+        con = None
         try:
             con = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as first:
+            if con is not None:
+                con.close()
             # A WAL database on a read-only medium without its -shm file cannot be opened with
-            # mode=ro; nothing can be writing it there, so reading it as immutable is safe.
+            # mode=ro; nothing can be writing it there, so reading it as immutable is safe.  Only
+            # then: immutable reads beside a live writer could see a torn state.
+            if os.access(db.parent, os.W_OK) or not _error_name(first).startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_IOERR")):
+                raise (self._map_error(first, "opening the database read-only")
+                       or WorkspaceError(f"cannot open {db} read-only: {first}")) from first
             try:
                 con = sqlite3.connect(
                     db.as_uri() + "?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
                 )
                 con.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as exc:
-                raise self._map_error(exc, "opening the database read-only") from exc
+                raise (self._map_error(exc, "opening the database read-only") or WorkspaceError(f"cannot open {db}: {exc}")) from exc
         except sqlite3.Error as exc:
-            raise self._map_error(exc, "opening the database read-only") from exc
+            raise (self._map_error(exc, "opening the database read-only") or WorkspaceError(f"cannot open {db}: {exc}")) from exc
         self._pragmas(con)
         return con
 
@@ -529,7 +544,7 @@ class Workspace:
         """Per-round arrays (text features, pseudo labels): ``rounds/round_0001/``."""
         return self.rounds_dir / f"round_{int(round):04d}"
 
-    def writer_info(self):
+    def writer_info(self) -> LockInfo | None:
         """Who holds the writer lock now (a :class:`itkm_engine.lock.LockInfo`) or ``None``."""
         return read_lock_info(self.lock_path)
 
@@ -991,10 +1006,11 @@ class Workspace:
         present = present_relpaths if isinstance(present_relpaths, (set, frozenset)) else set(present_relpaths)
         with self.transaction() as con:
             self._require_source(con, source_id)
-            # Aggregated like images(): a million (id, relpath) tuples would cost seconds.
+            # Aggregated like images() (a million (id, relpath) tuples would cost seconds), read
+            # from the covering UNIQUE(source_id, relpath) index: no table lookups at all.  Rows
+            # already missing are filtered by the UPDATE.
             n, ids_text, rels_text = con.execute(
-                "SELECT count(*), group_concat(id), group_concat(relpath, char(0)) FROM images "
-                "WHERE source_id = ? AND status != 'missing'",
+                "SELECT count(*), group_concat(id), group_concat(relpath, char(0)) FROM images WHERE source_id = ?",
                 (int(source_id),),
             ).fetchone()
             if n:
@@ -1005,11 +1021,13 @@ class Workspace:
             else:
                 ids, rels = [], []
             gone = [(i,) for i, rel in zip(ids, rels) if rel not in present]
-            if gone:
-                con.executemany(
-                    "UPDATE images SET status = 'missing', reason = 'not found at the last scan' WHERE id = ?", gone
-                )
-        return len(gone)
+            if not gone:
+                return 0
+            return con.executemany(
+                "UPDATE images SET status = 'missing', reason = 'not found at the last scan' "
+                "WHERE id = ? AND status != 'missing'",
+                gone,
+            ).rowcount
 
     def set_image_status(self, image_ids: Iterable[int], status: str, reason: str = "") -> None:
         """Set the status of images (e.g. ``unreadable`` when training failed to decode one)."""

@@ -567,3 +567,13 @@ def test_group_key_without_camera_ids():
     with pytest.raises(ValueError):
         ImageTable(id=np.array([1]), path=[], relpath=["a"], camera=obj("x"), scenario=obj("s"), group=obj("g"),
                    width=np.ones(1), height=np.ones(1), timestamp=np.zeros(1), person_id=np.zeros(1), status=obj("ok"))
+
+
+def test_create_that_crashed_before_first_commit_is_redone(tmp_path):
+    path = tmp_path / "ws"
+    path.mkdir()
+    con = sqlite3.connect(path / DB_NAME)
+    con.execute("PRAGMA journal_mode=WAL")  # header written, no tables: a create killed early
+    con.close()
+    with Workspace.open(path) as w:
+        assert w.schema_version() == Workspace.SCHEMA_VERSION and w.image_count() == 0

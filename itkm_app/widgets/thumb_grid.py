@@ -1,0 +1,233 @@
+"""A grid of crops with badges (similarity, camera, scenario, group): model, delegate, view.
+
+``QListView`` in icon mode over :class:`ThumbModel`; the delegate paints each cell (thumbnail
+from :class:`ThumbnailCache`, a placeholder while it decodes, then the badges), so a grid of
+thousands costs one model and no per-item widgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPen
+from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate, QStyleOptionViewItem
+
+from .. import theme
+from .thumbnails import ThumbnailCache
+
+SCENARIO_SHORT = {
+    "visible-infrared": "VI",
+    "cross-resolution": "RES",
+    "clothing-change": "CC",
+    "cross-camera": "CAM",
+}
+GROUP_SHORT = {"visible": "vis", "infrared": "ir", "high-res": "hi", "low-res": "lo", "all": ""}
+SCENARIO_COLORS = {s: theme.CATEGORICAL[i] for i, s in enumerate(SCENARIO_SHORT)}
+
+
+@dataclass
+class ThumbItem:
+    image_id: int
+    path: str
+    camera: str = ""
+    scenario: str = ""
+    group: str = ""
+    similarity: float | None = None
+    identity: int | None = None
+    person_id: int = -1
+    caption: str = ""  # extra line (e.g. a time stamp)
+    extra: dict = field(default_factory=dict)
+
+    def tooltip(self) -> str:
+        lines = [f"<b>image {self.image_id}</b>", self.path]
+        if self.similarity is not None:
+            lines.append(f"similarity {self.similarity:.3f}")
+        lines.append(f"camera {self.camera} &middot; {self.scenario} / {self.group}")
+        if self.identity is not None and self.identity >= 0:
+            lines.append(f"identity {self.identity}")
+        if self.person_id >= 0:
+            lines.append(f"person id (labels) {self.person_id}")
+        if self.caption:
+            lines.append(self.caption)
+        return "<br>".join(lines)
+
+
+ItemRole = Qt.ItemDataRole.UserRole + 1
+
+
+class ThumbModel(QAbstractListModel):
+    def __init__(self, cache: ThumbnailCache, parent=None) -> None:
+        super().__init__(parent)
+        self.cache = cache
+        self.items: list[ThumbItem] = []
+        self._row_of_path: dict[str, list[int]] = {}
+        cache.ready.connect(self._on_ready)
+
+    def set_items(self, items: list[ThumbItem]) -> None:
+        self.beginResetModel()
+        self.items = list(items)
+        self._row_of_path = {}
+        for i, it in enumerate(self.items):
+            self._row_of_path.setdefault(it.path, []).append(i)
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 - Qt API
+        return 0 if parent.isValid() else len(self.items)
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        it = self.items[index.row()]
+        if role == ItemRole:
+            return it
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return it.tooltip()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return f"{it.camera} {it.similarity:.2f}" if it.similarity is not None else it.camera
+        if role == Qt.ItemDataRole.AccessibleTextRole:
+            return f"image {it.image_id} from camera {it.camera}"
+        return None
+
+    def _on_ready(self, path: str) -> None:
+        for r in self._row_of_path.get(path, ()):
+            idx = self.index(r)
+            self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
+
+
+class ThumbDelegate(QStyledItemDelegate):
+    """Thumbnail on top, similarity + camera on one line, scenario/group badge on the next."""
+
+    PAD = 4
+    TEXT_LINES = 2
+
+    def __init__(self, cache: ThumbnailCache, parent=None) -> None:
+        super().__init__(parent)
+        self.cache = cache
+
+    def cell_size(self, option_font: QFont) -> QSize:
+        from PySide6.QtGui import QFontMetrics
+
+        fm = QFontMetrics(option_font)
+        w = max(self.cache.box.width(), fm.horizontalAdvance("0.000  cam-00")) + 2 * self.PAD
+        h = self.cache.box.height() + self.TEXT_LINES * (fm.height() + 2) + 3 * self.PAD
+        return QSize(w, h)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802
+        return self.cell_size(option.font)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        it: ThumbItem = index.data(ItemRole)
+        if it is None:
+            return
+        pal: QPalette = option.palette
+        painter.save()
+        r = option.rect
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        hovered = bool(option.state & QStyle.StateFlag.State_MouseOver)
+        if selected:
+            painter.fillRect(r, pal.color(QPalette.ColorRole.Highlight))
+        elif hovered:
+            painter.fillRect(r, pal.color(QPalette.ColorRole.AlternateBase))
+        box = self.cache.box
+        img_rect = QRect(r.x() + (r.width() - box.width()) // 2, r.y() + self.PAD, box.width(), box.height())
+        pm = self.cache.get(it.path)
+        if pm is not None:
+            x = img_rect.x() + (img_rect.width() - pm.width()) // 2
+            y = img_rect.y() + (img_rect.height() - pm.height()) // 2
+            painter.drawPixmap(x, y, pm)
+        else:
+            painter.fillRect(img_rect, pal.color(QPalette.ColorRole.Mid if not self.cache.failed(it.path)
+                                                 else QPalette.ColorRole.Dark))
+            if self.cache.failed(it.path):
+                painter.setPen(pal.color(QPalette.ColorRole.Text))
+                painter.drawText(img_rect, Qt.AlignmentFlag.AlignCenter, "unreadable")
+        text_col = pal.color(QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text)
+        fm = option.fontMetrics
+        line_h = fm.height() + 2
+        y = img_rect.bottom() + self.PAD
+        line1 = QRect(r.x() + self.PAD, y, r.width() - 2 * self.PAD, line_h)
+        painter.setPen(text_col)
+        f = QFont(option.font)
+        if it.similarity is not None:
+            f.setBold(True)
+            painter.setFont(f)
+            sim = f"{it.similarity:.3f}"
+            painter.drawText(line1, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, sim)
+            f.setBold(False)
+            painter.setFont(f)
+            cam = fm.elidedText(it.camera, Qt.TextElideMode.ElideRight, line1.width() - fm.horizontalAdvance(sim) - 6)
+            painter.drawText(line1, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, cam)
+        else:
+            label = it.caption or it.camera
+            painter.drawText(line1, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
+                             fm.elidedText(label, Qt.TextElideMode.ElideRight, line1.width()))
+        # scenario / group badge, coloured by scenario (a data colour)
+        line2 = QRect(line1.x(), line1.bottom() + 1, line1.width(), line_h)
+        badge = SCENARIO_SHORT.get(it.scenario, it.scenario[:4])
+        g = GROUP_SHORT.get(it.group, it.group)
+        text = f"{badge} {g}".strip() if badge else g
+        if text:
+            bw = min(line2.width(), fm.horizontalAdvance(text) + 10)
+            brect = QRect(line2.x(), line2.y() + 1, bw, line_h - 2)
+            col = QColor(SCENARIO_COLORS.get(it.scenario, theme.MUTED))
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(col)
+            painter.drawRoundedRect(brect, 4, 4)
+            painter.setPen(QPen(QColor("#ffffff") if col.lightness() < 150 else QColor("#000000")))
+            painter.drawText(brect, Qt.AlignmentFlag.AlignCenter, text)
+        if it.identity is not None and it.identity >= 0:
+            painter.setPen(text_col)
+            painter.drawText(line2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"#{it.identity}")
+        painter.restore()
+
+
+class ThumbGrid(QListView):
+    """Icon-mode list of :class:`ThumbItem`.  ``itemActivated(ThumbItem)`` on double-click/Enter."""
+
+    itemActivated = Signal(object)
+    currentItemChanged = Signal(object)
+
+    def __init__(self, cache: ThumbnailCache, parent=None) -> None:
+        super().__init__(parent)
+        self.cache = cache
+        self.thumb_model = ThumbModel(cache, self)
+        self.setModel(self.thumb_model)
+        self.delegate = ThumbDelegate(cache, self)
+        self.setItemDelegate(self.delegate)
+        self.setViewMode(QListView.ViewMode.IconMode)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setMovement(QListView.Movement.Static)
+        self.setUniformItemSizes(True)
+        self.setSpacing(4)
+        self.setWrapping(True)
+        self.setMouseTracking(True)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.setGridSize(self.delegate.cell_size(self.font()) + QSize(6, 6))
+        self.activated.connect(self._on_activated)
+        self.selectionModel().currentChanged.connect(
+            lambda cur, _prev: self.currentItemChanged.emit(cur.data(ItemRole) if cur.isValid() else None))
+
+    def set_items(self, items: list[ThumbItem]) -> None:
+        self.thumb_model.set_items(items)
+        self.scrollToTop()
+
+    def items(self) -> list[ThumbItem]:
+        return self.thumb_model.items
+
+    def selected_items(self) -> list[ThumbItem]:
+        return [i.data(ItemRole) for i in self.selectionModel().selectedIndexes()]
+
+    def _on_activated(self, index: QModelIndex) -> None:
+        it = index.data(ItemRole)
+        if it is not None:
+            self.itemActivated.emit(it)
+
+    def changeEvent(self, e) -> None:  # noqa: N802
+        super().changeEvent(e)
+        from PySide6.QtCore import QEvent
+
+        if e.type() == QEvent.Type.FontChange:
+            self.setGridSize(self.delegate.cell_size(self.font()) + QSize(6, 6))

@@ -250,6 +250,10 @@ class WriterLock:
                 fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
                 return
+            except OSError as exc:
+                raise _unwritable(self.path.parent, exc) from exc
+        except OSError as exc:
+            raise _unwritable(self.path.parent, exc) from exc
         try:
             st = os.fstat(fd)
             raw = os.read(fd, 1 << 16)

@@ -225,3 +225,35 @@ def test_kill_9_mid_transaction_keeps_committed_rows_only(tmp_path):
         assert w.image_count() == 100
         assert w.get_meta("k5") is None
         assert w._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _race(lock_file: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        lk = WriterLock(lock_file).acquire()
+    except WorkspaceLockedError:
+        results.put("refused")
+        barrier.wait()
+        return
+    results.put("won")
+    barrier.wait()  # hold it until everyone has tried
+    lk.release()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork start method")
+def test_racing_takeover_of_a_stale_lock_has_one_winner(tmp_path):
+    import multiprocessing as mp
+
+    lock_file = tmp_path / LOCK_NAME
+    write_lock(lock_file, dead_pid())
+    ctx = mp.get_context("fork")
+    n = 4
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(str(lock_file), barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = sorted(results.get(timeout=60) for _ in range(n))
+    for p in procs:
+        p.join(timeout=60)
+    assert outcomes == ["refused"] * (n - 1) + ["won"]
+    assert not lock_file.exists()

@@ -124,7 +124,9 @@ def cmd_cameras(a) -> int:
     from .workspace import Workspace
 
     with Workspace.open(a.workspace, readonly=not a.set) as ws:
-        for cam, assignments in a.set or []:
+        for cam, *assignments in a.set or []:
+            if not assignments:
+                raise ItkmError(f"say what to set for camera {cam!r}, e.g. --set {cam} scenario=visible-infrared group=infrared")
             kw = {}
             for item in assignments:
                 if "=" not in item:

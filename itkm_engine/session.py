@@ -84,6 +84,7 @@ class Session:
             self._index = None
             self._identities: IdentityTable | None = None
             self._projection = None
+            self._path_rows = None
 
     # -- basics --------------------------------------------------------------------------------
     def images(self):
@@ -224,7 +225,7 @@ class Session:
         """Retrieval and projected feature of an outside image (read-only)."""
         model = self.model()
         if scenario is None or group is None:
-            scenario, group = self._guess_side(path)
+            scenario, group = self._known_side(path) or self._guess_side(path)
         ok, feats, proj = embed(model, [str(path)], [scenario], [group], device=self.device, batch_size=1,
                                 amp=self.cfg.amp)
         if not len(ok):
@@ -236,6 +237,17 @@ class Session:
                 raise ItkmError(f"cannot read {path}: {exc.reason}") from None
             raise ItkmError(f"cannot read {path}: not an image, or damaged")
         return feats[0], proj[0]
+
+    def _known_side(self, path) -> tuple[str, str] | None:
+        """Scenario and group of ``path``'s camera when the file is one of the workspace's images."""
+        images = self.images()
+        with self._lock:
+            if getattr(self, "_path_rows", None) is None or len(self._path_rows) != len(images):
+                self._path_rows = {p: i for i, p in enumerate(images.path)}
+        r = self._path_rows.get(str(Path(path).resolve())) if Path(path).exists() else None
+        if r is None:
+            r = self._path_rows.get(str(path))
+        return (str(images.scenario[r]), str(images.group[r])) if r is not None else None
 
     def _guess_side(self, path) -> tuple[str, str]:
         from .data.guess import guess_camera

@@ -188,6 +188,13 @@ def main() -> None:
         {"step": f"save_assignments ({runs[0]['images_rows']:,} labels)", "seconds": med("save_assignments_s"), "cpu_s": med("save_assignments_cpu_s"), "target": "report", "result": ""},
         {"step": "assignments() read back", "seconds": med("assignments_s"), "cpu_s": med("assignments_cpu_s"), "target": "report", "result": ""},
     ]
+    # This machine may be shared: wall time then includes waiting for a CPU.  Judge each target
+    # on wall time ("result") and, beside it, on this process's own CPU time ("result_cpu").
+    for row in table:
+        if row["result"] and "cpu_s" in row:
+            limit = TARGET_BATCH_100K_S if "upsert" in row["step"] else TARGET_OPEN_CAMERAS_S
+            cpu = row["cpu_s"] / (len(bt) if "batches" in row["step"] else 1)
+            row["result_cpu"] = "PASS" if cpu < limit else "MISS"
     print_table(table, f"workspace: {rows:,} images over {args.cameras} cameras (median of {len(runs)} fresh processes)")
     print(f"\ndatabase size {built['db_mb']:.1f} MiB; child peak RSS {max(r['child_peak_rss_mb'] for r in runs):.0f} MiB; "
           f"builder peak RSS {peak_rss_mb():.0f} MiB")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from itkm_engine.errors import Cancelled, ItkmError
-from itkm_engine.index import FeatureIndex, IndexError_, k_reciprocal_rerank, rerank_query, search_features, _num_gpus
+from itkm_engine.index import FeatureIndex, FeatureIndexError, k_reciprocal_rerank, rerank_query, search_features, _num_gpus
 from itkm_engine.metrics import evaluate_rank
 from itkm_engine.progress import CancelToken, Reporter
 
@@ -61,15 +61,15 @@ def test_search_edge_cases():
     index = FeatureIndex.build(x)
     sims, idx = index.search(x[3], 50)  # one vector; k above the size is clipped
     assert sims.shape == (1, 7) and idx[0, 0] == 3 and sorted(idx[0]) == list(range(7))
-    with pytest.raises(IndexError_, match="dimension"):
+    with pytest.raises(FeatureIndexError, match="dimension"):
         index.search(np.ones((1, 9), np.float32), 2)
-    with pytest.raises(IndexError_, match="k must"):
+    with pytest.raises(FeatureIndexError, match="k must"):
         index.search(x[:1], 0)
-    with pytest.raises(IndexError_, match="normalised"):
+    with pytest.raises(FeatureIndexError, match="normalised"):
         FeatureIndex.build(x * 2.0)
-    with pytest.raises(IndexError_, match="2-D"):
+    with pytest.raises(FeatureIndexError, match="2-D"):
         FeatureIndex.build(np.ones((2, 3, 4), np.float32))
-    with pytest.raises(IndexError_, match="nprobe"):
+    with pytest.raises(FeatureIndexError, match="nprobe"):
         index.nprobe = 4
 
 
@@ -108,7 +108,7 @@ def test_save_load_roundtrip(tmp_path, kind, clustered_20k, ivf_index):
 
 
 def test_load_rejects_missing_and_garbage(tmp_path):
-    with pytest.raises(IndexError_, match="no index file"):
+    with pytest.raises(FeatureIndexError, match="no index file"):
         FeatureIndex.load(tmp_path / "missing.faiss")
     bad = tmp_path / "bad.faiss"
     bad.write_bytes(b"not a faiss index at all")
@@ -119,7 +119,7 @@ def test_load_rejects_missing_and_garbage(tmp_path):
 @pytest.mark.skipif(_num_gpus() > 0, reason="this machine has a GPU")
 def test_gpu_required_without_gpu_is_a_clear_error():
     x = normalise(np.random.default_rng(0).standard_normal((10, 4)))
-    with pytest.raises(IndexError_, match="no GPU"):
+    with pytest.raises(FeatureIndexError, match="no GPU"):
         FeatureIndex.build(x, use_gpu=True)
     assert FeatureIndex.build(x, device="cpu").gpu is None
 
@@ -201,9 +201,9 @@ def test_rerank_with_ivf_index_and_search_features(clustered_20k, ivf_index):
     plain = search_features(ivf_index, q[:8], 40)[1]
     for row, cand in zip(idx, plain):
         assert set(row) <= set(cand)
-    with pytest.raises(IndexError_, match="gallery"):
+    with pytest.raises(FeatureIndexError, match="gallery"):
         search_features(ivf_index, q[:2], 5, rerank=True)
-    with pytest.raises(IndexError_, match="holds"):
+    with pytest.raises(FeatureIndexError, match="holds"):
         k_reciprocal_rerank(q[:2], x[:100], index=ivf_index)
 
 

@@ -172,12 +172,18 @@ def extract_features(
     amp: bool = True,
     reporter: Reporter | None = None,
     stage: str = "extract",
+    dist=None,
 ) -> FeatureSet:
     """Features for every image of ``images`` (an ImageTable) under ``model``.
 
     Rows come back in the order of ``images.id``; images that could not be read are left out
     and listed in ``FeatureSet.failed``.  ``cache_dir`` None (or unwritable) computes in memory.
+    Under ``torchrun`` (``dist``) each rank embeds its share and every rank gets all rows; only
+    rank 0 writes the cache.
     """
+    from .distributed import SINGLE
+
+    dist = dist or SINGLE
     reporter = reporter or Reporter()
     cache = FeatureCache(cache_dir)
     have = cache.load()
@@ -189,26 +195,35 @@ def extract_features(
 
         def persist(idx, feats, proj):
             try:
-                cache.append(ids[missing][idx], feats, proj)
+                cache.append(ids[mine][idx], feats, proj)
             except OSError as exc:  # read-only / full disk: keep going in memory, say so
                 reporter.warning(f"feature cache not written ({exc}); continuing in memory")
                 cache.folder = None
 
-        paths = [images.path[i] for i in missing]
+        mine = missing[dist.shard(len(missing))]
         ok_idx, feats, proj = embed(
             model,
-            paths,
-            [images.scenario[i] for i in missing],
-            [images.group[i] for i in missing],
+            [images.path[i] for i in mine],
+            [images.scenario[i] for i in mine],
+            [images.group[i] for i in mine],
             device=device,
             batch_size=batch_size,
             workers=workers,
             amp=amp,
             reporter=reporter,
-            on_chunk=persist if cache.folder is not None else None,
+            on_chunk=persist if cache.folder is not None and not dist.enabled else None,
             stage=stage,
         )
-        new_ids = ids[missing][ok_idx]
+        new_ids = ids[mine][ok_idx]
+        if dist.enabled:  # every rank gets every row; rank 0 keeps the cache
+            new_ids, feats, proj = dist.gather_numpy(new_ids), dist.gather_numpy(feats), dist.gather_numpy(proj)
+            order = np.argsort(new_ids, kind="stable")
+            new_ids, feats, proj = new_ids[order], feats[order], proj[order]
+            if dist.main and cache.folder is not None:
+                try:
+                    cache.append(new_ids, feats, proj)
+                except OSError as exc:
+                    reporter.warning(f"feature cache not written ({exc}); continuing in memory")
         failed = np.setdiff1d(ids[missing], new_ids)
         if len(have):
             all_ids = np.concatenate([have.ids, new_ids])

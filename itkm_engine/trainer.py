@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError
 from .features import extract_features
 from .model.backbone import ITKMModel, build_model
@@ -90,8 +91,14 @@ def load_model(ws, cfg: Config, device: torch.device, checkpoint: Path | None = 
     return model, init_key(cfg, scenarios, groups)
 
 
-def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None) -> list[RoundResult]:
-    """Run ``rounds`` rounds (an interrupted round is finished first and counts as one)."""
+def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None,
+          dist: DistContext | None = None) -> list[RoundResult]:
+    """Run ``rounds`` rounds (an interrupted round is finished first and counts as one).
+
+    Under ``torchrun`` pass the process group's ``dist``: rank 0 holds the writable workspace and
+    is the only one that writes; other ranks open it read-only.
+    """
+    dist = dist or SINGLE
     reporter = reporter or Reporter(job="train")
     device = resolve_device(device if device is not None else cfg.device)
     images = ws.images()
@@ -100,14 +107,17 @@ def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter |
     results = []
     for i in range(rounds):
         rep = reporter.child(i / rounds, (i + 1) / rounds)
-        results.append(_run_round(ws, cfg, device, rep))
+        results.append(_run_round(ws, cfg, device, rep, dist))
     return results
 
 
-def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter) -> RoundResult:
+def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: DistContext) -> RoundResult:
     t0 = time.monotonic()
+    main = dist.main
     progress_path = ws.checkpoints_dir / PROGRESS_FILE
-    resume = _resumable(ws, progress_path)
+    resume = _resumable(ws, progress_path) if main else None
+    if dist.broadcast_object(resume is not None) and not main:
+        resume = load_checkpoint(progress_path, map_location="cpu")
     images = ws.images()
     if resume is not None:
         round_no = int(resume["round"])
@@ -122,14 +132,15 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter) -> Rou
     else:
         base_ckpt = ws.latest_checkpoint()
         model, key = load_model(ws, cfg, device)
-        round_no = ws.start_round(json.dumps(cfg.to_dict()), str(base_ckpt) if base_ckpt else None)
+        round_no = ws.start_round(json.dumps(cfg.to_dict()), str(base_ckpt) if base_ckpt else None) if main else None
+        round_no = dist.broadcast_object(round_no)
         reporter.log(f"round {round_no}: starting from {base_ckpt.name if base_ckpt else 'the initial model'}")
         base_fs = extract_features(
             model, images, cache_dir=ws.features_dir / key, key=key, device=device,
             batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
-            reporter=reporter.child(0.0, 0.05), stage="extract",
+            reporter=reporter.child(0.0, 0.05), stage="extract", dist=dist,
         )
-    ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs)
+    ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist)
     if resume is not None:
         ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
 
@@ -156,13 +167,15 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter) -> Rou
                     stage.optimizer.load_state_dict(resume["optimizer"])
                 except (ValueError, KeyError):
                     reporter.warning("optimiser state did not fit; continuing with a fresh optimiser")
-            ws.update_round(round_no, status="running", stage=stage.name, epoch=start)
+            if main:
+                ws.update_round(round_no, status="running", stage=stage.name, epoch=start)
 
             def on_epoch_end(epoch: int, values: dict, stage=stage) -> None:
-                _save_progress(progress_path, round_no, stage, epoch, ctx)
-                ws.log_epoch(round_no, stage.name, epoch, values)
-                ws.update_round(round_no, stage=stage.name, epoch=epoch + 1)
-                _record_failed(ws, ctx)
+                if main:
+                    _save_progress(progress_path, round_no, stage, epoch, ctx)
+                    ws.log_epoch(round_no, stage.name, epoch, values)
+                    ws.update_round(round_no, stage=stage.name, epoch=epoch + 1)
+                    _record_failed(ws, ctx)
 
             run_stage(stage, start_epoch=start, seed=cfg.seed, round_no=round_no, device=device, amp=cfg.amp,
                       reporter=srep.child(0.05, 1.0), on_epoch_end=on_epoch_end)
@@ -170,26 +183,29 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter) -> Rou
                 stage.publish()  # zero epochs configured: still hand over the initial prompts
             done_stage = None
     except Cancelled:
-        ws.update_round(round_no, status="cancelled")
-        _record_failed(ws, ctx)
+        if main:
+            ws.update_round(round_no, status="cancelled")
+            _record_failed(ws, ctx)
         reporter.log(f"round {round_no} cancelled; run training again to resume from the last completed epoch")
         raise
 
     ckpt = ws.checkpoints_dir / f"round_{round_no:04d}.pt"
-    save_checkpoint(ckpt, _final_state(round_no, cfg, ctx))
-    if "stage2" in ctx.outputs:
-        st2 = ctx.outputs["stage2"]
-        ws.save_assignments(round_no, st2["ids"], st2["labels"])
-    ws.update_round(round_no, status="done", checkpoint=str(ckpt), finished=time.time())
-    progress_path.unlink(missing_ok=True)
-    _record_failed(ws, ctx)
+    if main:
+        save_checkpoint(ckpt, _final_state(round_no, cfg, ctx))
+        if "stage2" in ctx.outputs:
+            st2 = ctx.outputs["stage2"]
+            ws.save_assignments(round_no, st2["ids"], st2["labels"])
+        ws.update_round(round_no, status="done", checkpoint=str(ckpt), finished=time.time())
+        progress_path.unlink(missing_ok=True)
+        _record_failed(ws, ctx)
+    dist.barrier()
     # Features of the new checkpoint, cached: the gallery, UMAP and identities need them next, and
     # the next round (e.g. after new cameras) then embeds only images it has not seen.
     key = checkpoint_key(ckpt)
     extract_features(
         ctx.model, ws.images(), cache_dir=ws.features_dir / key, key=key, device=device,
         batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
-        reporter=reporter.child(0.95, 1.0), stage="extract",
+        reporter=reporter.child(0.95, 1.0), stage="extract", dist=dist,
     )
     reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
     reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")

@@ -13,6 +13,7 @@ from ..clustering import pseudo_labels
 from ..config import Config
 from ..data.loading import Augment, CropDataset, CropTransform, PKSampler, make_loader
 from ..data.scenarios import group_key
+from ..distributed import SINGLE, DistContext
 from ..features import FeatureSet, extract_features
 from ..metrics import pseudo_label_quality
 from ..progress import Reporter
@@ -26,6 +27,7 @@ class RoundContext:
     device: torch.device
     round_no: int
     base_features: FeatureSet | None = None  # features of the round's starting checkpoint (cached on disk)
+    dist: DistContext = SINGLE  # torchrun process group (single process: no-ops)
     failed_ids: set[int] = field(default_factory=set)  # images found unreadable during the round
     outputs: dict[str, Any] = field(default_factory=dict)  # stage outputs handed to later stages
 
@@ -55,6 +57,7 @@ class RoundContext:
                 amp=self.cfg.amp,
                 reporter=reporter,
                 stage=stage,
+                dist=self.dist,
             )
         if fs.failed is not None and len(fs.failed):
             self.failed_ids.update(int(i) for i in fs.failed)
@@ -112,7 +115,8 @@ class RoundContext:
             labels=labels,
             seed=seed,
         )
-        sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed)
+        # Each rank draws its own batches (DDP averages their gradients).
+        sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank)
         return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
 
 

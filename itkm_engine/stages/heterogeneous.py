@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.scenarios import TWO_GROUP
+from ..distributed import image_forward
 from ..losses.image_text import i2t_cross_entropy
 from ..losses.instance import instance_pair_loss, pairs_in_batch
 from ..matching.cluster_matching import match_scenario, sides_by_camera
@@ -47,6 +48,7 @@ class HeterogeneousStage:
         self.epochs, self.warmup_epochs = s.epochs, s.warmup_epochs
         ctx.model.set_image_trainable(True)
         self.optimizer = image_optimizer(ctx.model, s.lr, ctx.cfg.stage1.new_param_lr, s.weight_decay)
+        self.forward = image_forward(ctx.model, ctx.dist)
         self.prev_text: np.ndarray | None = None  # DRU state: last epoch's anchors ...
         self.prev_ids: np.ndarray | None = None  # ... and the instances and labels they belonged to
         self.prev_labels: np.ndarray | None = None
@@ -171,13 +173,14 @@ class HeterogeneousStage:
         if not len(batch):
             return {}
         b = batch.to(ctx.device, non_blocking=True)
-        out = ctx.model.forward_image(b.images, b.scenario_idx, b.group_idx)
+        out = self.forward(b.images, b.scenario_idx, b.group_idx)
         feats = ctx.model.retrieval_feature(out).float()
+        homog = self.labels_t[b.index]
         terms = {
-            "homogeneous": s.weight_homogeneous * self.memories.loss(feats, self.labels_t[b.index]),
+            "homogeneous": s.weight_homogeneous * self.memories.loss(feats, homog),
             "cross": s.weight_cross * self.cross_memory.loss(feats, b.labels),
         }
-        self._cross_pending = (feats.detach(), b.labels)
+        self._step = (feats.detach(), homog, b.labels)
         if s.ihm:
             local = pairs_in_batch(self.pairs_t, batch.index).to(ctx.device)
             terms["instance"] = s.weight_instance * instance_pair_loss(feats, local, s.ihm_temperature, labels=b.labels)
@@ -189,9 +192,10 @@ class HeterogeneousStage:
         return terms
 
     def after_step(self) -> None:
-        self.memories.update()
-        f, lab = self._cross_pending
-        self.cross_memory.update(f, lab)
+        gather = self.ctx.dist.gather_rows
+        feats, homog, cross = (gather(t) for t in self._step)
+        self.memories.update(feats, homog)
+        self.cross_memory.update(feats, cross)
 
     def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]:
         if epoch == self.epochs - 1:

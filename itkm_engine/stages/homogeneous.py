@@ -13,51 +13,42 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..memory import ClusterMemory
 from ..progress import Reporter
+from ..distributed import image_forward
 from .context import RoundContext, cluster_centroids, image_optimizer
 from .loop import EpochPlan, epoch_seed
 
 
 class GroupMemories:
-    """One :class:`ClusterMemory` per group, addressed by global pseudo-label."""
+    """Per-group cluster memories as one memory with group-masked logits.
+
+    A sample is contrasted only against the centroids of its own group (so infrared clusters
+    never compete with visible ones in Stage I): logits of other groups' clusters are set to
+    -inf.  One matrix product and one cross-entropy per batch, with no per-group indexing -- so
+    no host synchronisation in the training step.
+    """
 
     def __init__(self, feats: np.ndarray, labels: np.ndarray, group_keys: np.ndarray, *, temperature: float,
                  momentum: float, device: torch.device) -> None:
-        self.memories: dict[str, ClusterMemory] = {}
-        self.local = np.full(int(labels.max()) + 1 if (labels >= 0).any() else 0, -1, dtype=np.int64)
-        self.group_of = np.empty(len(self.local), dtype=object)
-        for key in sorted(set(group_keys[labels >= 0])):
-            sel = (group_keys == key) & (labels >= 0)
-            glob = np.unique(labels[sel])
-            self.local[glob] = np.arange(len(glob))
-            self.group_of[glob] = key
-            local_labels = self.local[labels[sel]]
-            mem = ClusterMemory(feats.shape[1], len(glob), temperature=temperature, momentum=momentum).to(device)
-            mem.init_from(torch.as_tensor(feats[sel], device=device), torch.as_tensor(local_labels, device=device))
-            self.memories[key] = mem
-        self.local_t = torch.as_tensor(self.local, device=device)
-        self._pending: list[tuple[ClusterMemory, torch.Tensor, torch.Tensor]] = []
+        n = int(labels.max()) + 1 if (labels >= 0).any() else 0
+        group_of = np.zeros(n, dtype=np.int64)
+        keep = labels >= 0
+        codes = {k: i for i, k in enumerate(sorted(set(group_keys[keep])))}
+        group_of[labels[keep]] = [codes[k] for k in group_keys[keep]]  # clusters are per group
+        self.group_of = torch.as_tensor(group_of, device=device)
+        self.memory = ClusterMemory(feats.shape[1], n, temperature=temperature, momentum=momentum).to(device)
+        self.memory.init_from(torch.as_tensor(feats[keep], device=device), torch.as_tensor(labels[keep], device=device))
 
     def loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of each sample's contrastive loss against its group's centroids."""
-        total = feats.new_zeros(())
-        keys = self.group_of[labels.cpu().numpy()]
-        n = max(len(labels), 1)
-        for key, mem in self.memories.items():
-            m = torch.as_tensor(keys == key, device=feats.device)
-            if not bool(m.any()):
-                continue
-            f, lab = feats[m], self.local_t[labels[m]]
-            total = total + mem.loss(f, lab) * (f.shape[0] / n)
-            self._pending.append((mem, f.detach(), lab))
-        return total
+        logits = self.memory.logits(feats)
+        other = self.group_of[None, :] != self.group_of[labels][:, None]
+        return F.cross_entropy(logits.masked_fill(other, float("-inf")), labels)
 
-    def update(self) -> None:
-        for mem, f, lab in self._pending:
-            mem.update(f.float(), lab)
-        self._pending.clear()
+    def update(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        self.memory.update(feats.float(), labels)
 
 
 class HomogeneousStage:
@@ -69,6 +60,7 @@ class HomogeneousStage:
         self.epochs, self.warmup_epochs = s.epochs, s.warmup_epochs
         ctx.model.set_image_trainable(True)
         self.optimizer = image_optimizer(ctx.model, s.lr, s.new_param_lr, s.weight_decay)
+        self.forward = image_forward(ctx.model, ctx.dist)
         self.memories: GroupMemories | None = None
         self.labels: np.ndarray | None = None
 
@@ -93,12 +85,14 @@ class HomogeneousStage:
         if not len(batch):
             return {}
         b = batch.to(self.ctx.device, non_blocking=True)
-        out = self.ctx.model.forward_image(b.images, b.scenario_idx, b.group_idx)
-        feats = self.ctx.model.retrieval_feature(out)
-        return {"homogeneous": self.memories.loss(feats.float(), b.labels)}
+        out = self.forward(b.images, b.scenario_idx, b.group_idx)
+        feats = self.ctx.model.retrieval_feature(out).float()
+        self._step = (feats.detach(), b.labels)
+        return {"homogeneous": self.memories.loss(feats, b.labels)}
 
     def after_step(self) -> None:
-        self.memories.update()
+        feats, labels = self._step
+        self.memories.update(self.ctx.dist.gather_rows(feats), self.ctx.dist.gather_rows(labels))
 
     def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]:
         return {}

@@ -123,6 +123,8 @@ def run_stage(
             opt.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
+                if hasattr(stage, "after_backward"):
+                    stage.after_backward()  # e.g. gradient all-reduce for modules outside DDP
                 opt.step()
             stage.after_step()
             for k, v in terms.items():

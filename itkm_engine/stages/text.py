@@ -71,6 +71,10 @@ class TextStage:
         rows = rows[rng.permutation(len(rows))]
         batches = [rows[i : i + s.batch_size] for i in range(0, len(rows), s.batch_size)]
         batches = [b for b in batches if len(b) > 1]
+        d = self.ctx.dist
+        if d.enabled:  # each rank its share; equal counts so the gradient all-reduces pair up
+            per = len(batches) // d.world
+            batches = batches[d.rank :: d.world][:per]
         return EpochPlan(batches, len(batches), dict(self.cluster_metrics))
 
     def losses(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -88,6 +92,9 @@ class TextStage:
                 txt, self.scen[lab], margin=s.separation_margin
             )
         return terms
+
+    def after_backward(self) -> None:
+        self.ctx.dist.all_reduce_mean_grads(self.learner.parameters())
 
     def after_step(self) -> None:
         pass

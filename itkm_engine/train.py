@@ -1,0 +1,52 @@
+"""Multi-process training: ``torchrun --nproc-per-node N -m itkm_engine.train WORKSPACE [options]``.
+
+Takes the same options as ``itkm train`` (see ``itkm train --help``).  Rank 0 holds the
+workspace's writer lock and writes everything; the other ranks open it read-only.  On a machine
+without GPUs the processes use the gloo backend on the CPU (that is how the tests run it).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .atomic import atomic_write_text
+from .cli import ConsoleReporter, _config_for, build_parser
+from .distributed import init_from_env, shutdown
+from .errors import ItkmError
+from .progress import Reporter
+from .session import CONFIG_FILE
+from .trainer import train
+from .workspace import Workspace
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    dist = init_from_env()
+    try:
+        import torch
+
+        device = torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if dist.main:
+            ws = Workspace.open(a.workspace)
+        dist.barrier()  # rank 0 has created / migrated / locked the workspace
+        if not dist.main:
+            ws = Workspace.open(a.workspace, readonly=True)
+        with ws:
+            cfg = _config_for(ws, a)
+            if dist.main:
+                atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
+            rep = ConsoleReporter("train", a.quiet) if dist.main else Reporter(job="train")
+            results = train(ws, cfg, rounds=a.rounds, device=device, reporter=rep, dist=dist)
+            if dist.main:
+                for r in results:
+                    print(f"round {r.round} done in {r.seconds:.0f} s on {dist.world} processes -> {r.checkpoint}")
+        return 0
+    except ItkmError as exc:
+        print(f"itkm train (rank {dist.rank}): {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown(dist)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

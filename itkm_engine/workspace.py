@@ -1029,6 +1029,17 @@ class Workspace:
                 gone,
             ).rowcount
 
+    def relpaths(self, source_id: int) -> set[str]:
+        """Relative paths of all the source's image rows, any status.
+
+        Read from the covering ``(source_id, relpath)`` index, aggregated: far cheaper than
+        ``images(include_missing=True)`` when ingestion only needs to know what is known.
+        """
+        ((n, text),) = self._query(
+            "SELECT count(*), group_concat(relpath, char(0)) FROM images WHERE source_id = ?", (int(source_id),)
+        )
+        return set(text.split("\0")) if n else set()
+
     def set_image_status(self, image_ids: Iterable[int], status: str, reason: str = "") -> None:
         """Set the status of images (e.g. ``unreadable`` when training failed to decode one)."""
         if status not in IMAGE_STATUSES:

@@ -233,6 +233,8 @@ def test_mark_missing_and_return(ws, src):
     present = {r.relpath for r in recs("c", 6)}
     assert ws.mark_missing(src, present) == 4
     assert ws.mark_missing(src, present) == 0  # already missing
+    assert ws.relpaths(src) == {r.relpath for r in recs("c", 10)}  # any status
+    assert ws.relpaths(999) == set()
     assert ws.image_count() == 6 and ws.image_count(include_missing=True) == 10
     t = ws.images(include_missing=True)
     assert list(t.status) == ["ok"] * 6 + ["missing"] * 4

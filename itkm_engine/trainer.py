@@ -132,7 +132,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     else:
         base_ckpt = ws.latest_checkpoint()
         model, key = load_model(ws, cfg, device)
-        round_no = ws.start_round(json.dumps(cfg.to_dict()), str(base_ckpt) if base_ckpt else None) if main else None
+        round_no = _start_or_restart_round(ws, cfg, base_ckpt, reporter) if main else None
         round_no = dist.broadcast_object(round_no)
         reporter.log(f"round {round_no}: starting from {base_ckpt.name if base_ckpt else 'the initial model'}")
         base_fs = extract_features(
@@ -210,6 +210,23 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
     reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")
     return RoundResult(round_no, ckpt, time.monotonic() - t0, ws.epoch_log(round_no))
+
+
+def _start_or_restart_round(ws, cfg: Config, base_ckpt: Path | None, reporter: Reporter) -> int:
+    """A new round's number -- or the last round's, when it is still ``running`` although no
+    process runs it (we hold the writer lock) and it left no progress file: it was killed before
+    its first epoch completed, so it starts again under its own number instead of staying
+    'running' forever beside a new one."""
+    rounds = ws.rounds()
+    config_json = json.dumps(cfg.to_dict())
+    base = str(base_ckpt) if base_ckpt else None
+    if rounds and rounds[-1].status == "running":
+        number = rounds[-1].number
+        ws.update_round(number, status="running", stage=None, epoch=None, config_json=config_json,
+                        base_checkpoint=base)
+        reporter.log(f"round {number} was stopped before its first epoch completed; starting it again")
+        return number
+    return ws.start_round(config_json, base)
 
 
 def _resumable(ws, progress_path: Path) -> dict | None:

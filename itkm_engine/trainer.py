@@ -129,6 +129,9 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
         model.extend(scenarios=scenarios, groups=groups)
         base_fs = None
         reporter.log(f"resuming round {round_no} after {resume['stage']} epoch {int(resume['epoch']) + 1}")
+        done_at = (resume["stage"], int(resume["epoch"]))
+        if "values" in resume and not any((e["stage"], e["epoch"]) == done_at for e in ws.epoch_log(round_no)):
+            ws.log_epoch(round_no, *done_at, json.loads(resume["values"]))  # killed before it was logged
     else:
         base_ckpt = ws.latest_checkpoint()
         model, key = load_model(ws, cfg, device)
@@ -172,7 +175,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
 
             def on_epoch_end(epoch: int, values: dict, stage=stage) -> None:
                 if main:
-                    _save_progress(progress_path, round_no, stage, epoch, ctx)
+                    _save_progress(progress_path, round_no, stage, epoch, ctx, values)
                     ws.log_epoch(round_no, stage.name, epoch, values)
                     ws.update_round(round_no, stage=stage.name, epoch=epoch + 1)
                     _record_failed(ws, ctx)
@@ -250,7 +253,9 @@ def _outputs_from_state(state: dict[str, Any]) -> dict[str, Any]:
     return {name: {k: v.numpy() for k, v in out.items()} for name, out in state.items()}
 
 
-def _save_progress(path: Path, round_no: int, stage, epoch: int, ctx: RoundContext) -> None:
+def _save_progress(path: Path, round_no: int, stage, epoch: int, ctx: RoundContext, values: dict) -> None:
+    # The epoch's log values travel with it: a kill between this write and ws.log_epoch() would
+    # otherwise leave a completed epoch missing from the log (resume re-logs it from here).
     save_checkpoint(
         path,
         {
@@ -262,6 +267,7 @@ def _save_progress(path: Path, round_no: int, stage, epoch: int, ctx: RoundConte
             "optimizer": stage.optimizer.state_dict(),
             "stage_state": stage.state_dict(),
             "outputs": _outputs_to_state(ctx.outputs),
+            "values": json.dumps(values, default=float),
         },
     )
 

@@ -5,18 +5,24 @@ ranks exactly as cosine does.
 
 :class:`FeatureIndex` is exact (``IndexFlatIP``) up to ``exact_limit`` vectors: below a few hundred
 thousand a brute-force scan is fast enough and nothing can be missed.  Above it the index is
-an inverted file with full vectors (IVF-Flat).  IVF-Flat won the measurement on 2 CPU cores
-(``benchmarks/bench_query.py``): IVF-PQ lost too much recall at top-100 (0.57 with 64-byte codes)
-and trains slowly; HNSW takes far longer to build on 1M x 512 and its graph costs extra memory;
-IVF-Flat reaches recall@100 >= 0.95 in a few ms per query.  ``nprobe`` is chosen at build time
-by measuring recall against the exact answer on a sample of the data, so it follows the data's
+an inverted file with full vectors (IVF-Flat), chosen by measurement on 2 CPU cores
+(``benchmarks/bench_query.py --n 200000 --compare``, 512-d clustered features, top-100):
+
+    IVF-Flat (nlist 512, tuned nprobe 11)  build  42 s   1.4 ms/query   recall@100 0.964
+    IVF-PQ64 (nlist 512, nprobe 16 / 64)   build 107 s   0.9 / 2.0 ms   recall@100 0.795 (PQ-limited)
+    HNSW32 (efSearch 128 / 256)            build 192 s   1.5 / 2.3 ms   recall@100 0.984 / 0.996
+
+HNSW searches as well or better but builds ~5x slower (and superlinearly: the index is rebuilt
+after every training round), PQ cannot reach the recall target.  At 1M x 512 IVF-Flat builds in
+~90 s and answers in ~4 ms with recall@100 ~0.97.  ``nprobe`` is chosen at build time by
+measuring recall against the exact answer on a sample of the data, so it follows the data's
 real cluster structure instead of a rule of thumb.
 
 :func:`k_reciprocal_rerank` is the re-ranking of Zhong et al. (CVPR 2017) applied, per query,
 inside the query's top-N candidate set: the k-reciprocal sets, their expansion, the Gaussian
 encoding, query expansion and the Jaccard distance are all computed among the ``N + 1`` local
-items, so cost is ``O(N^2)`` per query whatever the gallery size and there is never a
-query x gallery dense matrix.
+items (a few ``(N+1) x (N+1)`` batched matrix products per query), so the cost does not depend
+on the gallery size and there is never a query x gallery dense matrix.
 """
 
 from __future__ import annotations
@@ -373,15 +379,18 @@ def k_reciprocal_rerank(
     each query.  ``k1`` and ``k2`` are clipped to the local set's size.  The encodings are kept
     in float32 (the reference stores them in float16).
 
-    Candidates come from ``index`` (built over ``gallery_feats``) or an exact search; the local
-    computation runs in torch on ``device`` (default CPU), ``batch_size`` queries at a time
-    (fewer when ``top_n`` is large, to bound memory).  Returns
-    ``(sims, idx)``, both ``[Q, top_n]``, sorted by the re-ranked distance; ``sims`` is
-    ``1 - final distance``.  Slots without a candidate have ``idx == -1`` and ``sims == -inf``.
+    Candidates come from ``index`` (built over ``gallery_feats``; pass it for a large gallery),
+    else from an exact blocked scan of ``gallery_feats``.  The local computation runs in torch
+    on ``device`` (default CPU), ``batch_size`` queries at a time (fewer when ``top_n`` is
+    large, to bound memory).  Returns ``(sims, idx)``, both ``[Q, top_n]``, sorted by the
+    re-ranked distance; ``sims`` is ``1 - final distance``.  Slots without a candidate have ``idx == -1`` and ``sims == -inf``.
     """
     reporter = reporter or Reporter()
     q = _as_features(query_feats, "query_feats")
-    g = _as_features(gallery_feats, "gallery_feats")
+    # The gallery may be large and is only read at the candidates' rows: checked there, not copied.
+    g = np.asarray(gallery_feats)
+    if g.ndim != 2 or g.shape[0] == 0:
+        raise FeatureIndexError(f"gallery_feats must be a non-empty 2-D array [N, D], got shape {g.shape}")
     if q.shape[1] != g.shape[1]:
         raise FeatureIndexError(f"query dimension {q.shape[1]} differs from gallery dimension {g.shape[1]}")
     if k1 < 1 or k2 < 1 or top_n < 1:
@@ -389,9 +398,20 @@ def k_reciprocal_rerank(
     if not 0.0 <= lambda_value <= 1.0:
         raise FeatureIndexError(f"lambda_value must lie in [0, 1], got {lambda_value}")
     if index is None:
-        index = FeatureIndex.build(g, exact_limit=max(g.shape[0], 1), use_gpu=False)
+        # Exact candidates straight from the array (faiss.knn, blocked): no index copy per call.
+        g_search = np.ascontiguousarray(g, dtype=np.float32)
+        faiss = _faiss()
+
+        def candidates(qb: np.ndarray, k: int) -> np.ndarray:
+            return faiss.knn(qb, g_search, k, metric=faiss.METRIC_INNER_PRODUCT)[1].astype(np.int64)
+
     elif len(index) != g.shape[0]:
         raise FeatureIndexError(f"the index holds {len(index)} vectors but gallery_feats has {g.shape[0]} rows")
+    else:
+
+        def candidates(qb: np.ndarray, k: int) -> np.ndarray:
+            return index.search(qb, k)[1]
+
     top_n = min(int(top_n), g.shape[0])
     batch_size = max(1, min(int(batch_size), (1 << 23) // (top_n + 1) ** 2))
 
@@ -400,7 +420,7 @@ def k_reciprocal_rerank(
     for start in range(0, q.shape[0], batch_size):
         reporter.check()
         stop = min(start + batch_size, q.shape[0])
-        _, cand = index.search(q[start:stop], top_n)
+        cand = candidates(q[start:stop], top_n)
         n_valid = (cand >= 0).sum(axis=1)
         # Rows with the same number of candidates are re-ranked together (normally all of them).
         for n in np.unique(n_valid):
@@ -409,12 +429,19 @@ def k_reciprocal_rerank(
                 continue
             c = cand[rows][:, :n] if np.all(cand[rows][:, :n] >= 0) else np.stack([r[r >= 0] for r in cand[rows]])
             dist, order = _rerank_local(
-                q[start + rows], g[c], k1=k1, k2=k2, lambda_value=lambda_value, device=device
+                q[start + rows], _candidate_features(g, c), k1=k1, k2=k2, lambda_value=lambda_value, device=device
             )
             out_sims[start + rows, :n] = 1.0 - dist
             out_idx[start + rows, :n] = np.take_along_axis(c, order, axis=1)
         reporter.update(stop / q.shape[0], stage="rerank", message=f"re-ranked {stop} of {q.shape[0]} queries")
     return out_sims, out_idx
+
+
+def _candidate_features(gallery: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """``gallery[cand]`` as float32 ``[B, n, D]``, checked like :func:`_as_features`."""
+    b, n = cand.shape
+    rows = _as_features(gallery[cand.reshape(-1)], "gallery_feats (candidate rows)")
+    return rows.reshape(b, n, gallery.shape[1])
 
 
 def _rerank_local(

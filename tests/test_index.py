@@ -213,3 +213,5 @@ def test_rerank_small_gallery_clips_k():
     sims, idx = k_reciprocal_rerank(g[:2], g, top_n=200, k1=20, k2=6)
     assert idx.shape == (2, 5) and np.isfinite(sims).all()
     assert idx[0, 0] == 0 and idx[1, 0] == 1  # each query finds itself first
+    with pytest.raises(FeatureIndexError, match="normalised"):
+        k_reciprocal_rerank(g[:1], g * 3.0)

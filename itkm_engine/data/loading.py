@@ -9,6 +9,7 @@ and the batch carries the failed indices so the caller can record them in the wo
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -214,6 +215,28 @@ class PKSampler(Sampler[tuple[int, int]]):
                     draw += 1
 
 
+def loader_workers(requested: int, n_items: int, batch_size: int) -> int:
+    """Worker processes for a loader of ``n_items`` items in batches of ``batch_size``.
+
+    Workers only help by decoding the next batches while the caller works on the current one.
+    A job of a single batch has nothing to overlap, and each worker costs a fork plus ~0.1-0.3 s
+    before its first batch arrives, so such a job decodes in the calling process.  Otherwise the
+    request is capped at the number of batches (a worker builds whole batches) and at the cores
+    this process may run on: more workers than cores only compete with each other and with the
+    model, and torch warns about it.
+    """
+    if requested <= 0 or batch_size <= 0:
+        return 0
+    batches = -(-int(n_items) // int(batch_size))
+    if batches <= 1:
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(int(requested), batches, cores))
+
+
 def make_loader(
     dataset: CropDataset,
     *,
@@ -223,14 +246,18 @@ def make_loader(
     workers: int = 0,
     device: torch.device | None = None,
 ) -> DataLoader:
-    """A DataLoader with the project's collate; pinned memory when feeding a CUDA device."""
+    """A DataLoader with the project's collate; pinned memory when feeding a CUDA device.
+
+    ``workers`` is an upper bound: see :func:`loader_workers`.
+    """
     pin = device is not None and device.type == "cuda"
+    n_items = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         shuffle=shuffle if sampler is None else False,
-        num_workers=workers,
+        num_workers=loader_workers(workers, n_items, batch_size),
         collate_fn=collate,
         pin_memory=pin,
         persistent_workers=False,

@@ -214,7 +214,7 @@ class Session:
         if rerank:
             from .index import k_reciprocal_rerank
 
-            sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(200, 4 * k))
+            sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(200, 4 * k), index=self.index())
             allowed = self._allowed(filters, cam)
             ranked = [(int(i), float(s)) for s, i in zip(sims[0], idx[0])
                       if i != r and i >= 0 and (allowed is None or allowed[i])][:k]

@@ -36,6 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..errors import ItkmError
+from ._inputs import float_matrix, int_vector
 
 __all__ = [
     "ClusterMatch",
@@ -88,25 +89,6 @@ class ScenarioMatching:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _float_tensor(x: ArrayLike, what: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, Tensor):
-        raise ItkmError(f"{what} must be a tensor or numpy array, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ItkmError(f"{what} must be 2-d, got shape {tuple(x.shape)}")
-    return x.detach().float()
-
-
-def _int_array(x: ArrayLike | Sequence[int], what: str) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ItkmError(f"{what} must be 1-d, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ItkmError(f"{what} must be integers, got {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
 
 
 def _cosine(x: Tensor, y: Tensor) -> Tensor:
@@ -119,8 +101,8 @@ def _cosine(x: Tensor, y: Tensor) -> Tensor:
 def cluster_centroids(feats: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, Tensor]:
     """``(ids, centroids)``: the sorted distinct labels ``>= 0`` and their L2-normalised mean
     feature ``[len(ids), D]`` (float32, on the features' device)."""
-    f = _float_tensor(feats, "feats")
-    lab = _int_array(labels, "labels")
+    f = float_matrix(feats, "feats")
+    lab = int_vector(labels, "labels")
     if lab.shape[0] != f.shape[0]:
         raise ItkmError(f"labels must have {f.shape[0]} entries, got {lab.shape[0]}")
     valid = lab >= 0
@@ -146,14 +128,14 @@ def cluster_similarity(
     """
     if not 0.0 <= text_weight <= 1.0:
         raise ItkmError(f"text_weight must be in [0, 1], got {text_weight}")
-    ia, ib = _float_tensor(img_a, "img_a"), _float_tensor(img_b, "img_b")
+    ia, ib = float_matrix(img_a, "img_a"), float_matrix(img_b, "img_b")
     if ia.shape[1] != ib.shape[1]:
         raise ItkmError(f"img_a and img_b must share a feature size, got {ia.shape[1]} and {ib.shape[1]}")
     sim = _cosine(ia, ib) * (1.0 - text_weight)
     if text_weight > 0:
         if txt_a is None or txt_b is None:
             raise ItkmError("text features are needed when text_weight > 0")
-        ta, tb = _float_tensor(txt_a, "txt_a"), _float_tensor(txt_b, "txt_b")
+        ta, tb = float_matrix(txt_a, "txt_a"), float_matrix(txt_b, "txt_b")
         if ta.shape[0] != ia.shape[0] or tb.shape[0] != ib.shape[0]:
             raise ItkmError(
                 f"one text feature per cluster is needed: img {ia.shape[0]}x{ib.shape[0]}, "
@@ -218,13 +200,13 @@ def cross_group_labels(
         in row order; then every unmatched row of B in row order.  Every row gets a label even
         if no instance carries it, so ``num_labels = Ca + Cb - len(matches)``.
     """
-    la = _int_array(labels_a, "labels_a")
-    lb = _int_array(labels_b, "labels_b")
+    la = int_vector(labels_a, "labels_a")
+    lb = int_vector(labels_b, "labels_b")
     pairs = [(int(m[0]), int(m[1])) for m in matches]
 
     def rows_of(lab: np.ndarray, clusters: ArrayLike | None, side: int, name: str) -> np.ndarray:
         if clusters is not None:
-            ids = _int_array(clusters, name)
+            ids = int_vector(clusters, name)
             if len(np.unique(ids)) != len(ids):
                 raise ItkmError(f"{name} holds a cluster id twice")
             return ids
@@ -294,7 +276,7 @@ def sides_by_camera(
         ``[N]`` int64: the side (0 or 1) of each instance's cluster, ``-1`` for outliers.  With a
         single camera every cluster is on side 0 (nothing to match).
     """
-    lab = _int_array(labels, "labels")
+    lab = int_vector(labels, "labels")
     cams = np.asarray(cameras.detach().cpu().numpy() if isinstance(cameras, Tensor) else cameras)
     if cams.shape != lab.shape:
         raise ItkmError(f"cameras must have shape {lab.shape}, got {cams.shape}")
@@ -357,9 +339,9 @@ def match_scenario(
         :class:`ScenarioMatching` whose ``labels`` give each instance its cross-group label
         (numbering of :func:`cross_group_labels`), and whose ``matches`` name cluster *ids*.
     """
-    f = _float_tensor(feats, "feats")
-    lab = _int_array(labels, "labels")
-    sd = _int_array(sides, "sides")
+    f = float_matrix(feats, "feats")
+    lab = int_vector(labels, "labels")
+    sd = int_vector(sides, "sides")
     if not (lab.shape[0] == sd.shape[0] == f.shape[0]):
         raise ItkmError(
             f"feats, labels and sides must have one entry per instance: "
@@ -382,7 +364,7 @@ def match_scenario(
     if text_weight > 0:
         if cluster_text is None:
             raise ItkmError("cluster_text is needed when text_weight > 0")
-        t = _float_tensor(cluster_text, "cluster_text")
+        t = float_matrix(cluster_text, "cluster_text")
         top = int(lab.max()) if lab.size else -1
         if t.shape[0] <= top:
             raise ItkmError(f"cluster_text has {t.shape[0]} rows but cluster id {top} occurs")

@@ -27,19 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ItkmError
+from ._inputs import float_matrix
 from ..progress import Reporter
 
 __all__ = ["text_space", "topk_neighbours", "mutual_topk_pairs"]
 
-
-def _float_tensor(x: Tensor | np.ndarray, what: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, Tensor):
-        raise ItkmError(f"{what} must be a tensor or numpy array, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ItkmError(f"{what} must be 2-d, got shape {tuple(x.shape)}")
-    return x.detach().float()
 
 
 @torch.no_grad()
@@ -61,8 +53,8 @@ def text_space(
         ``[N, C]`` float32 rows summing to 1, on ``feats``' device; computed without gradient
         (IHM is a mining step between epochs, not part of the loss graph).
     """
-    f = _float_tensor(feats, "feats")
-    t = _float_tensor(cluster_text, "cluster_text").to(f.device)
+    f = float_matrix(feats, "feats")
+    t = float_matrix(cluster_text, "cluster_text").to(f.device)
     if f.shape[1] != t.shape[1]:
         raise ItkmError(
             f"feats and cluster_text must share the joint embedding size, got {f.shape[1]} and {t.shape[1]}"
@@ -134,8 +126,8 @@ def mutual_topk_pairs(
         ``int64 [M, 2]`` rows ``(i, j)``: ``i`` indexes side A, ``j`` side B; sorted.
     """
     reporter = reporter or Reporter()
-    ia, ib = _float_tensor(img_a, "img_a"), _float_tensor(img_b, "img_b")
-    ta, tb = _float_tensor(txt_a, "txt_a"), _float_tensor(txt_b, "txt_b")
+    ia, ib = float_matrix(img_a, "img_a"), float_matrix(img_b, "img_b")
+    ta, tb = float_matrix(txt_a, "txt_a"), float_matrix(txt_b, "txt_b")
     if ia.shape[1] != ib.shape[1]:
         raise ItkmError(f"img_a and img_b must share a size, got {ia.shape[1]} and {ib.shape[1]}")
     if ta.shape[1] != tb.shape[1]:

@@ -33,27 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ItkmError
+from ._inputs import float_matrix, int_vector
 
 __all__ = ["cluster_correspondence", "instance_offline_text", "update_text_features"]
 
 
-def _int_array(x: Tensor | np.ndarray, what: str) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise ItkmError(f"{what} must be 1-d, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ItkmError(f"{what} must be integers, got {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
-
-
-def _float_tensor(x: Tensor | np.ndarray, what: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, Tensor) or x.dim() != 2:
-        raise ItkmError(f"{what} must be a 2-d tensor")
-    return x.detach().float()
 
 
 def cluster_correspondence(
@@ -67,8 +51,8 @@ def cluster_correspondence(
     than half of ``c``'s members (see the module docstring).  Both label arrays index the same
     ``N`` instances; ``-1`` is an outlier.  ``num_new`` defaults to ``max(new_labels) + 1``.
     """
-    prev = _int_array(prev_labels, "prev_labels")
-    new = _int_array(new_labels, "new_labels")
+    prev = int_vector(prev_labels, "prev_labels")
+    new = int_vector(new_labels, "new_labels")
     if prev.shape != new.shape:
         raise ItkmError(f"prev_labels and new_labels must cover the same instances: {prev.shape} vs {new.shape}")
     if num_new is None:
@@ -113,8 +97,8 @@ def instance_offline_text(
         ``[N, E]`` float32 on ``stage2_text``' device.  Zero rows mean "no offline text" and are
         skipped by :func:`update_text_features`.
     """
-    lab = _int_array(stage2_labels, "stage2_labels")
-    text = _float_tensor(stage2_text, "stage2_text")
+    lab = int_vector(stage2_labels, "stage2_labels")
+    text = float_matrix(stage2_text, "stage2_text")
     if lab.size and int(lab.max()) >= text.shape[0]:
         raise ItkmError(f"a Stage II label is >= the number of Stage II text features ({text.shape[0]})")
     out = torch.zeros(lab.shape[0], text.shape[1], dtype=torch.float32, device=text.device)
@@ -122,7 +106,7 @@ def instance_offline_text(
     rows = torch.from_numpy(np.flatnonzero(valid)).to(text.device)
     out[rows] = text[torch.from_numpy(lab[valid]).to(text.device)]
     if image_embeds is not None and (~valid).any() and text.shape[0] > 0:
-        emb = _float_tensor(image_embeds, "image_embeds").to(text.device)
+        emb = float_matrix(image_embeds, "image_embeds").to(text.device)
         if emb.shape != (lab.shape[0], text.shape[1]):
             raise ItkmError(f"image_embeds must be [{lab.shape[0]}, {text.shape[1]}], got {tuple(emb.shape)}")
         miss = torch.from_numpy(np.flatnonzero(~valid)).to(text.device)
@@ -163,8 +147,8 @@ def update_text_features(
     """
     if not 0.0 <= momentum <= 1.0:
         raise ItkmError(f"momentum must be in [0, 1], got {momentum}")
-    new = _int_array(new_labels, "new_labels")
-    off = _float_tensor(offline_text_per_instance, "offline_text_per_instance")
+    new = int_vector(new_labels, "new_labels")
+    off = float_matrix(offline_text_per_instance, "offline_text_per_instance")
     if off.shape[0] != new.shape[0]:
         raise ItkmError(f"offline text has {off.shape[0]} rows for {new.shape[0]} instances")
     if num_clusters is None:
@@ -186,10 +170,10 @@ def update_text_features(
         return F.normalize(mean, dim=1)
     if prev_labels is None:
         raise ItkmError("prev_labels are needed with prev_text")
-    prev_t = _float_tensor(prev_text, "prev_text").to(device)
+    prev_t = float_matrix(prev_text, "prev_text").to(device)
     if prev_t.shape[1] != off.shape[1]:
         raise ItkmError(f"prev_text has size {prev_t.shape[1]}, offline text {off.shape[1]}")
-    prev = _int_array(prev_labels, "prev_labels")
+    prev = int_vector(prev_labels, "prev_labels")
     if prev.size and int(prev.max()) >= prev_t.shape[0]:
         raise ItkmError(f"a previous label is >= the number of previous text features ({prev_t.shape[0]})")
     pred = cluster_correspondence(prev, new, num_clusters)

@@ -26,7 +26,7 @@ import torch
 from ..atomic import atomic_open
 from ..errors import ItkmError, UnsafeCheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH", "CheckpointWriteError"]
 
 #: Hex digits of the sha256 kept in :func:`checkpoint_key`.
 KEY_LENGTH = 16
@@ -36,14 +36,39 @@ _key_cache: dict[tuple[str, int, int], str] = {}
 _key_lock = threading.Lock()
 
 
+class CheckpointWriteError(ItkmError, OSError):
+    """A checkpoint could not be written (disk full, read-only folder).  An ItkmError, so the user
+    sees one clear line; still an OSError, so code that handles failed writes keeps doing so."""
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
     if not isinstance(state, dict):
         raise TypeError(f"a checkpoint state is a dict, got {type(state).__name__}")
     path = Path(path)
-    with atomic_open(path, "wb") as fh:
-        torch.save(state, fh)
+    try:
+        with atomic_open(path, "wb") as fh:
+            torch.save(state, fh)
+    except (OSError, RuntimeError) as e:
+        # A full disk surfaces as OSError(ENOSPC) from our file, or as a RuntimeError from
+        # torch's zip writer ("unexpected pos ...") when its own write came up short.
+        raise CheckpointWriteError(f"cannot write the checkpoint {path}: {_write_failure(path, e)}; "
+                                   "the previous file there is unchanged") from e
     return path
+
+
+def _write_failure(path: Path, e: BaseException) -> str:
+    """Why a write failed, in words: a full disk is named as such (with the space left)."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 64 << 20):
+        return f"the disk is full ({(free or 0) // (1 << 20)} MB free); free some space and run it again"
+    return _short(e) or type(e).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -407,6 +408,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # A full disk or a read-only / forbidden place met by a write outside the workspace's own
+        # checks (an export file, config.toml): one line like any user error.  Every engine write
+        # is atomic, so the file being written was left as it was.
+        where = f" {exc.filename}" if exc.filename else ""
+        advice = {errno.ENOSPC: "the disk is full; free some space and run the same command again",
+                  errno.EDQUOT: "the disk quota is used up; free some space and run the same command again",
+                  errno.EROFS: "that place is read-only; choose a writable one"}.get(exc.errno, "check that you may write there")
+        print(f"itkm {a.command}: cannot write{where}: {exc.strerror or exc} ({advice}; "
+              "files that were being written are unchanged)", file=sys.stderr)
+        return 2
+
+
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                                 errno.EIO, errno.ENAMETOOLONG})
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -590,7 +591,13 @@ class Workspace:
                 "restore it from a backup (itkm.sqlite.bak-*) or create a new workspace"
             )
         if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
-            return WorkspaceError(f"cannot access the workspace database {self.path / DB_NAME} while {action}: {exc}")
+            # On a full disk SQLite often reports an I/O error (growing the WAL or its -shm index)
+            # rather than SQLITE_FULL; say what the user must fix.
+            full = ""
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(self.path).free < (1 << 20):
+                    full = " -- the disk is full; free some disk space and retry"
+            return WorkspaceError(f"cannot access the workspace database {self.path / DB_NAME} while {action}: {exc}{full}")
         if isinstance(exc, sqlite3.IntegrityError):
             return WorkspaceError(f"refused while {action}: it would break the workspace's consistency ({exc})")
         return None

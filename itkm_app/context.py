@@ -1,7 +1,13 @@
-"""What the panels share: the open session, the job manager, settings, and cross-panel signals.
+"""What the panels share: the open workspace and session, the job manager, settings, and
+cross-panel signals.
 
 Panels never hold references to each other; they talk through these signals (the Clusters view
 asks for "open this image in the gallery", the Cameras panel announces "the images changed").
+
+Opening a workspace happens in two steps so the window is useful at once: the
+:class:`~itkm_engine.workspace.Workspace` (SQLite, fast) first -- the Cameras and Training panels
+can show it -- then the :class:`~itkm_engine.session.Session` (imports torch and builds the
+model, seconds) in the background; panels that need features wait for :attr:`sessionChanged`.
 """
 
 from __future__ import annotations
@@ -10,58 +16,89 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QSize, Signal
 
 from .jobs import JobManager
 from .settings import Settings
+from .widgets.thumbnails import ThumbnailCache
 
 if TYPE_CHECKING:  # the engine's Session imports torch: only at run time, in a worker
     from itkm_engine.session import Session
+    from itkm_engine.workspace import Workspace
 
 
 class AppContext(QObject):
     """Signals:
-    sessionChanged(object): a workspace was opened (a ``Session``) or closed (``None``)
+    workspaceChanged(object): a Workspace was opened, or ``None`` when closed
+    sessionChanged(object): the Session (model, features, queries) is ready, or ``None``
     imagesChanged(): cameras/images changed (ingest, scenario/group edits)
     modelChanged(): a training round finished (new checkpoint): features, projection,
         identities and matches are stale
+    identitiesChanged(object): the session's IdentityTable was (re)computed
     queryImage(int): show matches for this image id in the gallery
     openSet(object, str): show this array of image ids in the gallery as a set, with a title
+    showPanel(str): bring a panel to the front (its key)
     deviceChanged(str): the device description for the status bar
     """
 
+    workspaceChanged = Signal(object)
     sessionChanged = Signal(object)
     imagesChanged = Signal()
     modelChanged = Signal()
+    identitiesChanged = Signal(object)
     queryImage = Signal(int)
     openSet = Signal(object, str)
-    deviceChanged = Signal(str)
     showPanel = Signal(str)
+    deviceChanged = Signal(str)
 
     def __init__(self, settings: Settings, jobs: JobManager, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.settings = settings
         self.jobs = jobs
+        self.ws: Workspace | None = None
         self.session: Session | None = None
         self.workspace_path: Path | None = None
-        self.readonly = False
-        self.dev = False  # developer options (tiny preset)
-        # a small image-level cache shared by panels (filled in a job, read on the GUI thread)
-        self.images: Any = None  # ImageTable of the session, once loaded
+        self.dev = False  # developer options (the tiny preset)
+        self.images: Any = None  # the session's ImageTable, once loaded (read on the GUI thread)
+        self.identities: Any = None  # IdentityTable of the current checkpoint, once computed
+        self.devices: list[tuple[str, str]] = [("auto", "Automatic"), ("cpu", "CPU")]
+        self.thumbs = ThumbnailCache(QSize(64, 128), parent=self)
 
     @property
-    def ws(self):
-        return self.session.ws if self.session is not None else None
+    def readonly(self) -> bool:
+        return bool(self.ws is not None and self.ws.readonly)
 
-    def set_session(self, session: "Session | None", path: Path | None = None, images: Any = None) -> None:
+    def set_workspace(self, ws: "Workspace | None") -> None:
+        self.ws = ws
+        self.workspace_path = ws.path if ws is not None else None
+        self.session = None
+        self.images = None
+        self.identities = None
+        self.workspaceChanged.emit(ws)
+
+    def set_session(self, session: "Session | None", images: Any = None) -> None:
         self.session = session
-        self.workspace_path = Path(path) if path is not None else None
-        self.readonly = bool(session is not None and session.ws.readonly)
         self.images = images
+        self.identities = None
         self.sessionChanged.emit(session)
+
+    def set_identities(self, table: Any) -> None:
+        self.identities = table
+        self.identitiesChanged.emit(table)
 
     def image_rows(self, image_ids: np.ndarray) -> np.ndarray:
         """Rows of ``image_ids`` in :attr:`images` (-1 where absent)."""
         if self.images is None:
             return np.full(len(image_ids), -1, np.int64)
         return self.images.index_of(np.asarray(image_ids, np.int64))
+
+    def identity_of(self, image_ids: np.ndarray) -> np.ndarray:
+        """Identity of each image id (-1 where unknown)."""
+        ids = np.asarray(image_ids, np.int64)
+        t = self.identities
+        if t is None or not len(t):
+            return np.full(len(ids), -1, np.int64)
+        pos = np.searchsorted(t.image_id, ids)
+        pos_c = np.minimum(pos, len(t.image_id) - 1)
+        ok = t.image_id[pos_c] == ids
+        return np.where(ok, t.identity[pos_c], -1)

@@ -10,13 +10,15 @@ times a second), the GUI thread gets at most ~30 deliveries a second, each carry
 event (``progress``) and every event since the previous delivery (``events``, for curves that
 must not lose points).  So a chatty job can never flood the event loop.
 
-Two runners: ``write`` (one worker: ingest, training, export -- anything that writes the
-workspace must not overlap) and ``read`` (two workers: projection, queries, identities, table
-reads).  See ``docs/adr/0002-jobs-and-threads.md``.
+Three runners: ``write`` (one worker: ingest, training -- anything that writes the workspace
+must not overlap), ``read`` (two workers: projection, queries, identities, table reads, export)
+and ``background`` (one worker: start-up warm-ups such as importing torch and compiling UMAP).
+See ``docs/adr/0002-jobs-and-threads.md``.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -32,6 +34,10 @@ __all__ = ["QtJob", "JobManager", "describe_exception", "MIN_INTERVAL_S"]
 
 #: Minimum time between two deliveries of a job's progress to the GUI thread (~30 per second).
 MIN_INTERVAL_S = 1.0 / 30.0
+#: GIL switch interval while the app runs (see JobManager.__init__).
+SWITCH_INTERVAL_S = 0.002
+#: Scheduling priority of job threads relative to the GUI thread (Linux nice increment).
+WORKER_NICE = 10
 #: Events kept between deliveries (a job that outruns the GUI by more than this loses the oldest).
 MAX_PENDING_EVENTS = 5000
 
@@ -200,9 +206,17 @@ class JobManager(QObject):
 
     def __init__(self, parent: QObject | None = None, *, read_workers: int = 2) -> None:
         super().__init__(parent)
+        # A worker running Python code hands the GIL to a waiting GUI thread after at most this
+        # long (CPython's default is 5 ms): the window reacts sooner, jobs lose ~nothing.
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        # Workers run "nicer" than the GUI thread: when a job keeps every core busy, the thread
+        # that draws the window still gets the CPU first (see JobRunner's ``nice``).
         self._runners = {
-            "write": JobRunner(max_workers=1, name="itkm-write"),
-            "read": JobRunner(max_workers=read_workers, name="itkm-read"),
+            "write": JobRunner(max_workers=1, name="itkm-write", nice=WORKER_NICE),
+            "read": JobRunner(max_workers=read_workers, name="itkm-read", nice=WORKER_NICE),
+            # start-up warm-ups (imports, numba JIT): never in the way of the user's own jobs
+            "background": JobRunner(max_workers=1, name="itkm-background", nice=WORKER_NICE + 5),
         }
         self._active: list[QtJob] = []
 

@@ -138,6 +138,24 @@ def style_plot(plot_item, pal: QPalette | None = None) -> None:
         plot_item.titleLabel.setText(plot_item.titleLabel.text)
 
 
+def cache_plot_text(plot_item) -> None:
+    """Cache a PlotItem's axes, title and legend as pixmaps (DeviceCoordinateCache).
+
+    Text is the expensive part of painting a plot; cached, a repaint after new data is a few
+    pixmap copies unless the axis range itself changed."""
+    from PySide6.QtWidgets import QGraphicsItem
+
+    mode = QGraphicsItem.CacheMode.DeviceCoordinateCache
+    for name in ("left", "bottom", "right", "top"):
+        ax = plot_item.getAxis(name)
+        if ax is not None:
+            ax.setCacheMode(mode)
+    if plot_item.titleLabel is not None:
+        plot_item.titleLabel.setCacheMode(mode)
+    if plot_item.legend is not None:
+        plot_item.legend.setCacheMode(mode)
+
+
 def style_plot_widget(widget) -> None:
     """Background of a pyqtgraph widget (PlotWidget / GraphicsLayoutWidget) from the palette."""
     widget.setBackground(palette().color(QPalette.ColorRole.Base))

@@ -144,3 +144,21 @@ def test_result_timeout_and_shutdown_cancels():
     assert h.state is JobState.CANCELLED
     with pytest.raises(RuntimeError):
         runner.submit(forever)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "setpriority"), reason="needs os.setpriority")
+def test_nice_lowers_worker_priority_only():
+    import os
+
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def my_nice(*, reporter):
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    with JobRunner(nice=5) as runner:
+        worker_nice = runner.submit(my_nice).result(timeout=5)
+    with JobRunner() as runner:
+        plain_nice = runner.submit(my_nice).result(timeout=5)
+    assert worker_nice == min(19, main_nice + 5)
+    assert plain_nice == main_nice
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice

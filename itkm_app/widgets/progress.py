@@ -80,12 +80,16 @@ class JobProgress(QWidget):
 
     def reset(self, text: str = "Idle") -> None:
         self.stage_label.setText(text)
-        self.stage_bar.setValue(0)
-        self.overall_bar.setValue(0)
+        for bar in (self.stage_bar, self.overall_bar):
+            bar.setRange(0, 1000)
+            bar.setValue(0)
+            bar.setTextVisible(False)  # "0%" next to "Idle" reads like a stuck job
         self.eta_label.setText("")
         self.detail_label.setText("")
 
     def show_event(self, e: ProgressEvent) -> None:
+        self.stage_bar.setTextVisible(True)
+        self.overall_bar.setTextVisible(True)
         name = STAGE_NAMES.get(e.stage, e.stage.capitalize() if e.stage else "Working")
         if e.round is not None:
             name = f"Round {e.round}: {name}"
@@ -115,6 +119,7 @@ class JobProgress(QWidget):
     def finish(self, text: str = "Done") -> None:
         self.stage_label.setText(text)
         for bar in (self.stage_bar, self.overall_bar):
+            bar.setTextVisible(True)
             bar.setRange(0, 1000)
             bar.setValue(1000)
         self.eta_label.setText("")

@@ -290,6 +290,15 @@ class ScatterView(pg.PlotWidget):
         self.vb.sigSelected.connect(self._on_polygon)
         theme.style_plot_widget(self)
 
+    def set_point_size(self, size: int) -> None:
+        self.point_size = int(size)
+        self.cloud.size = int(size)
+        self.cloud._atlas = None
+        self.highlight.setSize(size + 10)
+        self.hover_mark.setSize(size + 6)
+        self.selected_mark.setSize(size + 2)
+        self.cloud.update()
+
     def _on_range_changed(self, *_args) -> None:
         self.cloud.set_lod(True)
         self._settle.start()

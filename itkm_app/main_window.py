@@ -1,0 +1,566 @@
+"""The main window: five panels in tabs, a log dock, menus, toolbar, status bar.
+
+Opening a workspace: the Workspace first (fast: the Cameras and Training panels fill at once),
+then the Session -- which imports torch and builds the model -- in a background job, with its
+state in the status bar.  Heavy imports and UMAP's JIT are warmed up in the background at
+start-up, so the window is usable within a second or two.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QStandardPaths, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
+                               QProgressBar, QTabWidget, QToolButton)
+
+from itkm_engine.progress import LogMessage
+
+from . import errors, theme
+from .context import AppContext
+from .jobs import JobManager
+from .panels.cameras import CamerasPanel
+from .panels.clusters import ClustersPanel
+from .panels.gallery import GalleryPanel
+from .panels.identities import IdentitiesPanel
+from .panels.training import TrainingPanel
+from .settings import Settings
+from .widgets.log_view import LogView
+
+APP_NAME = "ITKM Studio"
+
+
+def data_dir() -> Path:
+    """Where the demo lives: ``ITKM_DATA_DIR``, else the platform's app data folder."""
+    env = os.environ.get("ITKM_DATA_DIR")
+    if env:
+        return Path(env)
+    loc = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    return Path(loc) if loc else Path.home() / ".itkm-studio"
+
+
+def describe_device(device) -> str:
+    """"CPU (N cores)" or the GPU's name, for the status bar and the device combo."""
+    import torch
+
+    d = torch.device(device)
+    if d.type == "cuda" and torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(d.index or 0)}"
+    if d.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def probe_devices(*, reporter) -> list[tuple[str, str]]:
+    """Devices the Training panel offers: automatic, the CPU, each CUDA GPU."""
+    import torch
+
+    cpu = f"CPU ({os.cpu_count()} cores)"
+    devs = [("cpu", cpu)]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            devs.append((f"cuda:{i}", f"GPU {i}: {torch.cuda.get_device_name(i)}"))
+    auto = devs[1][1] if len(devs) > 1 else cpu
+    return [("auto", f"Automatic ({auto})")] + devs
+
+
+def warm_up(*, reporter) -> None:
+    """Pay the one-time costs in the background: heavy imports and UMAP's numba JIT."""
+    reporter.update(0.0, stage="warm-up", message="loading libraries")
+    import scipy.spatial  # noqa: F401 - the scatter's hover index
+    import torch  # noqa: F401
+
+    reporter.check()
+    reporter.update(0.3, stage="warm-up", message="compiling UMAP")
+    from itkm_engine.projection import warm_up as umap_warm_up
+
+    umap_warm_up()
+    reporter.update(1.0, stage="warm-up", message="ready")
+
+
+def open_session(ws, device: str = "auto", *, reporter):
+    """The Session over an open Workspace, its images, and a description of its device."""
+    reporter.update(0.0, stage="session", message="loading the model library")
+    from itkm_engine.session import Session
+
+    reporter.check()
+    session = Session(ws, device=device)
+    images = session.images()
+    return session, images, describe_device(session.device)
+
+
+def make_demo_workspace(demo_dir: Path, ws_dir: Path, identities: int = 60, *, reporter):
+    """The demo camera set and a workspace holding it (reused when both exist)."""
+    from itkm_engine.data.demo import make_demo
+    from itkm_engine.data.ingest import ingest
+    from itkm_engine.workspace import Workspace
+
+    make_demo(demo_dir, identities=identities, reporter=reporter.child(0.0, 0.6, "demo"))
+    ws = Workspace.open(ws_dir, create=True)
+    try:
+        if ws.image_count() == 0:
+            ingest(ws, [demo_dir], reporter=reporter.child(0.6, 1.0, "ingest"))
+    finally:
+        ws.close()
+    return ws_dir
+
+
+def export_tracks_job(session, out_csv: str, *, reporter) -> int:
+    from itkm_engine.export import export_tracks
+
+    return export_tracks(session, out_csv, reporter=reporter)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: Settings | None = None, *, dev: bool = False, warm: bool = True) -> None:
+        super().__init__()
+        self.settings = settings or Settings()
+        self.jobs = JobManager(self)
+        self.ctx = AppContext(self.settings, self.jobs, self)
+        self.ctx.dev = dev
+        self.setWindowTitle(APP_NAME)
+        self.setMinimumSize(1024, 640)
+        self.setDocumentMode(True)
+        # -- panels
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.panels = [CamerasPanel(self.ctx), TrainingPanel(self.ctx), ClustersPanel(self.ctx),
+                       GalleryPanel(self.ctx), IdentitiesPanel(self.ctx)]
+        for p in self.panels:
+            self.tabs.addTab(p, p.title)
+        self.tabs.currentChanged.connect(self._tab_changed)
+        self.setCentralWidget(self.tabs)
+        # -- log
+        self.log_view = LogView()
+        self.log_dock = QDockWidget("Log", self)
+        self.log_dock.setObjectName("log")
+        self.log_dock.setWidget(self.log_view)
+        self.log_dock.setAllowedAreas(Qt.DockWidgetArea.BottomDockWidgetArea | Qt.DockWidgetArea.RightDockWidgetArea)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
+        self.jobs.log.connect(self.log_view.add)
+        self.jobs.error.connect(self._job_error)
+        errors.listeners.append(self._error_logged)
+        # -- status bar
+        self.ws_label = QLabel("No workspace")
+        self.device_label = QLabel("Device: …")
+        self.job_label = QLabel("Idle")
+        self.job_bar = QProgressBar()
+        self.job_bar.setMaximumWidth(160)
+        self.job_bar.setRange(0, 1000)
+        self.job_bar.setTextVisible(False)
+        self.job_bar.hide()
+        self.job_cancel = QToolButton()
+        self.job_cancel.setIcon(theme.icon("stop", self))
+        self.job_cancel.setToolTip("Cancel the running jobs")
+        self.job_cancel.clicked.connect(self.jobs.cancel_all)
+        self.job_cancel.hide()
+        sb = self.statusBar()
+        sb.addWidget(self.ws_label, 1)
+        sb.addPermanentWidget(self.device_label)
+        sb.addPermanentWidget(self.job_label)
+        sb.addPermanentWidget(self.job_bar)
+        sb.addPermanentWidget(self.job_cancel)
+        self.jobs.jobStarted.connect(self._job_started)
+        self.jobs.jobEnded.connect(lambda _j: self._update_job_status())
+        self.ctx.showPanel.connect(self.show_panel)
+        self.ctx.deviceChanged.connect(lambda d: self.device_label.setText(f"Device: {d}"))
+        self.ctx.workspaceChanged.connect(self._workspace_changed)
+        self.ctx.sessionChanged.connect(lambda _s: self._update_actions())
+        self._make_actions()
+        self._restore()
+        self._update_actions()
+        self._closing = False
+        self._watched: list = []
+        if warm:
+            QTimer.singleShot(0, self._start_background)
+
+    # -- actions ----------------------------------------------------------------------------------------
+    def _make_actions(self) -> None:
+        def act(text, slot, shortcut=None, icon=None, tip=None):
+            a = QAction(text, self)
+            if shortcut:
+                a.setShortcut(QKeySequence(shortcut))
+            if icon:
+                a.setIcon(theme.icon(icon, self))
+            if tip:
+                a.setStatusTip(tip)
+                a.setToolTip(f"{tip} ({a.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
+                             if shortcut else tip)
+            a.triggered.connect(slot)
+            return a
+
+        self.act_open = act("&Open workspace…", self.open_workspace_dialog, QKeySequence.StandardKey.Open, "open",
+                            "Open a workspace folder")
+        self.act_new = act("&New workspace…", self.new_workspace_dialog, QKeySequence.StandardKey.New, None,
+                           "Create a workspace in an empty folder")
+        self.act_demo = act("Open the &demo", lambda: self.open_demo(), None, None,
+                            "Create (first time) and open the demo camera set")
+        self.act_add = act("&Add camera folders…", lambda: self.panel("cameras").add_folders(), "Ctrl+Shift+A",
+                           "add-folder", "Ingest camera folders into this workspace")
+        self.act_train = act("&Train", lambda: (self.show_panel("training"), self.panel("training").start()), "F5",
+                             "train", "Start (or resume) training")
+        self.act_retrain = act("&Retrain", lambda: (self.show_panel("training"), self.panel("training").retrain()),
+                               "Ctrl+R", "retrain", "Run one more round from the last checkpoint")
+        self.act_stop = act("&Stop", self.stop_jobs, "Ctrl+.", "stop", "Stop training and other running jobs")
+        self.act_export = act("&Export tracks…", self.export_tracks_dialog, "Ctrl+E", "export",
+                              "Export identity tracks to CSV")
+        self.act_close = act("&Close workspace", self.close_workspace, QKeySequence.StandardKey.Close, None,
+                             "Close the workspace")
+        self.act_quit = act("&Quit", self.close, QKeySequence.StandardKey.Quit, "quit", "Quit ITKM Studio")
+        self.act_quit.setMenuRole(QAction.MenuRole.QuitRole)
+
+        m = self.menuBar().addMenu("&File")
+        for a in (self.act_open, self.act_new, self.act_demo):
+            m.addAction(a)
+        self.recent_menu = m.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        m.addSeparator()
+        m.addAction(self.act_add)
+        m.addAction(self.act_export)
+        m.addSeparator()
+        m.addAction(self.act_close)
+        m.addAction(self.act_quit)
+        m = self.menuBar().addMenu("&Training")
+        for a in (self.act_train, self.act_retrain, self.act_stop):
+            m.addAction(a)
+        m = self.menuBar().addMenu("&View")
+        for i, p in enumerate(self.panels):
+            a = QAction(p.title, self)
+            a.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            a.triggered.connect(lambda _c=False, k=p.key: self.show_panel(k))
+            m.addAction(a)
+        m.addSeparator()
+        log_act = self.log_dock.toggleViewAction()
+        log_act.setShortcut(QKeySequence("Ctrl+L"))
+        m.addAction(log_act)
+        theme_menu = m.addMenu("&Appearance")
+        for name, label in (("system", "Follow the system"), ("light", "Light"), ("dark", "Dark")):
+            a = QAction(label, self)
+            a.setCheckable(True)
+            a.setChecked(self.settings.get("view/theme", "system", str) == name)
+            a.triggered.connect(lambda _c=False, n=name: self.set_theme(n))
+            theme_menu.addAction(a)
+        m = self.menuBar().addMenu("&Help")
+        m.addAction(act("&Keyboard shortcuts", self.show_shortcuts, "F1"))
+        m.addAction(act("&About ITKM Studio", self.show_about))
+
+        tb = self.addToolBar("Main")
+        tb.setObjectName("main-toolbar")
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        for a in (self.act_open, self.act_add, None, self.act_train, self.act_retrain, self.act_stop, None,
+                  self.act_export):
+            tb.addSeparator() if a is None else tb.addAction(a)
+
+    def _update_actions(self) -> None:
+        has_ws = self.ctx.ws is not None
+        writable = has_ws and not self.ctx.readonly
+        has_session = self.ctx.session is not None
+        training = self.panel("training").is_training()
+        self.act_add.setEnabled(writable)
+        self.act_train.setEnabled(writable and has_session and not training)
+        self.act_retrain.setEnabled(writable and has_session and not training)
+        self.act_stop.setEnabled(self.jobs.busy("write") or self.jobs.busy("read"))
+        self.act_export.setEnabled(has_session)
+        self.act_close.setEnabled(has_ws)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        recent = self.settings.recent_workspaces()
+        if not recent:
+            a = self.recent_menu.addAction("(none)")
+            a.setEnabled(False)
+        for p in recent:
+            a = self.recent_menu.addAction(p)
+            a.triggered.connect(lambda _c=False, path=p: self.open_workspace(path))
+
+    # -- panels -------------------------------------------------------------------------------------------
+    def panel(self, key: str):
+        for p in self.panels:
+            if p.key == key:
+                return p
+        raise KeyError(key)
+
+    def show_panel(self, key: str) -> None:
+        self.tabs.setCurrentWidget(self.panel(key))
+
+    def _tab_changed(self, i: int) -> None:
+        w = self.tabs.widget(i)
+        if hasattr(w, "activate"):
+            w.activate()
+
+    # -- workspace ------------------------------------------------------------------------------------------
+    def open_workspace_dialog(self) -> None:
+        start = self.settings.last_workspace() or str(Path.home())
+        d = QFileDialog.getExistingDirectory(self, "Open workspace", start)
+        if d:
+            self.open_workspace(d)
+
+    def new_workspace_dialog(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "New workspace (choose or create an empty folder)",
+                                             str(Path.home()))
+        if d:
+            self.open_workspace(d, create=True)
+
+    def open_workspace(self, path: str | Path, *, create: bool = False, readonly: bool = False) -> None:
+        """Open (or create) a workspace; then load its session in the background."""
+        from itkm_engine.errors import ItkmError, WorkspaceLockedError
+        from itkm_engine.workspace import Workspace
+
+        path = Path(path).expanduser()
+        if not create and not Workspace.is_workspace(path):
+            errors.report(self, "Not a workspace",
+                          f"{path} is not an ITKM Studio workspace. Use File > New workspace to create one "
+                          "in an empty folder.")
+            return
+        self.close_workspace()
+        try:
+            ws = Workspace.open(path, create=create, readonly=readonly)
+        except WorkspaceLockedError as exc:
+            if self.ask_open_readonly(str(exc)):
+                self.open_workspace(path, readonly=True)
+            return
+        except ItkmError as exc:
+            errors.report(self, "Cannot open the workspace", str(exc))
+            return
+        self.settings.remember_workspace(ws.path)
+        self.ctx.set_workspace(ws)
+        self.log_view.add(LogMessage("info", f"opened workspace {ws.path}" + (" (read-only)" if ws.readonly else "")))
+        self._load_session()
+
+    def ask_open_readonly(self, message: str) -> bool:
+        r = QMessageBox.question(self, "Workspace in use", f"{message}\n\nOpen it read-only instead?")
+        return r == QMessageBox.StandardButton.Yes
+
+    def _load_session(self) -> None:
+        ws = self.ctx.ws
+        device = self.settings.get("training/device", "auto", str)
+        self.device_label.setText("Device: loading…")
+        job = self.jobs.submit("load model", open_session, ws, device, kind="read", on_done=self._session_loaded)
+        job.failed.connect(lambda msg, _tb: self.device_label.setText("Device: unavailable"))
+
+    def _session_loaded(self, result) -> None:
+        session, images, device_text = result
+        if self.ctx.ws is not session.ws:  # another workspace was opened meanwhile
+            return
+        self.ctx.set_session(session, images)
+        self.ctx.deviceChanged.emit(device_text)
+        self._refresh_images_on_change()
+
+    def _refresh_images_on_change(self) -> None:
+        # reload the image table when cameras/images change, so panels see new scenarios etc.
+        if getattr(self, "_images_hooked", False):
+            return
+        self._images_hooked = True
+        self.ctx.imagesChanged.connect(self._reload_images)
+        self.ctx.modelChanged.connect(self._reload_images)
+
+    def _reload_images(self) -> None:
+        session = self.ctx.session
+        if session is None:
+            return
+
+        def work(reporter):
+            return session.images()
+
+        def done(images, s=session):
+            if self.ctx.session is s:
+                self.ctx.images = images
+                self.ctx.identities = None
+
+        self.jobs.submit("images", work, on_done=done, quiet=True)
+
+    def close_workspace(self) -> None:
+        if self.ctx.ws is None:
+            return
+        if self.jobs.busy("write") or self.jobs.busy("read"):
+            self.jobs.cancel_all()
+            self.jobs.wait_idle(60)
+        session, ws = self.ctx.session, self.ctx.ws
+        self.ctx.set_workspace(None)
+        if session is not None:
+            session.close()
+        else:
+            ws.close()
+        self.device_label.setText("Device: …")
+
+    def _workspace_changed(self, ws) -> None:
+        if ws is None:
+            self.ws_label.setText("No workspace")
+            self.setWindowTitle(APP_NAME)
+        else:
+            mode = " (read-only)" if ws.readonly else ""
+            self.ws_label.setText(f"Workspace: {ws.path}{mode}")
+            self.ws_label.setToolTip(str(ws.path))
+            self.setWindowTitle(f"{ws.path.name}{mode} — {APP_NAME}")
+        self._update_actions()
+
+    def open_demo(self, identities: int = 60) -> None:
+        """The demo: made on first use in the user's data folder, ingested, opened; reused later."""
+        base = data_dir()
+        demo, ws_dir = base / "demo", base / "demo-workspace"
+        if self._demo_ready(ws_dir):
+            self.open_workspace(ws_dir)
+            return
+        self.log_view.add(LogMessage("info", f"creating the demo camera set in {demo}"))
+        job = self.jobs.submit("demo", make_demo_workspace, demo, ws_dir, identities, kind="write",
+                               on_done=lambda p: self.open_workspace(p))
+        self._watch(job, "Creating the demo")
+
+    @staticmethod
+    def _demo_ready(ws_dir: Path) -> bool:
+        from itkm_engine.workspace import Workspace
+
+        if not Workspace.is_workspace(ws_dir):
+            return False
+        try:
+            with Workspace.open(ws_dir, readonly=True) as ws:
+                return ws.image_count() > 0
+        except Exception:  # noqa: BLE001 - not usable: make it again
+            return False
+
+    # -- export ------------------------------------------------------------------------------------------------
+    def export_tracks_dialog(self) -> None:
+        if self.ctx.session is None:
+            return
+        default = self.ctx.ws.exports_dir / "tracks.csv"
+        path, _ = QFileDialog.getSaveFileName(self, "Export identity tracks", str(default), "CSV files (*.csv)")
+        if path:
+            self.export_tracks(path)
+
+    def export_tracks(self, path: str):
+        if not path.lower().endswith(".csv"):
+            path += ".csv"
+        job = self.jobs.submit("export tracks", export_tracks_job, self.ctx.session, path, kind="read",
+                               on_done=lambda n: self.log_view.add(
+                                   LogMessage("info", f"exported {n:,} sightings to {path}")))
+        self._watch(job, "Exporting tracks")
+        return job
+
+    # -- jobs in the status bar -------------------------------------------------------------------------------
+    def _job_started(self, job) -> None:
+        if getattr(job, "_quiet", False) or job.kind == "background":
+            return
+        job.progress.connect(lambda e, j=job: self._job_progress(j, e))
+        self._update_job_status()
+
+    def _job_progress(self, job, e) -> None:
+        if e.fraction is not None:
+            self.job_bar.setValue(int(1000 * e.fraction))
+        label = job.name + (f": {e.stage}" if e.stage else "")
+        if e.eta_s is not None and e.fraction is not None and e.fraction < 1:
+            from .widgets.progress import format_duration
+
+            label += f" · ETA {format_duration(e.eta_s)}"
+        self.job_label.setText(label)
+
+    def _update_job_status(self) -> None:
+        active = [j for j in self.jobs.active() if not getattr(j, "_quiet", False) and j.kind != "background"]
+        if not active:
+            self.job_label.setText("Idle")
+            self.job_bar.hide()
+            self.job_cancel.hide()
+        else:
+            names = ", ".join(sorted({j.name for j in active}))
+            self.job_label.setText(f"Running: {names}")
+            self.job_bar.show()
+            self.job_bar.setValue(0)
+            self.job_cancel.show()
+        self._update_actions()
+
+    def _watch(self, job, what: str) -> None:
+        """Show a job's progress in the status bar message too."""
+        job.progress.connect(lambda e: self.statusBar().showMessage(
+            f"{what}: {int(100 * (e.fraction or 0))}% {e.message}", 3000))
+
+    def stop_jobs(self) -> None:
+        self.panel("training").stop()
+        self.jobs.cancel_all()
+
+    def _job_error(self, name: str, message: str, tb: str) -> None:
+        errors.show_error(self, f"{APP_NAME} — {name} failed", message, tb)
+
+    def _error_logged(self, title: str, message: str, details: str) -> None:
+        self.log_view.add(LogMessage("error", f"{title}: {message}"))
+
+    # -- background ----------------------------------------------------------------------------------------------
+    def _start_background(self) -> None:
+        self.jobs.submit("probe devices", probe_devices, kind="background", quiet=True,
+                         on_done=self._devices_probed, report_errors=False)
+        self.jobs.submit("warm-up", warm_up, kind="background", quiet=True, report_errors=False,
+                         on_done=lambda _r: self.log_view.add(LogMessage("debug", "UMAP compiled; maps are ready")))
+
+    def _devices_probed(self, devices) -> None:
+        self.ctx.devices = devices
+        self.ctx.deviceChanged.emit(self.device_label.text().removeprefix("Device: ")
+                                    if self.ctx.session is not None else devices[0][1])
+
+    # -- look ---------------------------------------------------------------------------------------------------
+    def set_theme(self, name: str) -> None:
+        self.settings.set("view/theme", name)
+        theme.apply_theme(QApplication.instance(), name)
+        QMessageBox.information(self, "Appearance", "The new appearance applies fully after a restart.")
+
+    def show_shortcuts(self) -> None:
+        rows = []
+        for a in self.findChildren(QAction):
+            if not a.shortcut().isEmpty() and a.text():
+                rows.append((a.text().replace("&", ""), a.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
+        rows = sorted(set(rows), key=lambda r: r[0])
+        html = "<table>" + "".join(f"<tr><td>{t}</td><td>&nbsp;&nbsp;<b>{k}</b></td></tr>" for t, k in rows) + \
+            "</table><p>Clusters view: <b>P</b> pan, <b>R</b> rectangle, <b>L</b> lasso.</p>"
+        QMessageBox.information(self, "Keyboard shortcuts", html)
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, f"About {APP_NAME}",
+                          f"<h3>{APP_NAME}</h3><p>Finds the same person across many cameras without labels, "
+                          "with the ITKM method (Image-Text Knowledge Modeling, AAAI 2026).</p>")
+
+    # -- persistence ------------------------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        g = self.settings.geometry()
+        if g is not None:
+            self.restoreGeometry(g)
+        else:
+            self.resize(1280, 800)
+        s = self.settings.window_state()
+        if s is not None:
+            self.restoreState(s)
+        else:
+            self.resizeDocks([self.log_dock], [150], Qt.Orientation.Vertical)
+        self.tabs.setCurrentIndex(min(max(self.settings.tab(), 0), self.tabs.count() - 1))
+
+    def save_settings(self) -> None:
+        self.settings.save_window(self.saveGeometry(), self.saveState(), self.tabs.currentIndex())
+        self.settings.sync()
+
+    # -- closing ------------------------------------------------------------------------------------------------------
+    def confirm_stop_training(self) -> bool:
+        r = QMessageBox.question(
+            self, "Training is running",
+            "Training is still running. Stop it and quit?\n\nThe round is kept after its last completed epoch; "
+            "Start training resumes it next time.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return r == QMessageBox.StandardButton.Yes
+
+    def closeEvent(self, e: QCloseEvent) -> None:  # noqa: N802
+        if self.panel("training").is_training() or self.jobs.busy("write"):
+            if not self.confirm_stop_training():
+                e.ignore()
+                return
+        self._closing = True
+        self.statusBar().showMessage("Stopping running jobs…")
+        self.jobs.cancel_all()
+        t0 = time.monotonic()
+        self.jobs.wait_idle(120)
+        if self.jobs.busy():
+            self.log_view.add(LogMessage("warning", f"jobs still running after {time.monotonic() - t0:.0f} s"))
+        self.save_settings()
+        self.close_workspace()
+        self.ctx.thumbs.shutdown()
+        self.jobs.shutdown(timeout_s=5)
+        if self._error_logged in errors.listeners:
+            errors.listeners.remove(self._error_logged)
+        e.accept()

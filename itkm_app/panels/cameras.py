@@ -1,0 +1,462 @@
+"""Cameras: what was ingested, per camera; scenario/group editable in place; add folders.
+
+The table reads ``Workspace.cameras()`` in a job.  Scenario and group are edited with combo
+boxes restricted to valid values (a group must belong to its scenario,
+``itkm_engine.data.scenarios``); an edit is written with ``Workspace.set_camera`` in a job, and
+the scenario change brings the group along (to the scenario's default when the old one does
+not fit).  Folders come in through the "Add camera folders" dialog or by dropping them on the
+panel; ingestion runs in the background with a progress bar and can be cancelled.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSize, QSortFilterProxyModel, Qt
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
+                               QHBoxLayout, QHeaderView, QLabel, QListWidget, QPushButton, QTableView, QVBoxLayout,
+                               QWidget)
+
+from itkm_engine.data.scenarios import SCENARIOS, allowed_groups, default_group
+
+from ..widgets.delegates import ComboDelegate
+from ..widgets.progress import JobProgress
+from .base import Panel
+
+THUMB = QSize(28, 56)
+
+
+def _fmt_height(h) -> str:
+    return f"{h:.0f} px" if h is not None else ""
+
+
+class CamerasModel(QAbstractTableModel):
+    COLUMNS = ("Sample", "Camera", "Images", "Missing", "Rejected", "Scenario", "Group", "Median height", "Flag",
+               "Set by")
+    SCENARIO, GROUP = 5, 6
+
+    def __init__(self, panel: "CamerasPanel") -> None:
+        super().__init__(panel)
+        self.panel = panel
+        self.cameras: list = []
+        panel.ctx.thumbs.ready.connect(self._thumb_ready)
+
+    def set_cameras(self, cams: list) -> None:
+        self.beginResetModel()
+        self.cameras = list(cams)
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.cameras)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+        return len(self.COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if orientation == Qt.Orientation.Horizontal:
+            if role == Qt.ItemDataRole.DisplayRole:
+                return self.COLUMNS[section]
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return {
+                    5: "Scenario of the camera (double-click to change)",
+                    6: "Group inside the scenario (double-click to change)",
+                    7: "Median crop height: low-resolution cameras stand out here",
+                    8: "Warnings from ingestion, e.g. 'mixed' when both infrared and colour images were seen",
+                    9: "'guess' when ingestion guessed scenario/group, 'you' once you changed them",
+                }.get(section)
+        return None
+
+    def flags(self, index: QModelIndex):
+        f = super().flags(index)
+        if index.column() in (self.SCENARIO, self.GROUP) and not self.panel.ctx.readonly:
+            f |= Qt.ItemFlag.ItemIsEditable
+        return f
+
+    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        c = self.cameras[index.row()]
+        col = index.column()
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
+            return [
+                None,
+                c.name,
+                c.n_images,
+                c.n_missing + getattr(c, "n_unreadable", 0),
+                c.n_rejected,
+                c.scenario,
+                c.group,
+                _fmt_height(c.median_height),
+                c.flag or "",
+                "you" if c.user_set else "guess",
+            ][col]
+        if role == Qt.ItemDataRole.DecorationRole and col == 0:
+            return self.panel.ctx.thumbs.get(c.sample_path, THUMB)
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (2, 3, 4, 7):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if col == 0:
+                return c.sample_path or "no sample"
+            if col == self.SCENARIO and c.guessed_scenario and c.guessed_scenario != c.scenario:
+                return f"guessed: {c.guessed_scenario}"
+            if col == self.GROUP and c.guessed_group and c.guessed_group != c.group:
+                return f"guessed: {c.guessed_group}"
+            if col == 3 and (c.n_missing or getattr(c, "n_unreadable", 0)):
+                return f"{c.n_missing} not found at the last scan, {getattr(c, 'n_unreadable', 0)} unreadable"
+        if role == Qt.ItemDataRole.UserRole:  # sort key
+            return [0, c.name, c.n_images, c.n_missing, c.n_rejected, c.scenario, c.group,
+                    c.median_height or 0.0, c.flag or "", int(c.user_set)][col]
+        return None
+
+    def setData(self, index: QModelIndex, value, role=Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
+        if role != Qt.ItemDataRole.EditRole or not index.isValid():
+            return False
+        c = self.cameras[index.row()]
+        if index.column() == self.SCENARIO:
+            if value == c.scenario or value not in SCENARIOS:
+                return False
+            group = c.group if c.group in allowed_groups(value) else default_group(value)
+            self.panel.set_camera(c.name, value, group)
+            return True
+        if index.column() == self.GROUP:
+            if value == c.group or value not in allowed_groups(c.scenario):
+                return False
+            self.panel.set_camera(c.name, c.scenario, value)
+            return True
+        return False
+
+    def _thumb_ready(self, path: str) -> None:
+        for r, c in enumerate(self.cameras):
+            if c.sample_path == path:
+                i = self.index(r, 0)
+                self.dataChanged.emit(i, i, [Qt.ItemDataRole.DecorationRole])
+
+
+class AddFoldersDialog(QDialog):
+    """Pick camera folders (several), and optionally their layout and scenario."""
+
+    def __init__(self, parent: QWidget | None = None, folders: list[str] | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Add camera folders")
+        self.setMinimumWidth(560)
+        self.list = QListWidget()
+        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        for f in folders or []:
+            self.list.addItem(f)
+        add = QPushButton("Add folder…")
+        add.clicked.connect(self._browse)
+        remove = QPushButton("Remove")
+        remove.clicked.connect(lambda: [self.list.takeItem(self.list.row(i)) for i in self.list.selectedItems()])
+        btns = QVBoxLayout()
+        btns.addWidget(add)
+        btns.addWidget(remove)
+        btns.addStretch(1)
+        top = QHBoxLayout()
+        top.addWidget(self.list, 1)
+        top.addLayout(btns)
+        self.layout_combo = QComboBox()
+        self.layout_combo.addItem("Detect automatically", None)
+        try:
+            from itkm_engine.data.layouts import LAYOUTS
+
+            for name, lay in LAYOUTS.items():
+                self.layout_combo.addItem(name, name)
+                self.layout_combo.setItemData(self.layout_combo.count() - 1, getattr(lay, "description", ""),
+                                              Qt.ItemDataRole.ToolTipRole)
+        except ImportError:
+            pass
+        self.scenario_combo = QComboBox()
+        self.scenario_combo.addItem("Guess per camera", None)
+        for s in SCENARIOS:
+            self.scenario_combo.addItem(s, s)
+        form = QFormLayout()
+        form.addRow("Layout", self.layout_combo)
+        form.addRow("Scenario", self.scenario_combo)
+        hint = QLabel("Each folder holds one folder per camera (or a known dataset layout). Images are only read, "
+                      "never copied or changed. Adding a folder again updates it.")
+        hint.setWordWrap(True)
+        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        box.button(QDialogButtonBox.StandardButton.Ok).setText("Ingest")
+        box.accepted.connect(self.accept)
+        box.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addLayout(form)
+        lay.addWidget(hint)
+        lay.addWidget(box)
+
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Camera folder", str(Path.home()))
+        if d and not self.list.findItems(d, Qt.MatchFlag.MatchExactly):
+            self.list.addItem(d)
+
+    def folders(self) -> list[str]:
+        return [self.list.item(i).text() for i in range(self.list.count())]
+
+    def layout_name(self) -> str | None:
+        return self.layout_combo.currentData()
+
+    def scenario(self) -> str | None:
+        return self.scenario_combo.currentData()
+
+
+class RejectsDialog(QDialog):
+    """Files that ingestion refused, with the reason for each."""
+
+    def __init__(self, rejects: list, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"Rejected files ({len(rejects)})")
+        self.resize(860, 480)
+        from PySide6.QtGui import QStandardItem, QStandardItemModel
+
+        model = QStandardItemModel(0, 3, self)
+        model.setHorizontalHeaderLabels(["Camera", "File", "Reason"])
+        for r in rejects:
+            items = [QStandardItem(r.camera or ""), QStandardItem(r.path or r.relpath), QStandardItem(r.reason)]
+            for it in items:
+                it.setEditable(False)
+                it.setToolTip(it.text())
+            model.appendRow(items)
+        proxy = QSortFilterProxyModel(self)
+        proxy.setSourceModel(model)
+        proxy.setFilterKeyColumn(-1)
+        proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        from PySide6.QtWidgets import QLineEdit
+
+        search = QLineEdit()
+        search.setPlaceholderText("Filter by camera, file or reason")
+        search.setClearButtonEnabled(True)
+        search.textChanged.connect(proxy.setFilterFixedString)
+        self.table = QTableView()
+        self.table.setModel(proxy)
+        self.table.setSortingEnabled(True)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        box.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(search)
+        lay.addWidget(self.table)
+        lay.addWidget(box)
+
+
+class CamerasPanel(Panel):
+    key = "cameras"
+    title = "Cameras"
+
+    def __init__(self, ctx, parent=None) -> None:
+        super().__init__(ctx, parent)
+        self.setAcceptDrops(True)
+        self.model = CamerasModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setAlternatingRowColors(True)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
+                                   | QAbstractItemView.EditTrigger.SelectedClicked
+                                   | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(THUMB.height() + 6)
+        self.table.setIconSize(THUMB)
+        h = self.table.horizontalHeader()
+        h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        h.setSectionResizeMode(8, QHeaderView.ResizeMode.Stretch)  # the flag explains itself in words
+        h.setMinimumSectionSize(60)
+        self.table.setItemDelegateForColumn(CamerasModel.SCENARIO, ComboDelegate(lambda _i: list(SCENARIOS), self))
+        self.table.setItemDelegateForColumn(CamerasModel.GROUP, ComboDelegate(self._groups_for, self))
+
+        self.summary = QLabel("")
+        self.add_btn = QPushButton("Add camera folders…")
+        self.add_btn.clicked.connect(lambda: self.add_folders())
+        self.rejects_btn = QPushButton("Rejected files…")
+        self.rejects_btn.clicked.connect(self.show_rejects)
+        self.reset_btn = QPushButton("Use guess")
+        self.reset_btn.setToolTip("Go back to the scenario and group ingestion guessed for the selected cameras")
+        self.reset_btn.clicked.connect(self._reset_selected)
+        self.progress = JobProgress()
+        self.progress.hide()
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.hide()
+        self.cancel_btn.clicked.connect(self.cancel_ingest)
+        top = QHBoxLayout()
+        top.addWidget(self.summary, 1)
+        top.addWidget(self.reset_btn)
+        top.addWidget(self.rejects_btn)
+        top.addWidget(self.add_btn)
+        prog = QHBoxLayout()
+        prog.addWidget(self.progress, 1)
+        prog.addWidget(self.cancel_btn)
+        hint = QLabel("Double-click a scenario or group to correct it. Drop camera folders here to add them.")
+        hint.setEnabled(False)
+        lay = QVBoxLayout(self.content)
+        lay.addLayout(top)
+        lay.addWidget(self.table, 1)
+        lay.addLayout(prog)
+        lay.addWidget(hint)
+        self.ingest_job = None
+        ctx.workspaceChanged.connect(self._on_workspace)
+        ctx.imagesChanged.connect(self.reload)
+        self._on_workspace(ctx.ws)
+
+    # -- states ------------------------------------------------------------------------------------
+    def _on_workspace(self, ws) -> None:
+        if ws is None:
+            self.model.set_cameras([])
+            self.show_empty("No workspace open",
+                            "A workspace holds the cameras you analyse, the trained models and the results. "
+                            "Open one, create a new one, or try the demo camera set.",
+                            [("Open workspace…", lambda: self.window().open_workspace_dialog()),
+                             ("New workspace…", lambda: self.window().new_workspace_dialog()),
+                             ("Open the demo", lambda: self.window().open_demo())])
+            return
+        self.reload()
+
+    def reload(self) -> None:
+        ws = self.ctx.ws
+        if ws is None:
+            return
+        self.run("cameras", lambda reporter: ws.cameras(), on_done=self._show_cameras)
+
+    def _show_cameras(self, cams: list) -> None:
+        self.model.set_cameras(cams)
+        if not cams:
+            self.show_empty("No cameras yet",
+                            "Add the folders that hold your camera crops (one folder per camera, or a known "
+                            "dataset layout such as Market-1501, SYSU-MM01 or RegDB). You can also drop folders "
+                            "here.",
+                            [("Add camera folders…", lambda: self.add_folders())])
+            return
+        self.show_content()
+        n_img = sum(c.n_images for c in cams)
+        n_rej = sum(c.n_rejected for c in cams)
+        n_miss = sum(c.n_missing for c in cams)
+        scen = sorted({c.scenario for c in cams})
+        self.summary.setText(f"<b>{len(cams)}</b> cameras · <b>{n_img:,}</b> images · {n_miss:,} missing · "
+                             f"{n_rej:,} rejected · scenarios: {', '.join(scen)}")
+        self.rejects_btn.setEnabled(n_rej > 0)
+        editable = not self.ctx.readonly
+        self.add_btn.setEnabled(editable)
+        self.reset_btn.setEnabled(editable)
+
+    def _groups_for(self, index: QModelIndex) -> list[str]:
+        src = self.proxy.mapToSource(index)
+        return list(allowed_groups(self.model.cameras[src.row()].scenario))
+
+    # -- edits ---------------------------------------------------------------------------------------
+    def set_camera(self, name: str, scenario: str, group: str) -> None:
+        ws = self.ctx.ws
+        session = self.ctx.session
+
+        def write(reporter):
+            ws.set_camera(name, scenario=scenario, group=group)
+            if session is not None:
+                session.refresh()
+            return name
+
+        self.ctx.jobs.submit(f"set camera {name}", write, kind="write", quiet=True,
+                             on_done=lambda _n: self.ctx.imagesChanged.emit())
+
+    def _reset_selected(self) -> None:
+        rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
+        names = [self.model.cameras[r].name for r in sorted(rows)]
+        if not names:
+            return
+        ws, session = self.ctx.ws, self.ctx.session
+
+        def write(reporter):
+            for n in names:
+                ws.reset_camera(n)
+            if session is not None:
+                session.refresh()
+
+        self.ctx.jobs.submit("reset cameras", write, kind="write", quiet=True,
+                             on_done=lambda _r: self.ctx.imagesChanged.emit())
+
+    # -- ingest ---------------------------------------------------------------------------------------
+    def add_folders(self, folders: list[str] | None = None) -> None:
+        if self.ctx.ws is None:
+            self.window().new_workspace_dialog()
+            if self.ctx.ws is None:
+                return
+        dlg = AddFoldersDialog(self, folders)
+        if not folders:
+            dlg._browse()
+        if not dlg.folders() or dlg.exec() != QDialog.DialogCode.Accepted or not dlg.folders():
+            return
+        self.ingest(dlg.folders(), layout=dlg.layout_name(), scenario=dlg.scenario())
+
+    def ingest(self, folders: list[str], *, layout: str | None = None, scenario: str | None = None):
+        """Ingest ``folders`` into the open workspace in the background."""
+        from itkm_engine.data.ingest import ingest
+
+        ws, session = self.ctx.ws, self.ctx.session
+
+        def work(reporter):
+            summary = ingest(ws, folders, layout=layout, scenario=scenario, reporter=reporter)
+            if session is not None:
+                session.refresh()
+            return summary
+
+        self.progress.reset("Ingesting…")
+        self.progress.show()
+        self.cancel_btn.show()
+        self.cancel_btn.setEnabled(True)
+        self.add_btn.setEnabled(False)
+        job = self.ctx.jobs.submit("ingest", work, kind="write", on_done=self._ingested)
+        job.progress.connect(self.progress.show_event)
+        job.ended.connect(self._ingest_ended)
+        self.ingest_job = job
+        return job
+
+    def _ingested(self, summary) -> None:
+        from itkm_engine.progress import LogMessage
+
+        self.ctx.jobs.log.emit(LogMessage(
+            "info", f"ingest: {summary.images:,} images in {len(summary.cameras)} cameras "
+                    f"({summary.added:,} new, {summary.rejected:,} rejected)"))
+        self.ctx.imagesChanged.emit()
+
+    def _ingest_ended(self) -> None:
+        self.ingest_job = None
+        self.progress.hide()
+        self.cancel_btn.hide()
+        self.add_btn.setEnabled(not self.ctx.readonly)
+        self.reload()
+
+    def cancel_ingest(self) -> None:
+        if self.ingest_job is not None:
+            self.ingest_job.cancel()
+            self.cancel_btn.setEnabled(False)
+
+    def show_rejects(self) -> None:
+        ws = self.ctx.ws
+        if ws is None:
+            return
+        self.run("rejects", lambda reporter: ws.rejects(), on_done=lambda r: RejectsDialog(r, self).exec())
+
+    # -- drag and drop ---------------------------------------------------------------------------------
+    @staticmethod
+    def _dropped_folders(mime) -> list[str]:
+        if not mime.hasUrls():
+            return []
+        return [u.toLocalFile() for u in mime.urls() if u.isLocalFile() and os.path.isdir(u.toLocalFile())]
+
+    def dragEnterEvent(self, e) -> None:  # noqa: N802
+        if self._dropped_folders(e.mimeData()) and not self.ctx.readonly:
+            e.acceptProposedAction()
+        else:
+            e.ignore()
+
+    def dropEvent(self, e) -> None:  # noqa: N802
+        folders = self._dropped_folders(e.mimeData())
+        if folders:
+            e.acceptProposedAction()
+            self.add_folders(folders)

@@ -1,0 +1,349 @@
+"""Clusters: the 2-D UMAP of the current features, coloured by identity / scenario / group /
+camera, with hover preview, click-to-query and rectangle / lasso selection into the gallery.
+
+The projection is computed by ``Session.projection`` in a ``read`` job (cached on disk per
+checkpoint, so reopening is instant); identities for the identity colouring come from
+``Session.identities`` in another job.  Colouring is pure numpy on the GUI thread (category codes
+per point) and the scatter draws all points in one item.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QButtonGroup, QComboBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+                               QPushButton, QSplitter, QToolButton, QVBoxLayout, QWidget)
+
+from .. import theme
+from ..widgets.progress import JobProgress
+from ..widgets.scatter import ScatterView
+from .base import Panel
+
+PREVIEW = QSize(96, 192)
+COLOR_BY = (("identity", "Identity"), ("scenario", "Scenario"), ("group", "Group"), ("camera", "Camera"),
+            ("person", "Person id (labels)"))
+#: Categories that get their own colour; the rest share "other" (grey).
+MAX_COLORS = 20
+
+
+def category_codes(values: np.ndarray, *, max_colors: int = MAX_COLORS, skip: set | None = None
+                   ) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    """Codes 0..K-1 for the K most frequent values (by count, then name), -1 for the rest.
+
+    Returns ``(codes, legend)`` with legend entries ``(name, count)`` in code order; the last
+    entry is ``("other", n)`` when some values did not get a colour.
+    """
+    vals = np.asarray(values)
+    if not len(vals):
+        return np.zeros(0, np.int64), []
+    uniq, inv, counts = np.unique(vals.astype(str), return_inverse=True, return_counts=True)
+    skip = skip or set()
+    order = sorted(range(len(uniq)), key=lambda i: (uniq[i] in skip, -counts[i], uniq[i]))
+    keep = [i for i in order if uniq[i] not in skip][:max_colors]
+    code_of = np.full(len(uniq), -1, np.int64)
+    code_of[keep] = np.arange(len(keep))
+    codes = code_of[inv.reshape(-1)]
+    legend = [(str(uniq[i]), int(counts[i])) for i in keep]
+    rest = int((codes < 0).sum())
+    if rest:
+        legend.append(("other", rest))
+    return codes, legend
+
+
+class ClustersPanel(Panel):
+    key = "clusters"
+    title = "Clusters (UMAP)"
+
+    def __init__(self, ctx, parent=None) -> None:
+        super().__init__(ctx, parent)
+        self.ids = np.zeros(0, np.int64)  # image id per point
+        self.xy = np.zeros((0, 2), np.float32)
+        self.rows = np.zeros(0, np.int64)  # row in ctx.images per point
+        self.selected_rows = np.zeros(0, np.int64)
+        self.job = None
+        self._wanted = False
+        # -- toolbar
+        self.color_by = QComboBox()
+        for key, label in COLOR_BY:
+            self.color_by.addItem(label, key)
+        self.color_by.setCurrentIndex(max(0, self.color_by.findData(ctx.settings.get("clusters/color", "identity",
+                                                                                      str))))
+        self.color_by.currentIndexChanged.connect(self._recolor)
+        self.mode_group = QButtonGroup(self)
+        self.mode_buttons = {}
+        for i, (mode, label, tip) in enumerate((
+                ("pan", "Pan", "Drag to move, wheel to zoom (P)"),
+                ("rect", "Rectangle", "Drag a rectangle to select points (R)"),
+                ("lasso", "Lasso", "Draw around points to select them (L)"))):
+            b = QToolButton()
+            b.setText(label)
+            b.setToolTip(tip)
+            b.setCheckable(True)
+            b.setShortcut(label[0])
+            self.mode_group.addButton(b, i)
+            self.mode_buttons[mode] = b
+            b.toggled.connect(lambda on, m=mode: on and self.scatter.set_mode(m))
+        self.open_sel = QPushButton("Open selection in gallery")
+        self.open_sel.setEnabled(False)
+        self.open_sel.clicked.connect(self.open_selection)
+        self.clear_sel = QPushButton("Clear selection")
+        self.clear_sel.setEnabled(False)
+        self.clear_sel.clicked.connect(self.clear_selection)
+        self.fit_btn = QToolButton()
+        self.fit_btn.setText("Fit")
+        self.fit_btn.setToolTip("Show all points")
+        self.fit_btn.clicked.connect(lambda: self.scatter.vb.autoRange(padding=0.04))
+        self.info = QLabel("")
+        bar = QHBoxLayout()
+        bar.addWidget(QLabel("Colour by"))
+        bar.addWidget(self.color_by)
+        bar.addSpacing(12)
+        for b in self.mode_buttons.values():
+            bar.addWidget(b)
+        bar.addWidget(self.fit_btn)
+        bar.addSpacing(12)
+        bar.addWidget(self.open_sel)
+        bar.addWidget(self.clear_sel)
+        bar.addStretch(1)
+        bar.addWidget(self.info)
+        # -- plot and side bar
+        self.scatter = ScatterView()
+        self.scatter.pointHovered.connect(self._hovered)
+        self.scatter.pointClicked.connect(self.select_point)
+        self.scatter.selectionMade.connect(self._selected)
+        self.mode_buttons["pan"].setChecked(True)
+        self.legend = QListWidget()
+        self.legend.setIconSize(QSize(12, 12))
+        self.legend.setToolTip("Categories by size; points of the rest are grey")
+        self.preview = QLabel()
+        self.preview.setFixedSize(PREVIEW + QSize(8, 8))
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setFrameShape(QLabel.Shape.StyledPanel)
+        self.preview_text = QLabel("Hover a point to see its crop; click it to find its matches.")
+        self.preview_text.setWordWrap(True)
+        self.preview_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        side = QWidget()
+        sl = QVBoxLayout(side)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(QLabel("<b>Legend</b>"))
+        sl.addWidget(self.legend, 1)
+        sl.addWidget(QLabel("<b>Preview</b>"))
+        sl.addWidget(self.preview, 0, Qt.AlignmentFlag.AlignHCenter)
+        sl.addWidget(self.preview_text)
+        side.setMinimumWidth(220)
+        side.setMaximumWidth(320)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.scatter)
+        split.addWidget(side)
+        split.setStretchFactor(0, 1)
+        split.setSizes([1000, 260])
+        self.progress = JobProgress()
+        self.progress.hide()
+        lay = QVBoxLayout(self.content)
+        lay.addLayout(bar)
+        lay.addWidget(split, 1)
+        lay.addWidget(self.progress)
+        self._hover_path = None
+        ctx.thumbs.ready.connect(self._thumb_ready)
+        ctx.workspaceChanged.connect(lambda _w: self._reset())
+        ctx.sessionChanged.connect(lambda _s: self._reset())
+        ctx.modelChanged.connect(self._reset)
+        ctx.imagesChanged.connect(self._reset)
+        ctx.identitiesChanged.connect(lambda _t: self._recolor())
+        self._reset()
+
+    # -- loading ---------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        self.ids = np.zeros(0, np.int64)
+        self.xy = np.zeros((0, 2), np.float32)
+        self.scatter.clear_points()
+        self.legend.clear()
+        self.info.setText("")
+        self.clear_selection()
+        if self.ctx.ws is None:
+            self.show_empty("No workspace open", "Open a workspace to see its clusters.")
+            return
+        if self.ctx.session is None:
+            self.show_empty("Loading…", "The model library is loading in the background.")
+            return
+        self.show_content()
+        self._wanted = True
+        if self.isVisible():
+            self.load()
+
+    def activate(self) -> None:
+        if self._wanted and self.job is None and not len(self.ids):
+            self.load()
+
+    def load(self) -> None:
+        """Compute (or read from the cache) the projection in the background."""
+        session = self.ctx.session
+        if session is None or self.job is not None:
+            return
+        self._wanted = False
+
+        def work(reporter):
+            xy = session.projection(reporter=reporter)
+            ids = session.features().ids
+            return np.asarray(ids, np.int64), np.asarray(xy, np.float32)
+
+        self.progress.reset("Computing the 2-D map…")
+        self.progress.show()
+        job = self.run("projection", work, on_done=self._loaded)
+        job.progress.connect(self.progress.show_event)
+        job.ended.connect(self._load_ended)
+        self.job = job
+        if self.ctx.identities is None:
+            self.load_identities()
+
+    def load_identities(self) -> None:
+        session = self.ctx.session
+        if session is None:
+            return
+        self.run("identities", lambda reporter: session.identities(reporter=reporter),
+                 on_done=self.ctx.set_identities)
+
+    def _load_ended(self) -> None:
+        self.job = None
+        self.progress.hide()
+
+    def _loaded(self, result) -> None:
+        ids, xy = result
+        self.ids, self.xy = ids, xy
+        # bigger markers when there are few points, small ones for 100k
+        n = len(ids)
+        self.scatter.set_point_size(9 if n < 2_000 else 7 if n < 20_000 else 5)
+        self.rows = self.ctx.image_rows(ids)
+        self.info.setText(f"{len(ids):,} points")
+        self._recolor(keep_view=False)
+
+    # -- colouring ----------------------------------------------------------------------------------------
+    def values_for(self, key: str) -> tuple[np.ndarray, set]:
+        """Per-point category values for a colouring, and the values that mean "none"."""
+        imgs = self.ctx.images
+        n = len(self.ids)
+        if imgs is None or not n:
+            return np.full(n, "", object), set()
+        rows = np.where(self.rows >= 0, self.rows, 0)
+        if key == "scenario":
+            return np.asarray(imgs.scenario)[rows], set()
+        if key == "group":
+            return np.asarray(imgs.scenario)[rows].astype(str) + " / " + np.asarray(imgs.group)[rows].astype(str), set()
+        if key == "camera":
+            return np.asarray(imgs.camera)[rows], set()
+        if key == "person":
+            pid = np.asarray(imgs.person_id)[rows]
+            return np.where(pid >= 0, pid.astype(str), "unknown"), {"unknown"}
+        ident = self.ctx.identity_of(self.ids)
+        if self.ctx.identities is not None and len(self.ctx.identities):
+            # single-sighting identities are grey: they are what the clustering could not group
+            uniq, counts = np.unique(ident, return_counts=True)
+            single = np.isin(ident, uniq[counts <= 1])
+            vals = np.where((ident < 0) | single, "none", np.char.add("#", ident.astype(str)))
+            return vals, {"none"}
+        return np.full(n, "none", object), {"none"}
+
+    def _recolor(self, *_a, keep_view: bool = True) -> None:
+        key = self.color_by.currentData()
+        self.ctx.settings.set("clusters/color", key)
+        if not len(self.ids):
+            return
+        values, skip = self.values_for(key)
+        codes, legend = category_codes(values, skip=skip)
+        colors = theme.categorical_colors(min(MAX_COLORS, max(1, len(legend))))
+        self.scatter.set_points(self.xy, codes, colors, keep_view=keep_view and self.scatter.cloud.drawn > 0)
+        self.legend.clear()
+        for i, (name, count) in enumerate(legend):
+            col = colors[i] if name != "other" and i < len(colors) else QColor(theme.MUTED)
+            it = QListWidgetItem(theme.swatch(col), f"{name}  ({count:,})")
+            self.legend.addItem(it)
+        n_none = int(np.isin(values, list(skip)).sum()) if skip else 0
+        if n_none:
+            label = {"identity": "single sightings / not grouped", "person": "no person id"}.get(key, "none")
+            self.legend.addItem(QListWidgetItem(theme.swatch(QColor(theme.MUTED)), f"{label}  ({n_none:,})"))
+        if key == "identity" and self.ctx.identities is None:
+            self.legend.addItem("identities are being computed…")
+        if len(self.selected_rows):
+            self.scatter.mark_selection(self.selected_rows)
+
+    # -- interaction -----------------------------------------------------------------------------------------
+    def _point_text(self, row: int) -> str:
+        imgs = self.ctx.images
+        r = int(self.rows[row]) if row < len(self.rows) else -1
+        if imgs is None or r < 0:
+            return f"image {int(self.ids[row])}"
+        ident = int(self.ctx.identity_of(self.ids[row : row + 1])[0])
+        pid = int(imgs.person_id[r])
+        parts = [f"<b>image {int(self.ids[row])}</b>", f"camera {imgs.camera[r]}",
+                 f"{imgs.scenario[r]} / {imgs.group[r]}"]
+        if ident >= 0:
+            parts.append(f"identity #{ident}")
+        if pid >= 0:
+            parts.append(f"person id {pid} (labels)")
+        return "<br>".join(parts)
+
+    def _hovered(self, row: int) -> None:
+        if row < 0 or self.ctx.images is None:
+            return
+        r = int(self.rows[row])
+        if r < 0:
+            return
+        path = self.ctx.images.path[r]
+        self._hover_path = path
+        pm = self.ctx.thumbs.get(path, PREVIEW)
+        if pm is not None:
+            self.preview.setPixmap(pm)
+        self.preview_text.setText(self._point_text(row))
+
+    def _thumb_ready(self, path: str) -> None:
+        if path == self._hover_path:
+            pm = self.ctx.thumbs.get(path, PREVIEW)
+            if pm is not None:
+                self.preview.setPixmap(pm)
+
+    def select_point(self, row: int) -> None:
+        """Select point ``row`` and open it as the query in the gallery."""
+        if not 0 <= row < len(self.ids):
+            return
+        self.scatter.select_row(row)
+        self._hovered(row)
+        self.ctx.queryImage.emit(int(self.ids[row]))
+        self.ctx.showPanel.emit("gallery")
+
+    def _selected(self, rows: np.ndarray) -> None:
+        self.selected_rows = np.asarray(rows, np.int64)
+        n = len(self.selected_rows)
+        self.open_sel.setEnabled(n > 0)
+        self.clear_sel.setEnabled(n > 0)
+        self.open_sel.setText(f"Open {n:,} in gallery" if n else "Open selection in gallery")
+        if n:
+            self.open_selection()
+
+    def select_rows(self, rows: np.ndarray) -> None:
+        """Select these points as if drawn with the lasso (tests, scripting)."""
+        self.scatter.mark_selection(np.asarray(rows, np.int64))
+        self._selected(rows)
+
+    def open_selection(self) -> None:
+        if not len(self.selected_rows):
+            return
+        ids = self.ids[self.selected_rows]
+        self.ctx.openSet.emit(ids, f"{len(ids):,} points selected in the 2-D map")
+        self.ctx.showPanel.emit("gallery")
+
+    def clear_selection(self) -> None:
+        self.selected_rows = np.zeros(0, np.int64)
+        self.scatter.mark_selection(self.selected_rows)
+        self.scatter.vb.clear_selection()
+        self.open_sel.setEnabled(False)
+        self.clear_sel.setEnabled(False)
+        self.open_sel.setText("Open selection in gallery")
+
+    def prepare_screenshot(self) -> None:
+        if len(self.ids):
+            # show a hovered point in the preview, as an analyst would see it
+            self._hovered(0)
+            self.scatter.hover_mark.setData(x=[self.xy[0, 0]], y=[self.xy[0, 1]])

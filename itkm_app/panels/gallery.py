@@ -1,0 +1,451 @@
+"""Gallery: a query (an image of the workspace, an outside image file, or a text description)
+and its top-K matches across scenarios as a thumbnail grid with badges; filters; re-ranking.
+
+Queries go through ``Session.query_image`` / ``query_file`` / ``query_text`` in ``read`` jobs;
+a newer query cancels the one in flight.  A set of images (a lasso in the Clusters view) is shown
+as a grid without similarities.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                               QMenu, QPushButton, QSpinBox, QSplitter, QToolButton, QVBoxLayout, QWidget)
+
+from itkm_engine.data.scenarios import GROUPS, SCENARIOS
+
+from ..widgets.thumb_grid import ThumbGrid, ThumbItem
+from .base import Panel
+
+QUERY_BOX = QSize(88, 176)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: A selection larger than this is shown in part (the grid stays quick to scroll and filter).
+MAX_SET = 20_000
+
+
+class CheckMenuButton(QToolButton):
+    """A drop-down of checkable values; nothing checked = no filter ("All")."""
+
+    def __init__(self, label: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.label = label
+        self.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.menu_ = QMenu(self)
+        self.setMenu(self.menu_)
+        self._actions: dict[str, QAction] = {}
+        self.on_change = None
+        self._refresh_text()
+
+    def set_values(self, values: list[str]) -> None:
+        checked = self.checked()
+        self.menu_.clear()
+        self._actions = {}
+        clear = self.menu_.addAction("All (no filter)")
+        clear.triggered.connect(self.clear)
+        self.menu_.addSeparator()
+        for v in values:
+            a = self.menu_.addAction(v)
+            a.setCheckable(True)
+            a.setChecked(v in checked)
+            a.toggled.connect(self._changed)
+            self._actions[v] = a
+        self._refresh_text()
+
+    def checked(self) -> set[str]:
+        return {v for v, a in self._actions.items() if a.isChecked()}
+
+    def set_checked(self, values: set[str]) -> None:
+        for v, a in self._actions.items():
+            a.blockSignals(True)
+            a.setChecked(v in values)
+            a.blockSignals(False)
+        self._changed()
+
+    def clear(self) -> None:
+        self.set_checked(set())
+
+    def _changed(self, *_a) -> None:
+        self._refresh_text()
+        if self.on_change is not None:
+            self.on_change()
+
+    def _refresh_text(self) -> None:
+        c = self.checked()
+        self.setText(f"{self.label}: all" if not c else f"{self.label}: {len(c)}" if len(c) > 1 else
+                     f"{self.label}: {next(iter(c))}")
+
+
+class QueryImage(QLabel):
+    """The query crop; accepts a dropped image file."""
+
+    def __init__(self, panel: "GalleryPanel") -> None:
+        super().__init__()
+        self.panel = panel
+        self.setAcceptDrops(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setFixedSize(QUERY_BOX + QSize(12, 12))
+        self.setFrameShape(QLabel.Shape.StyledPanel)
+        self.setText("Drop an image\nhere")
+        self.setToolTip("Drop an image file to search for that person")
+
+    @staticmethod
+    def _file(mime) -> str | None:
+        if mime.hasUrls():
+            for u in mime.urls():
+                p = u.toLocalFile()
+                if p and os.path.isfile(p) and p.lower().endswith(IMAGE_SUFFIXES):
+                    return p
+        return None
+
+    def dragEnterEvent(self, e) -> None:  # noqa: N802
+        if self._file(e.mimeData()):
+            e.acceptProposedAction()
+        else:
+            e.ignore()
+
+    def dropEvent(self, e) -> None:  # noqa: N802
+        p = self._file(e.mimeData())
+        if p:
+            e.acceptProposedAction()
+            self.panel.query_file(p)
+
+
+class GalleryPanel(Panel):
+    key = "gallery"
+    title = "Gallery"
+
+    def __init__(self, ctx, parent=None) -> None:
+        super().__init__(ctx, parent)
+        self.setAcceptDrops(True)
+        self.query: tuple | None = None
+        self.job = None
+        self.matches: list = []
+        # -- query column
+        self.query_image = QueryImage(self)
+        self.query_info = QLabel("Click a point in the Clusters view, choose an image file, drop one here, "
+                                 "or describe a person below.")
+        self.query_info.setMinimumWidth(120)
+        self.query_info.setWordWrap(True)
+        self.query_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        choose = QPushButton("Choose file…")
+        choose.clicked.connect(self.choose_file)
+        qbox = QGroupBox("Query")
+        ql = QVBoxLayout(qbox)
+        row = QHBoxLayout()
+        row.addWidget(self.query_image, 0, Qt.AlignmentFlag.AlignTop)
+        row.addWidget(self.query_info, 1, Qt.AlignmentFlag.AlignTop)
+        ql.addLayout(row)
+        ql.addWidget(choose)
+        self.text = QLineEdit()
+        self.text.setPlaceholderText("e.g. a person in a red jacket")
+        self.text.setClearButtonEnabled(True)
+        self.text.returnPressed.connect(lambda: self.query_text(self.text.text()))
+        search = QPushButton("Search")
+        search.clicked.connect(lambda: self.query_text(self.text.text()))
+        tbox = QGroupBox("Describe a person")
+        tl = QHBoxLayout(tbox)
+        tl.addWidget(self.text, 1)
+        tl.addWidget(search)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(5, 1000)
+        self.top_k.setSingleStep(10)
+        self.top_k.setValue(ctx.settings.get("gallery/top_k", 50, int))
+        self.rerank = QCheckBox("Re-rank (k-reciprocal)")
+        self.rerank.setChecked(ctx.settings.get("gallery/rerank", False, bool))
+        self.rerank.setToolTip("Slower, often more accurate ranking for image queries")
+        self.exclude_cam = QCheckBox("Exclude the query's camera")
+        self.exclude_cam.setChecked(ctx.settings.get("gallery/exclude_same_camera", True, bool))
+        self.f_scen = CheckMenuButton("Scenarios")
+        self.f_group = CheckMenuButton("Groups")
+        self.f_cam = CheckMenuButton("Cameras")
+        self.f_scen.set_values(list(SCENARIOS))
+        self.f_group.set_values(list(GROUPS))
+        obox = QGroupBox("Matches")
+        ol = QFormLayout(obox)
+        ol.addRow("Top K", self.top_k)
+        ol.addRow(self.rerank)
+        ol.addRow(self.exclude_cam)
+        ol.addRow(self.f_scen)
+        ol.addRow(self.f_group)
+        ol.addRow(self.f_cam)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(qbox)
+        ll.addWidget(tbox)
+        ll.addWidget(obox)
+        ll.addStretch(1)
+        left.setMinimumWidth(260)
+        left.setMaximumWidth(360)
+        # -- results
+        self.header = QLabel("")
+        self.header.setWordWrap(True)
+        self.grid = ThumbGrid(ctx.thumbs)
+        self.grid.itemActivated.connect(lambda it: self.query_image_id(it.image_id))
+        self.grid.setToolTip("Double-click a match to make it the query")
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.header)
+        rl.addWidget(self.grid, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([300, 980])
+        lay = QVBoxLayout(self.content)
+        lay.addWidget(split)
+        # re-run the current query when an option changes (debounced)
+        self._rerun = QTimer(self)
+        self._rerun.setSingleShot(True)
+        self._rerun.setInterval(250)
+        self._rerun.timeout.connect(self.rerun)
+        self.top_k.valueChanged.connect(self._options_changed)
+        self.rerank.toggled.connect(self._options_changed)
+        self.exclude_cam.toggled.connect(self._options_changed)
+        for b in (self.f_scen, self.f_group, self.f_cam):
+            b.on_change = self._options_changed
+        ctx.thumbs.ready.connect(self._thumb_ready)
+        ctx.queryImage.connect(self.query_image_id)
+        ctx.openSet.connect(self.show_set)
+        ctx.workspaceChanged.connect(lambda _w: self._reset())
+        ctx.sessionChanged.connect(lambda _s: self._reset())
+        ctx.modelChanged.connect(self.rerun)
+        ctx.identitiesChanged.connect(lambda _t: self._refresh_identity_badges())
+        self._reset()
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.query = None
+        self.matches = []
+        self.grid.set_items([])
+        self.query_image.clear()
+        self.query_image.setText("Drop an image\nhere")
+        self.header.setText("")
+        if self.ctx.ws is None:
+            self.show_empty("No workspace open", "Open a workspace to search it.")
+            return
+        if self.ctx.session is None:
+            self.show_empty("Loading…", "The model library is loading in the background.")
+            return
+        self.show_content()
+        imgs = self.ctx.images
+        if imgs is not None and len(imgs):
+            self.f_cam.set_values(sorted({str(c) for c in imgs.camera}))
+            self.f_scen.set_values(sorted({str(s) for s in imgs.scenario}))
+            self.f_group.set_values(sorted({str(g) for g in imgs.group}))
+
+    def _options_changed(self) -> None:
+        s = self.ctx.settings
+        s.set("gallery/top_k", self.top_k.value())
+        s.set("gallery/rerank", self.rerank.isChecked())
+        s.set("gallery/exclude_same_camera", self.exclude_cam.isChecked())
+        if self.query is not None and self.query[0] != "set":
+            self._rerun.start()
+
+    def filters(self) -> dict:
+        return {
+            "scenarios": frozenset(self.f_scen.checked()) or None,
+            "groups": frozenset(self.f_group.checked()) or None,
+            "cameras": frozenset(self.f_cam.checked()) or None,
+            "exclude_same_camera": self.exclude_cam.isChecked(),
+        }
+
+    # -- queries -----------------------------------------------------------------------------------------
+    def _submit(self, name: str, fn) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        self.header.setText("Searching…")
+        job = self.run(name, fn, on_done=self._show_matches)
+        job.ended.connect(lambda j=job: self._job_ended(j))
+        job.failed.connect(lambda msg, _tb: self.header.setText(f"The search failed: {msg}"))
+        self.job = job
+
+    def _job_ended(self, job) -> None:
+        if self.job is job:
+            self.job = None
+
+    def query_image_id(self, image_id: int) -> None:
+        """Matches for an image of the workspace (from the 2-D map, a double-click, an identity)."""
+        session = self.ctx.session
+        if session is None:
+            return
+        self.query = ("image", int(image_id))
+        self._show_query_image_id(int(image_id))
+        k, rerank, f = self.top_k.value(), self.rerank.isChecked(), self.filters()
+
+        def work(reporter):
+            from itkm_engine.session import QueryFilter
+
+            return session.query_image(int(image_id), k=k, filters=QueryFilter(**f), rerank=rerank)
+
+        self._submit("query image", work)
+
+    def query_file(self, path: str) -> None:
+        session = self.ctx.session
+        if session is None:
+            return
+        self.query = ("file", path)
+        self._set_query_pixmap(path)
+        self.query_info.setText(f"<b>File</b><br>{os.path.basename(path)}")
+        self.query_info.setToolTip(path)
+        k, f = self.top_k.value(), self.filters()
+        f["exclude_same_camera"] = False
+
+        def work(reporter):
+            from itkm_engine.session import QueryFilter
+
+            return session.query_file(path, k=k, filters=QueryFilter(**f), reporter=reporter)
+
+        self._submit("query file", work)
+
+    def query_text(self, text: str) -> None:
+        session = self.ctx.session
+        text = (text or "").strip()
+        if session is None or not text:
+            return
+        self.query = ("text", text)
+        self.query_image.clear()
+        self.query_image.setText(f"“{text}”")
+        self.query_image.setWordWrap(True)
+        self.query_info.setText("<b>Text search</b><br>ranked through the model's CLIP text encoder")
+        k, f = self.top_k.value(), self.filters()
+        f["exclude_same_camera"] = False
+
+        def work(reporter):
+            from itkm_engine.session import QueryFilter
+
+            return session.query_text(text, k=k, filters=QueryFilter(**f))
+
+        self._submit("query text", work)
+
+    def rerun(self) -> None:
+        q = self.query
+        if q is None:
+            return
+        if q[0] == "image":
+            self.query_image_id(q[1])
+        elif q[0] == "file":
+            self.query_file(q[1])
+        elif q[0] == "text":
+            self.query_text(q[1])
+
+    def choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Query image", os.path.expanduser("~"),
+                                              "Images (*.jpg *.jpeg *.png *.bmp *.webp *.tif *.tiff)")
+        if path:
+            self.query_file(path)
+
+    # -- display -------------------------------------------------------------------------------------------
+    def _show_query_image_id(self, image_id: int) -> None:
+        imgs = self.ctx.images
+        r = int(self.ctx.image_rows(np.array([image_id]))[0]) if imgs is not None else -1
+        if r < 0:
+            self.query_info.setText(f"image {image_id}")
+            return
+        self._set_query_pixmap(imgs.path[r])
+        ident = int(self.ctx.identity_of(np.array([image_id]))[0])
+        pid = int(imgs.person_id[r])
+        lines = [f"<b>Image {image_id}</b>", f"camera <b>{imgs.camera[r]}</b>", f"{imgs.scenario[r]} / {imgs.group[r]}"]
+        if ident >= 0:
+            lines.append(f"identity #{ident}")
+        if pid >= 0:
+            lines.append(f"person id {pid} (labels)")
+        self.query_info.setText("<br>".join(lines))
+        self.query_info.setToolTip(imgs.path[r])
+
+    def _set_query_pixmap(self, path: str) -> None:
+        self._query_path = path
+        self.query_image.setText("")
+        pm = self.ctx.thumbs.get(path, QUERY_BOX)
+        if pm is not None:
+            self.query_image.setPixmap(pm)
+        else:
+            self.query_image.setText("loading…")
+
+    def _thumb_ready(self, path: str) -> None:
+        if getattr(self, "_query_path", None) == path and self.query is not None and self.query[0] in ("image", "file"):
+            pm = self.ctx.thumbs.get(path, QUERY_BOX)
+            if pm is not None:
+                self.query_image.setPixmap(pm)
+            elif self.ctx.thumbs.failed(path, QUERY_BOX):
+                self.query_image.setText("cannot show\nthis image")
+
+    def _show_matches(self, matches: list) -> None:
+        self.matches = list(matches)
+        items = [ThumbItem(m.image_id, m.path, m.camera, m.scenario, m.group, m.similarity,
+                           m.identity if m.identity >= 0 else None, m.person_id) for m in self.matches]
+        self.grid.set_items(items)
+        if not items:
+            self.header.setText("No matches with these filters.")
+            return
+        by_scen = Counter(m.scenario for m in self.matches)
+        cams = len({m.camera for m in self.matches})
+        what = {"image": "this image", "file": "this file", "text": "this description"}.get(self.query[0], "")
+        extra = ""
+        if self.query and self.query[0] == "image":
+            qid = self.query[1]
+            imgs = self.ctx.images
+            r = int(self.ctx.image_rows(np.array([qid]))[0]) if imgs is not None else -1
+            pid = int(imgs.person_id[r]) if r >= 0 else -1
+            if pid >= 0:
+                hits = sum(1 for m in self.matches if m.person_id == pid)
+                extra = f" · {hits} of them are the same person by the labels"
+        self.header.setText(
+            f"<b>Top {len(items)}</b> matches for {what} across {cams} cameras — "
+            + ", ".join(f"{n} {s}" for s, n in by_scen.most_common()) + extra)
+
+    def show_set(self, image_ids, title: str) -> None:
+        """Show a set of workspace images (a lasso selection) as a grid, without a query."""
+        imgs = self.ctx.images
+        if imgs is None:
+            return
+        ids = np.asarray(image_ids, np.int64)
+        shown = ids[:MAX_SET]
+        rows = self.ctx.image_rows(shown)
+        ident = self.ctx.identity_of(shown)
+        items = [ThumbItem(int(i), imgs.path[r], str(imgs.camera[r]), str(imgs.scenario[r]), str(imgs.group[r]),
+                           None, int(d) if d >= 0 else None, int(imgs.person_id[r]))
+                 for i, r, d in zip(shown, rows, ident) if r >= 0]
+        self.query = ("set", ids, title)
+        self.matches = []
+        self.grid.set_items(items)
+        self.query_image.clear()
+        self.query_image.setText(f"{len(ids):,}\nimages")
+        self.query_info.setText(f"<b>Selection</b><br>{title}<br>Double-click one to search for it.")
+        more = f" (showing the first {MAX_SET:,})" if len(ids) > MAX_SET else ""
+        by_scen = Counter(it.scenario for it in items)
+        self.header.setText(f"<b>{title}</b>{more} — " + ", ".join(f"{n} {s}" for s, n in by_scen.most_common()))
+
+    def _refresh_identity_badges(self) -> None:
+        items = self.grid.items()
+        if not items:
+            return
+        ident = self.ctx.identity_of(np.array([it.image_id for it in items], np.int64))
+        for it, d in zip(items, ident):
+            it.identity = int(d) if d >= 0 else None
+        self.grid.viewport().update()
+
+    # -- drops on the whole panel ---------------------------------------------------------------------------
+    def dragEnterEvent(self, e) -> None:  # noqa: N802
+        self.query_image.dragEnterEvent(e)
+
+    def dropEvent(self, e) -> None:  # noqa: N802
+        self.query_image.dropEvent(e)
+
+    def prepare_screenshot(self) -> None:
+        """A representative query: the first image of the largest identity (or the first image)."""
+        if self.query is not None or self.ctx.images is None or not len(self.ctx.images):
+            return
+        image_id = int(self.ctx.images.id[0])
+        t = self.ctx.identities
+        if t is not None and len(t):
+            uniq, counts = np.unique(t.identity, return_counts=True)
+            big = uniq[np.argmax(counts)]
+            image_id = int(t.image_id[np.flatnonzero(t.identity == big)[0]])
+        self.query_image_id(image_id)

@@ -1,0 +1,349 @@
+"""Identities: the people the model found across all cameras; one identity's sightings on a
+time line per camera, with its crops in time order.
+
+``Session.identities`` / ``identity_summary`` run in a ``read`` job (computed once per checkpoint
+and stored in the workspace).  Selecting an identity is pure numpy on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QSplitter,
+                               QTableView, QVBoxLayout, QWidget)
+
+from .. import theme
+from ..widgets.thumb_grid import SCENARIO_COLORS, SCENARIO_SHORT, ThumbGrid, ThumbItem
+from .base import Panel
+
+
+def fmt_time(ts: float) -> str:
+    if ts is None or not math.isfinite(ts):
+        return ""
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class IdentityModel(QAbstractTableModel):
+    COLUMNS = ("Identity", "Sightings", "Cameras", "Scenarios", "Seen", "Conf.")
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.rows: list = []
+        self.time_format = "%Y-%m-%d %H:%M"
+
+    def set_rows(self, rows: list) -> None:
+        self.beginResetModel()
+        self.rows = list(rows)
+        # times of day only when every sighting falls on one day (short columns stay readable)
+        t = [x for s in rows for x in (s.t_first, s.t_last) if x is not None and math.isfinite(x)]
+        same_day = bool(t) and dt.datetime.fromtimestamp(min(t)).date() == dt.datetime.fromtimestamp(max(t)).date()
+        self.time_format = "%H:%M:%S" if same_day else "%Y-%m-%d %H:%M"
+        self.endResetModel()
+
+    def _span(self, s) -> str:
+        if s.t_first is None or not math.isfinite(s.t_first):
+            return ""
+        a = dt.datetime.fromtimestamp(s.t_first).strftime(self.time_format)
+        b = dt.datetime.fromtimestamp(s.t_last).strftime(self.time_format)
+        return a if a == b else f"{a} – {b}"
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
+        return len(self.COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        s = self.rows[index.row()]
+        c = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return [f"#{s.identity}", s.size, ", ".join(s.cameras),
+                    ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios), self._span(s),
+                    f"{s.mean_confidence:.2f}"][c]
+        if role == Qt.ItemDataRole.UserRole:
+            return [s.identity, s.size, len(s.cameras), len(s.scenarios), s.t_first, s.mean_confidence][c]
+        if role == Qt.ItemDataRole.TextAlignmentRole and c in (1, 5):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return (f"identity #{s.identity}: {s.size} sightings\ncameras: {', '.join(s.cameras)}\n"
+                    f"scenarios: {', '.join(s.scenarios)}\nfirst seen {fmt_time(s.t_first)}\n"
+                    f"last seen {fmt_time(s.t_last)}\nmean confidence {s.mean_confidence:.3f}")
+        return None
+
+
+class IdentityFilter(QSortFilterProxyModel):
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.min_size = 2
+        self.text = ""
+        self.setSortRole(Qt.ItemDataRole.UserRole)
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:  # noqa: N802
+        s = self.sourceModel().rows[row]
+        if s.size < self.min_size:
+            return False
+        if self.text:
+            t = self.text.lower()
+            return t in f"#{s.identity}" or any(t in c.lower() for c in s.cameras) or any(t in x for x in s.scenarios)
+        return True
+
+
+class Timeline(pg.PlotWidget):
+    """One row per camera; one point per sighting at its time stamp.  ``pointClicked(image_id)``."""
+
+    def __init__(self, parent=None) -> None:
+        self.date_axis = pg.DateAxisItem(orientation="bottom")
+        super().__init__(parent, axisItems={"bottom": self.date_axis})
+        theme.style_plot_widget(self)
+        theme.style_plot(self.plotItem)
+        self.plotItem.setMenuEnabled(False)
+        self.plotItem.showGrid(x=True, y=True, alpha=0.15)
+        self.plotItem.setMouseEnabled(y=False)
+        self.scatter = pg.ScatterPlotItem(size=10, pxMode=True, hoverable=True, tip=None)
+        self.addItem(self.scatter)
+        self.image_ids = np.zeros(0, np.int64)
+        self.clicked_cb = None
+        self.scatter.sigClicked.connect(self._clicked)
+
+    def set_sightings(self, cameras: list[str], cam_rows: np.ndarray, times: np.ndarray, image_ids: np.ndarray,
+                      scenarios_of_cam: dict[str, str]) -> None:
+        ax = self.getAxis("left")
+        ax.setTicks([[(i, c) for i, c in enumerate(cameras)]])
+        ok = np.isfinite(times)
+        self.image_ids = image_ids[ok]
+        brushes = [pg.mkBrush(QColor(SCENARIO_COLORS.get(scenarios_of_cam.get(cameras[r], ""), theme.MUTED)))
+                   for r in cam_rows[ok]]
+        self.scatter.setData(x=times[ok], y=cam_rows[ok].astype(float), brush=brushes,
+                             pen=pg.mkPen(theme.palette().color(QPalette.ColorRole.Text), width=0.5),
+                             data=np.arange(int(ok.sum())))
+        self.setYRange(-0.6, max(len(cameras) - 0.4, 0.6), padding=0)
+        if ok.any():
+            t0, t1 = float(times[ok].min()), float(times[ok].max())
+            pad = max((t1 - t0) * 0.05, 30.0)
+            self.setXRange(t0 - pad, t1 + pad, padding=0)
+
+    def _clicked(self, _item, points, _ev=None) -> None:
+        if len(points) and self.clicked_cb is not None:
+            self.clicked_cb(int(self.image_ids[int(points[0].data())]))
+
+    def clear_sightings(self) -> None:
+        self.scatter.clear()
+        self.image_ids = np.zeros(0, np.int64)
+
+
+class IdentitiesPanel(Panel):
+    key = "identities"
+    title = "Identities"
+
+    def __init__(self, ctx, parent=None) -> None:
+        super().__init__(ctx, parent)
+        self.summary: list = []
+        self.job = None
+        self._wanted = False
+        self.model = IdentityModel(self)
+        self.proxy = IdentityFilter(self)
+        self.proxy.setSourceModel(self.model)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(1, Qt.SortOrder.DescendingOrder)
+        self.table.verticalHeader().hide()
+        self.table.setAlternatingRowColors(True)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        h = self.table.horizontalHeader()
+        h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        h.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.table.selectionModel().currentRowChanged.connect(lambda cur, _p: self._current_changed(cur))
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Filter by identity, camera or scenario")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._filter_text)
+        self.hide_single = QCheckBox("Hide single sightings")
+        self.hide_single.setChecked(True)
+        self.hide_single.toggled.connect(self._filter_single)
+        self.count = QLabel("")
+        top = QHBoxLayout()
+        top.addWidget(self.search, 1)
+        top.addWidget(self.hide_single)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addLayout(top)
+        ll.addWidget(self.table, 1)
+        ll.addWidget(self.count)
+        self.title_label = QLabel("Select an identity to see where and when it was seen.")
+        self.timeline = Timeline()
+        self.timeline.clicked_cb = self._open_in_gallery
+        self.timeline.setToolTip("Each point is a sighting; click one to search for it in the gallery")
+        self.strip = ThumbGrid(ctx.thumbs)
+        self.strip.itemActivated.connect(lambda it: self._open_in_gallery(it.image_id))
+        self.strip.setToolTip("Sightings in time order; double-click one to search for it")
+        right_split = QSplitter(Qt.Orientation.Vertical)
+        right_split.addWidget(self.timeline)
+        right_split.addWidget(self.strip)
+        right_split.setSizes([300, 360])
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.title_label)
+        rl.addWidget(right_split, 1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([540, 740])
+        lay = QVBoxLayout(self.content)
+        lay.addWidget(split)
+        ctx.workspaceChanged.connect(lambda _w: self._reset())
+        ctx.sessionChanged.connect(lambda _s: self._reset())
+        ctx.modelChanged.connect(self._reset)
+        ctx.imagesChanged.connect(self._reset)
+        ctx.identitiesChanged.connect(self._identities_arrived)
+        self._reset()
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.summary = []
+        self.model.set_rows([])
+        self.timeline.clear_sightings()
+        self.strip.set_items([])
+        if self.ctx.ws is None:
+            self.show_empty("No workspace open", "Open a workspace to see the identities found in it.")
+            return
+        if self.ctx.session is None:
+            self.show_empty("Loading…", "The model library is loading in the background.")
+            return
+        self.show_content()
+        self._wanted = True
+        if self.isVisible():
+            self.load()
+
+    def activate(self) -> None:
+        if self._wanted and self.job is None and not self.summary:
+            self.load()
+
+    def load(self) -> None:
+        session = self.ctx.session
+        if session is None or self.job is not None:
+            return
+        self._wanted = False
+        self.title_label.setText("Finding identities…")
+
+        def work(reporter):
+            table = session.identities(reporter=reporter)
+            return table, session.identity_summary()
+
+        self.job = self.run("identities", work, on_done=self._loaded)
+        self.job.ended.connect(self._ended)
+
+    def _ended(self) -> None:
+        self.job = None
+
+    def _loaded(self, result) -> None:
+        table, summary = result
+        self.summary = summary
+        self.model.set_rows(summary)
+        n_multi = sum(1 for s in summary if s.size > 1)
+        multi_cam = sum(1 for s in summary if len(s.cameras) > 1)
+        self.count.setText(f"{len(summary):,} identities · {n_multi:,} seen more than once · "
+                           f"{multi_cam:,} across several cameras")
+        self.title_label.setText("Select an identity to see where and when it was seen.")
+        if self.ctx.identities is not table:
+            self.ctx.set_identities(table)
+        if self.proxy.rowCount():
+            self.table.selectRow(0)
+
+    def _identities_arrived(self, _table) -> None:
+        if not self.summary and self.ctx.session is not None and self.job is None and self.showing_content():
+            self._wanted = True
+            if self.isVisible():
+                self.load()
+
+    # -- filter ---------------------------------------------------------------------------------------------
+    def _filter_text(self, t: str) -> None:
+        self.proxy.text = t.strip()
+        self.proxy.invalidateFilter()
+
+    def _filter_single(self, on: bool) -> None:
+        self.proxy.min_size = 2 if on else 1
+        self.proxy.invalidateFilter()
+
+    # -- selection ---------------------------------------------------------------------------------------------
+    def _current_changed(self, index: QModelIndex) -> None:
+        if not index.isValid():
+            return
+        s = self.model.rows[self.proxy.mapToSource(index).row()]
+        self.show_identity(s.identity)
+
+    def select_identity(self, identity: int) -> None:
+        for r in range(self.proxy.rowCount()):
+            src = self.proxy.mapToSource(self.proxy.index(r, 0))
+            if self.model.rows[src.row()].identity == identity:
+                self.table.selectRow(r)
+                return
+        self.show_identity(identity)
+
+    def show_identity(self, identity: int) -> None:
+        """Time line and crops of one identity."""
+        t, imgs = self.ctx.identities, self.ctx.images
+        if t is None or imgs is None:
+            return
+        ids = t.image_id[t.identity == identity]
+        rows = imgs.index_of(ids)
+        keep = rows >= 0
+        ids, rows = ids[keep], rows[keep]
+        times = np.asarray(imgs.timestamp, float)[rows]
+        order = np.argsort(np.where(np.isfinite(times), times, np.inf), kind="stable")
+        ids, rows, times = ids[order], rows[order], times[order]
+        cameras = sorted({str(c) for c in imgs.camera}, key=_natural)
+        cam_index = {c: i for i, c in enumerate(cameras)}
+        cam_rows = np.array([cam_index[str(c)] for c in np.asarray(imgs.camera)[rows]], np.int64)
+        scen_of_cam = {}
+        for c, s in zip(np.asarray(imgs.camera)[rows], np.asarray(imgs.scenario)[rows]):
+            scen_of_cam[str(c)] = str(s)
+        for c in cameras:
+            if c not in scen_of_cam:
+                m = np.flatnonzero(np.asarray(imgs.camera) == c)
+                scen_of_cam[c] = str(imgs.scenario[m[0]]) if len(m) else ""
+        self.timeline.set_sightings(cameras, cam_rows, times, ids, scen_of_cam)
+        items = [ThumbItem(int(i), imgs.path[r], str(imgs.camera[r]), str(imgs.scenario[r]), str(imgs.group[r]),
+                           None, identity, int(imgs.person_id[r]), caption=f"{imgs.camera[r]} {_short_time(tt)}")
+                 for i, r, tt in zip(ids, rows, times)]
+        self.strip.set_items(items)
+        cams = sorted({str(c) for c in np.asarray(imgs.camera)[rows]}, key=_natural)
+        span = ""
+        if np.isfinite(times).any():
+            span = f" · {fmt_time(float(np.nanmin(times)))} → {fmt_time(float(np.nanmax(times)))}"
+        self.title_label.setText(f"<b>Identity #{identity}</b> · {len(ids)} sightings in {len(cams)} cameras "
+                                 f"({', '.join(cams)}){span}")
+        self.shown_identity = identity
+
+    def _open_in_gallery(self, image_id: int) -> None:
+        self.ctx.queryImage.emit(int(image_id))
+        self.ctx.showPanel.emit("gallery")
+
+
+def _short_time(ts: float) -> str:
+    if ts is None or not math.isfinite(ts):
+        return ""
+    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def _natural(s: str):
+    import re
+
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]

@@ -1,0 +1,525 @@
+"""Training: preset, device and rounds; start / stop / retrain; progress; live curves; history.
+
+``itkm_engine.trainer.train`` runs as one ``write`` job.  Its progress events drive the stage and
+overall bars (with ETA) and the live curves: loss terms per step, and per epoch the cluster
+count and -- when the images carry person ids -- pseudo-label precision and ARI.  Finished epochs
+are also read back from the workspace (``epoch_log``), so the curves show the whole history of
+the workspace, not only the current run, and survive a restart.
+
+Stop cancels within one batch through the job's cancel token; the round stays resumable and the
+Start button then offers to resume it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QPalette, QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
+                               QLabel, QPushButton, QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
+
+from itkm_engine.progress import ProgressEvent
+
+from .. import theme
+from ..widgets.progress import JobProgress, format_duration
+from .base import Panel
+
+LOSS_SKIP = {"loss", "steps", "seconds"}
+STAGE_LABEL = {"stage1": "I", "stage2": "II", "stage3": "III"}
+
+
+def dev_mode() -> bool:
+    """Developer options (the tiny test preset) when ``ITKM_DEV`` is set."""
+    return os.environ.get("ITKM_DEV", "").lower() not in ("", "0", "false", "no")
+
+
+def run_training(session, cfg, rounds: int, device: str, *, reporter):
+    """The training job: remember the config in the workspace, train, refresh the session."""
+    from itkm_engine.atomic import atomic_write_text
+    from itkm_engine.session import CONFIG_FILE
+    from itkm_engine.trainer import train
+
+    import torch
+
+    cfg.device = device
+    cores = os.cpu_count() or 1
+    if 1 < cores <= 4 and str(device) in ("cpu", "auto") and torch.get_num_threads() >= cores:
+        # leave one core to the window: on a small CPU, torch's threads would otherwise take
+        # them all and the GUI thread (and the GIL hand-over to it) would wait for a free core
+        torch.set_num_threads(cores - 1)
+    if not session.ws.readonly:
+        atomic_write_text(session.ws.path / CONFIG_FILE, cfg.to_toml())
+    try:
+        return train(session.ws, cfg, rounds=rounds, device=device, reporter=reporter)
+    finally:
+        # whatever happened, the session must not serve a stale model or stale features
+        session.cfg = cfg
+        session.refresh()
+
+
+class Curves(pg.GraphicsLayoutWidget):
+    """Three stacked plots: loss terms, cluster count, pseudo-label quality (when ids are known).
+
+    The x axis counts epochs across all stages and rounds ("training epochs"); live step events
+    land between the integers, the end of an epoch on the next integer.
+    """
+
+    #: Curves are redrawn at most this often while a job runs (three plots with axes and
+    #: legends cost tens of ms to paint; the event loop must stay responsive meanwhile).
+    REDRAW_MS = 400
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        from PySide6.QtCore import QTimer
+
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.setInterval(self.REDRAW_MS)
+        self._redraw_timer.timeout.connect(self.redraw)
+        theme.style_plot_widget(self)
+        self.loss_plot = self.addPlot(row=0, col=0, title="Loss terms")
+        self.cluster_plot = self.addPlot(row=1, col=0, title="Clusters")
+        self.quality_plot = self.addPlot(row=2, col=0, title="Pseudo-label quality (needs person ids)")
+        for p in (self.loss_plot, self.cluster_plot, self.quality_plot):
+            p.showGrid(x=True, y=True, alpha=0.15)
+            p.setMenuEnabled(False)
+            p.addLegend(offset=(-8, 8), labelTextColor=theme.palette().color(QPalette.ColorRole.Text))
+            theme.style_plot(p)
+            # Ranges are set by redraw(), growing in steps, so axes rarely change; with the text
+            # items cached as pixmaps a live update repaints in ~10 ms instead of ~50 ms.
+            p.disableAutoRange()
+            theme.cache_plot_text(p)
+        self.cluster_plot.setXLink(self.loss_plot)
+        self.quality_plot.setXLink(self.loss_plot)
+        self.quality_plot.setYRange(0, 1, padding=0)
+        self.planned_epochs = 0.0  # x extent the live run will reach (set by the panel)
+        self.quality_plot.setLabel("bottom", "training epochs (all stages and rounds)")
+        self.clear_all()
+
+    def clear_all(self) -> None:
+        for p in (self.loss_plot, self.cluster_plot, self.quality_plot):
+            for item in list(p.listDataItems()):
+                p.removeItem(item)
+            for item in list(getattr(p, "_markers", [])):
+                p.removeItem(item)
+            p._markers = []
+            if p.legend is not None:
+                p.legend.clear()
+        self.series: dict[tuple[str, str], tuple[list, list]] = {}
+        self.items: dict[tuple[str, str], pg.PlotDataItem] = {}
+        self.base_epoch = 0.0
+        self.planned_epochs = 0.0
+        self._stage_marks: set[tuple[int, str]] = set()
+
+    def _add(self, plot_name: str, key: str, x: float, y: float) -> None:
+        if y is None or not np.isfinite(y):
+            return
+        k = (plot_name, key)
+        xs, ys = self.series.setdefault(k, ([], []))
+        xs.append(x)
+        ys.append(y)
+
+    def mark_stage(self, round_no: int | None, stage: str, x: float) -> None:
+        key = (round_no or 0, stage)
+        if key in self._stage_marks or stage not in STAGE_LABEL:
+            return
+        self._stage_marks.add(key)
+        # a stage's loss terms are not comparable with the next stage's: break the lines there
+        for (plot_name, _k), (xs, ys) in self.series.items():
+            if plot_name == "loss" and xs and np.isfinite(ys[-1]):
+                xs.append(x)
+                ys.append(float("nan"))
+        label = f"R{round_no} {STAGE_LABEL[stage]}" if round_no else STAGE_LABEL[stage]
+        pen = pg.mkPen(theme.secondary_text_color(), width=1, style=Qt.PenStyle.DotLine)
+        line = pg.InfiniteLine(pos=x, angle=90, pen=pen, label=label,
+                               labelOpts={"position": 0.92, "color": theme.secondary_text_color()})
+        self.loss_plot.addItem(line)
+        self.loss_plot._markers.append(line)
+
+    def add_history(self, epoch_log: list[dict]) -> None:
+        """Finished epochs from the workspace (one point per epoch and value)."""
+        x = 0.0
+        for row in epoch_log:
+            v = row.get("values", {})
+            self.mark_stage(row.get("round"), row.get("stage", ""), x)
+            x += 1.0
+            self._add_epoch_values(x, v)
+        self.base_epoch = x
+        self.redraw()
+
+    def _add_epoch_values(self, x: float, v: dict) -> None:
+        for k, val in v.items():
+            if k in LOSS_SKIP or not isinstance(val, (int, float)):
+                continue
+            if k.startswith("loss") or k.endswith("loss") or k in ("i2t", "t2i", "sep", "separation", "mem",
+                                                                   "cross", "instance", "homogeneous"):
+                self._add("loss", k, x, float(val))
+        for k in ("n_clusters",):
+            if k in v:
+                self._add("clusters", "clusters", x, float(v[k]))
+        if "n_outliers" in v:
+            self._add("clusters", "outliers", x, float(v["n_outliers"]))
+        for k in ("precision", "recall", "ari"):
+            if k in v:
+                self._add("quality", k, x, float(v[k]))
+
+    def add_events(self, events: list[ProgressEvent]) -> None:
+        """Live events of the running job."""
+        for e in events:
+            if e.stage not in ("stage1", "stage2", "stage3") or e.epoch is None:
+                continue
+            self.mark_stage(e.round, e.stage, self.base_epoch)
+            if e.step is not None and e.steps:
+                x = self.base_epoch + e.step / e.steps
+                for k, val in e.losses.items():
+                    self._add("loss", k, x, float(val))
+            elif e.step is None and e.metrics:  # end of an epoch: its averaged values
+                self.base_epoch += 1.0
+                self._add_epoch_values(self.base_epoch, {**dict(e.losses), **dict(e.metrics)})
+        if not self._redraw_timer.isActive():
+            self._redraw_timer.start()
+
+    def redraw(self) -> None:
+        plots = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}
+        for (plot_name, key), (xs, ys) in self.series.items():
+            item = self.items.get((plot_name, key))
+            if item is None:
+                item = plots[plot_name].plot(pen=pg.mkPen(theme.curve_color(f"{plot_name}:{key}"), width=2),
+                                             name=key, symbol="o", symbolSize=4 if plot_name == "loss" else 6,
+                                             connect="finite",
+                                             symbolBrush=theme.curve_color(f"{plot_name}:{key}"), symbolPen=None)
+                self.items[(plot_name, key)] = item
+            item.setData(np.asarray(xs, float), np.asarray(ys, float))
+        self._fit_ranges()
+
+    def _fit_ranges(self) -> None:
+        """Grow the view ranges to the data (with headroom); never shrink them during a run."""
+        xmax = max([self.planned_epochs, 1.0] + [max(xs) for xs, _ in self.series.values() if xs])
+        vb = self.loss_plot.getViewBox()
+        (x0, x1), _ = vb.viewRange()
+        if xmax > x1 or x1 > 1.5 * xmax + 1 or x0 != 0:
+            self.loss_plot.setXRange(0, xmax, padding=0.02)
+        for plot_name, plot in (("loss", self.loss_plot), ("clusters", self.cluster_plot)):
+            ys = [y for (pn, _k), (_xs, yv) in self.series.items() if pn == plot_name for y in yv if np.isfinite(y)]
+            if not ys:
+                continue
+            lo, hi = min(0.0, min(ys)), max(ys)
+            (_, _), (y0, y1) = plot.getViewBox().viewRange()
+            if hi > y1 or lo < y0 or y1 > 3 * max(hi, 1e-9):
+                plot.setYRange(lo, hi * 1.25 if hi > 0 else 1.0, padding=0)
+
+    def has_data(self) -> bool:
+        return any(len(xs) for xs, _ in self.series.values())
+
+
+class TrainingPanel(Panel):
+    key = "training"
+    title = "Training"
+
+    def __init__(self, ctx, parent=None) -> None:
+        super().__init__(ctx, parent)
+        self.job = None
+        # -- controls
+        self.preset = QComboBox()
+        self.preset.addItem("Quick (CPU-friendly, small model)", "quick")
+        self.preset.addItem("Full (ViT-B/16, GPU)", "full")
+        if dev_mode() or ctx.dev:
+            self.preset.addItem("Tiny (tests and development)", "tiny")
+        self.preset.setToolTip("Quick trains a small model in minutes on a CPU; Full is the paper's setup for a GPU")
+        self.device = QComboBox()
+        self.rounds = QSpinBox()
+        self.rounds.setRange(1, 50)
+        self.rounds.setValue(ctx.settings.get("training/rounds", 1, int))
+        self.rounds.setToolTip("Rounds of Stage I -> II -> III to run")
+        self.start_btn = QPushButton(theme.icon("train"), "Start training")
+        self.start_btn.clicked.connect(self.start)
+        self.retrain_btn = QPushButton(theme.icon("retrain"), "Retrain")
+        self.retrain_btn.setToolTip("Run one more round from the last checkpoint, including cameras added since")
+        self.retrain_btn.clicked.connect(self.retrain)
+        self.stop_btn = QPushButton(theme.icon("stop"), "Stop")
+        self.stop_btn.setToolTip("Stop within one batch; the round can be resumed later")
+        self.stop_btn.clicked.connect(self.stop)
+        self.eval_btn = QPushButton("Evaluate")
+        self.eval_btn.setToolTip("mAP and Rank-k of the current model (needs person ids in the file names)")
+        self.eval_btn.clicked.connect(self.evaluate)
+        form = QFormLayout()
+        form.addRow("Preset", self.preset)
+        form.addRow("Device", self.device)
+        form.addRow("Rounds", self.rounds)
+        buttons = QHBoxLayout()
+        for b in (self.start_btn, self.retrain_btn, self.stop_btn, self.eval_btn):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        self.state_label = QLabel("")
+        self.state_label.setWordWrap(True)
+        self.progress = JobProgress()
+        ctl_box = QGroupBox("Run")
+        ctl = QVBoxLayout(ctl_box)
+        ctl.addLayout(form)
+        ctl.addLayout(buttons)
+        ctl.addWidget(self.state_label)
+        ctl.addWidget(self.progress)
+        # -- history
+        self.history_model = QStandardItemModel(0, 0, self)
+        self.history = QTableView()
+        self.history.setModel(self.history_model)
+        self.history.verticalHeader().hide()
+        self.history.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.history.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.history.setAlternatingRowColors(True)
+        self.history.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.history.horizontalHeader().setStretchLastSection(True)
+        hist_box = QGroupBox("Rounds")
+        hl = QVBoxLayout(hist_box)
+        hl.addWidget(self.history)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(ctl_box)
+        ll.addWidget(hist_box, 1)
+        self.curves = Curves()
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(self.curves)
+        split.setStretchFactor(0, 0)
+        split.setStretchFactor(1, 1)
+        split.setSizes([470, 810])
+        lay = QVBoxLayout(self.content)
+        lay.addWidget(split)
+        self._rounds: list = []
+        self._fill_devices()
+        ctx.workspaceChanged.connect(self._on_workspace)
+        ctx.sessionChanged.connect(lambda _s: self._update_buttons())
+        ctx.modelChanged.connect(self.reload)
+        ctx.imagesChanged.connect(self._update_buttons)
+        ctx.deviceChanged.connect(lambda _d: self._fill_devices())
+        self.preset.currentIndexChanged.connect(lambda _i: ctx.settings.set("training/preset", self.preset.currentData()))
+        self.rounds.valueChanged.connect(lambda v: ctx.settings.set("training/rounds", v))
+        self._on_workspace(ctx.ws)
+
+    # -- devices -------------------------------------------------------------------------------------
+    def _fill_devices(self) -> None:
+        current = self.device.currentData() or self.ctx.settings.get("training/device", "auto", str)
+        self.device.blockSignals(True)
+        self.device.clear()
+        for value, label in self.ctx.devices:
+            self.device.addItem(label, value)
+        i = self.device.findData(current)
+        self.device.setCurrentIndex(max(i, 0))
+        self.device.blockSignals(False)
+        self.device.currentIndexChanged.connect(
+            lambda _i: self.ctx.settings.set("training/device", self.device.currentData()))
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _on_workspace(self, ws) -> None:
+        self.curves.clear_all()
+        self.progress.reset()
+        if ws is None:
+            self.show_empty("No workspace open", "Open a workspace to train its model.",
+                            [("Open workspace…", lambda: self.window().open_workspace_dialog())])
+            return
+        self.show_content()
+        self._select_preset(ws)
+        self.reload()
+
+    def _select_preset(self, ws) -> None:
+        name = self.ctx.settings.get("training/preset", "quick", str)
+        cfg_path = ws.path / "config.toml"
+        if cfg_path.exists():
+            try:
+                import tomllib
+
+                name = tomllib.loads(cfg_path.read_text()).get("preset", name)
+            except (OSError, ValueError):
+                pass
+        if self.preset.findData(name) < 0 and name == "tiny":
+            self.preset.addItem("Tiny (tests and development)", "tiny")
+        i = self.preset.findData(name)
+        self.preset.setCurrentIndex(max(i, 0))
+
+    def reload(self) -> None:
+        ws = self.ctx.ws
+        if ws is None:
+            return
+
+        def read(reporter):
+            rounds = ws.rounds()
+            keys = {}
+            try:  # evaluation records name the checkpoint by its content key
+                from itkm_engine.model.checkpoint import checkpoint_key
+
+                for r in rounds:
+                    if r.checkpoint and os.path.exists(r.checkpoint):
+                        keys[r.number] = checkpoint_key(r.checkpoint)
+            except Exception:  # noqa: BLE001 - the history still shows without scores
+                pass
+            return rounds, ws.epoch_log(), ws.metrics("evaluation"), ws.image_count(), keys
+
+        self.run("training history", read, on_done=self._show_history)
+
+    def _show_history(self, data) -> None:
+        rounds, epoch_log, evals, n_images, keys = data
+        self._rounds = rounds
+        self._n_images = n_images
+        if self.job is None:
+            self.curves.clear_all()
+            self.curves.add_history(epoch_log)
+        last_values: dict[int, dict] = {}
+        for row in epoch_log:
+            last_values.setdefault(row["round"], {}).update(row.get("values", {}))
+        eval_by_ckpt = {}
+        for m in evals:
+            eval_by_ckpt[str(m.get("checkpoint"))] = m.get("values", {})
+        m = self.history_model
+        m.clear()
+        cols = ["Round", "Status", "Took", "Clusters", "Precision", "ARI", "mAP %", "R1 %"]
+        m.setHorizontalHeaderLabels(cols)
+        for r in rounds:
+            v = last_values.get(r.number, {})
+            took = format_duration((r.finished - r.started) if r.finished else None)
+            ckpt_name = os.path.basename(r.checkpoint) if r.checkpoint else ""
+            ev = _overall_eval(eval_by_ckpt.get(keys.get(r.number, "-"), {}))
+            cells = [
+                str(r.number),
+                r.status + (f" ({r.stage} {r.epoch})" if r.status != "done" and r.stage else ""),
+                took,
+                _num(v.get("n_clusters"), 0),
+                _num(v.get("precision"), 3),
+                _num(v.get("ari"), 3),
+                _num(ev.get("mAP"), 1, pct=True),
+                _num(ev.get("rank1"), 1, pct=True),
+            ]
+            items = [QStandardItem(c) for c in cells]
+            tip = (f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.started))}"
+                   f"\noutliers {_num(v.get('n_outliers'), 0)}\ncheckpoint {ckpt_name or '-'}")
+            for i, it in enumerate(items):
+                it.setToolTip(tip)
+                if i >= 2:
+                    it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            m.appendRow(items)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self.job is not None
+        has_ws = self.ctx.ws is not None and not self.ctx.readonly
+        has_session = self.ctx.session is not None
+        done = [r for r in self._rounds if r.status == "done"]
+        unfinished = [r for r in self._rounds if r.status in ("running", "cancelled")]
+        self.start_btn.setEnabled(has_ws and has_session and not running)
+        self.start_btn.setText(f"Resume round {unfinished[-1].number}" if unfinished else "Start training")
+        self.retrain_btn.setEnabled(has_ws and has_session and not running and bool(done))
+        self.stop_btn.setEnabled(running)
+        self.eval_btn.setEnabled(has_session and not running)
+        for w in (self.preset, self.device, self.rounds):
+            w.setEnabled(not running)
+        if running:
+            return
+        if not has_session and has_ws:
+            self.state_label.setText("Loading the model library…")
+        elif self.ctx.readonly:
+            self.state_label.setText("This workspace is open read-only: training is disabled.")
+        elif not self._rounds:
+            self.state_label.setText("Not trained yet. Start the first round; each round runs Stage I (homogeneous "
+                                     "learning), Stage II (text knowledge) and Stage III (heterogeneous matching).")
+        else:
+            last = self._rounds[-1]
+            self.state_label.setText(f"{len(done)} round(s) done. Last: round {last.number}, {last.status}.")
+
+    # -- actions ---------------------------------------------------------------------------------------
+    def config(self):
+        from itkm_engine.config import preset
+
+        return preset(self.preset.currentData() or "quick")
+
+    def start(self, rounds: int | None = None) -> None:
+        """Start (or resume) training ``rounds`` rounds (default: the spin box)."""
+        if self.job is not None or self.ctx.session is None:
+            return
+        n = int(rounds or self.rounds.value())
+        cfg = self.config()
+        device = self.device.currentData() or "auto"
+        self.progress.reset("Starting…")
+        self.state_label.setText(f"Training {n} round(s) with the {cfg.preset} preset on {self.device.currentText()}…")
+        self.curves.planned_epochs = self.curves.base_epoch + n * (cfg.stage1.epochs + cfg.stage2.epochs
+                                                                   + cfg.stage3.epochs)
+        self.curves.redraw()
+        job = self.ctx.jobs.submit("train", run_training, self.ctx.session, cfg, n, device, kind="write",
+                                   on_done=self._trained)
+        job.progress.connect(self.progress.show_event)
+        job.events.connect(self.curves.add_events)
+        job.ended.connect(self._ended)
+        job.cancelled.connect(lambda: self.state_label.setText(
+            "Stopped. The round is saved after its last completed epoch: Resume continues from there."))
+        job.failed.connect(lambda msg, _tb: self.state_label.setText(f"Training failed: {msg}"))
+        self.job = job
+        self._update_buttons()
+
+    def retrain(self) -> None:
+        """One more round, from the last checkpoint (incremental: new cameras join in)."""
+        self.start(rounds=1)
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.stop_btn.setEnabled(False)
+            self.state_label.setText("Stopping after the current batch…")
+
+    def is_training(self) -> bool:
+        return self.job is not None
+
+    def _trained(self, results) -> None:
+        self.progress.finish("Done")
+        secs = sum(r.seconds for r in results)
+        self.state_label.setText(f"Trained {len(results)} round(s) in {format_duration(secs)}.")
+        self.ctx.modelChanged.emit()
+
+    def _ended(self) -> None:
+        self.job = None
+        self.reload()
+        self._update_buttons()
+
+    def evaluate(self) -> None:
+        session = self.ctx.session
+        if session is None:
+            return
+        job = self.run("evaluate", lambda reporter: session.evaluate(reporter=reporter), kind="read",
+                       on_done=self._evaluated)
+        job.progress.connect(self.progress.show_event)
+
+    def _evaluated(self, scores: dict) -> None:
+        from itkm_engine.progress import LogMessage
+
+        if not scores:
+            self.state_label.setText("Nothing to evaluate: the images carry no person ids.")
+            return
+        ov = _overall_eval(scores)
+        self.state_label.setText(f"Evaluation: mAP {_num(ov.get('mAP'), 1, pct=True)}%, "
+                                 f"Rank-1 {_num(ov.get('rank1'), 1, pct=True)}%.")
+        self.ctx.jobs.log.emit(LogMessage("info", f"evaluation: {scores}"))
+        self.progress.finish("Evaluated")
+        self.reload()
+
+
+def _overall_eval(v: dict) -> dict:
+    """mAP / Rank-1 from an evaluation record: the 'all' / overall entry, else the first."""
+    if not isinstance(v, dict) or not v:
+        return {}
+    if "mAP" in v:
+        return {"mAP": v.get("mAP"), "rank1": v.get("rank1", v.get("Rank-1", v.get("r1")))}
+    for key in ("all", "overall", "*"):
+        if key in v and isinstance(v[key], dict):
+            return _overall_eval(v[key])
+    first = next((x for x in v.values() if isinstance(x, dict)), None)
+    return _overall_eval(first) if first else {}
+
+
+def _num(v, digits: int, pct: bool = False) -> str:
+    if v is None or not isinstance(v, (int, float)) or not np.isfinite(v):
+        return ""
+    if pct and v <= 1.0:
+        v = 100 * v
+    return f"{v:.{digits}f}"

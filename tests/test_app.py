@@ -1,0 +1,422 @@
+"""The desktop app on the tiny demo workspace, offscreen (pytest-qt).
+
+One module-scoped window goes through the whole flow once -- open the workspace, train one
+round from the Training panel (measuring the event loop's longest stall meanwhile), see the 2-D
+map fill, click a point and get ranked matches, select an identity and see its time line, export
+the tracks -- and the tests below check each step's outcome.  UMAP's numba JIT is paid once per
+session (``umap_ready``).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QTimer  # noqa: E402
+from PySide6.QtGui import QImage  # noqa: E402
+
+from itkm_app import errors  # noqa: E402
+from itkm_app.main_window import MainWindow  # noqa: E402
+from itkm_app.settings import Settings  # noqa: E402
+
+#: The event loop may never stall longer than this while a job runs (the issue's bound).
+MAX_STALL_MS = 100.0
+TRAIN_TIMEOUT_MS = 600_000
+
+
+@pytest.fixture(scope="session")
+def umap_ready():
+    """numba-compile UMAP's kernels and import the heavy libraries once for the session.
+
+    The app does the same at start-up in a background job (``main_window.warm_up``)."""
+    from itkm_app.main_window import warm_up
+    from itkm_engine.progress import Reporter
+
+    warm_up(reporter=Reporter())
+    return True
+
+
+class ErrorRecorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def __call__(self, parent, title, message, details=""):
+        self.calls.append((title, message, details))
+
+
+@pytest.fixture(scope="module")
+def recorded_errors():
+    rec = ErrorRecorder()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(errors, "show_error", rec)
+    yield rec
+    mp.undo()
+
+
+class StallMeter:
+    """A 10 ms QTimer; records the longest gap between ticks while ``running``."""
+
+    def __init__(self) -> None:
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.max_gap_ms = 0.0
+        self.ticks = 0
+        self.worst_at = None
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        gap = (now - self.last) * 1000
+        if gap > self.max_gap_ms:
+            self.max_gap_ms = gap
+            self.worst_at = self.ticks
+        self.last = now
+        self.ticks += 1
+
+
+def _wait_idle(qtbot, window, timeout_ms=300_000):
+    qtbot.waitUntil(lambda: not window.jobs.busy("read") and not window.jobs.busy("write"), timeout=timeout_ms)
+
+
+@pytest.fixture(scope="module")
+def flow(qapp, umap_ready, recorded_errors, ingested_ws_template, tmp_path_factory):
+    """A window that opened a copy of the demo workspace and trained one tiny round from the UI."""
+    from pytestqt.qtbot import QtBot
+
+    base = tmp_path_factory.mktemp("app")
+    ws_path = base / "ws"
+    shutil.copytree(ingested_ws_template, ws_path, ignore=shutil.ignore_patterns("workspace.lock"))
+    settings = Settings(base / "settings.ini")
+    settings.set("training/preset", "tiny")
+    window = MainWindow(settings, dev=True, warm=False)
+    qtbot = QtBot(None)
+    window.resize(1280, 800)
+    window.show()
+    window.open_workspace(ws_path)
+    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=120_000)
+    _wait_idle(qtbot, window)
+
+    training = window.panel("training")
+    window.show_panel("training")
+    training.preset.setCurrentIndex(training.preset.findData("tiny"))
+    training.rounds.setValue(1)
+    meter = StallMeter()
+    meter.start()
+    events = []
+    training.start_btn.click()
+    assert training.job is not None
+    training.job.events.connect(events.extend)
+    t0 = time.monotonic()
+    qtbot.waitUntil(lambda: training.job is None, timeout=TRAIN_TIMEOUT_MS)
+    meter.stop()
+    train_s = time.monotonic() - t0
+    _wait_idle(qtbot, window)
+    yield {"window": window, "ws": ws_path, "meter": meter, "events": events, "train_s": train_s, "qtbot": qtbot,
+           "base": base}
+    window.jobs.cancel_all()
+    window.close()
+
+
+# -- the flow --------------------------------------------------------------------------------------
+
+def test_training_from_the_panel(flow, recorded_errors):
+    window = flow["window"]
+    training = window.panel("training")
+    assert not recorded_errors.calls, recorded_errors.calls
+    rounds = window.ctx.ws.rounds()
+    assert [r.status for r in rounds] == ["done"]
+    assert window.ctx.ws.latest_checkpoint() is not None
+    # live events reached the panel: stages, losses, per-epoch metrics
+    stages = {e.stage for e in flow["events"]}
+    assert {"stage1", "stage2", "stage3"} <= stages
+    assert any(e.losses for e in flow["events"])
+    assert training.curves.has_data()
+    assert ("clusters", "clusters") in training.curves.series
+    assert training.history_model.rowCount() == 1
+    assert training.history_model.item(0, 1).text() == "done"
+    assert training.start_btn.isEnabled() and training.retrain_btn.isEnabled()
+    assert not training.stop_btn.isEnabled()
+
+
+def test_event_loop_never_stalls_during_training(flow):
+    meter = flow["meter"]
+    assert meter.ticks > 50  # the timer really ran during the job
+    assert meter.max_gap_ms <= MAX_STALL_MS, (
+        f"event loop stalled {meter.max_gap_ms:.0f} ms (tick {meter.worst_at} of {meter.ticks}) "
+        f"during {flow['train_s']:.0f} s of training")
+
+
+def test_umap_fills_and_click_opens_matches(flow):
+    window, qtbot = flow["window"], flow["qtbot"]
+    clusters = window.panel("clusters")
+    window.show_panel("clusters")
+    qtbot.waitUntil(lambda: len(clusters.ids) > 0 and clusters.job is None, timeout=300_000)
+    n_images = len(window.ctx.images)
+    assert len(clusters.ids) == n_images
+    assert clusters.scatter.xy.shape == (n_images, 2)
+    assert np.isfinite(clusters.scatter.xy).all()
+    clusters.scatter.viewport().repaint()
+    assert clusters.scatter.cloud.drawn == n_images
+    assert clusters.legend.count() > 1
+    # colour by camera: one legend entry per camera
+    clusters.color_by.setCurrentIndex(clusters.color_by.findData("camera"))
+    n_cams = len({str(c) for c in window.ctx.images.camera})
+    assert clusters.legend.count() == n_cams
+    # click a point: the gallery shows ranked matches for it
+    gallery = window.panel("gallery")
+    row = 5
+    clusters.select_point(row)
+    assert window.tabs.currentWidget() is gallery
+    qtbot.waitUntil(lambda: gallery.job is None and len(gallery.matches) > 0, timeout=120_000)
+    assert gallery.query == ("image", int(clusters.ids[row]))
+    sims = [m.similarity for m in gallery.matches]
+    assert sims == sorted(sims, reverse=True)
+    assert int(clusters.ids[row]) not in {m.image_id for m in gallery.matches}
+    assert len(gallery.matches) <= gallery.top_k.value()
+    assert gallery.grid.model().rowCount() == len(gallery.matches)
+    # exclude-same-camera is on by default
+    qcam = window.ctx.images.camera[window.ctx.image_rows(np.array([gallery.query[1]]))[0]]
+    assert all(m.camera != qcam for m in gallery.matches)
+    # double-click a match makes it the query
+    first = gallery.grid.items()[0]
+    gallery.grid.itemActivated.emit(first)
+    qtbot.waitUntil(lambda: gallery.query == ("image", first.image_id) and gallery.job is None, timeout=60_000)
+    assert gallery.matches and first.image_id not in {m.image_id for m in gallery.matches}
+
+
+def test_lasso_selection_opens_a_set(flow):
+    window, qtbot = flow["window"], flow["qtbot"]
+    clusters = window.panel("clusters")
+    window.show_panel("clusters")
+    qtbot.waitUntil(lambda: len(clusters.ids) > 0, timeout=300_000)
+    xy = clusters.xy
+    c = xy.mean(axis=0)
+    r = np.percentile(np.linalg.norm(xy - c, axis=1), 60)
+    theta = np.linspace(0, 2 * np.pi, 40)
+    poly = np.c_[c[0] + r * np.cos(theta), c[1] + r * np.sin(theta)]
+    clusters.scatter.set_mode("lasso")
+    clusters.scatter.vb.sigSelected.emit(poly)
+    inside = np.linalg.norm(xy - c, axis=1) < r * 0.99
+    gallery = window.panel("gallery")
+    assert window.tabs.currentWidget() is gallery
+    assert gallery.query[0] == "set"
+    shown = {it.image_id for it in gallery.grid.items()}
+    assert set(clusters.ids[inside].tolist()) <= shown
+    assert len(shown) == len(clusters.selected_rows)
+    clusters.scatter.set_mode("pan")
+
+
+def test_text_search_ranks_the_gallery(flow):
+    window, qtbot = flow["window"], flow["qtbot"]
+    gallery = window.panel("gallery")
+    gallery.text.setText("a person in a red jacket")
+    gallery.query_text(gallery.text.text())
+    qtbot.waitUntil(lambda: gallery.job is None and gallery.query[0] == "text", timeout=60_000)
+    assert len(gallery.matches) == min(gallery.top_k.value(), len(window.ctx.images))
+    sims = [m.similarity for m in gallery.matches]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_gallery_filters(flow):
+    window, qtbot = flow["window"], flow["qtbot"]
+    gallery = window.panel("gallery")
+    image_id = int(window.ctx.images.id[0])
+    gallery.f_scen.set_checked({"cross-resolution"})
+    gallery.query_image_id(image_id)
+    qtbot.waitUntil(lambda: gallery.job is None and gallery.query == ("image", image_id), timeout=60_000)
+    try:
+        assert gallery.matches
+        assert {m.scenario for m in gallery.matches} == {"cross-resolution"}
+    finally:
+        gallery.f_scen.clear()
+        qtbot.waitUntil(lambda: gallery.job is None, timeout=60_000)
+
+
+def test_identity_timeline(flow):
+    window, qtbot = flow["window"], flow["qtbot"]
+    ident = window.panel("identities")
+    window.show_panel("identities")
+    qtbot.waitUntil(lambda: bool(ident.summary) and ident.job is None, timeout=120_000)
+    assert ident.proxy.rowCount() > 0
+    first = ident.model.rows[0]
+    ident.select_identity(first.identity)
+    n_cams = len({str(c) for c in window.ctx.images.camera})
+    ticks = ident.timeline.getAxis("left")._tickLevels[0]
+    assert len(ticks) == n_cams  # one row per camera
+    pts = ident.timeline.scatter.data
+    assert len(pts) == first.size
+    strip = ident.strip.items()
+    assert len(strip) == first.size
+    times = [window.ctx.images.timestamp[window.ctx.image_rows(np.array([it.image_id]))[0]] for it in strip]
+    assert times == sorted(times)  # sightings in time order
+    assert f"#{first.identity}" in ident.title_label.text()
+
+
+def test_export_tracks_csv(flow, tmp_path):
+    window, qtbot = flow["window"], flow["qtbot"]
+    out = tmp_path / "tracks.csv"
+    job = window.export_tracks(str(out))
+    done = []
+    job.finished.connect(done.append)
+    qtbot.waitUntil(lambda: bool(done), timeout=120_000)
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == done[0] == len(window.ctx.images)
+    assert set(rows[0]) == {"identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence"}
+    assert all(Path(r["image_path"]).is_file() for r in rows[:20])
+
+
+def test_cameras_table_and_in_place_edit(flow):
+    window, qtbot = flow["window"], flow["qtbot"]
+    cams = window.panel("cameras")
+    window.show_panel("cameras")
+    qtbot.waitUntil(lambda: cams.model.rowCount() > 0 and not cams.loading(), timeout=30_000)
+    names = [c.name for c in cams.model.cameras]
+    row = names.index("cc-a")
+    # the delegate offers only valid groups for the row's scenario
+    idx = cams.proxy.mapFromSource(cams.model.index(row, cams.model.GROUP))
+    assert cams._groups_for(idx) == ["all"]
+    # scenario change: written through ws.set_camera, group follows the new scenario
+    ok = cams.model.setData(cams.model.index(row, cams.model.SCENARIO), "cross-resolution")
+    assert ok
+    qtbot.waitUntil(lambda: any(c.name == "cc-a" and c.scenario == "cross-resolution" for c in cams.model.cameras),
+                    timeout=30_000)
+    cam = next(c for c in window.ctx.ws.cameras() if c.name == "cc-a")
+    assert (cam.scenario, cam.group, cam.user_set) == ("cross-resolution", "high-res", True)
+    assert not cams.model.setData(cams.model.index(row, cams.model.GROUP), "infrared")  # not valid there
+    # back to the guess
+    cams.table.selectRow(cams.proxy.mapFromSource(cams.model.index(row, 0)).row())
+    cams._reset_selected()
+    qtbot.waitUntil(lambda: any(c.name == "cc-a" and c.scenario == "clothing-change" for c in cams.model.cameras),
+                    timeout=30_000)
+    _wait_idle(qtbot, window)
+
+
+def test_job_error_shows_dialog_and_app_stays_usable(flow, recorded_errors):
+    window, qtbot = flow["window"], flow["qtbot"]
+    before = len(recorded_errors.calls)
+
+    def broken(*, reporter):
+        reporter.update(0.5, stage="half")
+        raise RuntimeError("boom on purpose")
+
+    failed = []
+    job = window.jobs.submit("broken job", broken, on_error=lambda m, tb: failed.append((m, tb)))
+    qtbot.waitUntil(lambda: bool(failed), timeout=10_000)
+    assert "boom on purpose" in failed[0][0] and "RuntimeError" in failed[0][1]
+    assert len(recorded_errors.calls) == before + 1
+    title, message, details = recorded_errors.calls[-1]
+    assert "broken job" in title and "boom on purpose" in message and "Traceback" in details
+    assert any(m.level == "error" and "boom on purpose" in m.text for m in window.log_view.messages())
+    del job
+    # still usable: another job runs, panels switch, a query answers
+    ok = []
+    window.jobs.submit("fine job", lambda *, reporter: 42, on_done=ok.append)
+    qtbot.waitUntil(lambda: ok == [42], timeout=10_000)
+    gallery = window.panel("gallery")
+    window.show_panel("gallery")
+    gallery.query_image_id(int(window.ctx.images.id[1]))
+    qtbot.waitUntil(lambda: gallery.job is None and gallery.query == ("image", int(window.ctx.images.id[1])),
+                    timeout=60_000)
+    assert gallery.matches
+
+
+def test_exception_in_a_slot_goes_to_the_dialog(flow, recorded_errors):
+    window = flow["window"]
+    before = len(recorded_errors.calls)
+    try:
+        raise ValueError("slot bug")
+    except ValueError as exc:
+        errors.excepthook(type(exc), exc, exc.__traceback__)
+    title, message, details = recorded_errors.calls[before]
+    assert "slot bug" in message and "ValueError" in details
+    assert window.isVisible()
+
+
+def test_screenshots_of_every_view(flow, tmp_path, qapp):
+    """The ``--screenshot`` code path (in-process) on the trained workspace."""
+    from itkm_app.main import main
+
+    window = flow["window"]
+    _wait_idle(flow["qtbot"], window)
+    # the flow window holds the workspace's writer lock; the screenshot run opens it read-only
+    # by answering the "workspace in use" question with yes
+    mp = pytest.MonkeyPatch()
+    mp.setattr(MainWindow, "ask_open_readonly", lambda self, msg: True)
+    try:
+        code = main([str(flow["ws"]), "--screenshot", str(tmp_path), "--no-warm-up",
+                     "--settings", str(tmp_path / "s.ini")])
+    finally:
+        mp.undo()
+        errors.MODAL = True
+    assert code == 0
+    for key in ("cameras", "training", "clusters", "gallery", "identities"):
+        img = QImage(str(tmp_path / f"{key}.png"))
+        assert not img.isNull(), key
+        assert (img.width(), img.height()) == (1280, 800), key
+        small = img.scaled(160, 100)
+        colors = {small.pixel(x, y) for x in range(small.width()) for y in range(small.height())}
+        assert len(colors) > 60, f"{key}.png looks flat ({len(colors)} colours)"
+
+
+def test_settings_persist(flow, tmp_path):
+    window = flow["window"]
+    window.show_panel("identities")
+    window.save_settings()
+    s = Settings(flow["base"] / "settings.ini")
+    assert s.last_workspace() == str(flow["ws"])
+    assert s.tab() == window.tabs.indexOf(window.panel("identities"))
+    assert s.geometry() is not None and s.window_state() is not None
+    w2 = MainWindow(s, warm=False)
+    try:
+        assert w2.tabs.currentIndex() == s.tab()
+    finally:
+        w2.close()
+
+
+def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, recorded_errors, fresh_ws, tmp_path):
+    """Closing while training: the question is asked; yes cancels cleanly, the round is resumable."""
+    window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
+    qtbot.addWidget(window)
+    window.show()
+    window.open_workspace(fresh_ws)
+    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=120_000)
+    training = window.panel("training")
+    training.preset.setCurrentIndex(training.preset.findData("tiny"))
+    asked = []
+    window.confirm_stop_training = lambda: (asked.append(1), False)[1]
+    training.start()
+    job = training.job
+    seen = []
+    job.progress.connect(seen.append)
+    qtbot.waitUntil(lambda: any(e.stage in ("stage1", "extract") for e in seen), timeout=120_000)
+    window.close()  # answered "no": keeps running
+    assert asked == [1] and window.isVisible() and training.job is job
+    window.confirm_stop_training = lambda: (asked.append(2), True)[1]
+    cancelled = []
+    job.cancelled.connect(lambda: cancelled.append(1))
+    assert window.close()
+    assert asked == [1, 2]
+    assert not window.isVisible()
+    assert cancelled == [1]
+    from itkm_engine.workspace import Workspace
+
+    with Workspace.open(fresh_ws, readonly=True) as ws:
+        rounds = ws.rounds()
+    assert rounds and rounds[-1].status in ("cancelled", "running")
+    assert not recorded_errors.calls or all("cancel" not in c[1].lower() for c in recorded_errors.calls)

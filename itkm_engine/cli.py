@@ -114,7 +114,7 @@ def cmd_ingest(a) -> int:
     from .workspace import Workspace
 
     rep = ConsoleReporter("ingest", a.quiet)
-    with Workspace.open(a.workspace, create=True) as ws:
+    with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
         summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep)
     rep.done()
     print(summary.format_table())
@@ -124,7 +124,7 @@ def cmd_ingest(a) -> int:
 def cmd_cameras(a) -> int:
     from .workspace import Workspace
 
-    with Workspace.open(a.workspace, readonly=not a.set) as ws:
+    with Workspace.open(a.workspace, readonly=not a.set, reporter=ConsoleReporter("cameras")) as ws:
         for cam, *assignments in a.set or []:
             if not assignments:
                 raise ItkmError(f"say what to set for camera {cam!r}, e.g. --set {cam} scenario=visible-infrared group=infrared")
@@ -184,7 +184,7 @@ def cmd_train(a) -> int:
     from .workspace import Workspace
 
     rep = ConsoleReporter("train", a.quiet)
-    with Workspace.open(a.workspace) as ws:
+    with Workspace.open(a.workspace, reporter=rep) as ws:
         cfg = _config_for(ws, a)
         atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
         try:
@@ -244,15 +244,23 @@ def cmd_status(a) -> int:
     return 0
 
 
-def _session(a, readonly: bool):
+def _session(a, readonly: bool, reporter: Reporter | None = None):
+    """The workspace's Session; opening messages (a stale lock taken over, a schema upgrade and
+    its backup) go to ``reporter`` so the operator sees them."""
     from .session import Session
+    from .workspace import Workspace
 
-    return Session.open(a.workspace, readonly=readonly, device=getattr(a, "device", None) or "auto")
+    ws = Workspace.open(a.workspace, readonly=readonly, reporter=reporter)
+    try:
+        return Session(ws, None, device=getattr(a, "device", None) or "auto")
+    except BaseException:
+        ws.close()
+        raise
 
 
 def cmd_extract(a) -> int:
     rep = ConsoleReporter("extract", a.quiet)
-    with _session(a, readonly=False) as s:
+    with _session(a, readonly=False, reporter=rep) as s:
         fs = s.features(reporter=rep)
         rep.done()
         print(f"{len(fs)} features ({fs.feats.shape[1]}-d) with model {fs.key}"
@@ -264,7 +272,7 @@ def cmd_query(a) -> int:
     from .session import QueryFilter
 
     rep = ConsoleReporter("query", a.quiet)
-    with _session(a, readonly=True) as s:
+    with _session(a, readonly=True, reporter=rep) as s:
         filters = None
         if a.scenario or a.camera or a.group or a.other_cameras:
             filters = QueryFilter(frozenset(a.scenario) if a.scenario else None, frozenset(a.group) if a.group else None,
@@ -287,7 +295,7 @@ def cmd_evaluate(a) -> int:
     from .evaluation import format_scores
 
     rep = ConsoleReporter("evaluate", a.quiet)
-    with _session(a, readonly=False) as s:
+    with _session(a, readonly=False, reporter=rep) as s:
         scores = s.evaluate(reporter=rep)
     rep.done()
     if not scores:
@@ -300,7 +308,7 @@ def cmd_export_tracks(a) -> int:
     from .export import export_tracks
 
     rep = ConsoleReporter("export", a.quiet)
-    with _session(a, readonly=False) as s:
+    with _session(a, readonly=False, reporter=rep) as s:
         n = export_tracks(s, a.out, reporter=rep)
     rep.done()
     print(f"{n} sightings written to {a.out}")
@@ -311,7 +319,7 @@ def cmd_export_features(a) -> int:
     from .export import export_features
 
     rep = ConsoleReporter("export", a.quiet)
-    with _session(a, readonly=False) as s:
+    with _session(a, readonly=False, reporter=rep) as s:
         n = export_features(s, a.out, reporter=rep)
     rep.done()
     print(f"{n} feature rows written to {a.out}")

@@ -220,8 +220,8 @@ def _verified_projection(
 
     The basis is the top eigenvectors of the uncentred second moment ``E[x x^T]`` (it keeps the
     mean direction, which carries part of every inner product).  It starts at 95% of the energy
-    and doubles until a sample of 512 points finds ``min_recall`` of its exact top-``k``; past a
-    third of the dimensions a projection saves too little and None is returned.
+    and grows by 32 dimensions until a sample of 512 points finds ``min_recall`` of its exact
+    top-``k``; past a third of the dimensions a projection saves too little and None is returned.
     """
     import faiss
 
@@ -252,7 +252,7 @@ def _verified_projection(
                 f"{width} candidates re-ranked; recall@{k} {recall:.4f} on {len(probe)} samples"
             )
             return z, width
-        r *= 2
+        r += 32
     reporter.log(
         f"clustering: no projection up to {dim // 3}-d reaches recall {min_recall} "
         f"(last {recall:.3f}); exhaustive kNN"
@@ -356,7 +356,6 @@ def _encode(
     indptr, cols = pattern.indptr, pattern.indices
     counts = np.diff(indptr)
     row_of = np.repeat(np.arange(n, dtype=np.int64), counts)
-    width = rank.shape[1]
     order = np.argsort(rank, axis=1, kind="stable")
     knn_keys = (np.arange(n, dtype=np.int64)[:, None] * n + np.take_along_axis(rank, order, 1)).ravel()
     knn_sims = np.take_along_axis(sims, order, 1).ravel()

@@ -149,6 +149,49 @@ def test_max_distance_prunes_only_far_pairs():
     np.testing.assert_array_equal(np.sort(coo_pruned.data), np.sort(coo_full.data[near]))
 
 
+def low_rank(n=1500, dim=256, rank=16, per=15, seed=0):
+    """Identities in a low-dimensional subspace plus a shared mean, like CLIP/ReID embeddings."""
+    rng = np.random.default_rng(seed)
+    ids = n // per
+    basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T
+    centres = rng.standard_normal((ids, rank)) / np.sqrt(rank)
+    labels = np.repeat(np.arange(ids), per)
+    z = centres[labels] + 0.5 / np.sqrt(rank) * rng.standard_normal((n, rank))
+    mean = rng.standard_normal(dim)
+    x = 0.8 * mean / np.linalg.norm(mean) + z @ basis + 0.1 / np.sqrt(dim) * rng.standard_normal((n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), labels
+
+
+def test_projected_knn_is_verified_and_matches_exact():
+    x, _ = low_rank()
+    logs = []
+    rep = Reporter(on_log=lambda m: logs.append(m.text))
+    sims, idx = nearest_neighbors(x, 31, exact_limit=500, reporter=rep)
+    assert any("projection" in t and "recall@31" in t for t in logs), logs
+    exact_sims, exact_idx = nearest_neighbors(x, 31)  # N <= exact_limit: exhaustive
+    recall = np.mean([len(np.intersect1d(a, b)) / 31 for a, b in zip(idx, exact_idx)])
+    assert recall >= 0.99
+    np.testing.assert_array_equal(idx[:, 0], np.arange(len(x)))
+    # Similarities are exact inner products of the returned pairs, in decreasing order.
+    np.testing.assert_allclose(sims, np.einsum("id,ikd->ik", x, x[idx]), atol=1e-5)
+    assert np.all(np.diff(sims[:, 1:], axis=1) <= 1e-6)
+    a = pseudo_labels(x, exact_limit=500)
+    b = pseudo_labels(x)
+    assert adjusted_rand_score(a, b) >= 0.99
+
+
+def test_projection_refused_on_isotropic_features():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1500, 96)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    logs = []
+    _, idx = nearest_neighbors(x, 11, exact_limit=100, reporter=Reporter(on_log=lambda m: logs.append(m.text)))
+    assert any("exhaustive" in t for t in logs), logs
+    _, exact_idx = nearest_neighbors(x, 11)
+    np.testing.assert_array_equal(idx, exact_idx)
+
+
 # ---------------------------------------------------------------------------------------------
 # pseudo_labels end to end
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +295,12 @@ def test_bad_input_raises_user_error():
         pseudo_labels(good, k1=0)
     with pytest.raises(ClusteringInputError, match="neighbors"):
         jaccard_knn(good, 5, 2, neighbors=np.zeros((len(good), 2), np.int64))
+    with pytest.raises(ClusteringInputError, match="repeat"):
+        jaccard_knn(good, 2, 2, neighbors=np.zeros((len(good), 3), np.int64))
+    with pytest.raises(ClusteringInputError, match="max_distance"):
+        jaccard_knn(good, 2, 2, max_distance=1.5)
+    with pytest.raises(ClusteringInputError, match="floating"):
+        pseudo_labels(np.ones((4, 3), dtype=np.int64))
     assert issubclass(ClusteringInputError, ItkmError)
 
 

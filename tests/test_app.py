@@ -420,3 +420,31 @@ def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, record
         rounds = ws.rounds()
     assert rounds and rounds[-1].status in ("cancelled", "running")
     assert not recorded_errors.calls or all("cancel" not in c[1].lower() for c in recorded_errors.calls)
+
+
+def test_demo_is_made_once_then_reused(qapp, qtbot, umap_ready, recorded_errors, tmp_path, monkeypatch):
+    monkeypatch.setenv("ITKM_DATA_DIR", str(tmp_path / "data"))
+    window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
+    qtbot.addWidget(window)
+    window.show()
+    started = []
+    window.jobs.jobStarted.connect(lambda j: started.append(j.name))
+    window.open_demo(identities=6)
+    assert "demo" in started
+    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=180_000)
+    assert window.ctx.ws.path == tmp_path / "data" / "demo-workspace"
+    assert len(window.ctx.images) > 0
+    assert {"visible-infrared", "cross-resolution", "clothing-change"} <= {str(s) for s in window.ctx.images.scenario}
+    cams = window.panel("cameras")
+    qtbot.waitUntil(lambda: cams.model.rowCount() > 0 and not cams.loading(), timeout=30_000)
+    _wait_idle(qtbot, window)
+    # second launch: the same workspace, no new demo job
+    started.clear()
+    window.close_workspace()
+    window.open_demo(identities=6)
+    assert "demo" not in started
+    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=180_000)
+    assert window.ctx.ws.path == tmp_path / "data" / "demo-workspace"
+    _wait_idle(qtbot, window)
+    window.close_workspace()
+    assert not recorded_errors.calls, recorded_errors.calls

@@ -188,7 +188,8 @@ class ClustersPanel(Panel):
         def work(reporter):
             xy = session.projection(reporter=reporter)
             ids = session.features().ids
-            return np.asarray(ids, np.int64), np.asarray(xy, np.float32)
+            # the image table of the same state, so point rows never refer to an older table
+            return np.asarray(ids, np.int64), np.asarray(xy, np.float32), session.images()
 
         self.progress.reset("Computing the 2-D map…")
         self.progress.show()
@@ -211,7 +212,9 @@ class ClustersPanel(Panel):
         self.progress.hide()
 
     def _loaded(self, result) -> None:
-        ids, xy = result
+        ids, xy, images = result
+        if self.ctx.session is not None:
+            self.ctx.images = images
         self.ids, self.xy = ids, xy
         # bigger markers when there are few points, small ones for 100k
         n = len(ids)

@@ -397,7 +397,7 @@ class GalleryPanel(Panel):
                 hits = sum(1 for m in self.matches if m.person_id == pid)
                 extra = f" · {hits} of them are the same person by the labels"
         self.header.setText(
-            f"<b>Top {len(items)}</b> matches for {what} across {cams} cameras — "
+            f"<b>Top {len(items)}</b> matches for {what} across {cams} camera{'s' if cams != 1 else ''} — "
             + ", ".join(f"{n} {s}" for s, n in by_scen.most_common()) + extra)
 
     def show_set(self, image_ids, title: str) -> None:
@@ -439,13 +439,23 @@ class GalleryPanel(Panel):
         self.query_image.dropEvent(e)
 
     def prepare_screenshot(self) -> None:
-        """A representative query: the first image of the largest identity (or the first image)."""
-        if self.query is not None or self.ctx.images is None or not len(self.ctx.images):
+        """A representative query: an image of the largest identity seen by several cameras
+        (else of the largest identity, else the first image)."""
+        imgs = self.ctx.images
+        if self.query is not None or imgs is None or not len(imgs):
             return
-        image_id = int(self.ctx.images.id[0])
+        image_id = int(imgs.id[0])
         t = self.ctx.identities
         if t is not None and len(t):
             uniq, counts = np.unique(t.identity, return_counts=True)
-            big = uniq[np.argmax(counts)]
-            image_id = int(t.image_id[np.flatnonzero(t.identity == big)[0]])
+            cams = np.asarray(imgs.camera)[np.maximum(imgs.index_of(t.image_id), 0)]
+            best = None
+            for ident in uniq[np.argsort(-counts, kind="stable")][:50]:
+                members = np.flatnonzero(t.identity == ident)
+                if best is None:
+                    best = members
+                if len(set(cams[members])) > 1:
+                    best = members
+                    break
+            image_id = int(t.image_id[best[0]])
         self.query_image_id(image_id)

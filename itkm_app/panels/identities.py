@@ -328,9 +328,16 @@ class IdentitiesPanel(Panel):
         span = ""
         if np.isfinite(times).any():
             span = f" · {fmt_time(float(np.nanmin(times)))} → {fmt_time(float(np.nanmax(times)))}"
-        self.title_label.setText(f"<b>Identity #{identity}</b> · {len(ids)} sightings in {len(cams)} cameras "
+        self.title_label.setText(f"<b>Identity #{identity}</b> · {len(ids)} sightings in {len(cams)} "
+                                 f"camera{'s' if len(cams) != 1 else ''} "
                                  f"({', '.join(cams)}){span}")
         self.shown_identity = identity
+
+    def prepare_screenshot(self) -> None:
+        """Show the largest identity seen by several cameras (the interesting case)."""
+        multi = [s for s in self.summary if len(s.cameras) > 1]
+        if multi:
+            self.select_identity(max(multi, key=lambda s: s.size).identity)
 
     def _open_in_gallery(self, image_id: int) -> None:
         self.ctx.queryImage.emit(int(image_id))

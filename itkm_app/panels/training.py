@@ -47,7 +47,8 @@ def run_training(session, cfg, rounds: int, device: str, *, reporter):
 
     cfg.device = device
     cores = os.cpu_count() or 1
-    if 1 < cores <= 4 and str(device) in ("cpu", "auto") and torch.get_num_threads() >= cores:
+    threads = torch.get_num_threads()
+    if 1 < cores <= 4 and str(device) in ("cpu", "auto") and threads >= cores:
         # leave one core to the window: on a small CPU, torch's threads would otherwise take
         # them all and the GUI thread (and the GIL hand-over to it) would wait for a free core
         torch.set_num_threads(cores - 1)
@@ -56,6 +57,7 @@ def run_training(session, cfg, rounds: int, device: str, *, reporter):
     try:
         return train(session.ws, cfg, rounds=rounds, device=device, reporter=reporter)
     finally:
+        torch.set_num_threads(threads)
         # whatever happened, the session must not serve a stale model or stale features
         session.cfg = cfg
         session.refresh()
@@ -95,7 +97,7 @@ class Curves(pg.GraphicsLayoutWidget):
             theme.cache_plot_text(p)
         self.cluster_plot.setXLink(self.loss_plot)
         self.quality_plot.setXLink(self.loss_plot)
-        self.quality_plot.setYRange(0, 1, padding=0)
+        self.quality_plot.setYRange(-0.02, 1.05, padding=0)
         self.planned_epochs = 0.0  # x extent the live run will reach (set by the panel)
         self.quality_plot.setLabel("bottom", "training epochs (all stages and rounds)")
         self.clear_all()
@@ -201,8 +203,9 @@ class Curves(pg.GraphicsLayoutWidget):
         xmax = max([self.planned_epochs, 1.0] + [max(xs) for xs, _ in self.series.values() if xs])
         vb = self.loss_plot.getViewBox()
         (x0, x1), _ = vb.viewRange()
-        if xmax > x1 or x1 > 1.5 * xmax + 1 or x0 != 0:
-            self.loss_plot.setXRange(0, xmax, padding=0.02)
+        pad = 0.03 * xmax + 0.1  # end points (an epoch's summary) must not sit on the border
+        if xmax + pad > x1 or x1 > 1.5 * xmax + 1 or x0 != -pad:
+            self.loss_plot.setXRange(-pad, xmax + pad, padding=0)
         for plot_name, plot in (("loss", self.loss_plot), ("clusters", self.cluster_plot)):
             ys = [y for (pn, _k), (_xs, yv) in self.series.items() if pn == plot_name for y in yv if np.isfinite(y)]
             if not ys:

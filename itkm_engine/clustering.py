@@ -235,23 +235,27 @@ def _verified_projection(
     evals, evecs = evals[::-1], evecs[:, ::-1]
     energy = np.cumsum(evals) / max(evals.sum(), 1e-12)
     r = 32 * math.ceil((int(np.searchsorted(energy, 0.95)) + 1) / 32)
-    width = min(n, k + max(16, k // 2))
+    widths = sorted({min(n, k + max(16, k // 2)), min(n, 2 * k)})
     probe = np.sort(rng.choice(n, size=min(n, 512), replace=False))
     truth = faiss.knn(x[probe], x, k, ip)[1]
     offsets = (np.arange(len(probe), dtype=np.int64) * (n + 1))[:, None]
     truth_keys = np.sort((truth + offsets).ravel())
     recall = 0.0
     while r <= dim // 3:
-        reporter.check()
         z = x @ np.ascontiguousarray(evecs[:, :r], dtype=np.float32)
-        got = _rerank(x, probe, faiss.knn(z[probe], z, width, ip)[1], k)[1]
-        recall = float(np.isin(got + offsets, truth_keys).sum()) / truth.size
-        if recall >= min_recall:
-            reporter.log(
-                f"clustering: kNN through a {r}-d projection ({energy[r - 1]:.1%} of the energy), "
-                f"{width} candidates re-ranked; recall@{k} {recall:.4f} on {len(probe)} samples"
-            )
-            return z, width
+        # More candidates are cheaper than more dimensions: the search cost grows with r,
+        # only the re-ranking with the number of candidates.
+        for width in widths:
+            reporter.check()
+            got = _rerank(x, probe, faiss.knn(z[probe], z, width, ip)[1], k)[1]
+            recall = float(np.isin(got + offsets, truth_keys).sum()) / truth.size
+            if recall >= min_recall:
+                reporter.log(
+                    f"clustering: kNN through a {r}-d projection ({energy[r - 1]:.1%} of the "
+                    f"energy), {width} candidates re-ranked; recall@{k} {recall:.4f} on "
+                    f"{len(probe)} samples"
+                )
+                return z, width
         r += 32
     reporter.log(
         f"clustering: no projection up to {dim // 3}-d reaches recall {min_recall} "

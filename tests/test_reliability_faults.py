@@ -62,6 +62,19 @@ def cli_inproc(*args) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
+@pytest.fixture(scope="module")
+def small_ws(demo_dir, tmp_path_factory) -> Path:
+    """One scenario of the demo set (3 cameras, ~80 crops) ingested: what the tests that run a
+    trainer or a read-only query beside it can afford on a shared 2-core machine."""
+    from itkm_engine.data.ingest import ingest
+    from itkm_engine.workspace import Workspace
+
+    path = tmp_path_factory.mktemp("small") / "ws"
+    with Workspace.open(path, create=True) as ws:
+        ingest(ws, [demo_dir / "visible-infrared"], scenario="visible-infrared")
+    return path
+
+
 # -- a checkpoint that would run code --------------------------------------------------------------
 class Payload:
     """Unpickling this calls ``os.mkdir(marker)``: stands for any code a crafted file could run."""
@@ -83,36 +96,30 @@ def fake_finished_round(ws_path: Path, ckpt: Path) -> None:
         ws.update_round(n, status="done", checkpoint=str(ckpt))
 
 
-@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
-def test_crafted_pickle_checkpoint_is_refused_and_its_code_never_runs(ingested_ws_template, tmp_path, writer):
-    ws = copy_ws(ingested_ws_template, tmp_path / "ws")
+@pytest.mark.parametrize("writer,command", [("torch.save", "extract"), ("pickle.dump", "train")])
+def test_crafted_pickle_checkpoint_is_refused_and_its_code_never_runs(small_ws, tmp_path, writer, command):
+    """The crafted file, written with torch.save or plain pickle, as the workspace's latest
+    checkpoint (what `itkm extract` loads) or as the progress of an interrupted round (what
+    `itkm train` resumes from)."""
+    ws = copy_ws(small_ws, tmp_path / "ws")
     marker = tmp_path / "code-ran"
     evil = {"format": "itkm-checkpoint-v1", "round": 1, "model": Payload(marker)}
-    ckpt = ws / "checkpoints" / "round_0001.pt"
+    name = "round_0001.pt" if command == "extract" else "progress.pt"
+    ckpt = ws / "checkpoints" / name
     with open(ckpt, "wb") as fh:
         torch.save(evil, fh) if writer == "torch.save" else pickle.dump(evil, fh)
     fake_finished_round(ws, ckpt)
-    # ... and the same file as the progress of an interrupted round (what `itkm train` resumes from).
-    shutil.copyfile(ckpt, ws / "checkpoints" / "progress.pt")
-    db = sqlite3.connect(ws / "itkm.sqlite")
-    db.execute("UPDATE rounds SET status = 'running'")  # so training tries to resume it
-    db.commit()
-    db.close()
-
-    p = run_cli("train", ws, "--preset", "tiny", check=False)
-    line = one_line_error(p, "train")
-    assert "progress.pt" in line and "refused" in line, line
-    assert not marker.exists(), "loading the crafted progress file ran its code"
-
-    db = sqlite3.connect(ws / "itkm.sqlite")
-    db.execute("UPDATE rounds SET status = 'done'")
-    db.commit()
-    db.close()
-    (ws / "checkpoints" / "progress.pt").unlink()
-    p = run_cli("extract", ws, check=False)
-    line = one_line_error(p, "extract")
-    assert "round_0001.pt" in line and "refused" in line and "trust" in line, line
-    assert not marker.exists(), "loading the crafted checkpoint ran its code"
+    if command == "train":
+        db = sqlite3.connect(ws / "itkm.sqlite")
+        db.execute("UPDATE rounds SET status = 'running', checkpoint = NULL")  # interrupted: resume it
+        db.commit()
+        db.close()
+        p = run_cli("train", ws, "--preset", "tiny", check=False)
+    else:
+        p = run_cli("extract", ws, check=False)
+    line = one_line_error(p, command)
+    assert name in line and "refused" in line and "trust" in line, line
+    assert not marker.exists(), "loading the crafted file ran its code"
 
     # The file really is dangerous: an unrestricted load runs its payload.
     with open(ckpt, "rb") as fh:
@@ -372,8 +379,8 @@ def test_injected_sqlite_full_during_ingest_rolls_back_the_batch(ingested_ws_tem
 
 
 # -- two writers -----------------------------------------------------------------------------------
-def test_second_writer_refused_naming_the_holder_while_readers_work(ingested_ws_template, demo_dir, tmp_path):
-    ws = copy_ws(ingested_ws_template, tmp_path / "ws")
+def test_second_writer_refused_naming_the_holder_while_readers_work(small_ws, demo_dir, tmp_path):
+    ws = copy_ws(small_ws, tmp_path / "ws")
     run = spawn_cli("train", ws, "--preset", "tiny", "--set", "stage1.epochs=50")
     try:
         assert wait_db(ws, "SELECT count(*) FROM rounds WHERE status = 'running'", timeout=300, proc=run), run.text()

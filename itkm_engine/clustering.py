@@ -53,6 +53,7 @@ pipeline stays within a few GB on two CPU cores (see ``benchmarks/bench_pseudo_l
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -163,33 +164,27 @@ def nearest_neighbors(
     if n == 0:
         return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
     ip = faiss.METRIC_INNER_PRODUCT
-
-    def search(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        return faiss.knn(x[rows], x, k, ip)
-
+    Search = Callable[[slice], tuple[np.ndarray, np.ndarray]]
+    search: Search | None = None
     kind = "exact"
     if faiss.get_num_gpus() > 0:
         try:
-            res = faiss.StandardGpuResources()
-            gpu_index = faiss.GpuIndexFlatIP(res, dim)
+            gpu_index = faiss.GpuIndexFlatIP(faiss.StandardGpuResources(), dim)
             gpu_index.add(x)
-
-            def search(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-                return gpu_index.search(x[rows], k)
-
+            search = lambda rows: gpu_index.search(x[rows], k)  # noqa: E731
             kind = "GPU exact"
         except Exception as exc:  # noqa: BLE001 - a broken GPU setup falls back to the CPU
             reporter.warning(f"clustering: faiss GPU unavailable ({exc}); searching on the CPU")
-    if kind == "exact" and n > exact_limit:
+    if search is None and n > exact_limit:
         projected = _verified_projection(x, k, min_recall, reporter)
         if projected is not None:
             z, width = projected
-
-            def search(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-                cand = faiss.knn(z[rows], z, width, ip)[1]
-                return _rerank(x, np.arange(n)[rows], cand, k)
-
+            search = lambda rows: _rerank(  # noqa: E731
+                x, np.arange(n)[rows], faiss.knn(z[rows], z, width, ip)[1], k
+            )
             kind = f"PCA-{z.shape[1]} + re-rank"
+    if search is None:
+        search = lambda rows: faiss.knn(x[rows], x, k, ip)  # noqa: E731
 
     out = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)

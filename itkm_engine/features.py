@@ -88,6 +88,28 @@ class FeatureCache:
             np.savez(fh, ids=ids.astype(np.int64), feats=feats.astype(np.float16), proj=proj.astype(np.float16))
 
 
+def record_failed_images(ws, failed_ids, images, reporter: Reporter | None = None, during: str = "extraction") -> None:
+    """Mark images that vanished or broke since ingest, so later steps skip them and the operator
+    sees them: ``missing`` when the file is gone (back to ``ok`` when a re-ingest finds it again),
+    ``unreadable`` when it is there but does not decode."""
+    import os
+
+    failed = [int(i) for i in failed_ids]
+    if not failed:
+        return
+    paths = dict(zip(np.asarray(images.id).tolist(), images.path))
+    gone = [i for i in failed if not os.path.lexists(paths.get(i, ""))]
+    gone_set = set(gone)
+    bad = [i for i in failed if i not in gone_set]
+    if gone:
+        ws.set_image_status(gone, "missing", f"not found during {during}")
+    if bad:
+        ws.set_image_status(bad, "unreadable", f"could not be decoded during {during}")
+    if reporter is not None:
+        reporter.warning(f"{len(failed)} images could not be read and were skipped "
+                         f"({len(gone)} missing, {len(bad)} unreadable); they are marked in the workspace")
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA where supported, fp16 otherwise; nothing on CPU."""
     if not enabled or device.type != "cuda":
@@ -173,13 +195,15 @@ def extract_features(
     reporter: Reporter | None = None,
     stage: str = "extract",
     dist=None,
+    write_cache: bool = True,
 ) -> FeatureSet:
     """Features for every image of ``images`` (an ImageTable) under ``model``.
 
     Rows come back in the order of ``images.id``; images that could not be read are left out
     and listed in ``FeatureSet.failed``.  ``cache_dir`` None (or unwritable) computes in memory.
     Under ``torchrun`` (``dist``) each rank embeds its share and every rank gets all rows; only
-    rank 0 writes the cache.
+    rank 0 writes the cache.  ``write_cache=False`` (a read-only workspace) uses what the cache
+    holds and keeps anything newly embedded in memory.
     """
     from .distributed import SINGLE
 
@@ -187,6 +211,8 @@ def extract_features(
     reporter = reporter or Reporter()
     cache = FeatureCache(cache_dir)
     have = cache.load()
+    if not write_cache:
+        cache.folder = None
     ids = np.asarray(images.id, dtype=np.int64)
     have_rows = have.rows_for(ids) if len(have) else np.full(len(ids), -1)
     missing = np.flatnonzero(have_rows < 0)

@@ -316,5 +316,5 @@ class WriterLock:
 def _unwritable(folder: Path, exc: OSError) -> WorkspaceError:
     return WorkspaceError(
         f"cannot write in the workspace folder {folder} ({exc.strerror or exc}); "
-        "open it read-only (readonly=True / --readonly), or copy it to a writable place"
+        "open it read-only (Workspace.open(..., readonly=True); itkm status / query / cameras without --set read it without a lock), or copy it to a writable place"
     )

@@ -7,7 +7,6 @@ about Qt.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from .config import Config, preset
 from .errors import ItkmError, NothingToDoError
-from .features import FeatureSet, embed, extract_features
+from .features import FeatureSet, embed, extract_features, record_failed_images
 from .progress import Reporter
 from .records import IdentityTable
 from .workspace import Workspace
@@ -114,32 +113,15 @@ class Session:
                 if len(images) == 0:
                     raise NothingToDoError("the workspace has no images yet: add camera folders first")
                 model = self.model()
-                cache = None if self.ws.readonly else self.ws.features_dir / self._key
                 self._features = extract_features(
-                    model, images, cache_dir=cache, key=self._key, device=self.device,
+                    model, images, cache_dir=self.ws.features_dir / self._key, key=self._key, device=self.device,
                     batch_size=self.cfg.data.extract_batch_size, workers=self.cfg.data.workers,
-                    amp=self.cfg.amp, reporter=reporter,
+                    amp=self.cfg.amp, reporter=reporter, write_cache=not self.ws.readonly,
                 )
                 if self._features.failed is not None and len(self._features.failed) and not self.ws.readonly:
-                    self._mark_failed(self._features.failed, images, reporter)
+                    record_failed_images(self.ws, self._features.failed, images, reporter)
+                    self._images = None
             return self._features
-
-    def _mark_failed(self, failed: np.ndarray, images, reporter: Reporter | None) -> None:
-        """Record images that vanished or broke since ingest, so every later step skips them
-        and the operator sees them (``missing``: the file is gone, it returns to ``ok`` when a
-        re-ingest finds it again; ``unreadable``: it is there but does not decode)."""
-        paths = dict(zip(np.asarray(images.id).tolist(), images.path))
-        gone = [int(i) for i in failed if not os.path.lexists(paths.get(int(i), ""))]
-        gone_set = set(gone)
-        bad = [int(i) for i in failed if int(i) not in gone_set]
-        if gone:
-            self.ws.set_image_status(gone, "missing", "not found during feature extraction")
-        if bad:
-            self.ws.set_image_status(bad, "unreadable", "could not be decoded during feature extraction")
-        if reporter is not None:
-            reporter.warning(f"{len(failed)} images could not be read and were skipped "
-                             f"({len(gone)} missing, {len(bad)} unreadable); they are marked in the workspace")
-        self._images = None
 
     def index(self):
         from .index import FeatureIndex

@@ -25,7 +25,7 @@ import torch
 from .config import Config
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError
-from .features import extract_features
+from .features import extract_features, record_failed_images
 from .model.backbone import ITKMModel, build_model
 from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .progress import Reporter
@@ -285,5 +285,5 @@ def _final_state(round_no: int, cfg: Config, ctx: RoundContext) -> dict:
 def _record_failed(ws, ctx: RoundContext) -> None:
     """Images that vanished or broke since ingest: marked, so later stages skip them."""
     if ctx.failed_ids:
-        ws.set_image_status(sorted(ctx.failed_ids), "unreadable", "could not be read during training")
+        record_failed_images(ws, sorted(ctx.failed_ids), ctx.images, during="training")
         ctx.failed_ids.clear()

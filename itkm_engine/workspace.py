@@ -384,7 +384,7 @@ class Workspace:
         if not os.access(path, os.W_OK):
             raise WorkspaceError(
                 f"cannot write in the workspace folder {path} (read-only disk or no permission); "
-                "open it read-only (readonly=True / --readonly)"
+                "open it read-only (Workspace.open(..., readonly=True); itkm status / query / cameras without --set read it without a lock)"
             )
         self._lock = WriterLock(path / LOCK_NAME, on_message=self._reporter.warning).acquire()
         new = not db.exists() or db.stat().st_size == 0

@@ -143,3 +143,20 @@ def test_export_features_npz(session, tmp_path):
 )
 def test_escape_cell(value, expected):
     assert escape_cell(value) == expected
+
+
+def test_readonly_session_reuses_the_feature_cache_and_writes_nothing(trained_ws_template):
+    """`itkm query` opens the workspace read-only: it must not re-embed the gallery each time."""
+    import os
+
+    before = {p: p.stat().st_mtime_ns for p in trained_ws_template.rglob("*") if p.is_file()}
+    logs = []
+    from itkm_engine.progress import Reporter
+
+    with Session.open(trained_ws_template, readonly=True, device="cpu") as s:
+        fs = s.features(reporter=Reporter(on_log=logs.append))
+        assert len(fs) == len(s.images())
+    assert not [m for m in logs if m.text.startswith("embedding")]  # everything came from the cache
+    after = {p: p.stat().st_mtime_ns for p in trained_ws_template.rglob("*") if p.is_file()}
+    changed = [str(p) for p in after if before.get(p) != after[p] and not os.fspath(p).endswith(("-wal", "-shm"))]
+    assert not changed

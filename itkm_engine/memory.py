@@ -166,8 +166,9 @@ class ClusterMemory(nn.Module):
         lab = _labels_tensor(labels, feats.device)
         if lab.shape != (feats.shape[0],):
             raise ItkmError(f"labels must be [B] = [{feats.shape[0]}], got {tuple(lab.shape)}")
-        # An out-of-range label would be a device-side assert on CUDA; catch it here instead.
-        if lab.numel() and bool(((lab < -1) | (lab >= self.num_clusters)).any()):
+        # Checked where it is free (CPU tensors); on a GPU the check would cost a host sync every
+        # step, and cross_entropy's own device-side assert still catches a bad label there.
+        if lab.device.type == "cpu" and lab.numel() and bool(((lab < -1) | (lab >= self.num_clusters)).any()):
             raise ItkmError(
                 f"labels must be -1 or 0..{self.num_clusters - 1} for a memory of "
                 f"{self.num_clusters} clusters"
@@ -185,10 +186,12 @@ class ClusterMemory(nn.Module):
         that keeps the graph (``feats.sum() * 0``), so ``backward()`` still works.
         """
         lab = self._check_batch(feats, labels)
-        valid = lab >= 0
-        if self.num_clusters == 0 or not bool(valid.any()):
+        if self.num_clusters == 0 or lab.numel() == 0:
             return feats.sum() * 0.0
-        return F.cross_entropy(self.logits(feats[valid]), lab[valid])
+        # Masked mean instead of indexing by `valid`: no data-dependent shape, so no host sync.
+        valid = lab >= 0
+        ce = F.cross_entropy(self.logits(feats), lab.clamp_min(0), reduction="none")
+        return (ce * valid).sum() / valid.sum().clamp_min(1)
 
     forward = loss
 

@@ -66,10 +66,14 @@ def instance_pair_loss(
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise ItkmError(f"pair_index must be [M, 2], got shape {tuple(pairs.shape)}")
     b = feats.shape[0]
-    if bool(((pairs < 0) | (pairs >= b)).any()):
-        raise ItkmError(f"pair_index holds a position outside the batch of {b}")
-    if bool((pairs[:, 0] == pairs[:, 1]).any()):
-        raise ItkmError("pair_index holds a pair of an item with itself")
+    # Checked on the caller's CPU tensor (free); pairs already on a GPU are trusted (no host sync).
+    check = pair_index if isinstance(pair_index, np.ndarray) else pair_index.detach()
+    if not (isinstance(check, Tensor) and check.device.type != "cpu"):
+        check = torch.as_tensor(np.asarray(check)).reshape(-1, 2)
+        if bool(((check < 0) | (check >= b)).any()):
+            raise ItkmError(f"pair_index holds a position outside the batch of {b}")
+        if bool((check[:, 0] == check[:, 1]).any()):
+            raise ItkmError("pair_index holds a pair of an item with itself")
 
     anchors = torch.cat([pairs[:, 0], pairs[:, 1]])
     positives = torch.cat([pairs[:, 1], pairs[:, 0]])

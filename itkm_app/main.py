@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads (torch, numba) sleep when idle instead of spinning for milliseconds after
+    # each parallel region: spinning threads take the CPU the window needs.  Read when OpenMP
+    # loads, i.e. before torch is imported (it is, lazily, in a background job).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication

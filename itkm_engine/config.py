@@ -255,13 +255,25 @@ def _tiny() -> Config:
 
 
 def _quick() -> Config:
+    # Measured on the demo set (~1,000 crops, 2 shared CPU cores; docs/ACCURACY.md):
+    # * a round is ~40-45 CPU-s: 30-40 s wall at load ~2, 55-75 s at load 7-10.  2+2 image
+    #   epochs of 20 PK batches of 8x4 and 2 text epochs; every image epoch also re-embeds every
+    #   crop.  The previous 3x40 / 10 / 3x40 at 8x8 did not finish a round in 15 min at load ~9.
+    # * clustering: with random-init features the Jaccard distances are all near 1; eps 0.6 /
+    #   k1 20 / min_samples 4 gave 7-12 giant clusters (one per camera, pairwise precision 0.04 =
+    #   chance).  Small k1/k2, eps 0.4 and pairs allowed (min_samples 2) give ~200 small clusters
+    #   at precision ~0.2.
+    # * lr 1e-4: on a random-init ViT 3.5e-4 and 1e-3 collapsed the features to ~2 directions
+    #   within a few dozen steps; 1e-4 fitted a fixed batch fastest.
+    # * workers 0: on 2 cores loader processes compete with the compute threads (extraction
+    #   4.7 s vs 6.2 s with 2 workers).
     c = Config(preset="quick", amp=True)
     c.model = ModelConfig(name="itkm-small", pretrained=None, image_size=(128, 64), n_ctx=4)
-    c.cluster = ClusterConfig(k1=20, k2=6, eps=0.6, min_samples=4)
-    c.data = DataConfig(num_identities=8, num_instances=8, workers=2, extract_batch_size=128)
-    c.stage1 = Stage1Config(epochs=3, iters_per_epoch=40, lr=3.5e-4, new_param_lr=3.5e-4, warmup_epochs=0)
-    c.stage2 = Stage2Config(epochs=10, batch_size=64, lr=1e-3, warmup_epochs=1)
-    c.stage3 = Stage3Config(epochs=3, iters_per_epoch=40, lr=3.5e-4, warmup_epochs=0, chm_threshold=0.3)
+    c.cluster = ClusterConfig(k1=10, k2=2, eps=0.4, min_samples=2)
+    c.data = DataConfig(num_identities=8, num_instances=4, workers=0, extract_batch_size=128)
+    c.stage1 = Stage1Config(epochs=2, iters_per_epoch=20, lr=1e-4, new_param_lr=1e-4, warmup_epochs=0)
+    c.stage2 = Stage2Config(epochs=2, batch_size=128, lr=1e-3, warmup_epochs=0)
+    c.stage3 = Stage3Config(epochs=2, iters_per_epoch=20, lr=1e-4, warmup_epochs=0, chm_threshold=0.3)
     return c
 
 

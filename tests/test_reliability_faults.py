@@ -381,7 +381,9 @@ def test_injected_sqlite_full_during_ingest_rolls_back_the_batch(ingested_ws_tem
 # -- two writers -----------------------------------------------------------------------------------
 def test_second_writer_refused_naming_the_holder_while_readers_work(small_ws, demo_dir, tmp_path):
     ws = copy_ws(small_ws, tmp_path / "ws")
-    run = spawn_cli("train", ws, "--preset", "tiny", "--set", "stage1.epochs=50")
+    # One Stage I epoch far longer than the test: the trainer is still writing when the others try
+    # (killed in `finally`); a count of epochs would finish early on a fast machine.
+    run = spawn_cli("train", ws, "--preset", "tiny", "--set", "stage1.iters_per_epoch=1000000")
     try:
         assert wait_db(ws, "SELECT count(*) FROM rounds WHERE status = 'running'", timeout=300, proc=run), run.text()
         pid = run.proc.pid

@@ -226,7 +226,7 @@ def test_training_skips_what_breaks_marks_it_and_completes(pipeline):
     assert [r.status for r in rounds] == ["done"]
     table = pipeline["after_train"]
     assert _status(table, b"trunc_body.jpg") == ("unreadable",)
-    assert _status(table, pipeline["vanish_before_train"].name.encode()) == ("unreadable",)
+    assert _status(table, pipeline["vanish_before_train"].name.encode()) == ("missing",)  # gone, not broken
     assert _status(table, pipeline["truncate_before_train"].name.encode()) == ("unreadable",)
     assert _status(table, pipeline["noperm_after_ingest"].name.encode()) == ("unreadable",)
     for name in ODD_OK:  # decoded fine in every stage

@@ -222,9 +222,10 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model config name instead of the preset's (e.g. itkm-tiny)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
-    ap.add_argument("--out", default="accuracy", help="results/<out>.json")
+    ap.add_argument("--out", default=None, help="results/<out>.json (default accuracy, or accuracy_quick with --quick)")
     args = ap.parse_args()
     identities = args.identities or (16 if args.quick else 30)
+    out_name = args.out or ("accuracy_quick" if args.quick else "accuracy")
     n_seeds = 1 if args.quick else max(1, args.seeds)
     oracle = not (args.quick or args.no_oracle)
     if args.threads > 0:
@@ -345,7 +346,7 @@ def main() -> int:
         print(f"\ntotal {total_s:.0f} s; 1-min load average min/mean/max {min(loads):.1f}/{np.mean(loads):.1f}/"
               f"{max(loads):.1f} on {os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}; "
               f"peak RSS {peak_rss_mb():.0f} MB")
-        path = write_json(args.out, {
+        path = write_json(out_name, {
             "args": vars(args) | {"keep": str(args.keep) if args.keep else None},
             "identities": info.n_identities,
             "images": info.n_images,

@@ -79,17 +79,23 @@ class TextStage:
 
     def losses(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         s = self.ctx.cfg.stage2
-        idx = torch.as_tensor(rows, device=self.ctx.device)
+        dev = self.ctx.device
+        # One pass of the text transformer per distinct cluster in the batch (labels repeat);
+        # found on the host from the NumPy labels, so no device sync.
+        uniq, inv = np.unique(self.labels[rows], return_inverse=True)
+        idx = torch.as_tensor(rows, device=dev)
         img, lab = self.img[idx], self.lab[idx]
-        txt = self.learner(lab)
+        uniq_t = torch.as_tensor(uniq, device=dev)
+        txt_u = self.learner(uniq_t)
+        txt = txt_u[torch.as_tensor(inv.reshape(-1), device=dev)]
         scale = logit_scale(self.ctx.model)
         terms = {
             "i2t": supcon_i2t(img, txt, lab, scale),
             "t2i": supcon_t2i(img, txt, lab, scale),
         }
-        if s.separation:
+        if s.separation:  # over the batch's distinct clusters, as the loss is defined
             terms["separation"] = s.separation_weight * multi_scenario_separation_loss(
-                txt, self.scen[lab], margin=s.separation_margin
+                txt_u, self.scen[uniq_t], margin=s.separation_margin
             )
         return terms
 

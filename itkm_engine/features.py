@@ -23,6 +23,17 @@ from .progress import Reporter
 CHUNK = 4096  # images per cache chunk: what a kill -9 can lose at most
 
 
+def rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Position of each ``wanted`` id in the (unsorted, unique) ``ids`` array; -1 where absent."""
+    ids = np.asarray(ids)
+    wanted = np.asarray(wanted)
+    if not len(ids):
+        return np.full(len(wanted), -1, dtype=np.int64)
+    order = np.argsort(ids)
+    rows = order[np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)]
+    return np.where(ids[rows] == wanted, rows, -1)
+
+
 @dataclass
 class FeatureSet:
     """Features of some images under one model: rows follow ``ids``."""
@@ -38,12 +49,7 @@ class FeatureSet:
 
     def rows_for(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id in this set (-1 where absent)."""
-        order = np.argsort(self.ids)
-        pos = np.searchsorted(self.ids, ids, sorter=order)
-        pos = np.clip(pos, 0, max(len(self.ids) - 1, 0))
-        rows = order[pos] if len(self.ids) else np.zeros(len(ids), dtype=np.int64)
-        hit = (self.ids[rows] == ids) if len(self.ids) else np.zeros(len(ids), bool)
-        return np.where(hit, rows, -1)
+        return rows_of(self.ids, ids)
 
     def subset(self, ids: np.ndarray) -> "FeatureSet":
         rows = self.rows_for(np.asarray(ids, dtype=np.int64))

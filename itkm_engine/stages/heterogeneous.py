@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..data.scenarios import TWO_GROUP
 from ..distributed import image_forward
+from ..features import rows_of
 from ..losses.image_text import i2t_cross_entropy
 from ..losses.instance import instance_pair_loss, pairs_in_batch
 from ..matching.cluster_matching import match_scenario, sides_by_camera
@@ -76,7 +77,7 @@ class HeterogeneousStage:
         n_clusters = int(labels.max()) + 1
 
         # Offline text of each instance: the Stage II text feature of its Stage II cluster.
-        st2_rows = _rows_of(self.st2["ids"], fs.ids)
+        st2_rows = rows_of(self.st2["ids"], fs.ids)
         st2_labels = np.where(st2_rows >= 0, self.st2["labels"][np.maximum(st2_rows, 0)], -1)
         offline = instance_offline_text(st2_labels, self.st2["text"], image_embeds=fs.proj)
 
@@ -84,7 +85,7 @@ class HeterogeneousStage:
         if s.dru:
             prev_labels = None
             if self.prev_text is not None:
-                prev_rows = _rows_of(self.prev_ids, fs.ids)
+                prev_rows = rows_of(self.prev_ids, fs.ids)
                 prev_labels = np.where(prev_rows >= 0, self.prev_labels[np.maximum(prev_rows, 0)], -1)
             text = update_text_features(
                 torch.as_tensor(self.prev_text) if self.prev_text is not None else None,
@@ -214,16 +215,6 @@ class HeterogeneousStage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass  # handled in prepare()
 
-
-def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each ``wanted`` id in ``ids`` (-1 where absent)."""
-    ids = np.asarray(ids)
-    if not len(ids):
-        return np.full(len(wanted), -1, dtype=np.int64)
-    order = np.argsort(ids)
-    pos = np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)
-    rows = order[pos]
-    return np.where(ids[rows] == wanted, rows, -1)
 
 
 def _instance_sides(scenario, groups, cameras, cluster_sides, labels) -> np.ndarray:

@@ -30,16 +30,55 @@ from itkm_engine.errors import ItkmError
 from itkm_engine.jobs import JobHandle, JobRunner, JobState
 from itkm_engine.progress import LogMessage, ProgressEvent
 
-__all__ = ["QtJob", "JobManager", "describe_exception", "MIN_INTERVAL_S"]
+__all__ = ["QtJob", "JobManager", "describe_exception", "import_engine", "import_projection", "MIN_INTERVAL_S"]
 
 #: Minimum time between two deliveries of a job's progress to the GUI thread (~30 per second).
 MIN_INTERVAL_S = 1.0 / 30.0
 #: GIL switch interval while the app runs (see JobManager.__init__).
 SWITCH_INTERVAL_S = 0.002
-#: Scheduling priority of job threads relative to the GUI thread (Linux nice increment).
-WORKER_NICE = 10
+#: Scheduling priority of job threads relative to the GUI thread (Linux nice increment).  0 on
+#: purpose: measured under a saturated CPU, nicer workers made the GUI stall *longer* -- a
+#: preempted worker holding the GIL then waits longer for a core, and the GUI thread waits for
+#: the GIL (priority inversion).  See docs/adr/0002-jobs-and-threads.md.
+WORKER_NICE = 0
 #: Events kept between deliveries (a job that outruns the GUI by more than this loses the oldest).
 MAX_PENDING_EVENTS = 5000
+
+
+_IMPORT_LOCK = threading.Lock()
+_imported: set[str] = set()
+
+
+def _import_once(name: str, modules: tuple[str, ...]) -> None:
+    if name in _imported:
+        return
+    import importlib
+
+    with _IMPORT_LOCK:
+        if name in _imported:
+            return
+        for m in modules:
+            importlib.import_module(m)
+        _imported.add(name)
+
+
+def import_engine() -> None:
+    """Import torch and the engine's torch-side modules, once, one thread at a time.
+
+    Importing torch is not thread-safe: two job threads importing parts of it at the same
+    time (say, opening the session while the Training panel reads checkpoint keys) can
+    deadlock inside torch's lazy imports.  Every job that may be the first to touch torch calls
+    this first; after the first call it costs nothing.
+    """
+    _import_once("engine", ("torch", "itkm_engine.model.checkpoint", "itkm_engine.trainer",
+                            "itkm_engine.session"))
+
+
+def import_projection() -> None:
+    """Import UMAP, numba, scikit-learn and faiss once, under the same lock as torch."""
+    import_engine()
+    _import_once("projection", ("faiss", "sklearn.decomposition", "scipy.spatial", "umap",
+                                "itkm_engine.projection"))
 
 
 def describe_exception(exc: BaseException | None) -> str:
@@ -210,13 +249,11 @@ class JobManager(QObject):
         # long (CPython's default is 5 ms): the window reacts sooner, jobs lose ~nothing.
         if sys.getswitchinterval() > SWITCH_INTERVAL_S:
             sys.setswitchinterval(SWITCH_INTERVAL_S)
-        # Workers run "nicer" than the GUI thread: when a job keeps every core busy, the thread
-        # that draws the window still gets the CPU first (see JobRunner's ``nice``).
         self._runners = {
             "write": JobRunner(max_workers=1, name="itkm-write", nice=WORKER_NICE),
             "read": JobRunner(max_workers=read_workers, name="itkm-read", nice=WORKER_NICE),
             # start-up warm-ups (imports, numba JIT): never in the way of the user's own jobs
-            "background": JobRunner(max_workers=1, name="itkm-background", nice=WORKER_NICE + 5),
+            "background": JobRunner(max_workers=1, name="itkm-background", nice=WORKER_NICE),
         }
         self._active: list[QtJob] = []
 

@@ -21,7 +21,7 @@ from itkm_engine.progress import LogMessage
 
 from . import errors, theme
 from .context import AppContext
-from .jobs import JobManager
+from .jobs import JobManager, import_engine, import_projection
 from .panels.cameras import CamerasPanel
 from .panels.clusters import ClustersPanel
 from .panels.gallery import GalleryPanel
@@ -56,6 +56,7 @@ def describe_device(device) -> str:
 
 def probe_devices(*, reporter) -> list[tuple[str, str]]:
     """Devices the Training panel offers: automatic, the CPU, each CUDA GPU."""
+    import_engine()
     import torch
 
     cpu = f"CPU ({os.cpu_count()} cores)"
@@ -70,9 +71,9 @@ def probe_devices(*, reporter) -> list[tuple[str, str]]:
 def warm_up(*, reporter) -> None:
     """Pay the one-time costs in the background: heavy imports and UMAP's numba JIT."""
     reporter.update(0.0, stage="warm-up", message="loading libraries")
-    import scipy.spatial  # noqa: F401 - the scatter's hover index
-    import torch  # noqa: F401
-
+    import_engine()
+    reporter.check()
+    import_projection()  # scipy.spatial: the scatter's hover index
     reporter.check()
     reporter.update(0.3, stage="warm-up", message="compiling UMAP")
     from itkm_engine.projection import warm_up as umap_warm_up
@@ -84,6 +85,7 @@ def warm_up(*, reporter) -> None:
 def open_session(ws, device: str = "auto", *, reporter):
     """The Session over an open Workspace, its images, and a description of its device."""
     reporter.update(0.0, stage="session", message="loading the model library")
+    import_engine()
     from itkm_engine.session import Session
 
     reporter.check()
@@ -109,6 +111,7 @@ def make_demo_workspace(demo_dir: Path, ws_dir: Path, identities: int = 60, *, r
 
 
 def export_tracks_job(session, out_csv: str, *, reporter) -> int:
+    import_engine()
     from itkm_engine.export import export_tracks
 
     return export_tracks(session, out_csv, reporter=reporter)

@@ -245,10 +245,10 @@ class JobRunner:
     workers suits read-only work (projection, queries).
 
     ``nice`` lowers the scheduling priority of the worker threads (Linux: per thread; threads
-    and processes they start -- torch's OpenMP pool, data-loader workers -- inherit it).  An
-    interactive app passes a positive value so that, on a machine whose cores are all busy with
-    a job, the thread that draws the window still gets the CPU first: background work yields,
-    the window does not freeze.  It costs nothing on an idle machine.
+    and processes they start -- torch's OpenMP pool, data-loader workers -- inherit it): right
+    for batch work that must yield to other processes.  Beware in a process whose other threads
+    run Python (a GUI): a niced worker that is preempted while holding the GIL waits longer for
+    a core, and the other threads wait for the GIL meanwhile.
     """
 
     def __init__(self, max_workers: int = 1, name: str = "itkm-job", *, nice: int = 0) -> None:

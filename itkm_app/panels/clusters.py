@@ -186,6 +186,9 @@ class ClustersPanel(Panel):
         self._wanted = False
 
         def work(reporter):
+            from ..jobs import import_projection
+
+            import_projection()  # umap/numba/faiss: never imported by two threads at once
             xy = session.projection(reporter=reporter)
             ids = session.features().ids
             # the image table of the same state, so point rows never refer to an older table
@@ -204,8 +207,13 @@ class ClustersPanel(Panel):
         session = self.ctx.session
         if session is None:
             return
-        self.run("identities", lambda reporter: session.identities(reporter=reporter),
-                 on_done=self.ctx.set_identities)
+        def work(reporter):
+            from ..jobs import import_projection
+
+            import_projection()
+            return session.identities(reporter=reporter)
+
+        self.run("identities", work, on_done=self.ctx.set_identities)
 
     def _load_ended(self) -> None:
         self.job = None

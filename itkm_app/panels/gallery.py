@@ -261,7 +261,14 @@ class GalleryPanel(Panel):
         if self.job is not None:
             self.job.cancel()
         self.header.setText("Searching…")
-        job = self.run(name, fn, on_done=self._show_matches)
+
+        def work(reporter):
+            from ..jobs import import_projection
+
+            import_projection()  # faiss (re-ranking, big galleries): imported by one thread at a time
+            return fn(reporter)
+
+        job = self.run(name, work, on_done=self._show_matches)
         job.ended.connect(lambda j=job: self._job_ended(j))
         job.failed.connect(lambda msg, _tb: self.header.setText(f"The search failed: {msg}"))
         self.job = job

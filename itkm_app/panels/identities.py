@@ -244,6 +244,9 @@ class IdentitiesPanel(Panel):
         self.title_label.setText("Finding identities…")
 
         def work(reporter):
+            from ..jobs import import_projection
+
+            import_projection()  # faiss/sklearn: never imported by two threads at once
             table = session.identities(reporter=reporter)
             return table, session.identity_summary()
 

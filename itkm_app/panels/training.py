@@ -39,6 +39,9 @@ def dev_mode() -> bool:
 
 def run_training(session, cfg, rounds: int, device: str, *, reporter):
     """The training job: remember the config in the workspace, train, refresh the session."""
+    from ..jobs import import_engine
+
+    import_engine()
     from itkm_engine.atomic import atomic_write_text
     from itkm_engine.session import CONFIG_FILE
     from itkm_engine.trainer import train
@@ -353,6 +356,9 @@ class TrainingPanel(Panel):
             rounds = ws.rounds()
             keys = {}
             try:  # evaluation records name the checkpoint by its content key
+                from ..jobs import import_engine
+
+                import_engine()  # torch: never imported by two threads at once
                 from itkm_engine.model.checkpoint import checkpoint_key
 
                 for r in rounds:

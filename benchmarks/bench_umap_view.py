@@ -23,7 +23,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np  # noqa: E402
 
-from benchmarks._common import machine, peak_rss_mb, print_table, write_json  # noqa: E402
+from benchmarks._common import peak_rss_mb, print_table, write_json  # noqa: E402
 
 TARGET_FIRST_S = 1.0
 TARGET_FRAME_MS = 50.0

@@ -295,7 +295,7 @@ class Session:
                 fs = self.features(reporter=reporter.child(0.0, 0.3) if reporter else None)
                 self._projection = cached_projection(
                     None if self.ws.readonly else self.ws.cache_dir, self.checkpoint_key(), fs.feats,
-                    reporter=reporter.child(0.3, 1.0) if reporter else None,
+                    reporter=reporter.child(0.3, 1.0) if reporter else None, ids=fs.ids,
                 )
             return self._projection
 

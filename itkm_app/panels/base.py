@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QLabel, QPushButton, QStackedWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedWidget, QVBoxLayout, QWidget
 
 from ..context import AppContext
 
@@ -28,7 +28,13 @@ class EmptyState(QWidget):
         lay = QVBoxLayout(self)
         lay.addStretch(1)
         lay.addWidget(self.title)
-        lay.addWidget(self.text, 0, Qt.AlignmentFlag.AlignHCenter)
+        # Centred by stretches, not an alignment flag: a widget added with an alignment loses
+        # height-for-width, and the wrapped text was clipped to one line's height.
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.text, 4)
+        row.addStretch(1)
+        lay.addLayout(row)
         lay.addSpacing(12)
         lay.addLayout(self._buttons)
         lay.addStretch(2)

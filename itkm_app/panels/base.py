@@ -85,6 +85,17 @@ class Panel(QWidget):
     def show_content(self) -> None:
         self.stack.setCurrentWidget(self.content)
 
+    def session_ready(self, no_workspace_text: str) -> bool:
+        """Show the content when a workspace and its session are open; else say why not."""
+        if self.ctx.ws is None:
+            self.show_empty("No workspace open", no_workspace_text)
+            return False
+        if self.ctx.session is None:
+            self.show_empty("Loading…", "The model library is loading in the background.")
+            return False
+        self.show_content()
+        return True
+
     def showing_content(self) -> bool:
         return self.stack.currentWidget() is self.content
 

@@ -163,13 +163,8 @@ class ClustersPanel(Panel):
         self.legend.clear()
         self.info.setText("")
         self.clear_selection()
-        if self.ctx.ws is None:
-            self.show_empty("No workspace open", "Open a workspace to see its clusters.")
+        if not self.session_ready("Open a workspace to see its clusters."):
             return
-        if self.ctx.session is None:
-            self.show_empty("Loading…", "The model library is loading in the background.")
-            return
-        self.show_content()
         self._wanted = True
         if self.isVisible():
             self.load()

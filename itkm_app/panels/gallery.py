@@ -227,13 +227,8 @@ class GalleryPanel(Panel):
         self.query_image.clear()
         self.query_image.setText("Drop an image\nhere")
         self.header.setText("")
-        if self.ctx.ws is None:
-            self.show_empty("No workspace open", "Open a workspace to search it.")
+        if not self.session_ready("Open a workspace to search it."):
             return
-        if self.ctx.session is None:
-            self.show_empty("Loading…", "The model library is loading in the background.")
-            return
-        self.show_content()
         imgs = self.ctx.images
         if imgs is not None and len(imgs):
             self.f_cam.set_values(sorted({str(c) for c in imgs.camera}))

@@ -12,12 +12,13 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QSplitter,
                                QTableView, QVBoxLayout, QWidget)
 
 from .. import theme
+from ..widgets.table_model import RowsTableModel
 from ..widgets.thumb_grid import SCENARIO_COLORS, SCENARIO_SHORT, ThumbGrid, ThumbItem
 from .base import Panel
 
@@ -28,7 +29,7 @@ def fmt_time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-class IdentityModel(QAbstractTableModel):
+class IdentityModel(RowsTableModel):
     COLUMNS = ("Identity", "Sightings", "Cameras", "Scenarios", "Seen", "Conf.")
 
     def __init__(self, parent=None) -> None:
@@ -51,17 +52,6 @@ class IdentityModel(QAbstractTableModel):
         a = dt.datetime.fromtimestamp(s.t_first).strftime(self.time_format)
         b = dt.datetime.fromtimestamp(s.t_last).strftime(self.time_format)
         return a if a == b else f"{a} – {b}"
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
-        return len(self.COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.COLUMNS[section]
-        return None
 
     def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
@@ -221,13 +211,8 @@ class IdentitiesPanel(Panel):
         self.model.set_rows([])
         self.timeline.clear_sightings()
         self.strip.set_items([])
-        if self.ctx.ws is None:
-            self.show_empty("No workspace open", "Open a workspace to see the identities found in it.")
+        if not self.session_ready("Open a workspace to see the identities found in it."):
             return
-        if self.ctx.session is None:
-            self.show_empty("Loading…", "The model library is loading in the background.")
-            return
-        self.show_content()
         self._wanted = True
         if self.isVisible():
             self.load()

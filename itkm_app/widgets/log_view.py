@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
                                QTableView, QToolButton, QVBoxLayout, QWidget)
@@ -13,13 +13,14 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeade
 from itkm_engine.progress import LogMessage
 
 from .. import theme
+from .table_model import RowsTableModel
 
 LEVELS = ("debug", "info", "warning", "error")
 _RANK = {name: i for i, name in enumerate(LEVELS)}
 MAX_ROWS = 20_000
 
 
-class LogModel(QAbstractTableModel):
+class LogModel(RowsTableModel):
     COLUMNS = ("Time", "Level", "Message")
 
     def __init__(self, parent=None) -> None:
@@ -41,17 +42,6 @@ class LogModel(QAbstractTableModel):
         self.beginResetModel()
         self.rows.clear()
         self.endResetModel()
-
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
-        return len(self.COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.COLUMNS[section]
-        return None
 
     def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():

@@ -332,7 +332,7 @@ def test_kill_train_round_keeps_earlier_checkpoint_and_export(exported_ws, tmp_p
     for p, digest in keep.items():
         assert file_digest(p) == digest
     info = assert_workspace_whole(ws)
-    assert info["files"]["pt"] == 2  # round_0001.pt and round_0002.pt, no progress.pt left
+    assert info["files"]["pt"] == last  # one round_000N.pt per round, no progress.pt left
 
 
 # -- extraction -----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def run_preset(name: str, demo: Path, device: str, epochs: int, tmp: Path) -> li
     from itkm_engine.data.ingest import ingest
     from itkm_engine.errors import WeightsUnavailableError
     from itkm_engine.features import extract_features
-    from itkm_engine.trainer import init_key, load_model, train
+    from itkm_engine.trainer import load_model, train
     from itkm_engine.workspace import Workspace
 
     cfg = preset(name)

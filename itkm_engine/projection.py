@@ -245,7 +245,6 @@ def _layout(xr: np.ndarray, knn_idx: np.ndarray, knn_dist: np.ndarray, params: d
     import umap
 
     _install_nogil_layout()
-    n = xr.shape[0]
     init: str | np.ndarray = params["init"]
     if init == "pca" and xr.shape[1] < 2:
         init = "random"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from itkm_engine.cli import build_parser, main
+from itkm_engine.cli import main
 
 COMMANDS = ["demo-data", "ingest", "cameras", "train", "status", "extract", "query", "evaluate",
             "export-tracks", "export-features"]

@@ -22,7 +22,6 @@ import errno
 import io
 import os
 import shutil
-import sqlite3
 import struct
 import zlib
 from pathlib import Path

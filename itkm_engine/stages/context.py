@@ -120,17 +120,6 @@ class RoundContext:
         return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
 
 
-def cluster_centroids(feats: np.ndarray | torch.Tensor, labels: np.ndarray, num: int | None = None) -> torch.Tensor:
-    """Normalised mean feature of each label 0..num-1 (labels < 0 ignored)."""
-    f = torch.as_tensor(np.asarray(feats, dtype=np.float32))
-    lab = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    num = int(lab.max()) + 1 if num is None else num
-    keep = lab >= 0
-    out = torch.zeros(num, f.shape[1])
-    out.index_add_(0, lab[keep], f[keep])
-    return torch.nn.functional.normalize(out, dim=1)
-
-
 def image_optimizer(model, lr: float, new_lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Adam over the image encoder: pretrained weights at ``lr``, ITKM's new parts (scenario
     embedding, group stems) at ``new_lr``."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..memory import ClusterMemory
 from ..progress import Reporter
 from ..distributed import image_forward
-from .context import RoundContext, cluster_centroids, image_optimizer
+from .context import RoundContext, image_optimizer
 from .loop import EpochPlan, epoch_seed
 
 
@@ -105,4 +105,4 @@ class HomogeneousStage:
         pass
 
 
-__all__ = ["HomogeneousStage", "GroupMemories", "cluster_centroids"]
+__all__ = ["HomogeneousStage", "GroupMemories"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import cv2
+from .cv import cv2
 import numpy as np
 
 from .errors import ItkmError

@@ -162,6 +162,7 @@ class Source:
     root: Path
     layout: str
     added_at: float
+    site: str = "default"  # people are shared only within a site (Stage II separation)
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,25 @@ CONFIG_NAME = "config.toml"
 FOLDERS: tuple[str, ...] = ("checkpoints", "features", "rounds", "cache", "exports")
 
 #: The schema this code writes.  Bump it together with a new entry in MIGRATIONS.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: ``MIGRATIONS[n](con)`` upgrades a version-``n`` database to ``n + 1``.  Each runs inside its own
 #: ``BEGIN IMMEDIATE`` transaction together with the ``schema_version`` bump, after the database was
 #: copied to ``itkm.sqlite.bak-v<n>``.  A migration that rebuilds a table must not rely on
 #: ``foreign_keys`` being off (it is on); use ``ALTER TABLE ... ADD/RENAME/DROP COLUMN`` where it can.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+#: Default site of a source: everything ingested is one site unless the operator says otherwise.
+DEFAULT_SITE = "default"
+
+
+def _migrate_1_to_2(con: sqlite3.Connection) -> None:
+    """Version 2: a site per source (the same person can appear in every camera of one site)."""
+    if "site" not in {row[1] for row in con.execute("PRAGMA table_info(sources)")}:
+        con.execute(f"ALTER TABLE sources ADD COLUMN site TEXT NOT NULL DEFAULT '{DEFAULT_SITE}'")
+
+
+MIGRATIONS[1] = _migrate_1_to_2
 
 _BUSY_TIMEOUT_MS = 10_000
 #: images() reads this many rows per aggregated SELECT (keeps each text value far below SQLite's
@@ -101,7 +113,8 @@ CREATE TABLE sources (
     id       INTEGER PRIMARY KEY,
     root     TEXT NOT NULL UNIQUE,          -- absolute folder
     layout   TEXT NOT NULL,
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    site     TEXT NOT NULL DEFAULT 'default'  -- people are shared only within a site (Stage II separation)
 );
 
 CREATE TABLE cameras (
@@ -226,6 +239,14 @@ WHERE images.status = 'missing'
    OR images.size_bytes IS NOT excluded.size_bytes
    OR images.person_id  IS NOT excluded.person_id
 """
+
+
+def _check_site(site: Any) -> str:
+    if not isinstance(site, str) or not site.strip():
+        raise ItkmError(f"a site needs a non-empty name, got {site!r}")
+    if len(site) > 200 or any(ord(ch) < 32 for ch in site):
+        raise ItkmError("a site name must be one line of at most 200 characters")
+    return site.strip()
 
 
 def _json_default(obj: Any) -> Any:
@@ -796,14 +817,20 @@ class Workspace:
             )
 
     # -- sources -----------------------------------------------------------------------------
-    def add_source(self, root: str | Path, layout: str) -> int:
-        """Register an ingested root folder; idempotent on the (absolute) root, updates its layout."""
+    def add_source(self, root: str | Path, layout: str, *, site: str | None = None) -> int:
+        """Register an ingested root folder; idempotent on the (absolute) root, updates its layout.
+
+        ``site``: where the source was filmed (people are shared only within one site); ``None``
+        keeps an existing source's site and gives a new one :data:`DEFAULT_SITE`.
+        """
         root_s = str(Path(root).expanduser().resolve())
+        site_s = None if site is None else _check_site(site)
         with self.transaction() as con:
             con.execute(
-                "INSERT INTO sources (root, layout, added_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (root) DO UPDATE SET layout = excluded.layout",
-                (root_s, str(layout), time.time()),
+                "INSERT INTO sources (root, layout, added_at, site) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (root) DO UPDATE SET layout = excluded.layout, "
+                "site = CASE WHEN ? IS NULL THEN sources.site ELSE excluded.site END",
+                (root_s, str(layout), time.time(), site_s or DEFAULT_SITE, site_s),
             )
             return int(con.execute("SELECT id FROM sources WHERE root = ?", (root_s,)).fetchone()[0])
 
@@ -817,11 +844,22 @@ class Workspace:
             if con.execute("UPDATE sources SET root = ? WHERE id = ?", (root_s, int(source_id))).rowcount == 0:
                 raise ItkmError(f"no source with id {source_id} in this workspace")
 
+    def set_source_site(self, source_id: int, site: str) -> None:
+        """The operator names the site a source was filmed at (Stage II separates sites only)."""
+        site_s = _check_site(site)
+        with self.transaction() as con:
+            if con.execute("UPDATE sources SET site = ? WHERE id = ?", (site_s, int(source_id))).rowcount == 0:
+                raise ItkmError(f"no source with id {source_id} in this workspace")
+
     def sources(self) -> list[Source]:
         return [
-            Source(id=int(i), root=Path(r), layout=l, added_at=float(a))
-            for i, r, l, a in self._query("SELECT id, root, layout, added_at FROM sources ORDER BY id")
+            Source(id=int(i), root=Path(r), layout=l, added_at=float(a), site=st)
+            for i, r, l, a, st in self._query("SELECT id, root, layout, added_at, site FROM sources ORDER BY id")
         ]
+
+    def camera_sites(self) -> dict[str, str]:
+        """Camera name -> site of the source the camera was first seen in."""
+        return dict(self._query("SELECT c.name, s.site FROM cameras c JOIN sources s ON s.id = c.source_id"))
 
     # -- cameras -----------------------------------------------------------------------------
     def upsert_camera(

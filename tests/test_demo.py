@@ -8,7 +8,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import cv2
+from itkm_engine.cv import cv2
 import numpy as np
 import pytest
 

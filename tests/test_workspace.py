@@ -73,7 +73,7 @@ def test_create_makes_folders_and_reopen_keeps_data(tmp_path):
         assert (path / "workspace.lock").exists()
         sid = w.add_source(tmp_path, "market")
         w.set_meta("note", "hello")
-        assert w.schema_version() == Workspace.SCHEMA_VERSION == 1
+        assert w.schema_version() == Workspace.SCHEMA_VERSION == 2
         mode = w._conn().execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
         assert w._conn().execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -438,7 +438,7 @@ def test_migration_from_old_version_backs_up_then_migrates(tmp_path, monkeypatch
     monkeypatch.setitem(wsmod.MIGRATIONS, 0, v0_to_v1)
     logs = []
     with Workspace.open(path, reporter=Reporter(on_log=logs.append)) as w:
-        assert w.schema_version() == 1
+        assert w.schema_version() == Workspace.SCHEMA_VERSION
         (cam,) = w.cameras()
         assert cam.name == "old" and cam.user_set and cam.sample_path is None
     backup = path / f"{DB_NAME}.bak-v0"
@@ -579,3 +579,28 @@ def test_create_that_crashed_before_first_commit_is_redone(tmp_path):
     con.close()
     with Workspace.open(path) as w:
         assert w.schema_version() == Workspace.SCHEMA_VERSION and w.image_count() == 0
+
+
+def test_version_1_gains_a_site_per_source(tmp_path):
+    """Schema 1 -> 2: every existing source gets the default site; add_source(site=...) and
+    set_source_site change it; re-adding a source without a site keeps the one it has."""
+    path = tmp_path / "ws"
+    Workspace.open(path, create=True).close()
+    con = sqlite3.connect(path / DB_NAME)
+    con.execute("ALTER TABLE sources DROP COLUMN site")
+    con.execute("INSERT INTO sources (root, layout, added_at) VALUES ('/data', 'market', 0)")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with Workspace.open(path) as w:
+        assert w.schema_version() == 2
+        (src,) = w.sources()
+        assert src.site == "default"
+        w.set_source_site(src.id, "north gate")
+        sid = w.add_source("/data", "market")
+        assert sid == src.id and w.sources()[0].site == "north gate"
+        other = w.add_source(tmp_path / "b", "camera-folders", site="depot")
+        assert {s.id: s.site for s in w.sources()} == {src.id: "north gate", other: "depot"}
+        with pytest.raises(ItkmError):
+            w.set_source_site(other, "  ")
+    assert (path / f"{DB_NAME}.bak-v1").is_file()

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
+from ..cv import cv2
 import numpy as np
 
 from ..atomic import atomic_write_text

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import cv2
+from ..cv import cv2
 import numpy as np
 
 from .imageio import BadImage, load_rgb, read_header

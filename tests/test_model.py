@@ -66,10 +66,10 @@ def test_neutral_additions_equal_clip_encode_image():
         m.scenario_embedding.zero_()
         x = images(6)
         out = m.forward_image(x, idx(0, 1, 2, 0, 1, 2), idx(0, 1, 2, 3, 4, 0))  # mixed groups, identical stems
-        ref = m.clip.encode_image(x)
+        ref = m.tower.visual(x)
     torch.testing.assert_close(out.proj, ref, rtol=1e-5, atol=1e-5)
     # pre is ln_post(CLS): projecting it by hand gives CLIP's output too
-    torch.testing.assert_close(out.pre @ m.clip.visual.proj, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.pre @ m.tower.visual.proj, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_scenario_embedding_switched_off_has_no_parameter_and_equals_clip():
@@ -79,7 +79,7 @@ def test_scenario_embedding_switched_off_has_no_parameter_and_equals_clip():
     with torch.no_grad():
         a = m.forward_image(x, idx(0, 1, 2), idx(0, 1, 2)).proj
         b = m.forward_image(x, idx(2, 2, 2), idx(4, 4, 4)).proj
-        torch.testing.assert_close(a, m.clip.encode_image(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, m.tower.visual(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a, b)
 
 
@@ -126,7 +126,7 @@ def test_stem_gradients_only_for_groups_in_batch():
     assert m.stems[0].weight.grad is not None and m.stems[0].weight.grad.abs().sum() > 0
     assert m.stems[2].weight.grad is not None and m.stems[2].weight.grad.abs().sum() > 0
     assert m.stems[1].weight.grad is None
-    assert m.clip.visual.conv1.weight.grad is None  # the shared template stem is not used
+    assert m.tower.visual.conv1.weight.grad is None  # the shared template stem is not used
     rows = m.scenario_embedding.grad.abs().sum(dim=1)
     assert rows[0] > 0 and rows[1] > 0 and rows[2] == 0
 
@@ -139,8 +139,8 @@ def test_parameter_groups_and_freezing():
     assert id(m.scenario_embedding) in new
     assert all(id(s.weight) in new for s in m.stems)
     assert not new & image and not image & text and not new & text
-    assert id(m.clip.visual.conv1.weight) not in image  # replaced by the stems
-    assert id(m.clip.visual.proj) in image
+    assert id(m.tower.visual.conv1.weight) not in image  # replaced by the stems
+    assert id(m.tower.visual.proj) in image
     assert all(not p.requires_grad for p in m.text_parameters()) and not m.logit_scale.requires_grad
     m.set_image_trainable(False)
     assert not any(p.requires_grad for p in m.image_parameters() + m.new_parameters())
@@ -186,7 +186,7 @@ def test_extend_keeps_old_outputs_and_adds_rows():
     assert m.scenarios[-1] == "clothing-change" and m.groups == ["visible", "infrared", "all"]
     assert m.scenario_embedding.shape == (4, 64) and len(m.stems) == 3
     assert 0 < m.scenario_embedding[3].std() < 0.1
-    torch.testing.assert_close(m.stems[2].weight, m.clip.visual.conv1.weight)
+    torch.testing.assert_close(m.stems[2].weight, m.tower.visual.conv1.weight)
     with torch.no_grad():
         after = m.forward_image(x, s, g).proj
         new = m.forward_image(x, m.scenario_index(["clothing-change"] * 3), m.group_index(["all"] * 3)).proj

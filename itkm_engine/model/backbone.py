@@ -1,56 +1,73 @@
-"""The ITKM model: an open_clip CLIP with a scenario embedding and per-group patch stems.
+"""The ITKM model: an image tower with ITKM's scenario embedding and group stems, plus CLIP's
+frozen text tower.
 
-Stage I of ITKM (DESIGN.md section 2) changes CLIP's vision tower in exactly one place, the
-token embedding step (``VisionTransformer._embeds``):
+The image tower is chosen by ``ModelConfig.tower`` and lives in its own file behind one small
+interface (:mod:`.image_tower`): open_clip's ViT (:mod:`.clip_vit_tower`, the paper's setting) or
+an ImageNet-pretrained MobileNetV2 (:mod:`.mobilenet_tower`, for CPUs). Each keeps the scenario
+embedding and group stems where they belong in its architecture. :class:`ITKMModel` maps scenario
+and group names to indices, validates them, and exposes what the stages, ``features.py``, the
+index and ONNX export use: :meth:`ITKMModel.forward_image`, :meth:`ITKMModel.retrieval_feature`,
+``feature_dim``, ``embed_dim``, the parameter groups and checkpoints. No caller asks which tower
+it runs on.
 
-* **group stems** -- the patch-embedding conv (``visual.conv1``) is duplicated per group
-  (visible / infrared / high-res / ...), each copy starting from the pretrained weights, so
-  pixels of different modalities get their own stem and share everything after it;
-* **scenario embedding** -- one learnable vector per scenario (init N(0, 0.02), times
-  ``cfg.scenario_scale``) added to every token, class token included, right where the positional
-  embedding is added (before patch dropout and ``ln_pre``).
-
-:meth:`ITKMModel.forward_image` therefore re-does ``_embeds`` with those two terms and then calls
-the vision tower's own modules (transformer, ``_pool``, ``proj``) unchanged; with a zero scenario
-embedding and unchanged stems it computes exactly ``clip.encode_image`` (a test checks this).
 The text tower is CLIP's, frozen; :meth:`ITKMModel.encode_text_embeddings` runs it from token
 embeddings so the prompt learner can put learnable vectors where words would be.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
+from open_clip.transformer import TextTransformer, text_global_pool
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ItkmError
+from .image_tower import TOWERS, ImageOutput, ImageTower
 from .weights import create_clip, get_tokenizer, uses_quick_gelu
 
-__all__ = ["ImageOutput", "ITKMModel", "build_model", "CHECKPOINT_FORMAT", "FEATURES"]
+__all__ = ["ImageOutput", "ITKMModel", "build_model", "build_tower", "CHECKPOINT_FORMAT", "FEATURES"]
 
 #: ``state["format"]`` of :meth:`ITKMModel.state_for_checkpoint`; bump the version on change.
+#: v2: image weights under ``tower.`` (v1 kept them on the model and under ``clip.visual.``).
 CHECKPOINT_FORMAT = "itkm-model"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 #: Values of ``ModelConfig.feature``.
 FEATURES = ("concat", "proj")
-SCENARIO_INIT_STD = 0.02
 
 
-class ImageOutput(NamedTuple):
-    """One batch through the vision tower.
+def build_tower(clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig, *,
+                load_weights: bool = True) -> ImageTower:
+    """The image tower ``cfg.tower`` names.  CLIP's own vision tower is taken off ``clip`` (the
+    ViT tower adopts it; other towers drop it), so the text side is all that stays on ``clip``."""
+    visual = getattr(clip, "visual", None)
+    if cfg.tower == "clip":
+        from .clip_vit_tower import ClipViTTower
 
-    ``pre``: ``ln_post`` of the class token, before the projection ``[B, width]``;
-    ``proj``: ``pre @ visual.proj`` in CLIP's joint image-text space ``[B, embed_dim]``.
-    """
+        tower: ImageTower = ClipViTTower(visual, n_scenarios, n_groups, cfg)
+    elif cfg.tower == "mobilenetv2":
+        from .mobilenet_tower import MobileNetV2Tower
 
-    pre: torch.Tensor
-    proj: torch.Tensor
+        embed_dim = int(getattr(visual, "output_dim", 0) or _text_embed_dim(clip))
+        tower = MobileNetV2Tower(n_scenarios, n_groups, cfg, embed_dim, load_weights=load_weights)
+    else:
+        raise ItkmError(f"model.tower must be one of {', '.join(TOWERS)}, got {cfg.tower!r}")
+    clip.visual = None
+    return tower
+
+
+def _text_embed_dim(clip: nn.Module) -> int:
+    proj = getattr(clip, "text_projection", None)
+    if proj is None and getattr(clip, "text", None) is not None:
+        proj = getattr(clip.text, "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return int(proj.out_features)
+    if proj is not None:
+        return int(proj.shape[-1])
+    raise ItkmError("cannot tell the text tower's output width")
 
 
 class _TextSide(NamedTuple):
@@ -69,49 +86,42 @@ class _TextSide(NamedTuple):
 
 
 class ITKMModel(nn.Module):
-    """CLIP + scenario embedding + group stems; the one model every ITKM stage trains.
+    """Image tower + CLIP's frozen text tower; the one model every ITKM stage trains.
 
     ``scenarios`` and ``groups`` fix the index order of ``scenario_idx`` / ``group_idx``.
     """
 
     def __init__(self, clip: nn.Module, scenarios: Sequence[str], groups: Sequence[str], cfg: ModelConfig,
-                 tokenizer=None) -> None:
+                 tokenizer=None, *, load_tower_weights: bool = True) -> None:
         super().__init__()
-        visual = getattr(clip, "visual", None)
-        if not isinstance(visual, VisionTransformer):
-            raise ItkmError(
-                f"model {cfg.name!r} has a {type(visual).__name__} image tower; ITKM needs an open_clip "
-                f"VisionTransformer (a ViT-* model) for its scenario embedding and patch stems"
-            )
         if cfg.feature not in FEATURES:
             raise ItkmError(f"model.feature must be one of {', '.join(FEATURES)}, got {cfg.feature!r}")
         _check_names("scenario", scenarios)
         _check_names("group", groups)
+        self.quick_gelu = uses_quick_gelu(clip)
+        self.tower = build_tower(clip, len(scenarios), len(groups), cfg, load_weights=load_tower_weights)
         self.clip = clip
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.scenarios: list[str] = list(scenarios)
         self.groups: list[str] = list(groups)
-        self.width: int = int(visual.class_embedding.shape[-1])
-        self.embed_dim: int = int(visual.output_dim)
+        self.width: int = self.tower.width
+        self.embed_dim: int = self.tower.embed_dim
         self.feature_dim: int = self.width + self.embed_dim if cfg.feature == "concat" else self.embed_dim
-
-        if cfg.scenario_embedding:
-            emb = torch.empty(len(self.scenarios), self.width, device=visual.class_embedding.device)
-            self.scenario_embedding: nn.Parameter | None = nn.Parameter(emb.normal_(0.0, SCENARIO_INIT_STD))
-        else:
-            self.scenario_embedding = None
-        if cfg.group_stems:
-            self.stems: nn.ModuleList | None = nn.ModuleList(self._new_stem() for _ in self.groups)
-            visual.conv1.requires_grad_(False)  # kept as the pretrained template of new stems; unused
-        else:
-            self.stems = None
         self.freeze_text()
 
     # -- vocabulary ------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.clip.visual.class_embedding.device
+        return self.tower.device
+
+    @property
+    def scenario_embedding(self) -> nn.Parameter | None:
+        return self.tower.scenario_embedding
+
+    @property
+    def stems(self) -> nn.ModuleList | None:
+        return self.tower.stems
 
     def scenario_index(self, names: Iterable[str]) -> torch.Tensor:
         """CPU LongTensor of scenario positions.  An unknown name raises :class:`ItkmError`:
@@ -126,8 +136,8 @@ class ITKMModel(nn.Module):
         """Append scenarios / groups the model has not seen (cameras added later).
 
         New scenario rows are drawn from N(0, 0.02) like the first ones; a new group's stem is a
-        copy of the pretrained stem ``visual.conv1``.  Existing rows, stems and their indices are
-        unchanged, so old outputs stay identical and older checkpoints still load.  Replaces the
+        copy of the pretrained template.  Existing rows, stems and their indices are unchanged,
+        so old outputs stay identical and older checkpoints still load.  Replaces the
         scenario-embedding parameter object: build optimizers after extending.
         Returns the names actually added.
         """
@@ -135,51 +145,20 @@ class ITKMModel(nn.Module):
         new_g = _new_names(self.groups, groups)
         if new_s:
             _check_names("scenario", self.scenarios + new_s)
-            if self.scenario_embedding is not None:
-                old = self.scenario_embedding
-                rows = torch.empty(len(new_s), self.width, device=old.device, dtype=old.dtype)
-                rows.normal_(0.0, SCENARIO_INIT_STD)
-                self.scenario_embedding = nn.Parameter(
-                    torch.cat([old.detach(), rows]), requires_grad=old.requires_grad
-                )
+            self.tower.add_scenarios(len(new_s))
             self.scenarios.extend(new_s)
         if new_g:
             _check_names("group", self.groups + new_g)
-            if self.stems is not None:
-                for _ in new_g:
-                    self.stems.append(self._new_stem())
+            self.tower.add_groups(len(new_g))
             self.groups.extend(new_g)
         return new_s, new_g
 
-    def _new_stem(self) -> nn.Conv2d:
-        stem = copy.deepcopy(self.clip.visual.conv1)
-        stem.requires_grad_(True)
-        return stem
-
     # -- image side ------------------------------------------------------------------------
-    def embed_tokens(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:
-        """``VisionTransformer._embeds`` with the group stem and the scenario embedding."""
-        visual = self.clip.visual
-        x = self._patchify(x, group_idx)  # [B, width, gh, gw]
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, gh*gw, width]
-        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + visual.positional_embedding.to(x.dtype)
-        if self.scenario_embedding is not None:
-            idx = self._as_index(scenario_idx, len(self.scenarios), "scenario", x.shape[0])
-            scen = self.scenario_embedding[idx] * self.cfg.scenario_scale
-            x = x + scen.to(x.dtype).unsqueeze(1)  # every token, class token included
-        x = visual.patch_dropout(x)
-        return visual.ln_pre(x)
-
     def forward_image(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
         """Images ``[B,3,H,W]`` (CLIP-normalised, ``cfg.image_size``) -> :class:`ImageOutput`."""
-        visual = self.clip.visual
-        tokens = self.embed_tokens(x, scenario_idx, group_idx)
-        tokens = visual.transformer(tokens)
-        pre, _ = visual._pool(tokens)
-        proj = pre @ visual.proj if visual.proj is not None else pre
-        return ImageOutput(pre=pre, proj=proj)
+        s = self._as_index(scenario_idx, len(self.scenarios), "scenario", x.shape[0])
+        g = self._as_index(group_idx, len(self.groups), "group", x.shape[0])
+        return self.tower(x, s, g)
 
     forward = forward_image
 
@@ -190,23 +169,6 @@ class ITKMModel(nn.Module):
         if self.cfg.feature == "concat":
             return F.normalize(torch.cat([F.normalize(out.pre, dim=-1), F.normalize(out.proj, dim=-1)], dim=-1), dim=-1)
         return F.normalize(out.proj, dim=-1)
-
-    def _patchify(self, x: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:
-        if self.stems is None:
-            return self.clip.visual.conv1(x)
-        idx = self._as_index(group_idx, len(self.groups), "group", x.shape[0])
-        present = torch.unique(idx).tolist()
-        if len(present) == 1:
-            return self.stems[present[0]](x)
-        out: torch.Tensor | None = None
-        for g in present:
-            rows = (idx == g).nonzero(as_tuple=True)[0]
-            y = self.stems[g](x.index_select(0, rows))
-            if out is None:
-                out = y.new_empty((x.shape[0], *y.shape[1:]))
-            out.index_copy_(0, rows, y.to(out.dtype))
-        assert out is not None
-        return out
 
     def _as_index(self, idx: torch.Tensor | Sequence[int], n: int, what: str, batch: int) -> torch.Tensor:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
@@ -271,20 +233,14 @@ class ITKMModel(nn.Module):
 
     # -- parameters and freezing -----------------------------------------------------------
     def new_parameters(self) -> list[nn.Parameter]:
-        """Parameters ITKM adds (scenario embedding, group stems): the trainer gives them their
-        own learning rate."""
-        params: list[nn.Parameter] = []
-        if self.scenario_embedding is not None:
-            params.append(self.scenario_embedding)
-        if self.stems is not None:
-            params.extend(self.stems.parameters())
-        return params
+        """Parameters ITKM adds to the pretrained tower (scenario embedding, group stems, a new
+        projection): the trainer gives them their own learning rate."""
+        return self.tower.new_parameters()
 
     def image_parameters(self) -> list[nn.Parameter]:
-        """CLIP's own vision-tower parameters that the forward pass uses (not the new ones;
-        without shared stem when group stems replace it)."""
-        skip = {id(p) for p in self.clip.visual.conv1.parameters()} if self.stems is not None else set()
-        return [p for p in self.clip.visual.parameters() if id(p) not in skip]
+        """The pretrained image-tower weights the forward pass uses and training may update (not
+        the new ones; frozen layers and a stem replaced by group stems excluded)."""
+        return self.tower.pretrained_parameters()
 
     def text_parameters(self) -> list[nn.Parameter]:
         """The text tower's parameters (always frozen; listed for accounting)."""
@@ -309,12 +265,7 @@ class ITKMModel(nn.Module):
 
     def set_image_trainable(self, trainable: bool) -> None:
         """Stage I/III train the image side (``True``); Stage II freezes it (``False``)."""
-        for p in self.image_parameters():
-            p.requires_grad_(trainable)
-        for p in self.new_parameters():
-            p.requires_grad_(trainable)
-        if self.stems is not None:
-            self.clip.visual.conv1.requires_grad_(False)
+        self.tower.set_trainable(trainable)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_for_checkpoint(self) -> dict:
@@ -323,7 +274,7 @@ class ITKMModel(nn.Module):
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "model_config": _config_to_dict(self.cfg),
-            "quick_gelu": uses_quick_gelu(self.clip),
+            "quick_gelu": self.quick_gelu,
             "scenarios": list(self.scenarios),
             "groups": list(self.groups),
             "state_dict": {k: v.detach() for k, v in self.state_dict().items()},
@@ -336,7 +287,10 @@ class ITKMModel(nn.Module):
         _check_state(state)
         if self.scenarios != list(state["scenarios"]) or self.groups != list(state["groups"]):
             self._resize_to(list(state["scenarios"]), list(state["groups"]))
-        missing, unexpected = self.load_state_dict(state["state_dict"], strict=False)
+        weights = state["state_dict"]
+        if int(state.get("version", 1)) < 2:
+            weights = {_v1_key(k): v for k, v in weights.items()}
+        missing, unexpected = self.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ItkmError(
                 f"the checkpoint does not fit model {self.cfg.name!r}: "
@@ -351,35 +305,45 @@ class ITKMModel(nn.Module):
         _check_state(state)
         cfg = _config_from_dict(state["model_config"])
         clip, tokenizer = create_clip(cfg, device=device, load_weights=False, quick_gelu=bool(state.get("quick_gelu")))
-        model = cls(clip, state["scenarios"], state["groups"], cfg, tokenizer=tokenizer).to(device)
+        model = cls(clip, state["scenarios"], state["groups"], cfg, tokenizer=tokenizer,
+                    load_tower_weights=False).to(device)
         model.load_state(state)
         return model
 
     def _resize_to(self, scenarios: list[str], groups: list[str]) -> None:
         _check_names("scenario", scenarios)
         _check_names("group", groups)
-        if self.scenario_embedding is not None:
-            p = self.scenario_embedding
-            self.scenario_embedding = nn.Parameter(
-                torch.zeros(len(scenarios), self.width, device=p.device, dtype=p.dtype), requires_grad=p.requires_grad
-            )
-        if self.stems is not None:
-            self.stems = nn.ModuleList(self._new_stem() for _ in groups)
+        self.tower.resize_parts(len(scenarios), len(groups))
         self.scenarios, self.groups = list(scenarios), list(groups)
 
     def extra_repr(self) -> str:
-        return f"scenarios={self.scenarios}, groups={self.groups}, feature={self.cfg.feature!r}"
+        return (f"tower={self.cfg.tower!r}, scenarios={self.scenarios}, groups={self.groups}, "
+                f"feature={self.cfg.feature!r}")
 
 
 def build_model(cfg: ModelConfig, scenarios: Sequence[str], groups: Sequence[str], *,
                 device: torch.device | str = "cpu") -> ITKMModel:
     """CLIP from ``cfg`` (weights resolved by :func:`~itkm_engine.model.weights.create_clip`,
     raising :class:`~itkm_engine.errors.WeightsUnavailableError`) wrapped as an ITKM model."""
-    clip, tokenizer = create_clip(cfg, device=device)
+    if cfg.tower == "clip":
+        clip, tokenizer = create_clip(cfg, device=device)
+    else:
+        # ``pretrained`` / ``weights`` name the image tower's weights; CLIP (here only its text
+        # tower) is built from the config alone: small, frozen, random where no weights exist.
+        clip, tokenizer = create_clip(dataclasses.replace(cfg, pretrained=None, weights=None), device=device)
     return ITKMModel(clip, scenarios, groups, cfg, tokenizer=tokenizer).to(device)
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _v1_key(key: str) -> str:
+    """A v1 checkpoint's weight name -> v2 (the ViT tower's weights moved under ``tower.``)."""
+    for old, new in (("clip.visual.", "tower.visual."), ("scenario_embedding", "tower.scenario_embedding"),
+                     ("stems.", "tower.stems.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 def _check_names(what: str, names: Sequence[str]) -> None:

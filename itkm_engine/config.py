@@ -64,6 +64,7 @@ class DataConfig:
     num_identities: int = 16  # P in PK sampling
     num_instances: int = 16  # K in PK sampling
     random_erasing: float = 0.5
+    grayscale: float = 0.0  # probability of training on a grey copy of a crop (visible <-> infrared)
     flip: bool = True
     pad: int = 10
     workers: int = 4  # data loader workers (0 = main process)

@@ -135,3 +135,29 @@ def test_input_is_renormalised_from_clip_to_imagenet(model):
     clip_in = (raw - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     want = (raw - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(clip_in * model.tower.in_scale + model.tower.in_shift, want)
+
+
+def test_a_quick_round_trains_and_reloads_the_cnn_tower(fresh_ws):
+    """The quick preset end to end (shortened): Stage I -> II -> III on the CNN tower, a checkpoint
+    that rebuilds the same tower, features of the tower's size."""
+    from itkm_engine.atomic import atomic_write_text
+    from itkm_engine.trainer import load_model, train
+    from itkm_engine.workspace import Workspace
+
+    cfg = preset("quick").with_overrides(**{
+        "device": "cpu", "amp": False, "data.num_identities": 4, "data.num_instances": 2,
+        "stage1.epochs": 1, "stage1.iters_per_epoch": 2, "stage2.epochs": 1,
+        "stage3.epochs": 1, "stage3.iters_per_epoch": 2, "data.grayscale": 0.5,
+    })
+    with Workspace.open(fresh_ws) as ws:
+        atomic_write_text(ws.path / "config.toml", cfg.to_toml())
+        before = {k: v.clone() for k, v in load_model(ws, cfg, torch.device("cpu"))[0].tower.body.state_dict().items()}
+        train(ws, cfg, rounds=1)
+        model, key = load_model(ws, cfg, torch.device("cpu"))
+        assert type(model.tower).__name__ == "MobileNetV2Tower" and not key.startswith("init")
+        after = model.tower.body.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+        # frozen BatchNorm: the running statistics are still ImageNet's
+        for k in before:
+            if k.endswith(("running_mean", "running_var")):
+                torch.testing.assert_close(before[k], after[k])

@@ -30,6 +30,7 @@ class Augment:
     flip: bool = True
     pad: int = 10
     random_erasing: float = 0.5
+    grayscale: float = 0.0  # probability of a grey copy (all channels = luminance): colour-agnostic features
 
 
 class CropTransform:
@@ -47,6 +48,9 @@ class CropTransform:
         a = self.augment
         if a is not None:
             rng = rng or np.random.default_rng()
+            if a.grayscale > 0 and rng.random() < a.grayscale:
+                # ITU-R 601 luma, as an infrared camera's single channel would look.
+                x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).expand(3, -1, -1).contiguous()
             if a.flip and rng.random() < 0.5:
                 x = x.flip(-1)
             if a.pad > 0:

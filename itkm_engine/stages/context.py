@@ -111,7 +111,7 @@ class RoundContext:
             [self.images.path[r] for r in rows],
             self.model.scenario_index(list(self.images.scenario[rows])).numpy(),
             self.model.group_index(list(self.images.group[rows])).numpy(),
-            CropTransform(self.cfg.model.image_size, Augment(d.flip, d.pad, d.random_erasing)),
+            CropTransform(self.cfg.model.image_size, Augment(d.flip, d.pad, d.random_erasing, d.grayscale)),
             labels=labels,
             seed=seed,
         )

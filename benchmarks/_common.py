@@ -8,7 +8,8 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where write_json puts results; ITKM_BENCH_RESULTS moves it (gpu_check.sh keeps each step's apart).
+RESULTS = Path(os.environ.get("ITKM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict:

@@ -38,7 +38,7 @@ def model_caches() -> list[dict]:
     return out
 
 
-def run_preset(name: str, demo: Path, device: str, epochs: int, tmp: Path) -> list[dict]:
+def run_preset(name: str, demo: Path, device: str, epochs: int, tmp: Path, iters: int = 50) -> list[dict]:
     import torch
 
     from itkm_engine.config import preset
@@ -52,8 +52,8 @@ def run_preset(name: str, demo: Path, device: str, epochs: int, tmp: Path) -> li
     cfg.device = device
     cfg.stage1.epochs = cfg.stage3.epochs = epochs
     cfg.stage2.epochs = max(epochs, 1)
-    cfg.stage1.iters_per_epoch = min(cfg.stage1.iters_per_epoch, 50)
-    cfg.stage3.iters_per_epoch = min(cfg.stage3.iters_per_epoch, 50)
+    cfg.stage1.iters_per_epoch = min(cfg.stage1.iters_per_epoch, iters)
+    cfg.stage3.iters_per_epoch = min(cfg.stage3.iters_per_epoch, iters)
     note = ""
     rows = []
     with Workspace.open(tmp / f"ws-{name}", create=True) as ws:
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--identities", type=int, default=60)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=50, help="at most this many batches per Stage I/III epoch")
     a = ap.parse_args()
     import torch
 
@@ -110,7 +111,7 @@ def main() -> None:
         info = make_demo(tmp / "demo", identities=a.identities, seed=0)
         rows = []
         for p in presets:
-            rows += run_preset(p, info.root, device, a.epochs, tmp)
+            rows += run_preset(p, info.root, device, a.epochs, tmp, a.iters)
     caches = model_caches()
     print_table(rows, f"one round per preset on {device} ({info.n_images} demo crops)")
     print_table(caches, "model caches")

@@ -299,7 +299,8 @@ def cmd_evaluate(a) -> int:
         scores = s.evaluate(reporter=rep)
     rep.done()
     if not scores:
-        raise ItkmError("no images with known person ids (the layout carries none), so there is nothing to evaluate")
+        raise ItkmError("nothing to evaluate: no person with a known id is seen by two cameras (ids come from "
+                        "the folder layout, e.g. market or sysu; ingest such a folder to score the model)")
     _json_out(scores) if a.json else print(format_scores(scores))
     return 0
 
@@ -390,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--device")
 
-    sp = add("evaluate", cmd_evaluate, "mAP / CMC overall, per scenario and per cross-group direction (needs ids)")
+    sp = add("evaluate", cmd_evaluate, "mAP / CMC (headline: cross-camera protocol; also standard and, for sysu, SYSU-MM01's), "
+                                           "overall, per scenario and per cross-group direction (needs ids)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--device")
 

@@ -13,6 +13,13 @@ the reference's order then depends on ``np.argsort``'s (unstable) tie-breaking, 
 rare with real-valued distances -- are recomputed with exactly the reference's ``np.argsort``.
 Queries are processed in chunks, so memory stays bounded for any gallery size.
 
+``skip_cameras`` widens what a query ignores beyond "same identity and same camera": a boolean
+camera x camera matrix, ``skip_cameras[a, b]`` meaning "a query from camera ``a`` ignores every
+gallery item of camera ``b``".  The identity matrix is the *cross-camera* protocol (the query's
+whole camera is left out, non-matches included); SYSU-MM01's protocol adds ``[cam3, cam2]``.
+Ignored gallery items are moved behind every other item (distance +inf) and never count as
+matches, which leaves the ranks of the kept items exactly as if they had been removed.
+
 :func:`pseudo_label_quality` scores a clustering against identity labels with pairwise
 precision/recall from contingency counts (never the N^2 pairs) and the adjusted Rand index.
 """
@@ -82,6 +89,7 @@ def evaluate_rank(
     max_rank: int = 50,
     *,
     return_skipped: bool = False,
+    skip_cameras: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float] | tuple[np.ndarray, float, int]:
     """CMC curve and mAP under the Market-1501 protocol (torchreid ``eval_market1501``).
 
@@ -95,10 +103,12 @@ def evaluate_rank(
     Where torchreid would fail (a valid query with fewer than ``max_rank`` gallery items left)
     the curve continues at 1 past the last item, since that query found its match.
 
+    ``skip_cameras`` (camera ids must then be codes ``0..n-1``): see the module docstring.
+
     Raises :class:`EvaluationError` (a ``ValueError``) if no query has a match.  With
     ``return_skipped=True`` also returns the number of skipped queries.
     """
-    res = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    res = evaluate_rank_detailed(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, skip_cameras=skip_cameras)
     if return_skipped:
         return res.cmc, res.mAP, res.num_skipped
     return res.cmc, res.mAP
@@ -111,12 +121,16 @@ def evaluate_rank_detailed(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     max_rank: int = 50,
+    *,
+    skip_cameras: np.ndarray | None = None,
 ) -> RankResult:
     """:func:`evaluate_rank` plus mINP and the counts of valid and skipped queries."""
     distmat, q_pids, g_pids, q_camids, g_camids = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = distmat.shape
     if max_rank < 1:
         raise EvaluationError(f"max_rank must be at least 1, got {max_rank}")
+    if skip_cameras is not None:
+        skip_cameras = _check_skip(skip_cameras, q_camids, g_camids)
     max_rank = min(int(max_rank), num_g)
 
     first_hits = np.zeros(max_rank + 1, dtype=np.int64)  # first-match rank histogram, last bin = beyond
@@ -126,8 +140,9 @@ def evaluate_rank_detailed(
     chunk = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
     for start in range(0, num_q, chunk):
         stop = min(start + chunk, num_q)
+        skip = None if skip_cameras is None else skip_cameras[q_camids[start:stop]][:, g_camids]
         first, ap, inp = _chunk_match_ranks(
-            distmat[start:stop], q_pids[start:stop], q_camids[start:stop], g_pids, g_camids
+            distmat[start:stop], q_pids[start:stop], q_camids[start:stop], g_pids, g_camids, skip
         )
         valid = first > 0
         num_valid += int(valid.sum())
@@ -179,6 +194,16 @@ def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids):
     return (distmat, *arrays)
 
 
+def _check_skip(skip_cameras, q_camids, g_camids) -> np.ndarray:
+    skip = np.asarray(skip_cameras, dtype=bool)
+    if skip.ndim != 2 or skip.shape[0] != skip.shape[1]:
+        raise EvaluationError(f"skip_cameras must be a square camera x camera matrix, got shape {skip.shape}")
+    for name, cams in (("q_camids", q_camids), ("g_camids", g_camids)):
+        if not np.issubdtype(cams.dtype, np.integer) or cams.min() < 0 or cams.max() >= skip.shape[0]:
+            raise EvaluationError(f"with skip_cameras, {name} must be integer codes 0..{skip.shape[0] - 1}")
+    return skip
+
+
 def _searchsorted_rows(sorted_rows: np.ndarray, rows: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
     """``np.searchsorted(sorted_rows[r], v, side)`` for many (r, v) pairs at once (binary search)."""
     lo = np.zeros(rows.shape[0], dtype=np.int64)
@@ -196,9 +221,16 @@ def _searchsorted_rows(sorted_rows: np.ndarray, rows: np.ndarray, values: np.nda
         hi = np.where(go_left, mid, hi)
 
 
-def _chunk_match_ranks(dist, q_pids, q_cams, g_pids, g_cams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query of the chunk: rank of its first kept match (0 = none), AP and INP."""
+def _chunk_match_ranks(dist, q_pids, q_cams, g_pids, g_cams, skip=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query of the chunk: rank of its first kept match (0 = none), AP and INP.
+
+    ``skip`` (queries x gallery, bool, or None): items the query ignores.  They are moved behind
+    everything (+inf) and dropped from the matches; tied rows go to the reference with the
+    original distances, so argsort breaks ties exactly as on the unmodified row."""
     nq, ng = dist.shape
+    original = dist
+    if skip is not None:
+        dist = np.where(skip, np.inf, dist)
     match = g_pids[None, :] == q_pids[:, None]
     rows, cols = np.nonzero(match)  # row-major: rows ascending
     first = np.zeros(nq, dtype=np.int64)
@@ -210,6 +242,8 @@ def _chunk_match_ranks(dist, q_pids, q_cams, g_pids, g_cams) -> tuple[np.ndarray
     sorted_dist = np.sort(dist, axis=1)
     dm = dist[rows, cols]
     kept = g_cams[cols] != q_cams[rows]
+    if skip is not None:
+        kept &= ~skip[rows, cols]
     less_all = _searchsorted_rows(sorted_dist, rows, dm, "left")
     leq_all = _searchsorted_rows(sorted_dist, rows, dm, "right")
 
@@ -249,14 +283,17 @@ def _chunk_match_ranks(dist, q_pids, q_cams, g_pids, g_cams) -> tuple[np.ndarray
         inp[has] = counts[has] / last_rank[has]
 
     for r in ambiguous_rows:
-        first[r], ap[r], inp[r] = _reference_row(dist[r], q_pids[r], q_cams[r], g_pids, g_cams)
+        first[r], ap[r], inp[r] = _reference_row(original[r], q_pids[r], q_cams[r], g_pids, g_cams,
+                                                  None if skip is None else skip[r])
     return first, ap, inp
 
 
-def _reference_row(row, q_pid, q_cam, g_pids, g_cams) -> tuple[int, float, float]:
+def _reference_row(row, q_pid, q_cam, g_pids, g_cams, skip=None) -> tuple[int, float, float]:
     """torchreid's per-query computation with its ``np.argsort`` order (used for tied rows)."""
     order = np.argsort(row)
     keep = ~((g_pids[order] == q_pid) & (g_cams[order] == q_cam))
+    if skip is not None:
+        keep &= ~skip[order]
     raw = (g_pids[order][keep] == q_pid).astype(np.int64)
     hits = np.flatnonzero(raw)
     if hits.size == 0:

@@ -300,11 +300,14 @@ class Session:
             return self._projection
 
     def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
+        """``evaluation.evaluate_features``: {"headline": ..., "protocols": ...}, or {} without labels."""
         from .evaluation import evaluate_features
 
         fs = self.features(reporter=reporter.child(0.0, 0.5) if reporter else None)
         images = self.images().subset(self.images().index_of(fs.ids))
-        scores = evaluate_features(fs.feats, images, reporter=reporter.child(0.5, 1.0) if reporter else None)
+        sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
+        scores = evaluate_features(fs.feats, images, sysu_sources=sysu,
+                                   reporter=reporter.child(0.5, 1.0) if reporter else None)
         if not self.ws.readonly and scores:
             self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
         return scores

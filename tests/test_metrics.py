@@ -10,7 +10,7 @@ from itkm_engine.errors import ItkmError
 from itkm_engine.metrics import evaluate_rank, evaluate_rank_detailed, pseudo_label_quality
 
 
-def loop_protocol(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+def loop_protocol(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, skip_cameras=None):
     """The protocol written out the obvious way, one query and one gallery item at a time."""
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
@@ -22,6 +22,8 @@ def loop_protocol(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
         for g in order:
             if g_pids[g] == q_pids[q] and g_camids[g] == q_camids[q]:
                 continue  # same person, same camera: ignored
+            if skip_cameras is not None and skip_cameras[q_camids[q], g_camids[g]]:
+                continue  # the protocol leaves this camera out for this query's camera
             rel.append(1 if g_pids[g] == q_pids[q] else 0)
         if sum(rel) == 0:
             continue
@@ -202,3 +204,37 @@ def test_pseudo_label_quality_rejects_bad_input():
         pseudo_label_quality(np.array([0, 1]), np.array([0]))
     with pytest.raises(ItkmError, match="known identity"):
         pseudo_label_quality(np.array([0, 1]), np.array([-1, -1]))
+
+
+# -- skip_cameras: the cross-camera and SYSU-MM01 protocols -------------------------------------
+
+
+@pytest.mark.parametrize("distinct_values", [None, 3])
+def test_skip_cameras_matches_the_loop(distinct_values):
+    rng = np.random.default_rng(11)
+    dist, q_pids, g_pids, q_cams, g_cams = random_case(rng, 37, 83, num_ids=7, num_cams=4,
+                                                       distinct_values=distinct_values)
+    skip = np.eye(4, dtype=bool)
+    skip[2, 1] = True  # like SYSU: a query of camera 2 also ignores camera 1
+    res = evaluate_rank_detailed(dist, q_pids, g_pids, q_cams, g_cams, 10, skip_cameras=skip)
+    cmc, mAP, mINP, n_valid = loop_protocol(dist, q_pids, g_pids, q_cams, g_cams, 10, skip_cameras=skip)
+    np.testing.assert_allclose(res.cmc, cmc)
+    assert res.mAP == pytest.approx(mAP) and res.mINP == pytest.approx(mINP) and res.num_valid == n_valid
+
+
+def test_cross_camera_protocol_drops_same_camera_non_matches():
+    # One query (pid 1, camera 0); the closest gallery item is another person in the query's own
+    # camera.  Standard protocol: it counts, the match is rank 2.  Cross-camera: it is left out.
+    dist = np.array([[0.1, 0.2, 0.3]], dtype=np.float32)
+    g_pids, g_cams = np.array([5, 1, 6]), np.array([0, 1, 1])
+    cmc, mAP = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, max_rank=3)
+    assert cmc[0] == 0.0 and mAP == pytest.approx(0.5)
+    cmc, mAP = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, max_rank=3,
+                             skip_cameras=np.eye(2, dtype=bool))
+    assert cmc[0] == 1.0 and mAP == pytest.approx(1.0)
+
+
+def test_skip_cameras_needs_camera_codes():
+    with pytest.raises(ItkmError, match="codes"):
+        evaluate_rank(np.zeros((1, 2)), np.array([1]), np.array([1, 2]), np.array([0]), np.array([1, 5]),
+                      skip_cameras=np.eye(2, dtype=bool))

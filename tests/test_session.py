@@ -94,12 +94,19 @@ def test_identities_cover_every_image(session):
 
 
 def test_evaluate_reports_overall_scenarios_and_directions(session):
-    scores = session.evaluate()
-    assert "overall" in scores
-    assert "visible-infrared: infrared -> visible" in scores
-    assert "cross-resolution: low-res -> high-res" in scores
-    for s in scores.values():
-        assert 0.0 <= s["mAP"] <= 1.0 and 0.0 <= s["rank1"] <= s["rank5"] <= s["rank10"] <= 1.0
+    result = session.evaluate()
+    head = result["headline"]
+    assert (head["protocol"], head["split"]) == ("cross-camera", "overall")
+    assert set(result["protocols"]) == {"cross-camera", "standard"}  # the demo is not a sysu layout
+    for protocol in ("cross-camera", "standard"):
+        scores = result["protocols"][protocol]
+        assert "overall" in scores
+        assert "visible-infrared: infrared -> visible" in scores
+        assert "cross-resolution: low-res -> high-res" in scores
+        for s in scores.values():
+            assert 0.0 <= s["mAP"] <= 1.0 and 0.0 <= s["rank1"] <= s["rank5"] <= s["rank10"] <= 1.0
+    assert {k: head[k] for k in result["protocols"]["cross-camera"]["overall"]} == \
+        result["protocols"]["cross-camera"]["overall"]
 
 
 def test_export_tracks_rows_grouped_by_identity_ordered_by_time(session, tmp_path):

@@ -11,6 +11,7 @@ and the operator can correct them per camera."
   operator, not split, because a camera's group is one value.
 * :func:`assign_scenarios` turns the per-camera guesses of one source into (scenario, group,
   flag) per camera, with or without a scenario the user (or the folder layout) already named.
+  A low-res camera in a scenario without resolution groups keeps its group and gets a flag.
 
 Thresholds are module constants so tests and the docs can name them.
 """
@@ -38,6 +39,7 @@ __all__ = [
     "MIXED_FRACTION",
     "LOW_RES_RATIO",
     "MIXED_FLAG",
+    "LOW_RES_FLAG",
 ]
 
 #: A crop whose mean saturation (0..1) is below this is grey (infrared-like).  JPEG chroma noise on
@@ -58,6 +60,8 @@ _DARK_V = 24
 _THUMB = 64
 
 MIXED_FLAG = "mixed visible and grey crops"
+#: Start of the flag of a low-res camera in a scenario without resolution groups (see assign_scenarios).
+LOW_RES_FLAG = "low-res"
 
 
 @dataclass(frozen=True)
@@ -136,14 +140,15 @@ def guess_camera(
     )
 
 
-def _low_res(cameras: Mapping[str, CameraGuess]) -> set[str]:
-    """Cameras whose median height is below LOW_RES_RATIO x the median of the others' medians."""
-    out = set()
+def _low_res(cameras: Mapping[str, CameraGuess]) -> dict[str, float]:
+    """Cameras whose median height is below LOW_RES_RATIO x the median of the others' medians,
+    with that median of the others (what they were compared with)."""
+    out: dict[str, float] = {}
     heights = {n: g.median_height for n, g in cameras.items() if g.sampled > 0 and g.median_height > 0}
     for name, h in heights.items():
         others = [v for n, v in heights.items() if n != name]
         if others and h < LOW_RES_RATIO * float(np.median(others)):
-            out.add(name)
+            out[name] = float(np.median(others))
     return out
 
 
@@ -158,8 +163,16 @@ def assign_scenarios(
     ``all``.  Without a hint the whole source gets one scenario: visible-infrared if any camera is
     infrared, else cross-resolution if a low-res outlier exists, else cross-camera.
 
-    Flags: :data:`MIXED_FLAG` for a mixed camera; "no readable images" when nothing could be
-    sampled.
+    A low-res outlier in a scenario without resolution groups (visible-infrared, cross-camera,
+    clothing-change) keeps its group and is flagged (:data:`LOW_RES_FLAG`, with its median height
+    and the others'), not moved to cross-resolution: a camera has one scenario, and alone in
+    cross-resolution it would be a low-res group without a high-res side, clustered apart from the
+    visible (or infrared) cameras that see the same people -- its crops would never join their
+    identities.  In its own group its people cluster with the same modality; the flag tells the
+    operator, who can still move it in the Cameras view.
+
+    Flags: :data:`MIXED_FLAG` for a mixed camera; the low-res flag; both joined by "; ";
+    "no readable images" when nothing could be sampled.
     """
     if scenario_hint is not None and scenario_hint not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario_hint!r}; choose one of {', '.join(SCENARIOS)}")
@@ -180,10 +193,13 @@ def assign_scenarios(
             group = "low-res" if name in low else "high-res"
         else:
             group = TWO_GROUP.get(scenario, ("all",))[0]
-        flag = None
+        flags = []
         if g.sampled == 0:
-            flag = "no readable images"
+            flags.append("no readable images")
         elif g.mixed:
-            flag = MIXED_FLAG
-        out[name] = (scenario, group, flag)
+            flags.append(MIXED_FLAG)
+        if name in low and scenario != "cross-resolution":
+            flags.append(f"{LOW_RES_FLAG} ({g.median_height:.0f} px median height vs {low[name]:.0f} px "
+                         f"for the other cameras): kept in the {group} group")
+        out[name] = (scenario, group, "; ".join(flags) or None)
     return out

@@ -1,40 +1,40 @@
-"""Benchmark: does ITKM learn?  The quick preset from random init on the demo camera set (CPU).
+"""Benchmark: does ITKM learn?  The quick preset (CPU) on the demo camera set.
 
     python benchmarks/bench_accuracy.py                    # 30 identities (~1,000 crops), 3 seeds
-    python benchmarks/bench_accuracy.py --quick            # 16 identities, one seed, no oracle row
-    python benchmarks/bench_accuracy.py --identities 60 --model itkm-tiny --out accuracy_tiny
+    python benchmarks/bench_accuracy.py --quick            # 16 identities, one seed, no extras
+    python benchmarks/bench_accuracy.py --no-ablations --no-oracle --no-confirmations
 
 Why: a training engine that runs end to end can still learn nothing.  This benchmark trains the
-real thing (``itkm_engine.trainer.train``: Stage I -> II -> III, the ``quick`` preset, a randomly
-initialised ``itkm-small`` CLIP at 128x64) on the procedural demo set
-(``itkm_engine.data.demo.make_demo``) and scores retrieval with the standard protocol
-(``itkm_engine.evaluation.evaluate_features``: every labelled crop queries every other; a gallery
-crop of the query's person *and* camera is ignored).
+real thing (``itkm_engine.trainer.train``: Stage I -> II -> III, the ``quick`` preset: an
+ImageNet-pretrained MobileNetV2 image tower at 128x64 and the small CLIP text tower) on the
+procedural demo set (``itkm_engine.data.demo.make_demo``) and scores retrieval with the
+cross-camera protocol (``itkm_engine.evaluation.evaluate_features``: every labelled crop queries
+the crops of every *other* camera: "is this person found again elsewhere").
 
 Rows of the main table:
   * colour histogram -- ``itkm_engine.color_baseline`` (what clothing colour alone achieves);
-  * round 0          -- the untrained initial model's features;
-  * round 1, round 2 -- after one and two training rounds;
-  * round 0/1 with other seeds, and the per-column standard deviation of round 1 over the seeds;
+  * round 0          -- the initial model's features (ImageNet weights, no ReID training);
+  * round 1, round 2 -- after one and two training rounds, for each of ``--seeds`` seeds, and the
+    per-column standard deviation over the seeds;
   * round 1 with ORACLE pseudo-labels -- the per-group clustering replaced by the true ids, all
-    else unchanged: an upper bound that tells "the pseudo-labels are wrong" apart from "this
-    model cannot learn in this budget";
+    else unchanged: the headroom left in pseudo-label quality;
   * chance -- random feature directions under the same protocol.
-Ablation table: one round from the same seed and the same data with one switch off at a time
-(``model.scenario_embedding``, ``model.group_stems``, ``stage2.separation``, ``stage3.chm``,
-``stage3.ihm``, ``stage3.dru``), against the full method's round 1.
+Ablation table: one round from the same seed and the same data with one ITKM switch off at a time
+(``model.scenario_embedding``, ``model.group_stems``, ``stage3.chm``, ``stage3.ihm``,
+``stage3.dru``) against the full method's round 1; the separation loss on a two-site demo (two
+demo sets with disjoint people, ingested as two sites: the loss only acts across sites).
+Operator table: round 1 after 50 and 200 decisions simulated from the true ids
+(``constraints.simulate_confirmations``: the review queue's pairs nearest the boundary first).
 Columns: mAP / Rank-1 (percent) overall ("all"), infrared -> visible, low-res -> high-res, within
-the clothing-change scenario, and "avg mAP", the mean of the four mAP columns.
+the clothing-change scenario, and "avg mAP", the mean of the four mAP columns (decision metric).
 
-Expectations (the issue's): rounds beat round 0 and the colour baseline; the full method beats
-each ablation.  Decision metric: avg mAP (overall mAP alone sits at chance level for every row
-on this set: each camera's background and lighting make same-camera strangers the nearest
-neighbours, so it cannot tell learning from noise).  Noise: the full method's round 1 is run with
-``--seeds`` seeds; a margin counts as meaningful only beyond 2*sqrt(2)*sd (about two standard
-deviations of the difference of two single runs; with 3 seeds a rough estimate).  Each
+Expectations (issue 9): rounds 1 and 2 beat round 0 and the colour baseline on avg mAP by more
+than the seed noise; infrared -> visible mAP rises round over round; CPU seconds per round
+<= 120.  Noise: a margin counts only beyond 2*sqrt(2)*sd of the seeds' round-1 avg mAP (about two
+standard deviations of the difference of two single runs; with 3 seeds a rough estimate).  Each
 expectation prints PASS/MISS, and "(within noise)" when the margin is smaller than that.
-Timing: a round should take about a minute or less on ~1,000 crops (2 CPU cores); the benchmark
-records the 1-minute load average, because other work on the machine slows it down.
+CPU seconds (process time, all threads) are the round's cost; wall time and the 1-minute load
+average are recorded beside them, since other work on the machine stretches the wall time.
 """
 
 
@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import peak_rss_mb, print_table, write_json  # noqa: E402
 from itkm_engine.color_baseline import color_histogram_features  # noqa: E402
 from itkm_engine.config import Config, preset  # noqa: E402
-from itkm_engine.data.demo import make_demo  # noqa: E402
+from itkm_engine.data.demo import make_demo, make_two_site_demo  # noqa: E402
 from itkm_engine.data.ingest import ingest  # noqa: E402
 from itkm_engine.evaluation import evaluate_features  # noqa: E402
 from itkm_engine.features import extract_features  # noqa: E402
@@ -77,17 +77,20 @@ SPLITS = {
     "LR>HR": "cross-resolution: low-res -> high-res",
     "CC": "clothing-change",
 }
-#: Ablations: one switch off at a time.
+#: Ablations on the one-site demo: one switch off at a time (the separation loss is measured on
+#: the two-site demo: with one site it has nothing to separate).
 ABLATIONS = (
     "model.scenario_embedding",
     "model.group_stems",
-    "stage2.separation",
     "stage3.chm",
     "stage3.ihm",
     "stage3.dru",
 )
-ROUND_TARGET_S = 60.0  # "a round takes roughly one minute or less" on ~1,000-2,000 crops
-TOTAL_TARGET_S = 600.0  # the whole default benchmark in < 10 minutes
+ROUND_TARGET_CPU_S = 120.0  # CPU seconds per round on ~1,000 crops (issue 9)
+#: Evaluation protocol of the table's columns.
+PROTOCOL = "cross-camera"
+#: Operator decisions simulated from the true ids before a round.
+CONFIRMATIONS = (50, 200)
 
 
 class Clock:
@@ -102,8 +105,10 @@ class Clock:
         print(f"[{time.perf_counter() - self.t0:6.0f} s, load {self.loads[-1]:4.1f}] {text}", flush=True)
 
 
-def columns(scores: dict[str, dict]) -> dict[str, float]:
-    """mAP and Rank-1 in percent for each column; NaN where a split had no valid query."""
+def columns(result: dict) -> dict[str, float]:
+    """mAP and Rank-1 in percent for each column (``PROTOCOL``); NaN where a split had no valid
+    query."""
+    scores = result.get("protocols", {}).get(PROTOCOL, {})
     out: dict[str, float] = {}
     maps = []
     for col, split in SPLITS.items():
@@ -146,9 +151,10 @@ def oracle_pseudo_labels():
         context.RoundContext.cluster_per_group = original
 
 
-def new_workspace(root: Path, name: str, demo_root: Path) -> Workspace:
+def new_workspace(root: Path, name: str, demo_roots: list[tuple[Path, str | None]]) -> Workspace:
     ws = Workspace.open(root / name, create=True)
-    ingest(ws, [demo_root])
+    for folder, site in demo_roots:
+        ingest(ws, [folder], site=site)
     return ws
 
 
@@ -166,8 +172,8 @@ def score_model(ws: Workspace, cfg: Config, device: torch.device) -> dict[str, d
 
 def compact_log(epochs: list[dict]) -> list[dict]:
     """The per-epoch values worth keeping in the JSON (counts, label quality, losses, time)."""
-    keep = ("n_clusters", "n_outliers", "precision", "recall", "ari", "chm_pairs", "ihm_pairs", "ihm_precision",
-            "loss", "seconds")
+    keep = ("n_clusters", "n_outliers", "precision", "recall", "ari", "chm_pairs", "chm_precision", "ihm_pairs",
+            "ihm_precision", "ihm_pairs_used", "separation", "n_sites", "loss", "seconds")
     out = []
     for e in epochs:
         v = e.get("values", e)
@@ -195,8 +201,8 @@ class Runs:
         self.times: list[dict] = []
         self.logs: dict[str, list[dict]] = {}
 
-    def workspace(self, name: str) -> Workspace:
-        return new_workspace(self.root, name, self.demo_root)
+    def workspace(self, name: str, sources: list[tuple[Path, str | None]] | None = None) -> Workspace:
+        return new_workspace(self.root, name, sources or [(self.demo_root, None)])
 
     def round(self, ws: Workspace, cfg: Config, name: str) -> tuple[dict, float]:
         """Train one round, then score it: (columns, wall seconds)."""
@@ -204,11 +210,11 @@ class Runs:
         res = train(ws, cfg, rounds=1, device=self.device)[0]
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         self.times.append({"run": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                           "load": round(os.getloadavg()[0], 1)})
+                           "load": round(os.getloadavg()[0], 1), "images": ws.image_count()})
         self.logs[name] = compact_log(res.epochs)
         cols = columns(score_model(ws, cfg, self.device))
         self.clock.say(f"{name}: {wall:.0f} s wall, {cpu:.0f} s CPU, avg mAP {cols['avg mAP']:.2f}")
-        return cols, wall
+        return cols, cpu
 
 
 def main() -> int:
@@ -219,6 +225,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the full method's round 1, for the noise level")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--no-oracle", action="store_true", help="skip the oracle pseudo-label row")
+    ap.add_argument("--no-confirmations", action="store_true", help="skip the simulated operator decisions")
     ap.add_argument("--model", default=None, help="model config name instead of the preset's (e.g. itkm-tiny)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
@@ -228,6 +235,8 @@ def main() -> int:
     out_name = args.out or ("accuracy_quick" if args.quick else "accuracy")
     n_seeds = 1 if args.quick else max(1, args.seeds)
     oracle = not (args.quick or args.no_oracle)
+    if args.quick:
+        args.no_ablations = args.no_confirmations = True
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -252,94 +261,125 @@ def main() -> int:
                   f"torch threads {torch.get_num_threads()}")
         runs = Runs(root, root / "demo", device, clock)
 
-        # -- the full method: colour baseline, round 0, rounds 1 and 2 -------------------------
-        ws = runs.workspace("full")
-        images = ws.images()
-        colour = columns(evaluate_features(color_histogram_features(list(images.path)), images))
-        # Chance level of the protocol: random directions.
-        rand = np.random.default_rng(0).standard_normal((len(images), 256)).astype(np.float32)
-        chance = columns(evaluate_features(rand / np.linalg.norm(rand, axis=1, keepdims=True), images))
-        round0 = columns(score_model(ws, cfg, device))
-        clock.say("colour baseline, chance and round 0 scored")
-        round1, wall1 = runs.round(ws, cfg, "full round 1")
-        round2, wall2 = runs.round(ws, cfg, "full round 2")
-        ws.close()
-        rows = [
-            {"row": "colour histogram", **colour},
-            {"row": "round 0 (untrained)", **round0},
-            {"row": "round 1", **round1, "round s": round(wall1, 1)},
-            {"row": "round 2", **round2, "round s": round(wall2, 1)},
-        ]
-
-        # -- noise: round 1 with other seeds ---------------------------------------------------
-        seed_round1 = [round1]
-        for k in range(1, n_seeds):
-            scfg = cfg.with_overrides(seed=args.seed + k)
-            ws = runs.workspace(f"seed{args.seed + k}")
+        # -- the full method, every seed: round 0, round 1, round 2 ---------------------------------
+        colour = chance = None
+        per_seed: list[dict[str, dict]] = []
+        rows: list[dict] = []
+        for k in range(n_seeds):
+            seed = args.seed + k
+            scfg = cfg.with_overrides(seed=seed)
+            ws = runs.workspace(f"seed{seed}")
+            if colour is None:
+                images = ws.images()
+                colour = columns(evaluate_features(color_histogram_features(list(images.path)), images))
+                rand = np.random.default_rng(0).standard_normal((len(images), 256)).astype(np.float32)
+                chance = columns(evaluate_features(rand / np.linalg.norm(rand, axis=1, keepdims=True), images))
+                rows.append({"row": "colour histogram", **colour})
             r0 = columns(score_model(ws, scfg, device))
-            r1, wall = runs.round(ws, scfg, f"seed {args.seed + k} round 1")
+            r1, cpu1 = runs.round(ws, scfg, f"seed {seed} round 1")
+            r2, cpu2 = runs.round(ws, scfg, f"seed {seed} round 2")
             ws.close()
-            seed_round1.append(r1)
-            rows.append({"row": f"round 0, seed {args.seed + k}", **r0})
-            rows.append({"row": f"round 1, seed {args.seed + k}", **r1, "round s": round(wall, 1)})
+            per_seed.append({"round 0": r0, "round 1": r1, "round 2": r2})
+            rows.append({"row": f"round 0 (untrained), seed {seed}", **r0})
+            rows.append({"row": f"round 1, seed {seed}", **r1, "round CPU s": round(cpu1, 1)})
+            rows.append({"row": f"round 2, seed {seed}", **r2, "round CPU s": round(cpu2, 1)})
+        mean = {r: {c: round(float(np.mean([s[r][c] for s in per_seed])), 2) for c in per_seed[0][r]}
+                for r in ("round 0", "round 1", "round 2")}
+        for r in ("round 0", "round 1", "round 2"):
+            rows.append({"row": f"{r}, mean of {n_seeds} seed(s)", **mean[r]})
+        round1 = per_seed[0]["round 1"]  # the reference of the ablation and operator tables (first seed)
         noise: float | None = None
-        if len(seed_round1) > 1:
-            vals = np.array([r["avg mAP"] for r in seed_round1])
+        if n_seeds > 1:
+            vals = np.array([s["round 1"]["avg mAP"] for s in per_seed])
             sd = float(np.std(vals, ddof=1))
             # A difference of two single runs has sd sqrt(2)*sd; call it meaningful beyond ~2 of those.
             noise = round(max(2 * np.sqrt(2) * sd, 0.1), 2)
-            spread = {k: round(float(np.std([r[k] for r in seed_round1], ddof=1)), 2) for k in seed_round1[0]}
-            rows.append({"row": f"round 1 sd over {len(seed_round1)} seeds", **spread})
+            spread = {c: round(float(np.std([s["round 1"][c] for s in per_seed], ddof=1)), 2) for c in round1}
+            rows.append({"row": f"round 1 sd over {n_seeds} seeds", **spread})
 
-        # -- oracle pseudo-labels: could this model learn in this budget at all? -----------------
+        # -- oracle pseudo-labels: the headroom in pseudo-label quality ---------------------------------
         if oracle:
             ws = runs.workspace("oracle")
             with oracle_pseudo_labels():
-                orc, wall = runs.round(ws, cfg, "oracle labels round 1")
+                orc, cpu = runs.round(ws, cfg, "oracle labels round 1")
             ws.close()
-            rows.append({"row": "round 1, ORACLE pseudo-labels", **orc, "round s": round(wall, 1)})
+            rows.append({"row": "round 1, ORACLE pseudo-labels", **orc, "round CPU s": round(cpu, 1)})
         rows.append({"row": "chance (random features)", **chance})
 
-        # -- ablations -----------------------------------------------------------------------------
+        # -- ablations ---------------------------------------------------------------------------------
         ablation_rows: list[dict] = []
+        site_rows: list[dict] = []
         if not args.no_ablations:
             for key in ABLATIONS:
                 acfg = cfg.with_overrides(**{key: False})
                 ws = runs.workspace("no-" + key.replace(".", "-"))
-                cols, wall = runs.round(ws, acfg, f"no {key}")
+                cols, cpu = runs.round(ws, acfg, f"no {key}")
                 ws.close()
                 ablation_rows.append({"row": f"no {key}", **cols,
                                       "d avg mAP": round(cols["avg mAP"] - round1["avg mAP"], 2),
-                                      "round s": round(wall, 1)})
+                                      "round CPU s": round(cpu, 1)})
+            # the separation loss on two sites with disjoint people
+            site_a, site_b = make_two_site_demo(root / "two-site", identities=identities, seed=0)
+            sources = [(site_a, "site-a"), (site_b, "site-b")]
+            for label, scfg in (("two sites, full method", cfg),
+                                ("two sites, no stage2.separation", cfg.with_overrides(**{"stage2.separation": False}))):
+                ws = runs.workspace(label.replace(" ", "-").replace(",", "").replace(".", "-"), sources)
+                cols, cpu = runs.round(ws, scfg, label)
+                ws.close()
+                site_rows.append({"row": label, **cols, "round CPU s": round(cpu, 1)})
+            site_rows[1]["d avg mAP"] = round(site_rows[1]["avg mAP"] - site_rows[0]["avg mAP"], 2)
+            site_rows[0]["d avg mAP"] = 0.0
+            ablation_rows.append({**site_rows[1], "row": "no stage2.separation (two-site demo; vs two-site full)"})
+
+        # -- operator decisions simulated from the true ids ---------------------------------------------
+        operator_rows: list[dict] = [{"row": "0 decisions (round 1)", **round1, "decisions": 0}]
+        if not args.no_confirmations:
+            from itkm_engine.constraints import simulate_confirmations
+
+            for n in CONFIRMATIONS:
+                ws = runs.workspace(f"confirm{n}")
+                made = simulate_confirmations(ws, n, seed=args.seed)
+                cols, cpu = runs.round(ws, cfg, f"{n} decisions round 1")
+                ws.close()
+                operator_rows.append({"row": f"{n} decisions (round 1)", **cols, "decisions": made,
+                                      "d avg mAP": round(cols["avg mAP"] - round1["avg mAP"], 2)})
         total_s = time.perf_counter() - clock.t0
 
         # -- expectations --------------------------------------------------------------------------
         m = "avg mAP"
-        checks = [
-            expectation(f"round 1 beats round 0 ({m})", round1[m], round0[m], noise),
-            expectation(f"round 2 beats round 0 ({m})", round2[m], round0[m], noise),
-            expectation(f"round 2 beats round 1 ({m})", round2[m], round1[m], noise),
-            expectation(f"round 1 beats the colour baseline ({m})", round1[m], colour[m], noise),
-            expectation(f"round 2 beats the colour baseline ({m})", round2[m], colour[m], noise),
-        ]
+        ir = "IR>VIS mAP"
+        checks = []
+        for k, s_ in enumerate(per_seed):
+            tag = f"seed {args.seed + k}"
+            checks += [
+                expectation(f"{tag}: round 1 beats round 0 ({m})", s_["round 1"][m], s_["round 0"][m], noise),
+                expectation(f"{tag}: round 2 beats round 0 ({m})", s_["round 2"][m], s_["round 0"][m], noise),
+                expectation(f"{tag}: round 1 beats the colour baseline ({m})", s_["round 1"][m], colour[m], noise),
+                expectation(f"{tag}: round 2 beats the colour baseline ({m})", s_["round 2"][m], colour[m], noise),
+                expectation(f"{tag}: infrared->visible rises round 0 -> 1", s_["round 1"][ir], s_["round 0"][ir], None),
+                expectation(f"{tag}: infrared->visible rises round 1 -> 2", s_["round 2"][ir], s_["round 1"][ir], None),
+            ]
         for a in ablation_rows:
-            checks.append(expectation(f"full method beats {a['row']} ({m}, round 1)", round1[m], a[m], noise))
-        walls = [t["wall_s"] for t in runs.times]
-        checks.append({"expectation": f"mean round time <= {ROUND_TARGET_S:.0f} s", "value": round(float(np.mean(walls)), 1),
-                       "reference": ROUND_TARGET_S, "margin": round(ROUND_TARGET_S - float(np.mean(walls)), 1),
-                       "result": "PASS" if np.mean(walls) <= ROUND_TARGET_S else "MISS"})
-        checks.append({"expectation": f"whole benchmark < {TOTAL_TARGET_S:.0f} s", "value": round(total_s, 1),
-                       "reference": TOTAL_TARGET_S, "margin": round(TOTAL_TARGET_S - total_s, 1),
-                       "result": "PASS" if total_s < TOTAL_TARGET_S else "MISS"})
+            ref = site_rows[0][m] if "two-site" in a["row"] else round1[m]
+            checks.append(expectation(f"full method beats {a['row']} ({m}, round 1)", ref, a[m], noise))
+        for o in operator_rows[1:]:
+            checks.append(expectation(f"{o['row']} beats 0 decisions ({m})", o[m], round1[m], noise))
+        cpus = [t["cpu_s"] for t in runs.times if t["images"] <= 1.5 * info.n_images]
+        checks.append({"expectation": f"mean CPU s per round <= {ROUND_TARGET_CPU_S:.0f} (~{info.n_images} crops)",
+                       "value": round(float(np.mean(cpus)), 1), "reference": ROUND_TARGET_CPU_S,
+                       "margin": round(ROUND_TARGET_CPU_S - float(np.mean(cpus)), 1),
+                       "result": "PASS" if np.mean(cpus) <= ROUND_TARGET_CPU_S else "MISS"})
 
-        title = (f"ITKM accuracy, quick preset ({cfg.model.name} {cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
-                 f"random init, CPU), demo set {info.n_images} crops / {info.n_identities} ids, seed {args.seed}; "
+        title = (f"ITKM accuracy, quick preset ({cfg.model.tower} {cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
+                 f"ImageNet init, CPU), demo set {info.n_images} crops / {info.n_identities} ids, {PROTOCOL} protocol; "
                  f"mAP / Rank-1 in %; avg mAP = mean of the four mAP columns")
         print_table(rows, title)
         if ablation_rows:
-            print_table([{"row": "full method (round 1)", **round1, "d avg mAP": 0.0, "round s": round(wall1, 1)}]
-                        + ablation_rows,
+            print_table([{"row": "full method (round 1)", **round1, "d avg mAP": 0.0}] + ablation_rows,
                         "Ablations: one round, same seed, one switch off")
+            print_table(site_rows, "Separation loss on the two-site demo (disjoint people)")
+        if len(operator_rows) > 1:
+            print_table(operator_rows, "Operator decisions simulated from the true ids, then one round")
         print_table(runs.times, "Round times")
         print_table(checks, f"Expectations (noise threshold on avg mAP: {noise if noise is not None else 'n/a'})")
         loads = clock.loads + [os.getloadavg()[0]]
@@ -357,6 +397,9 @@ def main() -> int:
                              "max": max(loads)},
             "rows": rows,
             "ablations": ablation_rows,
+            "two_site": site_rows,
+            "operator": operator_rows,
+            "protocol": PROTOCOL,
             "noise_threshold_avg_mAP": noise,
             "round_times": runs.times,
             "epoch_logs": runs.logs,

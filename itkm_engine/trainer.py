@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .constraints import load_constraints
 from .config import Config
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError
@@ -144,6 +145,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
             reporter=reporter.child(0.0, 0.05), stage="extract", dist=dist,
         )
     ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist)
+    ctx.constraints = load_constraints(ws)  # must/cannot-links the round obeys (constraints.py)
     if resume is not None:
         ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
 

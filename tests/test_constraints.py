@@ -1,0 +1,115 @@
+"""Operator decisions: the store (undo/redo, batches, schema v3), enforcement on labels, and a
+training round on the demo set that obeys them."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from itkm_engine import constraints as C
+from itkm_engine.workspace import DB_NAME, Workspace
+
+
+def _cons(must=(), cannot=()):
+    arr = lambda p: np.array(sorted((min(a, b), max(a, b)) for a, b in p), np.int64).reshape(-1, 2)  # noqa: E731
+    return C.Constraints(arr(must), arr(cannot))
+
+
+# -- enforcement --------------------------------------------------------------------------------
+def test_must_link_joins_clusters_and_outliers():
+    ids = np.arange(10, 18)
+    labels = np.array([0, 0, 1, 1, -1, -1, -1, 2])
+    out = C.enforce_on_labels(labels, ids, _cons(must=[(10, 12), (14, 15), (16, 17)]))
+    assert out[0] == out[1] == out[2] == out[3]  # clusters 0 and 1 merged
+    assert out[4] == out[5] >= 0 and out[4] != out[0]  # two outliers became one cluster
+    assert out[6] == out[7]  # an outlier joined its partner's cluster
+
+
+def test_cannot_link_splits_by_features_and_ignores_absent_images():
+    ids = np.arange(6)
+    feats = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1], [0.1, 0.9], [0.2, 0.8]], np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    labels = np.zeros(6, np.int64)
+    out = C.enforce_on_labels(labels, ids, _cons(cannot=[(0, 3), (2, 99)]), feats)
+    assert out[0] != out[3]
+    assert list(out[:3]) == [out[0]] * 3 and list(out[3:]) == [out[3]] * 3  # members follow the nearer side
+    assert np.array_equal(C.enforce_on_labels(labels, ids, _cons(cannot=[(7, 8)])), labels)  # nothing applies
+
+
+def test_cannot_wins_over_a_chain_of_musts_and_is_never_merged():
+    ids = np.arange(4)
+    labels = np.array([0, 1, 2, 3])
+    # 0~1, 1~2, 2~3 confirmed, but 0 and 3 rejected: the chain cannot join all four.
+    out = C.enforce_on_labels(labels, ids, _cons(must=[(0, 1), (1, 2), (2, 3)], cannot=[(0, 3)]))
+    assert out[0] != out[3]
+    assert out[0] == out[1] == out[2]
+
+
+def test_split_pairs_see_every_group():
+    must, cannot = C.split_pairs([1, 2], [3, 4], ["a/x", "a/y"], ["a/x", "a/y"])
+    assert (1, 2) in must and (3, 4) in must
+    assert {(1, 3), (2, 4)} <= set(cannot)  # one per shared group key
+    labels = np.zeros(4, np.int64)
+    out = C.enforce_on_labels(labels, np.array([1, 2, 3, 4]), _cons(must, cannot))
+    assert out[0] == out[1] != out[2] == out[3]
+    with pytest.raises(C.ConstraintError):
+        C.split_pairs([1, 2], [], ["a"] * 2, [])
+
+
+def test_instance_pairs_add_confirmed_cross_group_and_drop_rejected():
+    ids = np.array([5, 6, 7, 8])
+    keys = np.array(["s/v", "s/v", "s/i", "s/i"], object)
+    pairs = np.array([[0, 2], [1, 3]])
+    out = C.instance_pairs(pairs, ids, keys, _cons(must=[(5, 8), (5, 6)], cannot=[(6, 8)]))
+    got = {tuple(p) for p in out.tolist()}
+    assert got == {(0, 2), (0, 3)}  # (6,8) rejected; (5,8) confirmed cross-group; (5,6) same group
+
+
+# -- the store ----------------------------------------------------------------------------------
+def test_decisions_undo_redo_in_batches_and_survive_reopen(fresh_ws):
+    with Workspace.open(fresh_ws) as ws:
+        ids = ws.images().id[:6].tolist()
+        b1 = C.confirm(ws, [(ids[0], ids[1]), (ids[2], ids[3])], user="ann")  # a selection: one step
+        b2 = C.reject(ws, [(ids[1], ids[0])], user="bob")  # the later decision on the pair wins
+        assert b2 > b1
+        cons = C.load_constraints(ws)
+        assert cons.decision(ids[0], ids[1]) == "cannot" and cons.decision(ids[2], ids[3]) == "must"
+        assert C.undo(ws) == b2
+        assert C.load_constraints(ws).decision(ids[0], ids[1]) == "must"
+        assert C.undo(ws) == b1 and len(C.load_constraints(ws)) == 0
+        assert C.undo(ws) is None
+        assert C.redo(ws) == b1 and len(C.load_constraints(ws).must) == 2
+    with Workspace.open(fresh_ws) as ws:  # b2 still redoable after reopening
+        assert len(C.load_constraints(ws).must) == 2
+        C.reject(ws, [(ids[4], ids[5])])  # a new action drops the redo stack
+        assert C.redo(ws) is None
+        hist = C.history(ws)
+        assert {d.user for d in hist} >= {"ann", "bob"}
+        assert sorted(d.state for d in hist) == [0, 0, 0, 2]  # the retired undo is kept, flagged
+        with pytest.raises(C.ConstraintError):
+            C.confirm(ws, [(ids[0], ids[0])])
+        with pytest.raises(C.ConstraintError):
+            C.confirm(ws, [(ids[0], 10**9)])
+
+
+def test_names_follow_their_images_not_identity_numbers(fresh_ws):
+    with Workspace.open(fresh_ws) as ws:
+        C.name_identity(ws, [1, 2, 3], "Alice", "blue coat")
+        # After re-clustering identity numbers changed: the images of "Alice" are now identity 7.
+        names = C.identity_names(ws, np.array([1, 2, 3, 4]), np.array([7, 7, 5, 5]))
+        assert names == {7: ("Alice", "blue coat")}
+        C.undo(ws)
+        assert C.identity_names(ws, np.array([1, 2, 3]), np.array([0, 0, 0])) == {}
+
+
+def test_schema_2_workspace_gains_the_decision_tables(fresh_ws):
+    con = sqlite3.connect(fresh_ws / DB_NAME)
+    con.execute("DROP TABLE decisions")
+    con.execute("DROP TABLE identity_names")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with Workspace.open(fresh_ws) as ws:
+        assert ws.schema_version() == 3
+        assert C.load_constraints(ws).must.shape == (0, 2)
+    assert (fresh_ws / f"{DB_NAME}.bak-v2").exists()

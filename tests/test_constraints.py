@@ -113,3 +113,46 @@ def test_schema_2_workspace_gains_the_decision_tables(fresh_ws):
         assert ws.schema_version() == 3
         assert C.load_constraints(ws).must.shape == (0, 2)
     assert (fresh_ws / f"{DB_NAME}.bak-v2").exists()
+
+
+def test_cross_labels_keep_their_offset():
+    lab, n = C.enforce_cross_labels(np.array([5, 5, 6, -1]), 5, np.array([1, 2, 3, 4]), _cons(cannot=[(1, 2)]),
+                                    np.eye(4, dtype=np.float32))
+    assert lab[0] != lab[1] and lab.min() >= -1 and set(lab[lab >= 0]) == set(range(5, 5 + n)) and n == 3
+
+
+def test_a_round_obeys_the_decisions_and_they_survive_it(trained_ws):
+    """Planted decisions that contradict the truth (two different people confirmed, one person's
+    two sightings rejected) must still hold in the next round's pseudo-labels and in the final
+    identities; undo gives the unconstrained identities back."""
+    from itkm_engine.session import Session, workspace_config
+    from itkm_engine.trainer import train
+
+    with Workspace.open(trained_ws) as ws:
+        images = ws.images()
+        keys, pid = images.group_key(), np.asarray(images.person_id)
+        g = keys[0]
+        rows = np.flatnonzero(keys == g)
+        p1, p2 = sorted(set(pid[rows]))[:2]
+        a = int(images.id[rows[pid[rows] == p1][0]])
+        b = int(images.id[rows[pid[rows] == p2][0]])
+        same = rows[pid[rows] == p1]
+        c, d = int(images.id[same[1]]), int(images.id[same[2]])
+        C.confirm(ws, [(a, b)])
+        C.reject(ws, [(c, d)])
+        cfg = workspace_config(ws)
+        (res,) = train(ws, cfg, rounds=1)
+        n = ws.rounds()[-1].number
+        ids, labels = ws.assignments(n)
+        lab = dict(zip(ids.tolist(), labels.tolist()))
+        assert lab[a] == lab[b] >= 0
+        assert lab[c] != lab[d] or lab[c] < 0
+        assert len(C.load_constraints(ws)) == 2  # decisions are workspace state, not round state
+    with Session.open(trained_ws) as s:
+        t = s.identities()
+        ident = dict(zip(t.image_id.tolist(), t.identity.tolist()))
+        assert ident[a] == ident[b] and ident[c] != ident[d]
+        s.undo()
+        s.undo()
+        raw = s.ws.identities(checkpoint=s.checkpoint_key())  # the clustering as computed, no decisions
+        assert np.array_equal(s.identities().identity, raw.identity)

@@ -156,3 +156,50 @@ def test_a_round_obeys_the_decisions_and_they_survive_it(trained_ws):
         s.undo()
         raw = s.ws.identities(checkpoint=s.checkpoint_key())  # the clustering as computed, no decisions
         assert np.array_equal(s.identities().identity, raw.identity)
+
+
+def test_cli_confirm_reject_identities_and_csv_columns(trained_ws, tmp_path, capsys):
+    """The CLI records decisions by image path or id, merges/splits/names identities, undoes, and
+    the tracks CSV carries the identity's name and whether a sighting was confirmed."""
+    import csv
+
+    from itkm_engine.cli import main
+    from itkm_engine.session import Session
+
+    with Session.open(trained_ws) as s:
+        images = s.images()
+        t = s.identities()
+        big = np.bincount(t.identity).argsort()[::-1]
+        x, y = int(big[0]), int(big[1])
+        a_path, b_id = images.path[images.index_of([t.image_id[0]])[0]], int(t.image_id[1])
+    assert main(["confirm", str(trained_ws), a_path, str(b_id), "-q"]) == 0
+    assert main(["reject", str(trained_ws), str(b_id), str(int(t.image_id[2])), "-q"]) == 0
+    assert main(["confirm", str(trained_ws), "nope.jpg", "1", "-q"]) == 2
+    assert "not an image of this workspace" in capsys.readouterr().err
+    assert main(["identities", str(trained_ws), "--merge", str(x), str(y), "-q"]) == 0
+    with Session.open(trained_ws) as s:
+        t2 = s.identities()
+        members_x = t.image_id[t.identity == x]
+        merged = set(t2.identity[np.isin(t2.image_id, np.concatenate([members_x, t.image_id[t.identity == y]]))])
+        assert len(merged) == 1
+        ident = merged.pop()
+        moved = t2.image_id[t2.identity == ident][:2]
+    assert main(["identities", str(trained_ws), "--split", *map(str, moved), "-q"]) == 0
+    with Session.open(trained_ws) as s:
+        t3 = s.identities()
+        new = t3.identity[np.isin(t3.image_id, moved)]
+        assert len(set(new)) == 1 and new[0] != t3.identity[t3.image_id == members_x[-1]][0]
+        target = int(new[0])
+    assert main(["identities", str(trained_ws), "--name", str(target), "=cmd", "--note", "seen twice", "-q"]) == 0
+    out = tmp_path / "tracks.csv"
+    assert main(["export-tracks", str(trained_ws), str(out), "-q"]) == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    named = {r["identity_name"] for r in rows if r["identity_name"]}
+    assert named == {"'=cmd"}  # spreadsheet-safe
+    assert sum(r["confirmed"] == "1" for r in rows) >= len(moved)
+    assert main(["identities", str(trained_ws), "--undo", "-q"]) == 0  # the name
+    assert main(["identities", str(trained_ws), "--undo", "-q"]) == 0  # the split
+    with Session.open(trained_ws) as s:
+        t4 = s.identities()
+        assert len(set(t4.identity[np.isin(t4.image_id, moved)])) == 1
+        assert s.identity_names() == {}

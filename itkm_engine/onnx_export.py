@@ -1,0 +1,157 @@
+"""The fine-tuned image encoder as one ONNX file, for trackers (deep-sort-realtime and the like).
+
+One file, the scenario and the group as inputs:
+
+    inputs   images       float32 [B, 3, H, W]  RGB, resized to (H, W), CLIP-normalised
+             scenario_idx int64   [B]          index into the ``scenarios`` metadata list
+             group_idx    int64   [B]          index into the ``groups`` metadata list
+    output   embedding    float32 [B, D]        L2-normalised retrieval feature (what ITKM searches)
+
+The model's group stems pick a stem per sample with data-dependent Python control flow, which a
+traced graph cannot keep.  The exported graph therefore runs the encoder once per group with that
+group's stem fixed and selects each sample's row by ``group_idx`` (a gather): exact for any mix of
+groups, at (number of groups) x the compute of one pass.  Only ``model.forward_image`` and
+``model.retrieval_feature`` are used, so any image tower behind that interface exports the same
+way.  The file's metadata (``metadata_props``) carries the scenario and group names, the input
+size, and the normalisation mean/std, so a consumer needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_bytes
+from .errors import ItkmError
+from .progress import Reporter
+
+__all__ = ["OnnxExportError", "export_onnx", "check_onnx", "check_destination", "OnnxCheck"]
+
+
+class OnnxExportError(ItkmError):
+    """The encoder could not be exported or the export does not match the model."""
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, model, n_groups: int) -> None:
+        super().__init__()
+        self.model = model
+        self.n_groups = n_groups
+
+    def forward(self, images: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:
+        feats = []
+        for g in range(self.n_groups):
+            out = self.model.forward_image(images, scenario_idx, torch.full_like(group_idx, g))
+            feats.append(self.model.retrieval_feature(out))
+        stacked = torch.stack(feats, dim=1)  # [B, G, D]
+        index = group_idx.view(-1, 1, 1).expand(-1, 1, stacked.shape[-1])
+        return stacked.gather(1, index).squeeze(1)
+
+
+def check_destination(out: str | Path) -> Path:
+    """Where the ONNX file goes: a ``.onnx`` file name in an existing folder, not a folder.
+    (One small function so the CLI's common export-destination check can replace it.)"""
+    out = Path(out).expanduser()
+    if out.suffix.lower() != ".onnx":
+        raise OnnxExportError(f"{out} does not end in .onnx: give a file name such as encoder.onnx")
+    if out.is_dir():
+        raise OnnxExportError(f"{out} is a folder: give a file name inside it, such as {out / 'encoder.onnx'}")
+    if not out.parent.is_dir():
+        raise OnnxExportError(f"the folder {out.parent} does not exist: create it first or choose another place")
+    return out
+
+
+def export_onnx(session, out: str | Path, *, opset: int = 17, reporter: Reporter | None = None) -> Path:
+    """Write the session's current image encoder to ``out`` (atomically).  Returns the path."""
+    import io
+
+    import onnx
+
+    reporter = reporter or Reporter(job="export")
+    out = check_destination(out)
+    model = session.model()
+    model.eval()
+    h, w = session.cfg.model.image_size
+    n_groups = max(1, len(model.groups))
+    enc = _Encoder(model, n_groups).eval()
+    dev = next(model.parameters()).device
+    example = (
+        torch.zeros(2, 3, h, w, device=dev),
+        torch.zeros(2, dtype=torch.long, device=dev),
+        torch.zeros(2, dtype=torch.long, device=dev),
+    )
+    reporter.update(0.1, stage="export", message="tracing the image encoder")
+    buf = io.BytesIO()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                enc, example, buf, input_names=["images", "scenario_idx", "group_idx"], output_names=["embedding"],
+                dynamic_axes={"images": {0: "batch"}, "scenario_idx": {0: "batch"}, "group_idx": {0: "batch"},
+                              "embedding": {0: "batch"}},
+                opset_version=opset, dynamo=False,
+            )
+    except Exception as exc:  # the exporter's own errors are many and unrelated to the user's input
+        raise OnnxExportError(f"the image encoder could not be exported to ONNX ({type(exc).__name__}: {exc}); "
+                              "report this with the workspace's config.toml") from exc
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    proto = onnx.load_from_string(buf.getvalue())
+    from .data.loading import CLIP_MEAN, CLIP_STD
+
+    meta = {
+        "itkm.scenarios": json.dumps(list(model.scenarios)),
+        "itkm.groups": json.dumps(list(model.groups)),
+        "itkm.image_size": json.dumps([int(h), int(w)]),
+        "itkm.mean": json.dumps(list(CLIP_MEAN)),
+        "itkm.std": json.dumps(list(CLIP_STD)),
+        "itkm.checkpoint": session.checkpoint_key(),
+    }
+    for k, v in meta.items():
+        p = proto.metadata_props.add()
+        p.key, p.value = k, v
+    atomic_write_bytes(out, proto.SerializeToString())
+    reporter.update(1.0, stage="export", message=f"encoder written to {out}")
+    return out
+
+
+class OnnxCheck:
+    """Result of :func:`check_onnx`: how many crops, and the largest |onnx - torch| element."""
+
+    def __init__(self, n: int, max_abs_diff: float, min_cosine: float) -> None:
+        self.n, self.max_abs_diff, self.min_cosine = n, max_abs_diff, min_cosine
+
+    def __repr__(self) -> str:
+        return f"OnnxCheck(n={self.n}, max_abs_diff={self.max_abs_diff:.3g}, min_cosine={self.min_cosine:.6f})"
+
+
+def check_onnx(session, path: str | Path, n: int = 32, seed: int = 0) -> OnnxCheck:
+    """Run ``n`` of the workspace's crops (drawn across cameras, so several groups mix in one
+    batch) through onnxruntime and through torch; compare."""
+    import onnxruntime as ort
+
+    from .data.imageio import load_rgb
+    from .data.loading import CropTransform
+
+    model = session.model()
+    images = session.images()
+    if not len(images):
+        raise OnnxExportError("the workspace has no images to check the export with")
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(images), size=min(n, len(images)), replace=False)
+    tf = CropTransform(session.cfg.model.image_size)
+    x = torch.stack([tf(load_rgb(images.path[r])) for r in rows])
+    s_idx = model.scenario_index(list(images.scenario[rows])).long().cpu()
+    g_idx = model.group_index(list(images.group[rows])).long().cpu()
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        ref = model.retrieval_feature(model.forward_image(x.to(dev), s_idx.to(dev), g_idx.to(dev))).float().cpu().numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(["embedding"], {"images": x.numpy(), "scenario_idx": s_idx.numpy(), "group_idx": g_idx.numpy()})[0]
+    diff = float(np.abs(got - ref).max())
+    cos = float((got * ref).sum(axis=1).min() / 1.0)
+    return OnnxCheck(len(rows), diff, cos)

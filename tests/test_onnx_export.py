@@ -1,0 +1,35 @@
+"""The fine-tuned encoder as ONNX: onnxruntime matches torch on 32 of the workspace's crops."""
+
+import json
+
+import pytest
+
+from itkm_engine.onnx_export import OnnxExportError, check_destination, check_onnx, export_onnx
+from itkm_engine.session import Session
+
+
+def test_onnx_matches_torch_on_32_crops_with_scenario_and_group_inputs(trained_ws, tmp_path):
+    import onnx
+
+    with Session.open(trained_ws, device="cpu") as s:
+        out = export_onnx(s, tmp_path / "enc.onnx")
+        chk = check_onnx(s, out, n=32)
+        groups = list(s.model().groups)
+        scenarios = list(s.model().scenarios)
+    assert chk.n == 32
+    assert chk.max_abs_diff < 1e-4, chk
+    proto = onnx.load(str(out))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["itkm.groups"]) == groups and json.loads(meta["itkm.scenarios"]) == scenarios
+    assert [i.name for i in proto.graph.input] == ["images", "scenario_idx", "group_idx"]
+    assert len(groups) > 1  # the demo has several groups, so the 32 crops mixed them
+
+
+def test_onnx_destination_is_checked(tmp_path):
+    with pytest.raises(OnnxExportError, match="does not end in .onnx"):
+        check_destination(tmp_path / "enc.txt")
+    with pytest.raises(OnnxExportError, match="does not exist"):
+        check_destination(tmp_path / "nope" / "enc.onnx")
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(OnnxExportError, match="is a folder"):
+        check_destination(tmp_path / "d.onnx")

@@ -63,7 +63,9 @@ class ConstraintError(ItkmError):
 
 @dataclass(frozen=True)
 class Constraints:
-    """The effective constraints: ``must`` and ``cannot`` as ``int64[M, 2]`` image-id pairs (a < b)."""
+    """The effective constraints: ``must`` and ``cannot`` as ``int64[M, 2]`` image-id pairs (a < b),
+    newest decision first (enforcement joins newer must-links first, so a later split beats the
+    must-links of an earlier merge)."""
 
     must: np.ndarray
     cannot: np.ndarray
@@ -115,12 +117,10 @@ def _user() -> str:
 # -- the store -------------------------------------------------------------------------------------
 def load_constraints(ws) -> Constraints:
     """Effective constraints of the workspace: per pair, its latest active decision."""
-    rows = ws._query(
-        "SELECT image_a, image_b, kind FROM decisions WHERE state = 0 ORDER BY id"
-    )
+    rows = ws._query("SELECT image_a, image_b, kind FROM decisions WHERE state = 0 ORDER BY id DESC")
     latest: dict[tuple[int, int], str] = {}
-    for a, b, kind in rows:
-        latest[(int(a), int(b))] = kind
+    for a, b, kind in rows:  # newest first: the first decision seen on a pair is its latest
+        latest.setdefault((int(a), int(b)), kind)
     out = {k: [p for p, v in latest.items() if v == k] for k in KINDS}
     return Constraints(*(np.array(out[k], dtype=np.int64).reshape(-1, 2) for k in KINDS))
 
@@ -232,10 +232,11 @@ def _chain(ids: np.ndarray, keys: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(s[:-1], s[1:])]
 
 
-def merge_pairs(ids_x, ids_y, keys_x, keys_y) -> list[tuple[int, int]]:
-    """Must-links that make identities X and Y (their image ids and group keys) one person."""
-    ids = np.concatenate([np.asarray(ids_x, np.int64), np.asarray(ids_y, np.int64)])
-    keys = np.concatenate([np.asarray(keys_x, object), np.asarray(keys_y, object)])
+def merge_pairs(members) -> list[tuple[int, int]]:
+    """Must-links that make several identities one person; ``members`` is a list of
+    ``(image ids, group keys)``, one per identity."""
+    ids = np.concatenate([np.asarray(i, np.int64) for i, _ in members])
+    keys = np.concatenate([np.asarray(k, object) for _, k in members])
     return _chain(ids, keys)
 
 
@@ -327,8 +328,9 @@ def _rows_of(pairs: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _components(n: int, must: np.ndarray, cannot: np.ndarray) -> np.ndarray:
-    """Must-link components over rows (-1 for rows in no constraint); a must-link that would join
-    two components with a cannot-link between them is skipped (inconsistent decisions)."""
+    """Must-link components over rows (-1 for rows in no constraint), joined in the given order
+    (newest first); a must-link that would join two components with a cannot-link between them is
+    skipped (inconsistent decisions: the cannot-link holds)."""
     comp = np.full(n, -1, np.int64)
     nodes = np.unique(np.concatenate([must.ravel(), cannot.ravel()]))
     local = {int(r): i for i, r in enumerate(nodes)}

@@ -370,14 +370,14 @@ class Session:
         images = self.images()
         return np.asarray(images.group_key(), object)[images.index_of(image_ids)]
 
-    def merge_identities(self, x: int, y: int) -> int:
-        """Identities ``x`` and ``y`` are one person (must-links, one undo step)."""
+    def merge_identities(self, x: int, y: int, *more: int) -> int:
+        """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step)."""
         from .constraints import ConstraintError, confirm, merge_pairs
 
-        if int(x) == int(y):
-            raise ConstraintError(f"identity {x} was given twice: merge two different identities")
-        (ix, kx), (iy, ky) = self._identity_members(x), self._identity_members(y)
-        return confirm(self.ws, merge_pairs(ix, iy, kx, ky))
+        wanted = [int(i) for i in (x, y, *more)]
+        if len(set(wanted)) != len(wanted):
+            raise ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
+        return confirm(self.ws, merge_pairs([self._identity_members(i) for i in wanted]))
 
     def split_identity(self, image_ids) -> int:
         """The given sightings (ids or paths, all of one identity) become a new identity."""

@@ -203,3 +203,15 @@ def test_cli_confirm_reject_identities_and_csv_columns(trained_ws, tmp_path, cap
         t4 = s.identities()
         assert len(set(t4.identity[np.isin(t4.image_id, moved)])) == 1
         assert s.identity_names() == {}
+
+
+def test_a_later_split_beats_an_earlier_merge(fresh_ws):
+    with Workspace.open(fresh_ws) as ws:
+        ids = ws.images().id[:6]
+        C.confirm(ws, C.merge_pairs([(ids[:3], ["g"] * 3), (ids[3:], ["g"] * 3)]))  # all six one person
+        C.record_split(ws, ids[:2], ids[2:], ["g"] * 2, ["g"] * 4)  # then two split off
+        out = C.enforce_on_labels(np.zeros(6, np.int64), ids, C.load_constraints(ws))
+        assert out[0] == out[1] != out[2] and len(set(out[2:])) == 1
+        C.undo(ws)
+        out = C.enforce_on_labels(np.zeros(6, np.int64), ids, C.load_constraints(ws))
+        assert len(set(out)) == 1

@@ -184,6 +184,7 @@ class Session:
         t = self._identities
         if t is None:
             return {}
+        t = self._obeying_decisions(t)
         return dict(zip(t.image_id.tolist(), t.identity.tolist()))
 
     def query_image(self, image_id: int, k: int = 50, filters: QueryFilter | None = None,

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import print_table, write_json  # noqa: E402
-from benchmarks.bench_accuracy import Clock, Runs, columns, score_model  # noqa: E402
+from benchmarks.bench_accuracy import Clock, Runs  # noqa: E402
 from itkm_engine.config import preset  # noqa: E402
 from itkm_engine.constraints import load_constraints, simulate_confirmations  # noqa: E402
 from itkm_engine.data.demo import make_demo  # noqa: E402

@@ -19,6 +19,7 @@ size, and the normalisation mean/std, so a consumer needs nothing else.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,14 +120,14 @@ def export_onnx(session, out: str | Path, *, opset: int = 17, reporter: Reporter
     return out
 
 
+@dataclass(frozen=True)
 class OnnxCheck:
-    """Result of :func:`check_onnx`: how many crops, and the largest |onnx - torch| element."""
+    """Result of :func:`check_onnx`: how many crops, the largest |onnx - torch| element, and the
+    lowest cosine between the two features of one crop."""
 
-    def __init__(self, n: int, max_abs_diff: float, min_cosine: float) -> None:
-        self.n, self.max_abs_diff, self.min_cosine = n, max_abs_diff, min_cosine
-
-    def __repr__(self) -> str:
-        return f"OnnxCheck(n={self.n}, max_abs_diff={self.max_abs_diff:.3g}, min_cosine={self.min_cosine:.6f})"
+    n: int
+    max_abs_diff: float
+    min_cosine: float
 
 
 def check_onnx(session, path: str | Path, n: int = 32, seed: int = 0) -> OnnxCheck:
@@ -153,5 +154,4 @@ def check_onnx(session, path: str | Path, n: int = 32, seed: int = 0) -> OnnxChe
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(["embedding"], {"images": x.numpy(), "scenario_idx": s_idx.numpy(), "group_idx": g_idx.numpy()})[0]
     diff = float(np.abs(got - ref).max())
-    cos = float((got * ref).sum(axis=1).min() / 1.0)
-    return OnnxCheck(len(rows), diff, cos)
+    return OnnxCheck(len(rows), diff, float((got * ref).sum(axis=1).min()))

@@ -25,7 +25,11 @@ def test_onnx_matches_torch_on_32_crops_with_scenario_and_group_inputs(trained_w
     assert len(groups) > 1  # the demo has several groups, so the 32 crops mixed them
 
 
-def test_onnx_destination_is_checked(tmp_path):
+def test_onnx_destination_is_checked(tmp_path, capsys):
+    from itkm_engine.cli import main
+
+    assert main(["export-onnx", str(tmp_path), str(tmp_path / "enc.txt"), "-q"]) == 2
+    assert "does not end in .onnx" in capsys.readouterr().err
     with pytest.raises(OnnxExportError, match="does not end in .onnx"):
         check_destination(tmp_path / "enc.txt")
     with pytest.raises(OnnxExportError, match="does not exist"):

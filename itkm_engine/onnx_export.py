@@ -135,17 +135,26 @@ def check_onnx(session, path: str | Path, n: int = 32, seed: int = 0) -> OnnxChe
     batch) through onnxruntime and through torch; compare."""
     import onnxruntime as ort
 
-    from .data.imageio import load_rgb
+    from .data.imageio import BadImage, load_rgb
     from .data.loading import CropTransform
 
     model = session.model()
     images = session.images()
-    if not len(images):
-        raise OnnxExportError("the workspace has no images to check the export with")
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(images), size=min(n, len(images)), replace=False)
     tf = CropTransform(session.cfg.model.image_size)
-    x = torch.stack([tf(load_rgb(images.path[r])) for r in rows])
+    rows, crops = [], []
+    for r in np.random.default_rng(seed).permutation(len(images)):
+        if len(rows) == n:
+            break
+        try:
+            crops.append(tf(load_rgb(images.path[r])))
+        except (BadImage, OSError):  # moved or unreadable since ingest: check with another crop
+            continue
+        rows.append(int(r))
+    if not rows:
+        raise OnnxExportError("none of the workspace's images can be read to check the export with "
+                              "(were the camera folders moved?); the file was written; use --no-check to skip")
+    rows = np.asarray(rows)
+    x = torch.stack(crops)
     s_idx = model.scenario_index(list(images.scenario[rows])).long().cpu()
     g_idx = model.group_index(list(images.group[rows])).long().cpu()
     dev = next(model.parameters()).device

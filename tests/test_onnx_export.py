@@ -4,15 +4,19 @@ import json
 
 import pytest
 
-from itkm_engine.onnx_export import OnnxExportError, check_destination, check_onnx, export_onnx
+from itkm_engine.onnx_export import OnnxExportError, check_destination, check_onnx
 from itkm_engine.session import Session
 
 
-def test_onnx_matches_torch_on_32_crops_with_scenario_and_group_inputs(trained_ws, tmp_path):
+def test_onnx_matches_torch_on_32_crops_with_scenario_and_group_inputs(trained_ws, tmp_path, capsys):
     import onnx
 
+    from itkm_engine.cli import main
+
+    out = tmp_path / "enc.onnx"
+    assert main(["export-onnx", str(trained_ws), str(out), "-q"]) == 0
+    assert "onnxruntime vs torch on 32 crops: largest difference" in capsys.readouterr().out
     with Session.open(trained_ws, device="cpu") as s:
-        out = export_onnx(s, tmp_path / "enc.onnx")
         chk = check_onnx(s, out, n=32)
         groups = list(s.model().groups)
         scenarios = list(s.model().scenarios)

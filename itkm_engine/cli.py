@@ -392,10 +392,11 @@ def cmd_export_onnx(a) -> int:
     out = check_destination(a.out)
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:
-        export_onnx(s, out, reporter=rep)
+        export_onnx(s, out, group=a.group, reporter=rep)
         chk = None if a.no_check else check_onnx(s, out, n=32)
     rep.done()
-    print(f"image encoder written to {out} (inputs: images, scenario_idx, group_idx; output: embedding)")
+    inputs = "images, scenario_idx" + ("" if a.group else ", group_idx")
+    print(f"image encoder written to {out} (inputs: {inputs}; output: embedding)")
     if chk is not None:
         print(f"onnxruntime vs torch on {chk.n} crops: largest difference {chk.max_abs_diff:.3g}")
     return 0
@@ -499,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export-onnx", cmd_export_onnx, "the fine-tuned image encoder as ONNX for trackers (checked with onnxruntime)")
     sp.add_argument("out", metavar="OUT.onnx")
     sp.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check on 32 crops")
+    sp.add_argument("--group", help="one group only (e.g. visible): no group_idx input, one pass instead of one "
+                    "per group")
     sp.add_argument("--device")
     return p
 

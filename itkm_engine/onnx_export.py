@@ -12,7 +12,8 @@ traced graph cannot keep.  The exported graph therefore runs the encoder once pe
 group's stem fixed and selects each sample's row by ``group_idx`` (a gather): exact for any mix of
 groups, at (number of groups) x the compute of one pass.  Only ``model.forward_image`` and
 ``model.retrieval_feature`` are used, so any image tower behind that interface exports the same
-way.  The file's metadata (``metadata_props``) carries the scenario and group names, the input
+way.  ``export_onnx(..., group="visible")`` (CLI ``--group``) writes a one-group file instead: no
+``group_idx`` input and a single pass, for a tracker whose cameras are all of one group.  The file's metadata (``metadata_props``) carries the scenario and group names, the input
 size, and the normalisation mean/std, so a consumer needs nothing else.
 """
 
@@ -37,17 +38,23 @@ class OnnxExportError(ItkmError):
 
 
 class _Encoder(torch.nn.Module):
-    def __init__(self, model, n_groups: int) -> None:
+    """All groups (``group=None``: the graph takes ``group_idx``), or one group fixed."""
+
+    def __init__(self, model, n_groups: int, group: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.n_groups = n_groups
+        self.group = group
 
-    def forward(self, images: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> torch.Tensor:
-        feats = []
-        for g in range(self.n_groups):
-            out = self.model.forward_image(images, scenario_idx, torch.full_like(group_idx, g))
-            feats.append(self.model.retrieval_feature(out))
-        stacked = torch.stack(feats, dim=1)  # [B, G, D]
+    def _feature(self, images: torch.Tensor, scenario_idx: torch.Tensor, g: int) -> torch.Tensor:
+        out = self.model.forward_image(images, scenario_idx, torch.full_like(scenario_idx, g))
+        return self.model.retrieval_feature(out)
+
+    def forward(self, images: torch.Tensor, scenario_idx: torch.Tensor,
+                group_idx: torch.Tensor | None = None) -> torch.Tensor:
+        if self.group is not None:
+            return self._feature(images, scenario_idx, self.group)
+        stacked = torch.stack([self._feature(images, scenario_idx, g) for g in range(self.n_groups)], dim=1)  # [B,G,D]
         index = group_idx.view(-1, 1, 1).expand(-1, 1, stacked.shape[-1])
         return stacked.gather(1, index).squeeze(1)
 
@@ -65,8 +72,12 @@ def check_destination(out: str | Path) -> Path:
     return out
 
 
-def export_onnx(session, out: str | Path, *, opset: int = 17, reporter: Reporter | None = None) -> Path:
-    """Write the session's current image encoder to ``out`` (atomically).  Returns the path."""
+def export_onnx(session, out: str | Path, *, group: str | None = None, opset: int = 17,
+                reporter: Reporter | None = None) -> Path:
+    """Write the session's current image encoder to ``out`` (atomically).  Returns the path.
+
+    ``group``: export for one group only (e.g. ``visible`` for a colour camera): the graph then
+    has no ``group_idx`` input and costs one pass instead of one per group."""
     import io
 
     import onnx
@@ -77,13 +88,16 @@ def export_onnx(session, out: str | Path, *, opset: int = 17, reporter: Reporter
     model.eval()
     h, w = session.cfg.model.image_size
     n_groups = max(1, len(model.groups))
-    enc = _Encoder(model, n_groups).eval()
+    g = None
+    if group is not None:
+        if group not in model.groups:
+            raise OnnxExportError(f"the model knows no group {group!r}: choose one of {', '.join(model.groups)}")
+        g = list(model.groups).index(group)
+    enc = _Encoder(model, n_groups, g).eval()
     dev = next(model.parameters()).device
-    example = (
-        torch.zeros(2, 3, h, w, device=dev),
-        torch.zeros(2, dtype=torch.long, device=dev),
-        torch.zeros(2, dtype=torch.long, device=dev),
-    )
+    names = ["images", "scenario_idx"] + ([] if g is not None else ["group_idx"])
+    example = (torch.zeros(2, 3, h, w, device=dev),) + tuple(
+        torch.zeros(2, dtype=torch.long, device=dev) for _ in names[1:])
     reporter.update(0.1, stage="export", message="tracing the image encoder")
     buf = io.BytesIO()
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -91,9 +105,8 @@ def export_onnx(session, out: str | Path, *, opset: int = 17, reporter: Reporter
     try:
         with torch.no_grad():
             torch.onnx.export(
-                enc, example, buf, input_names=["images", "scenario_idx", "group_idx"], output_names=["embedding"],
-                dynamic_axes={"images": {0: "batch"}, "scenario_idx": {0: "batch"}, "group_idx": {0: "batch"},
-                              "embedding": {0: "batch"}},
+                enc, example, buf, input_names=names, output_names=["embedding"],
+                dynamic_axes={n: {0: "batch"} for n in names + ["embedding"]},
                 opset_version=opset, dynamo=False,
             )
     except Exception as exc:  # the exporter's own errors are many and unrelated to the user's input
@@ -106,7 +119,7 @@ def export_onnx(session, out: str | Path, *, opset: int = 17, reporter: Reporter
 
     meta = {
         "itkm.scenarios": json.dumps(list(model.scenarios)),
-        "itkm.groups": json.dumps(list(model.groups)),
+        "itkm.groups": json.dumps(list(model.groups) if g is None else [group]),
         "itkm.image_size": json.dumps([int(h), int(w)]),
         "itkm.mean": json.dumps(list(CLIP_MEAN)),
         "itkm.std": json.dumps(list(CLIP_STD)),
@@ -155,12 +168,18 @@ def check_onnx(session, path: str | Path, n: int = 32, seed: int = 0) -> OnnxChe
                               "(were the camera folders moved?); the file was written; use --no-check to skip")
     rows = np.asarray(rows)
     x = torch.stack(crops)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in sess.get_inputs()]
     s_idx = model.scenario_index(list(images.scenario[rows])).long().cpu()
-    g_idx = model.group_index(list(images.group[rows])).long().cpu()
+    if "group_idx" in inputs:
+        g_idx = model.group_index(list(images.group[rows])).long().cpu()
+    else:  # a one-group file: every crop through that group's stem
+        fixed = json.loads(sess.get_modelmeta().custom_metadata_map["itkm.groups"])
+        g_idx = model.group_index(fixed * len(rows)).long().cpu()
     dev = next(model.parameters()).device
     with torch.no_grad():
         ref = model.retrieval_feature(model.forward_image(x.to(dev), s_idx.to(dev), g_idx.to(dev))).float().cpu().numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(["embedding"], {"images": x.numpy(), "scenario_idx": s_idx.numpy(), "group_idx": g_idx.numpy()})[0]
+    feed = {"images": x.numpy(), "scenario_idx": s_idx.numpy(), "group_idx": g_idx.numpy()}
+    got = sess.run(["embedding"], {k: v for k, v in feed.items() if k in inputs})[0]
     diff = float(np.abs(got - ref).max())
     return OnnxCheck(len(rows), diff, float((got * ref).sum(axis=1).min()))

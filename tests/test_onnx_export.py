@@ -29,6 +29,20 @@ def test_onnx_matches_torch_on_32_crops_with_scenario_and_group_inputs(trained_w
     assert len(groups) > 1  # the demo has several groups, so the 32 crops mixed them
 
 
+def test_one_group_file_has_no_group_input_and_matches_that_group(trained_ws, tmp_path):
+    import onnx
+
+    from itkm_engine.onnx_export import export_onnx
+
+    with Session.open(trained_ws, device="cpu") as s:
+        out = export_onnx(s, tmp_path / "vis.onnx", group="visible")
+        chk = check_onnx(s, out, n=8)
+        with pytest.raises(OnnxExportError, match="knows no group"):
+            export_onnx(s, tmp_path / "x.onnx", group="thermal")
+    assert chk.max_abs_diff < 1e-4, chk
+    assert [i.name for i in onnx.load(str(out)).graph.input] == ["images", "scenario_idx"]
+
+
 def test_onnx_destination_is_checked(tmp_path, capsys):
     from itkm_engine.cli import main
 

@@ -13,8 +13,9 @@ group's stem fixed and selects each sample's row by ``group_idx`` (a gather): ex
 groups, at (number of groups) x the compute of one pass.  Only ``model.forward_image`` and
 ``model.retrieval_feature`` are used, so any image tower behind that interface exports the same
 way.  ``export_onnx(..., group="visible")`` (CLI ``--group``) writes a one-group file instead: no
-``group_idx`` input and a single pass, for a tracker whose cameras are all of one group.  The file's metadata (``metadata_props``) carries the scenario and group names, the input
-size, and the normalisation mean/std, so a consumer needs nothing else.
+``group_idx`` input and a single pass, for a tracker whose cameras are all of one group.  The
+file's metadata (``metadata_props``) carries the scenario and group names, the input size, and
+the normalisation mean/std, so a consumer needs nothing else.
 """
 
 from __future__ import annotations

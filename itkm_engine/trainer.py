@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .constraints import load_constraints
 from .config import Config
+from .constraints import load_constraints
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError
 from .features import extract_features, record_failed_images

@@ -91,7 +91,7 @@ class RoundContext:
                 min_samples=c.min_samples,
                 reporter=reporter.child(gi / len(uniq), (gi + 1) / len(uniq)),
             )
-            lab = enforce_on_labels(lab, fs.ids[mask], self.constraints, feats=fs.feats[mask])  # the operator's decisions
+            lab = enforce_on_labels(lab, fs.ids[mask], self.constraints, feats=fs.feats[mask])  # operator's links
             good = lab >= 0
             labels[mask[good]] = lab[good] + offset
             offset += int(lab.max()) + 1 if good.any() else 0

@@ -121,37 +121,57 @@ def test_cross_labels_keep_their_offset():
     assert lab[0] != lab[1] and lab.min() >= -1 and set(lab[lab >= 0]) == set(range(5, 5 + n)) and n == 3
 
 
-def test_a_round_obeys_the_decisions_and_they_survive_it(trained_ws):
+def test_a_round_obeys_the_decisions_and_they_survive_it(trained_ws, monkeypatch):
     """Planted decisions that contradict the truth (two different people confirmed, one person's
-    two sightings rejected) must still hold in the next round's pseudo-labels and in the final
-    identities; undo gives the unconstrained identities back."""
+    two sightings rejected; once inside a group, once across the visible/infrared groups) must
+    hold in the next round's per-group pseudo-labels, in every Stage III epoch's CHM labels and IHM
+    pairs, and in the final identities; undo gives the unconstrained identities back."""
     from itkm_engine.session import Session, workspace_config
+    from itkm_engine.stages.heterogeneous import HeterogeneousStage
     from itkm_engine.trainer import train
 
+    seen = []
+    original = HeterogeneousStage.begin_epoch
+
+    def spy(self, epoch, reporter):
+        plan = original(self, epoch, reporter)
+        seen.append((self.fs.ids.copy(), self.cross.copy(), {tuple(p) for p in self.fs.ids[self.pairs].tolist()}))
+        return plan
+
+    monkeypatch.setattr(HeterogeneousStage, "begin_epoch", spy)
     with Workspace.open(trained_ws) as ws:
         images = ws.images()
         keys, pid = images.group_key(), np.asarray(images.person_id)
-        g = keys[0]
-        rows = np.flatnonzero(keys == g)
-        p1, p2 = sorted(set(pid[rows]))[:2]
-        a = int(images.id[rows[pid[rows] == p1][0]])
-        b = int(images.id[rows[pid[rows] == p2][0]])
-        same = rows[pid[rows] == p1]
-        c, d = int(images.id[same[1]]), int(images.id[same[2]])
-        C.confirm(ws, [(a, b)])
-        C.reject(ws, [(c, d)])
+        vis, ir = (np.flatnonzero(keys == f"visible-infrared/{g}") for g in ("visible", "infrared"))
+        p1, p2 = sorted(set(pid[vis]) & set(pid[ir]))[:2]
+        a = int(images.id[vis[pid[vis] == p1][0]])
+        b = int(images.id[vis[pid[vis] == p2][0]])
+        c, d = (int(i) for i in images.id[vis[pid[vis] == p1][1:3]])
+        xa, xb = int(images.id[vis[pid[vis] == p2][1]]), int(images.id[ir[pid[ir] == p1][0]])  # across groups
+        xc, xd = int(images.id[vis[pid[vis] == p2][2]]), int(images.id[ir[pid[ir] == p2][0]])
+        C.confirm(ws, [(a, b), (xa, xb)])
+        C.reject(ws, [(c, d), (xc, xd)])
         cfg = workspace_config(ws)
+        assert cfg.stage3.chm and cfg.stage3.ihm
         (res,) = train(ws, cfg, rounds=1)
         n = ws.rounds()[-1].number
         ids, labels = ws.assignments(n)
         lab = dict(zip(ids.tolist(), labels.tolist()))
         assert lab[a] == lab[b] >= 0
         assert lab[c] != lab[d] or lab[c] < 0
-        assert len(C.load_constraints(ws)) == 2  # decisions are workspace state, not round state
+        assert len(C.load_constraints(ws)) == 4  # decisions are workspace state, not round state
+    assert seen
+    for fs_ids, cross, pairs in seen:
+        x = dict(zip(fs_ids.tolist(), cross.tolist()))
+        assert x[xa] == x[xb] >= 0 and x[a] == x[b] >= 0  # a must-link is always merged
+        assert x[xc] != x[xd] or x[xc] < 0  # a cannot-link never
+        assert (min(xa, xb), max(xa, xb)) in {(min(p), max(p)) for p in pairs}  # confirmed: an IHM positive
+        assert not {(xc, xd), (xd, xc)} & pairs
     with Session.open(trained_ws) as s:
         t = s.identities()
         ident = dict(zip(t.image_id.tolist(), t.identity.tolist()))
         assert ident[a] == ident[b] and ident[c] != ident[d]
+        assert ident[xa] == ident[xb] and ident[xc] != ident[xd]
         s.undo()
         s.undo()
         raw = s.ws.identities(checkpoint=s.checkpoint_key())  # the clustering as computed, no decisions

@@ -327,6 +327,82 @@ def cmd_export_features(a) -> int:
     return 0
 
 
+def _decide(a, kind: str) -> int:
+    rep = ConsoleReporter(kind, a.quiet)
+    with _session(a, readonly=False, reporter=rep) as s:
+        ia, ib = s.resolve_image(a.a), s.resolve_image(a.b)
+        batch = s.confirm(ia, ib) if kind == "confirm" else s.reject(ia, ib)
+    word = "same person" if kind == "confirm" else "not the same person"
+    print(f"images {ia} and {ib}: {word} (step {batch}; the next round obeys it; undo: itkm identities WS --undo)")
+    return 0
+
+
+def cmd_confirm(a) -> int:
+    return _decide(a, "confirm")
+
+
+def cmd_reject(a) -> int:
+    return _decide(a, "reject")
+
+
+def cmd_identities(a) -> int:
+    rep = ConsoleReporter("identities", a.quiet)
+    with _session(a, readonly=False, reporter=rep) as s:
+        if a.undo or a.redo:
+            step = s.undo() if a.undo else s.redo()
+            what = "undo" if a.undo else "redo"
+            print(f"{what}: step {step}" if step is not None else f"nothing to {what}")
+            return 0
+        if a.merge:
+            print(f"identities {a.merge[0]} and {a.merge[1]} merged (step {s.merge_identities(*a.merge)})")
+            return 0
+        if a.split:
+            print(f"{len(a.split)} sightings split off into a new identity (step {s.split_identity(a.split)})")
+            return 0
+        if a.name:
+            ident, name = int(a.name[0]), a.name[1]
+            print(f"identity {ident} named {name!r} (step {s.name_identity(ident, name, a.note or '')})")
+            return 0
+        if a.review:
+            q = s.review_queue(a.review)
+            images = s.images()
+            rows = [{"a": p.image_a, "b": p.image_b, "similarity": round(p.similarity, 4),
+                     "same_identity": p.same_identity, "cross_scenario": p.cross_scenario,
+                     "path_a": images.path[images.index_of([p.image_a])[0]],
+                     "path_b": images.path[images.index_of([p.image_b])[0]]} for p in q]
+            _json_out(rows) if a.json else print_table(rows)
+            return 0
+        summary = s.identity_summary(reporter=rep)
+        names = s.identity_names()
+        confirmed = s.confirmed_image_ids()
+        table = s.identities()
+        n_conf = {}
+        for i, ident in zip(table.image_id.tolist(), table.identity.tolist()):
+            n_conf[ident] = n_conf.get(ident, 0) + (i in confirmed)
+        rep.done()
+    rows = [{"identity": x.identity, "name": names.get(x.identity, ("", ""))[0], "sightings": x.size,
+             "confirmed": n_conf.get(x.identity, 0), "cameras": ",".join(x.cameras),
+             "note": names.get(x.identity, ("", ""))[1]} for x in summary[: a.limit]]
+    _json_out(rows) if a.json else print_table(rows)
+    return 0
+
+
+def cmd_export_onnx(a) -> int:
+    from .onnx_export import check_destination, check_onnx, export_onnx
+
+    out = check_destination(a.out)
+    rep = ConsoleReporter("export", a.quiet)
+    with _session(a, readonly=True, reporter=rep) as s:
+        export_onnx(s, out, group=a.group, reporter=rep)
+        chk = None if a.no_check else check_onnx(s, out, n=32)
+    rep.done()
+    inputs = "images, scenario_idx" + ("" if a.group else ", group_idx")
+    print(f"image encoder written to {out} (inputs: {inputs}; output: embedding)")
+    if chk is not None:
+        print(f"onnxruntime vs torch on {chk.n} crops: largest difference {chk.max_abs_diff:.3g}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -402,6 +478,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("export-features", cmd_export_features, "features with paths, cameras, scenarios, ids to NPZ")
     sp.add_argument("out", metavar="OUT.npz")
+    sp.add_argument("--device")
+
+    for name, fn, help_ in (("confirm", cmd_confirm, "the two images show the same person (a must-link the next round obeys)"),
+                            ("reject", cmd_reject, "the two images show different people (a cannot-link the next round obeys)")):
+        sp = add(name, fn, help_)
+        sp.add_argument("a", metavar="A", help="image id or image path")
+        sp.add_argument("b", metavar="B", help="image id or image path")
+
+    sp = add("identities", cmd_identities, "list identities; merge, split, name them; undo/redo decisions; review queue")
+    act = sp.add_mutually_exclusive_group()
+    act.add_argument("--merge", nargs=2, type=int, metavar=("X", "Y"), help="identities X and Y are one person")
+    act.add_argument("--split", nargs="+", metavar="IMAGE", help="these sightings (ids or paths) become a new identity")
+    act.add_argument("--name", nargs=2, metavar=("X", "NAME"), help="name identity X (use --note for a note)")
+    act.add_argument("--undo", action="store_true", help="undo the last decision (a merge/split/selection is one)")
+    act.add_argument("--redo", action="store_true", help="redo the last undone decision")
+    act.add_argument("--review", type=int, metavar="N", help="the N pairs nearest the decision boundary")
+    sp.add_argument("--note", help="note stored with --name")
+    sp.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--device")
+
+    sp = add("export-onnx", cmd_export_onnx, "the fine-tuned image encoder as ONNX for trackers (checked with onnxruntime)")
+    sp.add_argument("out", metavar="OUT.onnx")
+    sp.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check on 32 crops")
+    sp.add_argument("--group", help="one group only (e.g. visible): no group_idx input, one pass instead of one "
+                    "per group")
     sp.add_argument("--device")
     return p
 

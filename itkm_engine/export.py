@@ -17,7 +17,8 @@ import numpy as np
 from .atomic import atomic_open
 from .progress import Reporter
 
-TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence")
+TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence",
+                 "identity_name", "confirmed")  # name: the operator's; confirmed: 1 if in a confirmed pair
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -59,6 +60,8 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
     ts = np.nan_to_num(np.asarray(images.timestamp, dtype=np.float64), nan=np.inf)
     order = np.lexsort((ts[rows], ident, -sizes[ident])) if len(ident) else np.zeros(0, np.int64)
     n = len(order)
+    names, confirmed = session.identity_names(), session.confirmed_image_ids()
+    img_ids = table.image_id[keep]
     with atomic_open(Path(out_csv), "w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(TRACK_COLUMNS)
@@ -72,6 +75,8 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
                 iso_time(images.timestamp[r]),
                 escape_cell(path_text(images.path[r])),
                 f"{float(conf[o]):.4f}",
+                escape_cell(names.get(int(ident[o]), ("", ""))[0]),
+                int(int(img_ids[o]) in confirmed),
             ])
             if i % 5000 == 0:
                 reporter.check()

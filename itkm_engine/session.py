@@ -7,6 +7,7 @@ about Qt.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from .config import Config, preset
 from .errors import ItkmError, NothingToDoError
-from .features import FeatureSet, embed, extract_features, record_failed_images
+from .features import FeatureSet, embed, extract_features, record_failed_images, rows_of
 from .progress import Reporter
 from .records import IdentityTable
 from .workspace import Workspace
@@ -183,6 +184,7 @@ class Session:
         t = self._identities
         if t is None:
             return {}
+        t = self._obeying_decisions(t)
         return dict(zip(t.image_id.tolist(), t.identity.tolist()))
 
     def query_image(self, image_id: int, k: int = 50, filters: QueryFilter | None = None,
@@ -279,7 +281,141 @@ class Session:
                     if not self.ws.readonly:
                         self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
                     self._identities = table
-            return self._identities
+            return self._obeying_decisions(self._identities)
+
+    # -- the operator's decisions (itkm_engine/constraints.py) ---------------------------------
+    def _obeying_decisions(self, table: IdentityTable) -> IdentityTable:
+        """``table`` with must/cannot-links enforced (cached per decision revision)."""
+        from . import constraints as C
+
+        rev = (id(table), table.checkpoint, C.revision(self.ws))
+        cached = getattr(self, "_decided", None)
+        if cached is not None and cached[0] == rev and cached[2] is table:
+            return cached[1]
+        cons, out = C.load_constraints(self.ws), table
+        if len(cons):
+            fs = self.features()
+            rows = rows_of(fs.ids, table.image_id)
+            feats = fs.feats[rows] if (rows >= 0).all() else None
+            out = IdentityTable(table.checkpoint, table.image_id,
+                                C.enforce_on_labels(table.identity, table.image_id, cons, feats), table.confidence)
+        self._decided = (rev, out, table)
+        return out
+
+    def resolve_image(self, token) -> int:
+        """Image id of ``token``: an id, or the path (absolute or relative to its source) of an image."""
+        from .constraints import ConstraintError
+
+        images = self.images()
+        text = str(token)
+        if text.isdigit() and images.index_of([int(text)])[0] >= 0:
+            return int(text)
+        cache = getattr(self, "_token_rows", None)
+        if cache is None or cache[0] is not images:
+            rows: dict[str, int] = {}
+            for i, (p, r) in enumerate(zip(images.path, images.relpath)):
+                rows.setdefault(str(p), i)
+                rows.setdefault(str(r), i)
+            self._token_rows = cache = (images, rows)
+        cand = [text, str(Path(text).expanduser().absolute())]
+        with contextlib.suppress(OSError):
+            cand.append(str(Path(text).expanduser().resolve()))
+        for c in cand:
+            if c in cache[1]:
+                return int(images.id[cache[1][c]])
+        raise ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
+
+    def constraints(self):
+        from .constraints import load_constraints
+
+        return load_constraints(self.ws)
+
+    def confirm(self, a, b) -> int:
+        """Same person: a must-link between two images (ids or paths).  Returns the undo step."""
+        return self.confirm_pairs([(a, b)])
+
+    def reject(self, a, b) -> int:
+        """Not the same person: a cannot-link.  Returns the undo step."""
+        return self.reject_pairs([(a, b)])
+
+    def confirm_pairs(self, pairs) -> int:
+        from .constraints import confirm
+
+        return confirm(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
+
+    def reject_pairs(self, pairs) -> int:
+        from .constraints import reject
+
+        return reject(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
+
+    def undo(self) -> int | None:
+        from .constraints import undo
+
+        return undo(self.ws)
+
+    def redo(self) -> int | None:
+        from .constraints import redo
+
+        return redo(self.ws)
+
+    def _identity_members(self, identity: int) -> tuple[np.ndarray, np.ndarray]:
+        from .constraints import ConstraintError
+
+        table = self.identities()
+        ids = table.image_id[table.identity == int(identity)]
+        if not len(ids):
+            raise ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
+        return ids, self._group_keys(ids)
+
+    def _group_keys(self, image_ids) -> np.ndarray:
+        images = self.images()
+        return np.asarray(images.group_key(), object)[images.index_of(image_ids)]
+
+    def merge_identities(self, x: int, y: int, *more: int) -> int:
+        """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step)."""
+        from .constraints import ConstraintError, confirm, merge_pairs
+
+        wanted = [int(i) for i in (x, y, *more)]
+        if len(set(wanted)) != len(wanted):
+            raise ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
+        return confirm(self.ws, merge_pairs([self._identity_members(i) for i in wanted]))
+
+    def split_identity(self, image_ids) -> int:
+        """The given sightings (ids or paths, all of one identity) become a new identity."""
+        from .constraints import ConstraintError, record_split
+
+        moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
+        table = self.identities()
+        ident = table.identity[np.searchsorted(table.image_id, moved)]
+        if len(set(ident.tolist())) != 1:
+            raise ConstraintError("the sightings to split off belong to different identities: pick them from one")
+        members, _ = self._identity_members(int(ident[0]))
+        rest = np.setdiff1d(members, moved)
+        return record_split(self.ws, moved, rest, self._group_keys(moved), self._group_keys(rest))
+
+    def name_identity(self, identity: int, name: str, note: str = "") -> int:
+        """Name and note an identity (anchored to its images, so it survives re-clustering)."""
+        from .constraints import name_identity
+
+        ids, _ = self._identity_members(identity)
+        return name_identity(self.ws, ids, name, note)
+
+    def identity_names(self) -> dict[int, tuple[str, str]]:
+        """``{identity: (name, note)}`` for the current identities."""
+        from .constraints import identity_names
+
+        table = self.identities()
+        return identity_names(self.ws, table.image_id, table.identity)
+
+    def confirmed_image_ids(self) -> set[int]:
+        """Images that are an end of an active must-link (the operator confirmed them)."""
+        return {int(i) for i in np.unique(self.constraints().must)}
+
+    def review_queue(self, n: int = 100):
+        """Pairs to review, nearest the decision boundary first, cross-scenario first."""
+        from .constraints import review_queue
+
+        return review_queue(self, n)
 
     def identity_summary(self, reporter: Reporter | None = None):
         from .identities import summarize

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .constraints import load_constraints
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError
 from .features import extract_features, record_failed_images
@@ -144,6 +145,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
             reporter=reporter.child(0.0, 0.05), stage="extract", dist=dist,
         )
     ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist)
+    ctx.constraints = load_constraints(ws)  # must/cannot-links the round obeys (constraints.py)
     if resume is not None:
         ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
 

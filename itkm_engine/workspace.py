@@ -75,7 +75,7 @@ CONFIG_NAME = "config.toml"
 FOLDERS: tuple[str, ...] = ("checkpoints", "features", "rounds", "cache", "exports")
 
 #: The schema this code writes.  Bump it together with a new entry in MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: ``MIGRATIONS[n](con)`` upgrades a version-``n`` database to ``n + 1``.  Each runs inside its own
 #: ``BEGIN IMMEDIATE`` transaction together with the ``schema_version`` bump, after the database was
@@ -94,6 +94,49 @@ def _migrate_1_to_2(con: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[1] = _migrate_1_to_2
+
+# -- operator decisions (schema v3; the logic lives in itkm_engine/constraints.py) -----------------
+#: ``decisions``: one row per must-link / cannot-link between two images (``image_a < image_b``),
+#: with when and who; ``batch`` groups the rows one action wrote (a merge, a split, a selection) so
+#: undo/redo treats them as one step; ``state`` 0 active, 1 undone (redoable), 2 undone and then
+#: superseded by a newer decision (kept for the record, never redone).  ``identity_names``: a name
+#: and note for an identity, anchored to the image ids it held when named (identity numbers change
+#: every round; images do not), on the same undo stack.
+_DECISION_TABLES = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id      INTEGER PRIMARY KEY,
+    batch   INTEGER NOT NULL,
+    kind    TEXT NOT NULL CHECK (kind IN ('must', 'cannot')),
+    image_a INTEGER NOT NULL,
+    image_b INTEGER NOT NULL,
+    at      REAL NOT NULL,
+    user    TEXT NOT NULL DEFAULT '',
+    state   INTEGER NOT NULL DEFAULT 0,
+    CHECK (image_a < image_b)
+);
+CREATE INDEX IF NOT EXISTS decisions_batch ON decisions (batch);
+CREATE INDEX IF NOT EXISTS decisions_pair ON decisions (image_a, image_b);
+CREATE TABLE IF NOT EXISTS identity_names (
+    id      INTEGER PRIMARY KEY,
+    batch   INTEGER NOT NULL,
+    anchors TEXT NOT NULL,
+    name    TEXT NOT NULL DEFAULT '',
+    note    TEXT NOT NULL DEFAULT '',
+    at      REAL NOT NULL,
+    user    TEXT NOT NULL DEFAULT '',
+    state   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS identity_names_batch ON identity_names (batch);
+"""
+
+
+def _migrate_2_to_3(con: sqlite3.Connection) -> None:
+    """Version 3: the operator's decisions (must/cannot-links, identity names) with undo/redo."""
+    for stmt in _statements(_DECISION_TABLES):
+        con.execute(stmt)
+
+
+MIGRATIONS[2] = _migrate_2_to_3
 
 _BUSY_TIMEOUT_MS = 10_000
 #: images() reads this many rows per aggregated SELECT (keeps each text value far below SQLite's
@@ -207,7 +250,7 @@ CREATE TABLE identities (
     confidence REAL NOT NULL,
     PRIMARY KEY (checkpoint, image_id)
 );
-"""
+""" + _DECISION_TABLES
 
 _UPSERT_IMAGE = """
 INSERT INTO images (source_id, camera_id, relpath, width, height, timestamp, mtime, size_bytes,

@@ -277,7 +277,8 @@ def test_export_tracks_csv(flow, tmp_path):
     with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == done[0] == len(window.ctx.images)
-    assert set(rows[0]) == {"identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence"}
+    assert set(rows[0]) == {"identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence",
+                            "identity_name", "confirmed"}
     assert all(Path(r["image_path"]).is_file() for r in rows[:20])
 
 

@@ -73,7 +73,7 @@ def test_create_makes_folders_and_reopen_keeps_data(tmp_path):
         assert (path / "workspace.lock").exists()
         sid = w.add_source(tmp_path, "market")
         w.set_meta("note", "hello")
-        assert w.schema_version() == Workspace.SCHEMA_VERSION == 2
+        assert w.schema_version() == Workspace.SCHEMA_VERSION == 3
         mode = w._conn().execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
         assert w._conn().execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -593,7 +593,7 @@ def test_version_1_gains_a_site_per_source(tmp_path):
     con.commit()
     con.close()
     with Workspace.open(path) as w:
-        assert w.schema_version() == 2
+        assert w.schema_version() == Workspace.SCHEMA_VERSION
         (src,) = w.sources()
         assert src.site == "default"
         w.set_source_site(src.id, "north gate")

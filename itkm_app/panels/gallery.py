@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, Q
 
 from itkm_engine.data.scenarios import GROUPS, SCENARIOS
 
+from ..widgets.undo_keys import install_undo_redo
 from ..widgets.thumb_grid import ThumbGrid, ThumbItem
 from .base import Panel
 
@@ -192,6 +193,7 @@ class GalleryPanel(Panel):
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
         rl.addWidget(self.header)
+        rl.addWidget(self._decision_bar())
         rl.addWidget(self.grid, 1)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
@@ -371,7 +373,7 @@ class GalleryPanel(Panel):
             self.query_image.setText("loading…")
 
     def _thumb_ready(self, path: str) -> None:
-        if getattr(self, "_query_path", None) == path and self.query is not None and self.query[0] in ("image", "file"):
+        if getattr(self, "_query_path", None) == path and self.query is not None and self.query[0] in ("image", "file", "review"):
             pm = self.ctx.thumbs.get(path, QUERY_BOX)
             if pm is not None:
                 self.query_image.setPixmap(pm)
@@ -382,6 +384,7 @@ class GalleryPanel(Panel):
         self.matches = list(matches)
         items = [ThumbItem(m.image_id, m.path, m.camera, m.scenario, m.group, m.similarity,
                            m.identity if m.identity >= 0 else None, m.person_id) for m in self.matches]
+        self._mark_decisions(items)
         self.grid.set_items(items)
         if not items:
             self.header.setText("No matches with these filters.")
@@ -432,6 +435,161 @@ class GalleryPanel(Panel):
         for it, d in zip(items, ident):
             it.identity = int(d) if d >= 0 else None
         self.grid.viewport().update()
+
+    # -- the operator's decisions (itkm_engine/constraints.py) ---------------------------------------------
+    def _decision_bar(self) -> QWidget:
+        bar = QWidget()
+        lay = QHBoxLayout(bar)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.confirm_btn = QPushButton("Same person (Y)")
+        self.confirm_btn.setToolTip("Confirm: the selected matches show the query's person. The next round obeys it.")
+        self.reject_btn = QPushButton("Not this person (N)")
+        self.reject_btn.setToolTip("Reject: the selected matches are someone else. The next round obeys it.")
+        self.undo_btn = QPushButton("Undo")
+        self.undo_btn.setToolTip("Undo the last decision (Ctrl+Z); a selection, merge or split is one step")
+        self.redo_btn = QPushButton("Redo")
+        self.redo_btn.setToolTip("Redo (Ctrl+Shift+Z)")
+        self.review_btn = QPushButton("Review queue")
+        self.review_btn.setToolTip("Pairs nearest the decision boundary, across scenarios first: "
+                                   "Y / N decides, the arrows skip")
+        self.decision_info = QLabel("")
+        self.confirm_btn.clicked.connect(lambda: self.decide("must"))
+        self.reject_btn.clicked.connect(lambda: self.decide("cannot"))
+        self.undo_btn.clicked.connect(lambda: self.undo_redo(False))
+        self.redo_btn.clicked.connect(lambda: self.undo_redo(True))
+        self.review_btn.clicked.connect(self.start_review)
+        for w in (self.confirm_btn, self.reject_btn, self.undo_btn, self.redo_btn, self.review_btn):
+            lay.addWidget(w)
+        lay.addWidget(self.decision_info, 1)
+        self.grid.decisionKey.connect(self.decide)
+        self.grid.stepped.connect(self._review_step)
+        install_undo_redo(self, self.undo_redo)
+        self.review: list = []
+        return bar
+
+    def _mark_decisions(self, items: list) -> None:
+        """Each tile's decision against the query (or, for a set, any decision it is part of)."""
+        session = self.ctx.session
+        if session is None or not items:
+            return
+        cons = session.constraints()
+        anchor = self.query[1] if self.query and self.query[0] in ("image", "review") else None
+        for it in items:
+            it.decision = cons.decision(int(anchor), it.image_id) if anchor is not None else None
+
+    def _pairs_for(self, kind: str, items: list) -> list[tuple[int, int]] | str:
+        """The image pairs a decision on ``items`` means, or why there are none."""
+        q = self.query
+        if q is not None and q[0] in ("image", "review"):
+            return [(int(q[1]), it.image_id) for it in items if it.image_id != int(q[1])]
+        if q is not None and q[0] == "set":
+            if kind != "must":
+                return "Rejecting needs a query image: search for one person, then reject its wrong matches."
+            if len(items) < 2:
+                return "Select two or more crops of one person to confirm them together."
+            ids = sorted(it.image_id for it in items)
+            return list(zip(ids[:-1], ids[1:]))
+        return "Decisions pair a match with a query image of the workspace: search for an image first."
+
+    def decide(self, kind: str) -> None:
+        """Confirm ("must") or reject ("cannot") the selected tiles (else the current one)."""
+        session = self.ctx.session
+        if session is None or self.ctx.readonly:
+            self.decision_info.setText("The workspace is open read-only: decisions cannot be stored.")
+            return
+        items = self.grid.selected_items() or ([self.grid.current_item()] if self.grid.current_item() else [])
+        if not items:
+            self.decision_info.setText("Select a match first (arrows move, Y confirms, N rejects).")
+            return
+        pairs = self._pairs_for(kind, items)
+        if isinstance(pairs, str):
+            self.decision_info.setText(pairs)
+            return
+        (session.confirm_pairs if kind == "must" else session.reject_pairs)(pairs)
+        for it in items:
+            it.decision = kind
+        n = len(items)
+        self.decision_info.setText(f"{'Confirmed' if kind == 'must' else 'Rejected'} {n} "
+                                   f"match{'es' if n != 1 else ''}; the next round obeys it (Ctrl+Z undoes).")
+        self._decisions_changed()
+        if self.query and self.query[0] == "review":
+            self._show_review(self.query[2] + 1)
+        else:
+            self.grid.refresh_items()
+            self.grid.advance()
+
+    def undo_redo(self, redo: bool) -> None:
+        session = self.ctx.session
+        if session is None or self.ctx.readonly:
+            return
+        step = session.redo() if redo else session.undo()
+        word = "Redone" if redo else "Undone"
+        self.decision_info.setText(f"{word}: step {step}." if step is not None else
+                                   f"Nothing to {'redo' if redo else 'undo'}.")
+        if step is not None:
+            self._mark_decisions(self.grid.items())
+            self.grid.refresh_items()
+            self._decisions_changed()
+
+    def _decisions_changed(self) -> None:
+        """Identities obey the decisions at once: recompute them (cheap) and tell the panels."""
+        session = self.ctx.session
+
+        def work(reporter):
+            return session.identities(reporter=reporter)
+
+        self.run("identities", work, on_done=self.ctx.set_identities)
+
+    # review queue
+    def start_review(self) -> None:
+        session = self.ctx.session
+        if session is None:
+            return
+        self.decision_info.setText("Finding the pairs nearest the decision boundary…")
+
+        def work(reporter):
+            from ..jobs import import_projection
+
+            import_projection()
+            return session.review_queue(200)
+
+        self.run("review queue", work, on_done=self._review_ready)
+
+    def _review_ready(self, queue: list) -> None:
+        self.review = list(queue)
+        if not self.review:
+            self.decision_info.setText("Nothing to review: every candidate pair has been decided.")
+            return
+        self._show_review(0)
+
+    def _show_review(self, i: int) -> None:
+        imgs = self.ctx.images
+        if not self.review or imgs is None:
+            return
+        if i >= len(self.review):
+            self.decision_info.setText(f"Review done: {len(self.review)} pairs. Press 'Review queue' for more.")
+            self.review = []
+            return
+        i = max(i, 0)
+        p = self.review[i]
+        self.query = ("review", p.image_a, i)
+        self._show_query_image_id(p.image_a)
+        r = int(self.ctx.image_rows(np.array([p.image_b]))[0])
+        ident = int(self.ctx.identity_of(np.array([p.image_b]))[0])
+        item = ThumbItem(p.image_b, imgs.path[r], str(imgs.camera[r]), str(imgs.scenario[r]), str(imgs.group[r]),
+                         p.similarity, ident if ident >= 0 else None, int(imgs.person_id[r]))
+        self._mark_decisions([item])
+        self.grid.set_items([item])
+        self.grid.setCurrentIndex(self.grid.model().index(0, 0))
+        self.grid.setFocus()
+        where = "across scenarios" if p.cross_scenario else "within a scenario"
+        now = "the model says same person" if p.same_identity else "the model says different people"
+        self.header.setText(f"<b>Review {i + 1} of {len(self.review)}</b> — {where}, similarity {p.similarity:.3f} "
+                            f"({now}). Y: same person · N: not · arrows: skip")
+
+    def _review_step(self, step: int) -> None:
+        if self.query and self.query[0] == "review":
+            self._show_review(self.query[2] + step)
 
     # -- drops on the whole panel ---------------------------------------------------------------------------
     def dragEnterEvent(self, e) -> None:  # noqa: N802

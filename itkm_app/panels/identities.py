@@ -14,11 +14,12 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QSplitter,
-                               QTableView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
+                               QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from .. import theme
 from ..widgets.table_model import RowsTableModel
+from ..widgets.undo_keys import install_undo_redo
 from ..widgets.thumb_grid import SCENARIO_COLORS, SCENARIO_SHORT, ThumbGrid, ThumbItem
 from .base import Panel
 
@@ -35,6 +36,7 @@ class IdentityModel(RowsTableModel):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.rows: list = []
+        self.names: dict[int, tuple[str, str]] = {}  # the operator's {identity: (name, note)}
         self.time_format = "%Y-%m-%d %H:%M"
 
     def set_rows(self, rows: list) -> None:
@@ -59,7 +61,8 @@ class IdentityModel(RowsTableModel):
         s = self.rows[index.row()]
         c = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return [f"#{s.identity}", s.size, ", ".join(s.cameras),
+            name = self.names.get(s.identity, ("", ""))[0]
+            return [f"#{s.identity} {name}".rstrip(), s.size, ", ".join(s.cameras),
                     ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios), self._span(s),
                     f"{s.mean_confidence:.2f}"][c]
         if role == Qt.ItemDataRole.UserRole:
@@ -86,7 +89,8 @@ class IdentityFilter(QSortFilterProxyModel):
             return False
         if self.text:
             t = self.text.lower()
-            return t in f"#{s.identity}" or any(t in c.lower() for c in s.cameras) or any(t in x for x in s.scenarios)
+            name = self.sourceModel().names.get(s.identity, ("", ""))[0].lower()
+            return t in f"#{s.identity}" or t in name or any(t in c.lower() for c in s.cameras) or any(t in x for x in s.scenarios)
         return True
 
 
@@ -152,7 +156,7 @@ class IdentitiesPanel(Panel):
         self.table.verticalHeader().hide()
         self.table.setAlternatingRowColors(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)  # two to merge
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         h = self.table.horizontalHeader()
         h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -190,6 +194,7 @@ class IdentitiesPanel(Panel):
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
         rl.addWidget(self.title_label)
+        rl.addWidget(self._decision_bar())
         rl.addWidget(right_split, 1)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
@@ -233,7 +238,7 @@ class IdentitiesPanel(Panel):
 
             import_projection()  # faiss/sklearn: never imported by two threads at once
             table = session.identities(reporter=reporter)
-            return table, session.identity_summary()
+            return table, session.identity_summary(), session.identity_names()
 
         self.job = self.run("identities", work, on_done=self._loaded)
         self.job.ended.connect(self._ended)
@@ -242,8 +247,10 @@ class IdentitiesPanel(Panel):
         self.job = None
 
     def _loaded(self, result) -> None:
-        table, summary = result
+        table, summary, names = result
         self.summary = summary
+        self._table = table
+        self.model.names = names
         self.model.set_rows(summary)
         n_multi = sum(1 for s in summary if s.size > 1)
         multi_cam = sum(1 for s in summary if len(s.cameras) > 1)
@@ -255,7 +262,9 @@ class IdentitiesPanel(Panel):
         if self.proxy.rowCount():
             self.table.selectRow(0)
 
-    def _identities_arrived(self, _table) -> None:
+    def _identities_arrived(self, table) -> None:
+        if self.summary and table is not None and table is not getattr(self, "_table", table) and self.job is None:
+            self.summary = []  # a decision elsewhere (the gallery) changed them: reload
         if not self.summary and self.ctx.session is not None and self.job is None and self.showing_content():
             self._wanted = True
             if self.isVisible():
@@ -316,10 +325,91 @@ class IdentitiesPanel(Panel):
         span = ""
         if np.isfinite(times).any():
             span = f" · {fmt_time(float(np.nanmin(times)))} → {fmt_time(float(np.nanmax(times)))}"
-        self.title_label.setText(f"<b>Identity #{identity}</b> · {len(ids)} sightings in {len(cams)} "
+        name, note = self.model.names.get(identity, ("", ""))
+        self.name_edit.setText(name)
+        self.note_edit.setText(note)
+        self.title_label.setText(f"<b>Identity #{identity}</b>{' ' + name if name else ''} · {len(ids)} sightings in {len(cams)} "
                                  f"camera{'s' if len(cams) != 1 else ''} "
                                  f"({', '.join(cams)}){span}")
         self.shown_identity = identity
+
+    # -- the operator's decisions: merge, split, name (itkm_engine/constraints.py) --------------------------
+    def _decision_bar(self) -> QWidget:
+        bar = QWidget()
+        lay = QHBoxLayout(bar)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.merge_btn = QPushButton("Merge selected")
+        self.merge_btn.setToolTip("The identities selected in the table (Ctrl+click two or more) are one person")
+        self.split_btn = QPushButton("Split off selected")
+        self.split_btn.setToolTip("The sightings selected below become a new identity")
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("Name")
+        self.note_edit = QLineEdit()
+        self.note_edit.setPlaceholderText("Note")
+        self.name_btn = QPushButton("Save name")
+        self.undo_btn = QPushButton("Undo")
+        self.redo_btn = QPushButton("Redo")
+        self.decision_info = QLabel("")
+        self.merge_btn.clicked.connect(self.merge_selected)
+        self.split_btn.clicked.connect(self.split_selected)
+        self.name_btn.clicked.connect(self.save_name)
+        self.name_edit.returnPressed.connect(self.save_name)
+        self.undo_btn.clicked.connect(lambda: self.undo_redo(False))
+        self.redo_btn.clicked.connect(lambda: self.undo_redo(True))
+        for w in (self.merge_btn, self.split_btn, self.name_edit, self.note_edit, self.name_btn, self.undo_btn,
+                  self.redo_btn):
+            lay.addWidget(w)
+        lay.addWidget(self.decision_info, 1)
+        install_undo_redo(self, self.undo_redo)
+        return bar
+
+    def _act(self, fn, done: str) -> None:
+        """Run one decision on the GUI thread (a small SQLite write), then reload the identities."""
+        from itkm_engine.errors import ItkmError
+
+        session = self.ctx.session
+        if session is None or self.ctx.readonly:
+            self.decision_info.setText("The workspace is open read-only: decisions cannot be stored.")
+            return
+        try:
+            step = fn(session)
+        except ItkmError as exc:
+            self.decision_info.setText(str(exc))
+            return
+        self.decision_info.setText(done if step is not None else "Nothing to undo or redo.")
+        self.summary = []
+        self.load()
+
+    def selected_identities(self) -> list[int]:
+        rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
+        return [self.model.rows[r].identity for r in sorted(rows)]
+
+    def merge_selected(self) -> None:
+        ids = self.selected_identities()
+        if len(ids) < 2:
+            self.decision_info.setText("Select two or more identities in the table (Ctrl+click) to merge them.")
+            return
+
+        self._act(lambda s: s.merge_identities(*ids), f"Merged {len(ids)} identities; the next round obeys it (Ctrl+Z undoes).")
+
+    def split_selected(self) -> None:
+        items = self.strip.selected_items()
+        if not items:
+            self.decision_info.setText("Select the sightings to split off in the strip below first.")
+            return
+        self._act(lambda s: s.split_identity([it.image_id for it in items]),
+                  f"Split {len(items)} sightings off into a new identity (Ctrl+Z undoes).")
+
+    def save_name(self) -> None:
+        ident = getattr(self, "shown_identity", None)
+        if ident is None:
+            return
+        name, note = self.name_edit.text(), self.note_edit.text()
+        self._act(lambda s: s.name_identity(ident, name, note), f"Identity #{ident} named {name!r}.")
+
+    def undo_redo(self, redo: bool) -> None:
+        word = "Redone" if redo else "Undone"
+        self._act(lambda s: s.redo() if redo else s.undo(), f"{word} the last step.")
 
     def prepare_screenshot(self) -> None:
         """Show the largest identity seen by several cameras (the interesting case)."""

@@ -38,6 +38,7 @@ class ThumbItem:
     person_id: int = -1
     caption: str = ""  # extra line (e.g. a time stamp)
     extra: dict = field(default_factory=dict)
+    decision: str | None = None  # the operator's: "must" (same person as the query) or "cannot"
 
     def tooltip(self) -> str:
         lines = [f"<b>image {self.image_id}</b>", self.path]
@@ -50,6 +51,8 @@ class ThumbItem:
             lines.append(f"person id (labels) {self.person_id}")
         if self.caption:
             lines.append(self.caption)
+        if self.decision:
+            lines.append("you confirmed: same person" if self.decision == "must" else "you rejected: not this person")
         return "<br>".join(lines)
 
 
@@ -142,6 +145,8 @@ class ThumbDelegate(QStyledItemDelegate):
             if self.cache.failed(it.path):
                 painter.setPen(pal.color(QPalette.ColorRole.Text))
                 painter.drawText(img_rect, Qt.AlignmentFlag.AlignCenter, "unreadable")
+        if it.decision:
+            paint_decision(painter, img_rect, it.decision)
         text_col = pal.color(QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text)
         fm = option.fontMetrics
         line_h = fm.height() + 2
@@ -183,11 +188,35 @@ class ThumbDelegate(QStyledItemDelegate):
         painter.restore()
 
 
+DECISION_MARKS = {"must": ("\u2713", "#2e7d32"), "cannot": ("\u2717", "#c62828")}  # check / cross, green / red
+
+
+def paint_decision(painter: QPainter, img_rect: QRect, decision: str) -> None:
+    """The operator's decision as a round mark in the thumbnail's top-right corner."""
+    mark, colour = DECISION_MARKS.get(decision, ("?", theme.MUTED))
+    d = 18
+    rect = QRect(img_rect.right() - d - 2, img_rect.y() + 2, d, d)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+    painter.setPen(QPen(QColor("#ffffff"), 1.5))
+    painter.setBrush(QColor(colour))
+    painter.drawEllipse(rect)
+    f = QFont(painter.font())
+    f.setBold(True)
+    painter.setFont(f)
+    painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, mark)
+
+
 class ThumbGrid(QListView):
-    """Icon-mode list of :class:`ThumbItem`.  ``itemActivated(ThumbItem)`` on double-click/Enter."""
+    """Icon-mode list of :class:`ThumbItem`.  ``itemActivated(ThumbItem)`` on double-click/Enter.
+
+    Decision keys: ``Y`` / ``N`` emit ``decisionKey("must" | "cannot")`` (the panel decides what
+    the selection is paired with); an arrow key that cannot move further (first/last tile) emits
+    ``stepped(-1 | +1)`` so a panel can page (the review queue's next pair)."""
 
     itemActivated = Signal(object)
     currentItemChanged = Signal(object)
+    decisionKey = Signal(str)
+    stepped = Signal(int)
 
     def __init__(self, cache: ThumbnailCache, parent=None) -> None:
         super().__init__(parent)
@@ -219,6 +248,35 @@ class ThumbGrid(QListView):
 
     def selected_items(self) -> list[ThumbItem]:
         return [i.data(ItemRole) for i in self.selectionModel().selectedIndexes()]
+
+    def keyPressEvent(self, e) -> None:  # noqa: N802 - Qt API
+        key, mods = e.key(), e.modifiers() & ~Qt.KeyboardModifier.KeypadModifier
+        if mods == Qt.KeyboardModifier.NoModifier and key in (Qt.Key.Key_Y, Qt.Key.Key_N):
+            self.decisionKey.emit("must" if key == Qt.Key.Key_Y else "cannot")
+            e.accept()
+            return
+        before = self.currentIndex().row()
+        super().keyPressEvent(e)
+        step = {Qt.Key.Key_Right: 1, Qt.Key.Key_Down: 1, Qt.Key.Key_Left: -1, Qt.Key.Key_Up: -1}.get(key)
+        if step is not None and self.currentIndex().row() == before and (
+                before == (len(self.items()) - 1 if step > 0 else 0) or before < 0):
+            self.stepped.emit(step)
+
+    def current_item(self) -> ThumbItem | None:
+        idx = self.currentIndex()
+        return idx.data(ItemRole) if idx.isValid() else None
+
+    def advance(self) -> None:
+        """Make the next tile current (after a decision), keeping the view on it."""
+        r = self.currentIndex().row() + 1
+        if 0 <= r < len(self.items()):
+            idx = self.thumb_model.index(r)
+            self.setCurrentIndex(idx)
+            self.scrollTo(idx)
+
+    def refresh_items(self) -> None:
+        """Repaint after items' fields (decision, identity) changed in place."""
+        self.viewport().update()
 
     def _on_activated(self, index: QModelIndex) -> None:
         it = index.data(ItemRole)

@@ -11,6 +11,7 @@ import torch
 
 from ..clustering import pseudo_labels
 from ..config import Config
+from ..constraints import Constraints, enforce_on_labels
 from ..data.loading import Augment, CropDataset, CropTransform, PKSampler, make_loader
 from ..data.scenarios import group_key
 from ..distributed import SINGLE, DistContext
@@ -30,6 +31,7 @@ class RoundContext:
     dist: DistContext = SINGLE  # torchrun process group (single process: no-ops)
     failed_ids: set[int] = field(default_factory=set)  # images found unreadable during the round
     outputs: dict[str, Any] = field(default_factory=dict)  # stage outputs handed to later stages
+    constraints: Constraints = field(default_factory=Constraints.empty)  # the operator's decisions
 
     # -- images -----------------------------------------------------------------------------
     @property
@@ -89,6 +91,7 @@ class RoundContext:
                 min_samples=c.min_samples,
                 reporter=reporter.child(gi / len(uniq), (gi + 1) / len(uniq)),
             )
+            lab = enforce_on_labels(lab, fs.ids[mask], self.constraints, feats=fs.feats[mask])  # operator's links
             good = lab >= 0
             labels[mask[good]] = lab[good] + offset
             offset += int(lab.max()) + 1 if good.any() else 0

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constraints import enforce_cross_labels, instance_pairs
 from ..data.scenarios import TWO_GROUP
 from ..distributed import image_forward
 from ..features import rows_of
@@ -123,8 +124,8 @@ class HeterogeneousStage:
                     fs.feats[m], labels[m], sides, text_for_chm,
                     text_weight=s.chm_text_weight, threshold=s.chm_threshold, offset=offset,
                 )
-                cross[m] = res.labels
-                offset += res.num_labels
+                cross[m], n_cross = enforce_cross_labels(res.labels, offset, fs.ids[m], ctx.constraints, fs.feats[m])
+                offset += n_cross
                 chm_pairs += len(res.matches)
             else:  # no CHM: the cross-group memory degenerates to the homogeneous clusters
                 lab = labels[m]
@@ -143,6 +144,7 @@ class HeterogeneousStage:
                         pairs.append(np.stack([a[p[:, 0]], b[p[:, 1]]], axis=1))
         self.cross = cross
         self.pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+        self.pairs = instance_pairs(self.pairs, fs.ids, ctx.group_keys[rows], ctx.constraints)  # operator's pairs
         metrics.update({"chm_pairs": float(chm_pairs), "ihm_pairs": float(len(self.pairs))})
         if self.ctx.has_ids and len(self.pairs):
             pid = np.asarray(ctx.images.person_id)[rows]

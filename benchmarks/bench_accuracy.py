@@ -2,7 +2,7 @@
 
     python benchmarks/bench_accuracy.py                    # 30 identities (~1,000 crops), 3 seeds
     python benchmarks/bench_accuracy.py --quick            # 16 identities, one seed, no extras
-    python benchmarks/bench_accuracy.py --no-ablations --no-oracle --no-confirmations
+    python benchmarks/bench_accuracy.py --no-ablations --no-oracle
 
 Why: a training engine that runs end to end can still learn nothing.  This benchmark trains the
 real thing (``itkm_engine.trainer.train``: Stage I -> II -> III, the ``quick`` preset: an
@@ -23,8 +23,8 @@ Ablation table: one round from the same seed and the same data with one ITKM swi
 (``model.scenario_embedding``, ``model.group_stems``, ``stage3.chm``, ``stage3.ihm``,
 ``stage3.dru``) against the full method's round 1; the separation loss on a two-site demo (two
 demo sets with disjoint people, ingested as two sites: the loss only acts across sites).
-Operator table: round 1 after 50 and 200 decisions simulated from the true ids
-(``constraints.simulate_confirmations``: the review queue's pairs nearest the boundary first).
+Operator decisions: ``bench_confirmations.py`` (round 2 from one round-1 checkpoint with 0, 50 and
+200 decisions simulated from the true ids).
 Columns: mAP / Rank-1 (percent) overall ("all"), infrared -> visible, low-res -> high-res, within
 the clothing-change scenario, and "avg mAP", the mean of the four mAP columns (decision metric).
 
@@ -89,8 +89,7 @@ ABLATIONS = (
 ROUND_TARGET_CPU_S = 120.0  # CPU seconds per round on ~1,000 crops (issue 9)
 #: Evaluation protocol of the table's columns.
 PROTOCOL = "cross-camera"
-#: Operator decisions simulated from the true ids before a round.
-CONFIRMATIONS = (50, 200)
+
 
 
 class Clock:
@@ -225,7 +224,6 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the full method's round 1, for the noise level")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--no-oracle", action="store_true", help="skip the oracle pseudo-label row")
-    ap.add_argument("--no-confirmations", action="store_true", help="skip the simulated operator decisions")
     ap.add_argument("--model", default=None, help="model config name instead of the preset's (e.g. itkm-tiny)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
@@ -236,7 +234,7 @@ def main() -> int:
     n_seeds = 1 if args.quick else max(1, args.seeds)
     oracle = not (args.quick or args.no_oracle)
     if args.quick:
-        args.no_ablations = args.no_confirmations = True
+        args.no_ablations = True
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -331,18 +329,6 @@ def main() -> int:
             site_rows[0]["d avg mAP"] = 0.0
             ablation_rows.append({**site_rows[1], "row": "no stage2.separation (two-site demo; vs two-site full)"})
 
-        # -- operator decisions simulated from the true ids ---------------------------------------------
-        operator_rows: list[dict] = [{"row": "0 decisions (round 1)", **round1, "decisions": 0}]
-        if not args.no_confirmations:
-            from itkm_engine.constraints import simulate_confirmations
-
-            for n in CONFIRMATIONS:
-                ws = runs.workspace(f"confirm{n}")
-                made = simulate_confirmations(ws, n, seed=args.seed)
-                cols, cpu = runs.round(ws, cfg, f"{n} decisions round 1")
-                ws.close()
-                operator_rows.append({"row": f"{n} decisions (round 1)", **cols, "decisions": made,
-                                      "d avg mAP": round(cols["avg mAP"] - round1["avg mAP"], 2)})
         total_s = time.perf_counter() - clock.t0
 
         # -- expectations --------------------------------------------------------------------------
@@ -362,8 +348,6 @@ def main() -> int:
         for a in ablation_rows:
             ref = site_rows[0][m] if "two-site" in a["row"] else round1[m]
             checks.append(expectation(f"full method beats {a['row']} ({m}, round 1)", ref, a[m], noise))
-        for o in operator_rows[1:]:
-            checks.append(expectation(f"{o['row']} beats 0 decisions ({m})", o[m], round1[m], noise))
         cpus = [t["cpu_s"] for t in runs.times if t["images"] <= 1.5 * info.n_images]
         checks.append({"expectation": f"mean CPU s per round <= {ROUND_TARGET_CPU_S:.0f} (~{info.n_images} crops)",
                        "value": round(float(np.mean(cpus)), 1), "reference": ROUND_TARGET_CPU_S,
@@ -378,8 +362,6 @@ def main() -> int:
             print_table([{"row": "full method (round 1)", **round1, "d avg mAP": 0.0}] + ablation_rows,
                         "Ablations: one round, same seed, one switch off")
             print_table(site_rows, "Separation loss on the two-site demo (disjoint people)")
-        if len(operator_rows) > 1:
-            print_table(operator_rows, "Operator decisions simulated from the true ids, then one round")
         print_table(runs.times, "Round times")
         print_table(checks, f"Expectations (noise threshold on avg mAP: {noise if noise is not None else 'n/a'})")
         loads = clock.loads + [os.getloadavg()[0]]
@@ -398,7 +380,6 @@ def main() -> int:
             "rows": rows,
             "ablations": ablation_rows,
             "two_site": site_rows,
-            "operator": operator_rows,
             "protocol": PROTOCOL,
             "noise_threshold_avg_mAP": noise,
             "round_times": runs.times,

@@ -68,10 +68,10 @@ def main() -> int:
                 must = len(load_constraints(ws).must)
             clock.say(f"{got} simulated decisions ({must} confirmations) in {time.perf_counter() - t:.1f} s")
             ws = Workspace.open(path)
-            cols, wall = runs.round(ws, cfg, f"round 2 with {n} decisions")
+            cols, cpu = runs.round(ws, cfg, f"round 2 with {n} decisions")
             ws.close()
             rows.append({"row": f"round 2, {n} decisions", "decisions": got, "confirmed": must, **cols,
-                         "round s": round(wall, 1)})
+                         "round CPU s": round(cpu, 1)})
         print_table(rows)
         base = rows[1]["avg mAP"] if len(rows) > 1 else None
         curve = [{"decisions": r["decisions"], "avg mAP": r["avg mAP"],

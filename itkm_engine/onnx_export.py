@@ -80,6 +80,7 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
     ``group``: export for one group only (e.g. ``visible`` for a colour camera): the graph then
     has no ``group_idx`` input and costs one pass instead of one per group."""
     import io
+import warnings
 
     import onnx
 
@@ -104,7 +105,10 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
     try:
-        with torch.no_grad():
+        # The encoder traces one fixed pass per group on purpose (see _Encoder): the tracer's
+        # warnings about Python values inside the stems' routing are expected, not the user's.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 enc, example, buf, input_names=names, output_names=["embedding"],
                 dynamic_axes={n: {0: "batch"} for n in names + ["embedding"]},

@@ -284,6 +284,10 @@ WHERE images.status = 'missing'
 """
 
 
+class WorkspaceOlderError(WorkspaceError):
+    """A read-only open of a workspace with an older schema (a writer upgrades it)."""
+
+
 def _check_site(site: Any) -> str:
     if not isinstance(site, str) or not site.strip():
         raise ItkmError(f"a site needs a non-empty name, got {site!r}")
@@ -400,6 +404,14 @@ class Workspace:
         :class:`WorkspaceError` for a folder that is not a workspace, :class:`WorkspaceLockedError`
         when another live process writes it, :class:`SchemaTooNewError` for a newer schema.
         """
+        if readonly and not create:
+            try:
+                return cls(path, readonly=True, reporter=reporter)
+            except WorkspaceOlderError:
+                # A reader of a workspace an older ITKM Studio wrote: upgrade it once (a writer
+                # migrates after a backup), then read.  Where it cannot be written (a live writer,
+                # a read-only place) the reason is raised instead.
+                cls(path, reporter=reporter).close()
         return cls(path, readonly=readonly, create=create, reporter=reporter)
 
     @classmethod
@@ -783,7 +795,7 @@ class Workspace:
         if version > self.SCHEMA_VERSION:
             raise self._too_new(version)
         if version < self.SCHEMA_VERSION:
-            raise WorkspaceError(
+            raise WorkspaceOlderError(
                 f"the workspace {self.path} has an older format (schema version {version}, current "
                 f"{self.SCHEMA_VERSION}); open it once for writing to upgrade it (a backup is kept), then read-only"
             )

@@ -447,8 +447,8 @@ def test_older_schema_is_backed_up_then_migrated_by_the_cli(ingested_ws_template
     con.commit()
     n_cams = con.execute("SELECT count(*) FROM cameras").fetchone()[0]
     con.close()
-    p = run_cli("status", ws, check=False)  # read-only cannot migrate: says what to do
-    assert "open it once for writing" in one_line_error(p, "status")
+    p = run_cli("status", ws, check=False)  # a reader upgrades first; this CLI has no 0 -> 1 step
+    assert "cannot upgrade" in one_line_error(p, "status")
 
     p = subprocess.run([sys.executable, "-c", MIGRATING_CLI, "ingest", str(ws), str(demo_dir)], env=CLI_ENV, cwd=REPO,
                        capture_output=True)
@@ -460,6 +460,8 @@ def test_older_schema_is_backed_up_then_migrated_by_the_cli(ingested_ws_template
     assert b.execute("SELECT count(*) FROM cameras").fetchone()[0] == n_cams
     b.close()
     info = assert_workspace_whole(ws)
-    assert info["version"] == "1"
+    from itkm_engine.workspace import SCHEMA_VERSION
+
+    assert info["version"] == str(SCHEMA_VERSION)
     p = run_cli("status", ws, "--json")
     assert json.loads(p.stdout)["cameras"] == n_cams

@@ -458,8 +458,8 @@ def test_old_version_without_migration_or_readonly_refused(tmp_path):
     con.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     con.commit()
     con.close()
-    with pytest.raises(WorkspaceError, match="open it once for writing"):
-        Workspace.open(path, readonly=True)
+    with pytest.raises(WorkspaceError, match="cannot upgrade"):
+        Workspace.open(path, readonly=True)  # a reader upgrades first, and there is no 0 -> 1 step
     with pytest.raises(WorkspaceError, match="cannot upgrade"):
         Workspace.open(path)  # MIGRATIONS has no 0 -> 1 in this code
     assert not (path / "workspace.lock").exists()
@@ -604,3 +604,19 @@ def test_version_1_gains_a_site_per_source(tmp_path):
         with pytest.raises(ItkmError):
             w.set_source_site(other, "  ")
     assert (path / f"{DB_NAME}.bak-v1").is_file()
+
+
+def test_a_reader_upgrades_an_older_workspace_once_then_reads(tmp_path):
+    """itkm status / query / export of a workspace an older version wrote: upgraded (with a
+    backup) by a short writer open, then read; with a live writer elsewhere it says why not."""
+    path = tmp_path / "ws"
+    Workspace.open(path, create=True).close()
+    con = sqlite3.connect(path / DB_NAME)
+    con.execute("ALTER TABLE sources DROP COLUMN site")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with Workspace.open(path, readonly=True) as w:
+        assert w.readonly and w.schema_version() == Workspace.SCHEMA_VERSION
+    assert (path / f"{DB_NAME}.bak-v1").is_file()
+    assert not (path / "workspace.lock").exists()

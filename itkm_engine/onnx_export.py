@@ -80,7 +80,7 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
     ``group``: export for one group only (e.g. ``visible`` for a colour camera): the graph then
     has no ``group_idx`` input and costs one pass instead of one per group."""
     import io
-import warnings
+    import warnings
 
     import onnx
 

@@ -103,8 +103,10 @@ class RoundContext:
         return labels, metrics
 
     # -- loaders ------------------------------------------------------------------------------
-    def pk_loader(self, fs: FeatureSet, labels: np.ndarray, *, batches: int, seed: int):
-        """Augmented PK batches over the rows of ``fs`` that carry a label >= 0."""
+    def pk_loader(self, fs: FeatureSet, labels: np.ndarray, *, batches: int, seed: int,
+                  pairs: np.ndarray | None = None):
+        """Augmented PK batches over the rows of ``fs`` that carry a label >= 0 (pair-aware with
+        ``pairs``, rows of ``fs``: see :class:`PKSampler`)."""
         d = self.cfg.data
         rows = self.rows(fs)
         ds = CropDataset(
@@ -116,7 +118,8 @@ class RoundContext:
             seed=seed,
         )
         # Each rank draws its own batches (DDP averages their gradients).
-        sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank)
+        sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank,
+                            pairs=pairs)
         return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
 
 

@@ -115,7 +115,8 @@ def cmd_ingest(a) -> int:
 
     rep = ConsoleReporter("ingest", a.quiet)
     with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
-        summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep)
+        summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep,
+                         site=a.site)
     rep.done()
     print(summary.format_table())
     return 0
@@ -125,6 +126,7 @@ def cmd_cameras(a) -> int:
     from .workspace import Workspace
 
     with Workspace.open(a.workspace, readonly=not a.set, reporter=ConsoleReporter("cameras")) as ws:
+        sites = ws.camera_sites()
         for cam, *assignments in a.set or []:
             if not assignments:
                 raise ItkmError(f"say what to set for camera {cam!r}, e.g. --set {cam} scenario=visible-infrared group=infrared")
@@ -139,7 +141,8 @@ def cmd_cameras(a) -> int:
             ws.set_camera(cam, **kw)
         rows = [
             {"camera": c.name, "images": c.n_images, "missing": c.n_missing, "rejected": c.n_rejected,
-             "scenario": c.scenario, "group": c.group, "median_h": f"{c.median_height:.0f}" if c.median_height else "",
+             "scenario": c.scenario, "group": c.group, "site": sites.get(c.name, ""),
+             "median_h": f"{c.median_height:.0f}" if c.median_height else "",
              "set_by": "user" if c.user_set else "guess", "flag": c.flag or ""}
             for c in ws.cameras()
         ]
@@ -355,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--layout", help="force a layout instead of detecting it (see the error text for the list)")
     sp.add_argument("--scenario", help="scenario of these cameras: visible-infrared, cross-resolution, "
                     "clothing-change or cross-camera (default: guessed)")
+    sp.add_argument("--site", help="where these folders were filmed; people are shared only within a site, and "
+                    "Stage II keeps different sites' identities apart (default: one site for everything)")
 
     sp = add("cameras", cmd_cameras, "list cameras; correct a camera's scenario or group")
     sp.add_argument("--set", nargs="+", action="append", metavar=("CAMERA", "KEY=VALUE"),

@@ -145,7 +145,8 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
             batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
             reporter=reporter.child(0.0, 0.05), stage="extract", dist=dist,
         )
-    ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist)
+    ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist,
+                       camera_sites=ws.camera_sites())
     if resume is not None:
         ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
 

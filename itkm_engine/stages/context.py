@@ -30,11 +30,18 @@ class RoundContext:
     dist: DistContext = SINGLE  # torchrun process group (single process: no-ops)
     failed_ids: set[int] = field(default_factory=set)  # images found unreadable during the round
     outputs: dict[str, Any] = field(default_factory=dict)  # stage outputs handed to later stages
+    camera_sites: dict[str, str] = field(default_factory=dict)  # camera -> site (Workspace.camera_sites)
 
     # -- images -----------------------------------------------------------------------------
     @property
     def group_keys(self) -> np.ndarray:
         return np.array([group_key(s, g) for s, g in zip(self.images.scenario, self.images.group)], dtype=object)
+
+    def image_sites(self) -> np.ndarray:
+        """Site of every image (its camera's source's site; the default site when unknown)."""
+        from ..workspace import DEFAULT_SITE
+
+        return np.array([self.camera_sites.get(c, DEFAULT_SITE) for c in self.images.camera], dtype=object)
 
     @property
     def has_ids(self) -> bool:

@@ -91,6 +91,7 @@ def compute_identities(
     labels[singles] = n_id + np.arange(len(singles))
     if links is not None:
         labels, conf = _merge_links(labels, conf, feats, links)
+    conf = np.clip(conf, -1.0, 1.0)  # stored features are unit length only to ~1e-4
     order = np.argsort(ids)
     return IdentityTable(checkpoint, np.asarray(ids, np.int64)[order], labels[order].astype(np.int64), conf[order])
 
@@ -135,9 +136,10 @@ def _merge_links(labels: np.ndarray, conf: np.ndarray, feats: np.ndarray,
     conf = conf.copy()
     for root in touched:
         rows = np.flatnonzero(new == root)
-        cent = feats[rows].mean(axis=0)
+        f = feats[rows].astype(np.float64)
+        cent = f.mean(axis=0)
         cent /= max(float(np.linalg.norm(cent)), 1e-12)
-        conf[rows] = feats[rows] @ cent
+        conf[rows] = f @ cent
     return labels, conf
 
 

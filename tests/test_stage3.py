@@ -3,7 +3,6 @@ precision is logged, and the round stores its final (cross-group) pseudo-labels.
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import torch

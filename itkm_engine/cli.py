@@ -102,7 +102,7 @@ def cmd_demo_data(a) -> int:
     from .data.demo import make_demo
 
     rep = ConsoleReporter("demo", a.quiet)
-    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, reporter=rep)
+    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, id_offset=a.id_offset, reporter=rep)
     rep.done()
     print(f"demo camera set in {info.root}: {info.n_images} crops of {info.n_identities} people")
     print_table([{"camera": name, **dataclasses.asdict(cam)} for name, cam in info.cameras.items()])
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", metavar="DIR", help="output folder (created; must be empty or an earlier demo)")
     sp.add_argument("--identities", type=int, default=60, help="number of people (default 60, ~2,000 crops)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--id-offset", type=int, default=0, help="person ids start after this (a second demo set with "
+                    "other people, e.g. for a second site: --id-offset 60)")
 
     sp = add("ingest", cmd_ingest, "add camera folders to a workspace (created if missing); re-run to pick up changes")
     sp.add_argument("folders", metavar="FOLDER", nargs="+", help="dataset or camera folders")

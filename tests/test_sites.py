@@ -101,3 +101,5 @@ def test_cli_ingest_site_and_cameras_show_it(tmp_path, capsys):
     assert {r["site"] for r in rows} == {"default", "north gate"}
     assert main(["ingest", ws, str(b), "--site", " ", "-q"]) == 2
     assert "site" in capsys.readouterr().err
+    assert main(["demo-data", str(tmp_path / "c"), "--identities", "3", "--id-offset", "70", "-q"]) == 0
+    assert _pids(tmp_path / "c") <= {71, 72, 73}

@@ -102,7 +102,7 @@ def cmd_demo_data(a) -> int:
     from .data.demo import make_demo
 
     rep = ConsoleReporter("demo", a.quiet)
-    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, reporter=rep)
+    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, id_offset=a.id_offset, reporter=rep)
     rep.done()
     print(f"demo camera set in {info.root}: {info.n_images} crops of {info.n_identities} people")
     print_table([{"camera": name, **dataclasses.asdict(cam)} for name, cam in info.cameras.items()])
@@ -115,7 +115,8 @@ def cmd_ingest(a) -> int:
 
     rep = ConsoleReporter("ingest", a.quiet)
     with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
-        summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep)
+        summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep,
+                         site=a.site)
     rep.done()
     print(summary.format_table())
     return 0
@@ -125,6 +126,7 @@ def cmd_cameras(a) -> int:
     from .workspace import Workspace
 
     with Workspace.open(a.workspace, readonly=not a.set, reporter=ConsoleReporter("cameras")) as ws:
+        sites = ws.camera_sites()
         for cam, *assignments in a.set or []:
             if not assignments:
                 raise ItkmError(f"say what to set for camera {cam!r}, e.g. --set {cam} scenario=visible-infrared group=infrared")
@@ -139,7 +141,8 @@ def cmd_cameras(a) -> int:
             ws.set_camera(cam, **kw)
         rows = [
             {"camera": c.name, "images": c.n_images, "missing": c.n_missing, "rejected": c.n_rejected,
-             "scenario": c.scenario, "group": c.group, "median_h": f"{c.median_height:.0f}" if c.median_height else "",
+             "scenario": c.scenario, "group": c.group, "site": sites.get(c.name, ""),
+             "median_h": f"{c.median_height:.0f}" if c.median_height else "",
              "set_by": "user" if c.user_set else "guess", "flag": c.flag or ""}
             for c in ws.cameras()
         ]
@@ -426,12 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", metavar="DIR", help="output folder (created; must be empty or an earlier demo)")
     sp.add_argument("--identities", type=int, default=60, help="number of people (default 60, ~2,000 crops)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--id-offset", type=int, default=0, help="person ids start after this (a second demo set with "
+                    "other people, e.g. for a second site: --id-offset 60)")
 
     sp = add("ingest", cmd_ingest, "add camera folders to a workspace (created if missing); re-run to pick up changes")
     sp.add_argument("folders", metavar="FOLDER", nargs="+", help="dataset or camera folders")
     sp.add_argument("--layout", help="force a layout instead of detecting it (see the error text for the list)")
     sp.add_argument("--scenario", help="scenario of these cameras: visible-infrared, cross-resolution, "
                     "clothing-change or cross-camera (default: guessed)")
+    sp.add_argument("--site", help="where these folders were filmed; people are shared only within a site, and "
+                    "Stage II keeps different sites' identities apart (default: one site for everything)")
 
     sp = add("cameras", cmd_cameras, "list cameras; correct a camera's scenario or group")
     sp.add_argument("--set", nargs="+", action="append", metavar=("CAMERA", "KEY=VALUE"),

@@ -110,7 +110,7 @@ class Stage3Config:
     warmup_epochs: int = 1
     chm: bool = True  # cluster-level heterogeneous matching (Hungarian)
     chm_text_weight: float = 0.5  # similarity = (1-w) * image-centroid cos + w * text cos
-    chm_threshold: float = 0.5  # keep matched cluster pairs whose similarity is above this
+    chm_threshold: float = 0.5  # absolute floor under the relative test (chm_mutual / chm_margin)
     ihm: bool = True  # instance-level heterogeneous matching (mutual top-k in image and text space)
     ihm_k: int = 5
     ihm_temperature: float = 0.05  # softmax temperature for an instance's text-space vector
@@ -120,6 +120,12 @@ class Stage3Config:
     weight_cross: float = 1.0
     weight_instance: float = 0.5
     weight_i2t: float = 0.5
+    # CHM acceptance is relative (matching/cluster_matching.accept_matches): the text term lifts
+    # every pair by ~0.4, so an absolute threshold alone merges strangers.
+    chm_mutual: bool = True  # keep a Hungarian pair only when each cluster is the other's best
+    chm_margin: float = 0.05  # ... by at least this much over the runner-up of its row and column
+    ihm_pair_sampling: bool = True  # PK batches bring each sampled instance's IHM partner
+    ihm_centroid_pull: bool = True  # pull an instance toward its IHM partner's cross-group centroid
 
 
 @dataclass

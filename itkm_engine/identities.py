@@ -7,12 +7,20 @@ cross-group matching trains for.  An outlier joins its nearest identity when it 
 that identity's centroid as the identity's own members typically are (the 10th percentile of the
 members' cosines); otherwise it stays a single-sighting identity with confidence 0.
 
-Confidence of a sighting = cosine between its feature and its identity's centroid.
+Cross-group matches merged (DESIGN.md): the round's CHM matches (the per-group clusters Stage III
+gave one cross-group label, :func:`round_links`) are *links*: for each matched pair of clusters,
+the identity holding most of one cluster and the identity holding most of the other become one.
+A link joins the two identities it names and nothing else, so merges never chain through a
+third cluster unless another link says so.  Operator must-links can be passed the same way.
+
+Confidence of a sighting = cosine between its feature and its identity's centroid (the merged
+identity's centroid after a merge).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -41,9 +49,13 @@ def compute_identities(
     eps: float = 0.6,
     min_samples: int = 2,
     checkpoint: str | None = None,
+    links: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
     reporter: Reporter | None = None,
 ) -> IdentityTable:
-    """Identity and confidence for every row of ``feats`` (L2-normalised)."""
+    """Identity and confidence for every row of ``feats`` (L2-normalised).
+
+    ``links``: pairs ``(rows_a, rows_b)`` of row sets that show one person (e.g. two clusters CHM
+    matched, from :func:`round_links`); the majority identities of the two sets are merged."""
     reporter = reporter or Reporter()
     n = len(ids)
     if n == 0:
@@ -77,8 +89,96 @@ def compute_identities(
             conf[blk[join]] = bsim[join]
     singles = np.flatnonzero(labels < 0)
     labels[singles] = n_id + np.arange(len(singles))
+    if links is not None:
+        labels, conf = _merge_links(labels, conf, feats, links)
+    conf = np.clip(conf, -1.0, 1.0)  # stored features are unit length only to ~1e-4
     order = np.argsort(ids)
     return IdentityTable(checkpoint, np.asarray(ids, np.int64)[order], labels[order].astype(np.int64), conf[order])
+
+
+def _merge_links(labels: np.ndarray, conf: np.ndarray, feats: np.ndarray,
+                 links: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Union the majority identities of each link's two row sets; identities renumbered in order
+    of first appearance of their smallest old id; confidences of merged identities recomputed."""
+    parent = np.arange(int(labels.max()) + 1 if len(labels) else 0)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def majority(rows: np.ndarray) -> int | None:
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < len(labels))]
+        if not len(rows):
+            return None
+        vals, counts = np.unique(labels[rows], return_counts=True)
+        return int(vals[np.argmax(counts)])
+
+    merged = False
+    for rows_a, rows_b in links:
+        a, b = majority(rows_a), majority(rows_b)
+        if a is None or b is None:
+            continue
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+            merged = True
+    if not merged:
+        return labels, conf
+    roots = np.array([find(x) for x in range(len(parent))])
+    new = roots[labels]
+    changed = new != labels
+    touched = np.unique(new[changed])
+    _, labels = np.unique(new, return_inverse=True)  # compact ids, order kept
+    labels = labels.astype(np.int64)
+    conf = conf.copy()
+    for root in touched:
+        rows = np.flatnonzero(new == root)
+        f = feats[rows].astype(np.float64)
+        cent = f.mean(axis=0)
+        cent /= max(float(np.linalg.norm(cent)), 1e-12)
+        conf[rows] = f @ cent
+    return labels, conf
+
+
+def round_links(ws, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The latest finished round's CHM matches as links for :func:`compute_identities`: for every
+    cross-group label that joins several per-group clusters, ``(rows of one cluster, rows of
+    another)`` as rows of ``ids``.  Empty before the first round or for a round without them."""
+    from .trainer import FINAL_LABELS_FILE
+
+    latest = ws.latest_checkpoint()
+    rnd = next((r for r in reversed(ws.rounds()) if r.status == "done" and r.checkpoint
+                and ws.resolve_path(r.checkpoint) == latest), None)
+    if rnd is None:
+        return []
+    path = ws.round_dir(rnd.number) / FINAL_LABELS_FILE
+    try:
+        with np.load(path) as z:
+            f_ids, labels, cross = z["ids"], z["labels"], z["cross"]
+    except (OSError, KeyError, ValueError):
+        return []
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids)
+    pos = np.searchsorted(ids, f_ids, sorter=order)
+    pos = np.minimum(pos, max(len(ids) - 1, 0))
+    found = (ids[order[pos]] == f_ids) if len(ids) else np.zeros(len(f_ids), bool)
+    rows = np.where(found, order[pos], -1)
+    keep = (labels >= 0) & (cross >= 0) & (rows >= 0)
+    labels, cross, rows = labels[keep], cross[keep], rows[keep]
+    pairs = np.unique(np.stack([cross, labels], axis=1), axis=0)  # sorted by cross label
+    if not len(pairs):
+        return []
+    bounds = np.flatnonzero(np.diff(pairs[:, 0])) + 1
+    groups = [g[:, 1] for g in np.split(pairs, bounds) if len(g) > 1]
+    if not groups:
+        return []
+    by_label = np.argsort(labels, kind="stable")
+    uniq, start = np.unique(labels[by_label], return_index=True)
+    members = dict(zip(uniq.tolist(), np.split(rows[by_label], start[1:])))
+    return [(members[int(g[0])], members[int(other)]) for g in groups for other in g[1:]]
 
 
 def summarize(table: IdentityTable, images) -> list[IdentitySummary]:

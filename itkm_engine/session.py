@@ -263,7 +263,7 @@ class Session:
 
     # -- identities, projection, evaluation ----------------------------------------------------
     def identities(self, reporter: Reporter | None = None) -> IdentityTable:
-        from .identities import compute_identities
+        from .identities import compute_identities, round_links
 
         with self._lock:
             if self._identities is None:
@@ -276,7 +276,8 @@ class Session:
                     inf, c = self.cfg.inference, self.cfg.cluster
                     table = compute_identities(
                         fs.ids, fs.feats, k1=c.k1, k2=c.k2, eps=inf.identity_eps, min_samples=inf.identity_min_samples,
-                        checkpoint=key, reporter=reporter.child(0.5, 1.0) if reporter else None,
+                        checkpoint=key, links=round_links(self.ws, fs.ids),
+                        reporter=reporter.child(0.5, 1.0) if reporter else None,
                     )
                     if not self.ws.readonly:
                         self.ws.save_identities(key, table.image_id, table.identity, table.confidence)

@@ -40,6 +40,8 @@ STAGES = (HomogeneousStage, TextStage, HeterogeneousStage)
 #: Share of a round's progress bar per stage (Stage II is cheap: features once, text tower only).
 STAGE_SPAN = {"stage1": (0.0, 0.45), "stage2": (0.45, 0.6), "stage3": (0.6, 1.0)}
 PROGRESS_FILE = "progress.pt"
+#: Per round (``rounds/round_NNNN/``): ids, per-group ``labels`` and cross-group ``cross`` labels.
+FINAL_LABELS_FILE = "final_labels.npz"
 
 
 @dataclass
@@ -144,7 +146,8 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
             batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
             reporter=reporter.child(0.0, 0.05), stage="extract", dist=dist,
         )
-    ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist)
+    ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist,
+                       camera_sites=ws.camera_sites())
     ctx.constraints = load_constraints(ws)  # must/cannot-links the round obeys (constraints.py)
     if resume is not None:
         ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
@@ -197,9 +200,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     ckpt = ws.checkpoints_dir / f"round_{round_no:04d}.pt"
     if main:
         save_checkpoint(ckpt, _final_state(round_no, cfg, ctx))
-        if "stage2" in ctx.outputs:
-            st2 = ctx.outputs["stage2"]
-            ws.save_assignments(round_no, st2["ids"], st2["labels"])
+        _save_final_labels(ws, round_no, ctx)
         ws.update_round(round_no, status="done", checkpoint=str(ckpt), finished=time.time())
         progress_path.unlink(missing_ok=True)
         _record_failed(ws, ctx)
@@ -282,6 +283,30 @@ def _final_state(round_no: int, cfg: Config, ctx: RoundContext) -> dict:
         "model": ctx.model.state_for_checkpoint(),
         "outputs": _outputs_to_state(ctx.outputs),
     }
+
+
+def _save_final_labels(ws, round_no: int, ctx: RoundContext) -> None:
+    """The round's pseudo-labels are its *final* ones: Stage III's cross-group labels (matched
+    clusters share one), stored as the round's assignments; ``rounds/round_NNNN/final_labels.npz``
+    keeps them beside the per-group labels they came from, so the final identities can merge the
+    clusters CHM matched (:func:`itkm_engine.identities.round_links`).  A round without Stage III
+    output (e.g. zero Stage III epochs) stores Stage II's clusters, as before."""
+    from .atomic import atomic_open
+
+    st = ctx.outputs.get("stage3")
+    if st is not None and "cross" in st:
+        ids, labels, cross = st["ids"], st["labels"], st["cross"]
+    elif "stage2" in ctx.outputs:
+        ids, labels = ctx.outputs["stage2"]["ids"], ctx.outputs["stage2"]["labels"]
+        cross = labels
+    else:
+        return
+    folder = ws.round_dir(round_no)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_open(folder / FINAL_LABELS_FILE, "wb") as fh:
+        np.savez(fh, ids=np.asarray(ids, np.int64), labels=np.asarray(labels, np.int64),
+                 cross=np.asarray(cross, np.int64))
+    ws.save_assignments(round_no, ids, cross)
 
 
 def _record_failed(ws, ctx: RoundContext) -> None:

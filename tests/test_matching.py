@@ -271,3 +271,76 @@ def test_instance_offline_text_fills_outliers_from_image_embeddings():
     assert filled.tolist() == [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
     with pytest.raises(ItkmError):
         instance_offline_text(np.array([2]), s2_text)
+
+
+# -- CHM acceptance (relative, not an absolute 0.5) --------------------------------------------
+def _planted_sides_with_strangers(seed=0):
+    """Side A: 6 people + 3 strangers; side B: the same 6 people (shuffled) + 3 other strangers.
+
+    The text term is what it is in practice: every text feature shares one strong direction, so the
+    text cosine of *any* two clusters is ~0.8 and adds ~0.4 to every pair's similarity.  Each
+    stranger's image looks like a blend of two people (A's strangers share one of them with B's),
+    so a stranger is close to several clusters and the clear favourite of none."""
+    g = torch.Generator().manual_seed(seed)
+    n, s, d, e = 6, 3, 32, 16
+    people = _norm(torch.randn(n, d, generator=g))
+    common = _norm(torch.randn(1, e, generator=g))
+    text_p = _norm(2.0 * common + 0.5 * _norm(torch.randn(n, e, generator=g)))
+
+    def stranger_img(k):
+        i, j = k % n, (k + 1) % n
+        return F.normalize(people[i] + people[j] + 0.1 * torch.randn(d, generator=g), dim=0)
+
+    def stranger_txt():
+        return _norm(2.0 * common + 0.5 * _norm(torch.randn(1, e, generator=g)))[0]
+
+    perm = torch.randperm(n, generator=g)  # B row j is person perm[j]
+    img_a = torch.cat([people + 0.05 * torch.randn(n, d, generator=g), torch.stack([stranger_img(2 * k) for k in range(s)])])
+    txt_a = torch.cat([text_p, torch.stack([stranger_txt() for _ in range(s)])])
+    img_b = torch.cat([people[perm] + 0.05 * torch.randn(n, d, generator=g),
+                       torch.stack([stranger_img(2 * k + 1) for k in range(s)])])
+    txt_b = torch.cat([text_p[perm] + 0.05 * torch.randn(n, e, generator=g),
+                       torch.stack([stranger_txt() for _ in range(s)])])
+    truth = {(int(perm[j]), j) for j in range(n)}
+    return img_a, img_b, txt_a, txt_b, truth, n
+
+
+def test_chm_absolute_threshold_merges_strangers_relative_acceptance_does_not():
+    img_a, img_b, txt_a, txt_b, truth, n = _planted_sides_with_strangers()
+    sim = cluster_similarity(img_a, img_b, txt_a, txt_b, 0.5)
+    assert sim.min() > 0.2  # the text term lifts every pair, strangers included
+    old = match_clusters(img_a, img_b, txt_a, txt_b, 0.5, 0.5)
+    assert {(m.a, m.b) for m in old} - truth, "the absolute rule is expected to merge a stranger here"
+    new = match_clusters(img_a, img_b, txt_a, txt_b, 0.5, 0.5, mutual=True, margin=0.05)
+    assert {(m.a, m.b) for m in new} == truth  # every true pair kept, no stranger merged
+
+
+def test_accept_matches_is_mutual_best_plus_margin():
+    from itkm_engine.matching import accept_matches
+
+    sim = np.array([
+        [0.90, 0.20, 0.10],   # row 0: clearly best with col 0
+        [0.50, 0.48, 0.10],   # row 1: col 0 best but col 0 prefers row 0 -> not mutual
+        [0.10, 0.45, 0.44],   # row 2: col 1 best by 0.01 < margin
+    ])
+    pairs = [(0, 0), (1, 1), (2, 2)]
+    got = accept_matches(sim, pairs, threshold=0.0, mutual=True, margin=0.05)
+    assert [(m.a, m.b) for m in got] == [(0, 0)]
+    # Without the relative test the absolute floor alone decides.
+    loose = accept_matches(sim, pairs, threshold=0.3, mutual=False, margin=0.0)
+    assert [(m.a, m.b) for m in loose] == [(0, 0), (1, 1), (2, 2)]
+    # A lone cluster on each side has no runner-up: only the floor applies.
+    assert [(m.a, m.b) for m in accept_matches(np.array([[0.7]]), [(0, 0)], threshold=0.5, mutual=True, margin=0.05)] == [(0, 0)]
+    assert accept_matches(np.array([[0.4]]), [(0, 0)], threshold=0.5, mutual=True, margin=0.05) == []
+
+
+def test_match_precision_counts_pairs_whose_clusters_hold_the_same_person():
+    from itkm_engine.matching import match_precision
+
+    labels = np.array([0, 0, 0, 1, 1, 5, 5, 6, 6, -1])
+    pids = np.array([7, 7, 3, 8, 8, 7, 7, 9, -1, 8])
+    # (0 -> person 7) ~ (5 -> person 7): right; (1 -> 8) ~ (6 -> 9): wrong.
+    assert match_precision([ClusterMatch(0, 5, 0.9), ClusterMatch(1, 6, 0.8)], labels, pids) == 0.5
+    assert match_precision([ClusterMatch(0, 5, 0.9)], labels, pids) == 1.0
+    assert match_precision([], labels, pids) is None
+    assert match_precision([ClusterMatch(0, 5, 0.9)], labels, np.full(10, -1)) is None

@@ -55,6 +55,7 @@ __all__ = [
     "DemoCamera",
     "DemoInfo",
     "make_demo",
+    "make_two_site_demo",
     "parse_demo_name",
     "is_demo_folder",
 ]
@@ -146,11 +147,13 @@ def make_demo(
     identities: int = 60,
     images_per_camera: int | None = None,
     seed: int = 0,
+    id_offset: int = 0,
     reporter: Reporter | None = None,
 ) -> DemoInfo:
     """Write the demo camera set into ``out_dir`` and describe it.
 
-    ``identities`` people (ids 1..identities, 3..9999) each appear in >= 2 cameras of one
+    ``identities`` people (ids ``id_offset + 1 .. id_offset + identities``; 3..9999 people, ids
+    up to 9999) each appear in >= 2 cameras of one
     *primary* scenario (assigned round-robin, so every scenario has cross-camera matches), and
     with probability 0.75 in each other scenario too (there mostly in >= 2 cameras, sometimes
     in 1).  About half of them wear other clothes in ``cc-b``.  ``images_per_camera`` is the
@@ -166,6 +169,7 @@ def make_demo(
     reporter = reporter or Reporter()
     t0 = time.monotonic()
     identities, images_per_camera, seed = _validate_params(identities, images_per_camera, seed)
+    id_offset = _validate_offset(id_offset, identities)
     root = Path(out_dir)
     params = {
         "generator_version": GENERATOR_VERSION,
@@ -173,6 +177,8 @@ def make_demo(
         "images_per_camera": images_per_camera,
         "seed": seed,
     }
+    if id_offset:  # only when set, so folders written before the parameter existed stay valid
+        params["id_offset"] = id_offset
 
     if root.exists() and not root.is_dir():
         raise ItkmError(f"demo output {root} exists and is not a folder")
@@ -191,9 +197,9 @@ def make_demo(
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / MARKER_NAME, json.dumps(params, sort_keys=True) + "\n")
 
-    persons = {pid: _Person.draw(seed, pid) for pid in range(1, identities + 1)}
+    persons = {pid: _Person.draw(seed, pid) for pid in range(id_offset + 1, id_offset + identities + 1)}
     cameras = {spec.name: _Camera.build(seed, spec) for spec in DEMO_CAMERAS}
-    plan = _plan(seed, identities, images_per_camera)
+    plan = _plan(seed, identities, images_per_camera, id_offset)
     total = sum(len(shots) for shots in plan.values())
     reporter.log(f"drawing {total} demo crops of {identities} identities in {len(cameras)} cameras")
 
@@ -288,6 +294,36 @@ def _validate_params(identities, images_per_camera, seed) -> tuple[int, int | No
     return int(identities), images_per_camera, int(seed)
 
 
+def _validate_offset(id_offset, identities: int) -> int:
+    if isinstance(id_offset, bool) or not isinstance(id_offset, (int, np.integer)) or int(id_offset) < 0:
+        raise ItkmError(f"id_offset must be a non-negative integer, got {id_offset!r}")
+    if int(id_offset) + identities > 9999:
+        raise ItkmError(f"id_offset {id_offset} + {identities} identities passes 9999 (4-digit person ids); "
+                        "use a smaller offset or fewer identities")
+    return int(id_offset)
+
+
+def make_two_site_demo(
+    out_dir: str | Path,
+    identities: int = 30,
+    seed: int = 0,
+    *,
+    images_per_camera: int | None = None,
+    reporter: Reporter | None = None,
+) -> tuple[Path, Path]:
+    """Two demo camera sets filmed at two sites that share no people: ``out_dir/site-a`` (ids
+    1..identities) and ``out_dir/site-b`` (ids identities+1..2*identities), each with the full
+    camera set.  Ingest each with its own site (``ingest(ws, [a]); ingest(ws, [b], site="b")``) to
+    see Stage II's separation loss at work: it applies only across sites.  Returns the two roots."""
+    reporter = reporter or Reporter()
+    root = Path(out_dir)
+    a = make_demo(root / "site-a", identities=identities, images_per_camera=images_per_camera, seed=seed,
+                  reporter=reporter.child(0.0, 0.5))
+    b = make_demo(root / "site-b", identities=identities, images_per_camera=images_per_camera, seed=seed,
+                  id_offset=identities, reporter=reporter.child(0.5, 1.0))
+    return a.root, b.root
+
+
 def _reuse_existing(root: Path, params: dict) -> DemoInfo | None:
     """The existing set's summary when it is complete and made with ``params``, else None."""
     try:
@@ -350,13 +386,14 @@ class _Shot:
     scale: float  # track's approach: 0.9 .. 1.0 of the crop height
 
 
-def _plan(seed: int, identities: int, images_per_camera: int | None) -> dict[str, list[_Shot]]:
+def _plan(seed: int, identities: int, images_per_camera: int | None, id_offset: int = 0) -> dict[str, list[_Shot]]:
     """Assign identities to scenarios/cameras and lay each camera's tracks on its time line."""
     order = np.random.default_rng([seed, _STREAM_ORDER]).permutation(len(_SCENARIO_ORDER))
     appear: dict[str, list[tuple[int, int]]] = {c.name: [] for c in DEMO_CAMERAS}  # camera -> (pid, n)
-    for pid in range(1, identities + 1):
+    for pid in range(id_offset + 1, id_offset + identities + 1):
         rng = np.random.default_rng([seed, _STREAM_ASSIGN, pid])
-        primary = _SCENARIO_ORDER[int(order[(pid - 1) % len(order)])]
+        # Round robin over the set's own people, so every scenario is some person's primary one.
+        primary = _SCENARIO_ORDER[int(order[(pid - id_offset - 1) % len(order)])]
         for scenario in _SCENARIO_ORDER:
             cams = _SCENARIO_CAMERAS[scenario]
             if scenario == primary:

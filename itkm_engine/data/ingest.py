@@ -193,13 +193,16 @@ def ingest(
     reporter: Reporter | None = None,
     workers: int = WORKERS,
     batch_size: int = BATCH_SIZE,
+    site: str | None = None,
 ) -> IngestSummary:
     """Ingest camera folders into the workspace ``ws`` (a writable :class:`Workspace`).
 
     ``layout``: a name from :data:`~itkm_engine.data.layouts.LAYOUTS` for every folder (default:
     detect per folder).  ``scenario``: the scenario of every camera in these folders (the groups
     are still guessed); default: from the layout where it says, else guessed.  Cancellable
-    through ``reporter`` (already committed batches stay; run again to finish).
+    through ``reporter`` (already committed batches stay; run again to finish).  ``site``: where
+    these folders were filmed (people are shared only within a site; Stage II separates sites);
+    default: a new source joins the default site, a known one keeps its site.
 
     Raises :class:`LayoutError` for a missing/unreadable/empty folder, an unknown layout name or
     a folder no layout recognises -- before writing anything.
@@ -230,7 +233,8 @@ def ingest(
     summary = IngestSummary()
     for i, (root, lay) in enumerate(plan):
         sub = reporter.child(i / len(plan), (i + 1) / len(plan))
-        _ingest_folder(ws, root, lay, scenario, sub, summary, workers=max(1, workers), batch_size=max(1, batch_size))
+        _ingest_folder(ws, root, lay, scenario, sub, summary, workers=max(1, workers), batch_size=max(1, batch_size),
+                       site=site)
     reporter.update(1.0, stage="done", message=f"{summary.images} images in {len(summary.cameras)} cameras")
     return summary
 
@@ -279,7 +283,7 @@ def _existing_relpaths(ws, source_id: int) -> set[str]:
 
 
 def _ingest_folder(ws, root: Path, lay: Layout, scenario: str | None, reporter: Reporter,
-                   summary: IngestSummary, *, workers: int, batch_size: int) -> None:
+                   summary: IngestSummary, *, workers: int, batch_size: int, site: str | None = None) -> None:
     shown = describe_path(root)
     root_fs = os.fspath(root)
 
@@ -303,7 +307,7 @@ def _ingest_folder(ws, root: Path, lay: Layout, scenario: str | None, reporter: 
             why = "; rejected: " + ", ".join(f"{n} x {reason}" for reason, n in top)
         raise LayoutError(f"no images found in {shown} with layout {lay.name!r} ({lay.description}){why}")
 
-    source_id = ws.add_source(root, lay.name)
+    source_id = ws.add_source(root, lay.name, site=site)
     known = {c.name: c for c in ws.cameras()}
     name_of = _camera_namer(root, source_id, known)
     before = _existing_relpaths(ws, source_id)

@@ -183,9 +183,18 @@ class PKSampler(Sampler[tuple[int, int]]):
 
     Labels < 0 (outliers) are never sampled.  Identities with fewer than K instances are sampled
     with replacement, as in Cluster Contrast's ``RandomMultipleGallerySampler``.
+
+    ``pairs`` (``[M, 2]`` instance indices, e.g. Stage III's IHM pairs) makes the batches
+    *pair-aware*.  IHM pairs join images of one person that sit in different clusters (an
+    infrared and a visible crop), so plain PK batches almost never hold both ends and an in-batch
+    pair loss never fires.  With pairs, half of the P identities are drawn among those holding a
+    paired instance, each identity's first ``ceil(K/2)`` slots prefer its paired instances, and
+    each of those brings one of its partners into the identity's remaining slots.  Batches keep
+    their size ``P*K``; only partners with a label >= 0 and another label than their own count.
     """
 
-    def __init__(self, labels: np.ndarray, p: int, k: int, batches: int, seed: int = 0) -> None:
+    def __init__(self, labels: np.ndarray, p: int, k: int, batches: int, seed: int = 0,
+                 pairs: np.ndarray | None = None) -> None:
         self.labels = np.asarray(labels)
         self.p, self.k, self.batches, self.seed = int(p), int(k), int(batches), seed
         valid = np.flatnonzero(self.labels >= 0)
@@ -194,6 +203,20 @@ class PKSampler(Sampler[tuple[int, int]]):
         uniq, starts = np.unique(self.labels[sorted_idx], return_index=True)
         self.ids = uniq
         self.members = np.split(sorted_idx, starts[1:]) if len(uniq) else []
+        self.partners: dict[int, np.ndarray] = {}
+        if pairs is not None and len(pairs):
+            pr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+            both = np.concatenate([pr, pr[:, ::-1]])
+            la, lb = self.labels[both[:, 0]], self.labels[both[:, 1]]
+            both = both[(la >= 0) & (lb >= 0) & (la != lb)]
+            both = both[np.lexsort((both[:, 1], both[:, 0]))]
+            if len(both):
+                heads, cut = np.unique(both[:, 0], return_index=True)
+                for h, tails in zip(heads, np.split(both[:, 1], cut[1:])):
+                    self.partners[int(h)] = np.unique(tails)
+        paired = np.array(sorted(self.partners), dtype=np.int64)
+        self.paired_members = [m[np.isin(m, paired)] for m in self.members]
+        self.paired_ids = np.flatnonzero([len(m) > 0 for m in self.paired_members])
 
     @property
     def batch_size(self) -> int:
@@ -210,13 +233,39 @@ class PKSampler(Sampler[tuple[int, int]]):
         p = min(self.p, len(self.ids))
         draw = 0
         for _ in range(self.batches):
-            chosen = rng.choice(len(self.ids), size=p, replace=False)
+            chosen = self._choose_identities(rng, p) if self.partners else rng.choice(len(self.ids), size=p, replace=False)
             for c in chosen:
                 m = self.members[c]
-                pick = rng.choice(m, size=self.k, replace=len(m) < self.k)
+                if self.partners:
+                    pick = self._paired_slots(rng, c)
+                else:
+                    pick = rng.choice(m, size=self.k, replace=len(m) < self.k)
                 for x in pick:
                     yield int(x), draw
                     draw += 1
+
+    def _choose_identities(self, rng: np.random.Generator, p: int) -> np.ndarray:
+        n_pref = min(-(-p // 2), len(self.paired_ids))
+        pref = rng.choice(self.paired_ids, size=n_pref, replace=False) if n_pref else np.zeros(0, np.int64)
+        rest = np.setdiff1d(np.arange(len(self.ids)), pref)
+        return np.concatenate([pref, rng.choice(rest, size=p - n_pref, replace=False)]).astype(np.int64)
+
+    def _paired_slots(self, rng: np.random.Generator, c: int) -> list[int]:
+        m, pm = self.members[c], self.paired_members[c]
+        n_lead = -(-self.k // 2)
+        lead = list(rng.choice(pm, size=min(n_lead, len(pm)), replace=False)) if len(pm) else []
+        if len(lead) < n_lead:
+            lead += list(rng.choice(m, size=n_lead - len(lead), replace=len(m) < n_lead - len(lead)))
+        out = [int(x) for x in lead]
+        for x in lead:
+            if len(out) >= self.k:
+                break
+            tails = self.partners.get(int(x))
+            if tails is not None:
+                out.append(int(tails[rng.integers(len(tails))]))
+        if len(out) < self.k:
+            out += [int(x) for x in rng.choice(m, size=self.k - len(out), replace=len(m) < self.k - len(out))]
+        return out
 
 
 def loader_workers(requested: int, n_items: int, batch_size: int) -> int:

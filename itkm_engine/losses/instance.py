@@ -12,7 +12,10 @@ each direction of each pair is one InfoNCE term (the loss is symmetric)::
     l(i -> j) = - log( exp(f_i . f_j / tau) / sum_{k != i} exp(f_i . f_k / tau) )
     L = 1 / (2M) * sum_{(i, j)} ( l(i -> j) + l(j -> i) )
 
-Negatives are all other batch items except the anchor itself.  When ``labels`` are given, batch
+Negatives are all other batch items except the anchor itself.  Both ends meet in a batch because
+the Stage III sampler is pair-aware (``data/loading.PKSampler(pairs=...)``); on top of that,
+:func:`partner_centroid_loss` pulls an instance toward its partner's cross-group memory centroid,
+which needs no partner in the batch.  When ``labels`` are given, batch
 items that share the anchor's pseudo-label (other than the partner) are also left out of the
 denominator, so this loss never pushes apart samples the homogeneous memory loss pulls together.
 """
@@ -26,7 +29,7 @@ from torch import Tensor
 
 from ..errors import ItkmError
 
-__all__ = ["instance_pair_loss", "pairs_in_batch"]
+__all__ = ["instance_pair_loss", "pairs_in_batch", "partner_centroid_loss"]
 
 
 def _long(x: Tensor | np.ndarray, device: torch.device, what: str) -> Tensor:
@@ -121,3 +124,25 @@ def pairs_in_batch(pairs: Tensor | np.ndarray, batch_ids: Tensor | np.ndarray) -
         pos[hit, col] = first[loc[hit]]
     keep = (pos >= 0).all(axis=1) & (pos[:, 0] != pos[:, 1])
     return torch.from_numpy(pos[keep]).to(device)
+
+
+def partner_centroid_loss(memory_logits: Tensor, partner_labels: Tensor | np.ndarray) -> Tensor:
+    """Pull each instance toward the memory centroid of its IHM partner's cluster.
+
+    Args:
+        memory_logits: ``[B, C]`` the batch's logits against the cross-group cluster memory
+            (``ClusterMemory.logits``: cosine / temperature).
+        partner_labels: ``[B]`` cross-group label of each item's partner; ``-1`` = no partner (or
+            a partner already in the item's own cluster), which adds nothing.
+
+    Returns:
+        0-d tensor: cross-entropy toward the partner's centroid, averaged over items with a
+        partner; a zero that keeps the graph when there is none.
+    """
+    y = _long(partner_labels, memory_logits.device, "partner_labels")
+    if y.shape != memory_logits.shape[:1]:
+        raise ItkmError(f"partner_labels must have shape [{memory_logits.shape[0]}], got {tuple(y.shape)}")
+    has = y >= 0
+    if not bool(has.any()):
+        return memory_logits.sum() * 0.0
+    return F.cross_entropy(memory_logits[has].float(), y[has])

@@ -11,6 +11,11 @@ margin.  Pairs from the *same* scenario are left to the supervised contrastive l
 
     L = mean_{(i, j) : s_i != s_j}  max(0, cos(t_i, t_j) - margin)
 
+Which clusters "cannot be the same person" is the caller's call, passed as an integer code per
+cluster.  In the paper every scenario is a separate dataset, so the code was the scenario.  In this
+product the same person crosses a site's visible, infrared and low-res cameras, so Stage II passes
+each cluster's *site* (stages/text.py): clusters of one site are never pushed apart.
+
 Pairs are ordered, which gives the same mean as unordered pairs (the matrix is symmetric).
 The loss is zero (never NaN) when every cluster belongs to one scenario.
 """
@@ -34,12 +39,13 @@ def multi_scenario_separation_loss(
     *,
     chunk_size: int = 4096,
 ) -> Tensor:
-    """Hinge on the cosine of text features of clusters from different scenarios.
+    """Hinge on the cosine of text features of clusters with different codes (scenarios, sites).
 
     Args:
         text_feats: ``[C, E]`` one text feature per cluster (normalised here, so the cosine is a
             true cosine whatever the caller passes).
-        cluster_scenarios: ``[C]`` integer scenario index of each cluster.
+        cluster_scenarios: ``[C]`` integer code of each cluster (Stage II: its site); only pairs
+            with different codes count.
         margin: pairs whose cosine is at or below ``margin`` cost nothing.
         chunk_size: rows of the ``C x C`` cosine matrix computed at once.  Autograd keeps one
             ``chunk x C`` block per chunk (about ``C*C`` floats in all: 100 MB at C = 5,000);

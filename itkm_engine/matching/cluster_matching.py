@@ -10,8 +10,9 @@ centroids with the cosine of their (Stage II / DRU) text features,
 because the text features describe identity in the joint image-text space, where the modality
 gap between infrared and visible pixels is smaller than in the raw image centroids.  A one-to-one
 assignment maximising the total similarity (Hungarian, ``scipy.optimize.linear_sum_assignment``,
-rectangular allowed) picks at most one partner per cluster, and only pairs with ``S > threshold``
-are kept.  Matched clusters then share one *cross-group label*, the key of the cross-group
+rectangular allowed) picks at most one partner per cluster, and :func:`accept_matches` keeps the
+pairs that are mutual best with a margin over the runner-up (the text term lifts every pair, so
+an absolute threshold alone merges strangers).  Matched clusters then share one *cross-group label*, the key of the cross-group
 cluster memory, so the model learns to map both modalities of one person to one centroid.
 
 Sides: in a two-group scenario side A / side B are the two groups (``TWO_GROUP``); in a
@@ -45,6 +46,8 @@ __all__ = [
     "cluster_centroids",
     "cluster_similarity",
     "match_clusters",
+    "accept_matches",
+    "match_precision",
     "cross_group_labels",
     "sides_by_camera",
     "match_scenario",
@@ -157,20 +160,78 @@ def match_clusters(
     txt_b: ArrayLike | None,
     text_weight: float,
     threshold: float,
+    *,
+    mutual: bool = False,
+    margin: float = 0.0,
 ) -> list[ClusterMatch]:
-    """Maximum-similarity one-to-one assignment between the rows of side A and side B, keeping
-    the pairs with ``similarity > threshold``; sorted by ``a``.  Empty when either side is."""
+    """Maximum-similarity one-to-one assignment between the rows of side A and side B, filtered
+    by :func:`accept_matches`; sorted by ``a``.  Empty when either side is."""
     sim = cluster_similarity(img_a, img_b, txt_a, txt_b, text_weight)
     if sim.shape[0] == 0 or sim.shape[1] == 0:
         return []
     rows, cols = linear_sum_assignment(sim, maximize=True)
-    out = [
-        ClusterMatch(int(r), int(c), float(sim[r, c]))
-        for r, c in zip(rows, cols)
-        if sim[r, c] > threshold
-    ]
+    return accept_matches(sim, zip(rows, cols), threshold=threshold, mutual=mutual, margin=margin)
+
+
+def accept_matches(
+    sim: np.ndarray,
+    pairs,
+    *,
+    threshold: float,
+    mutual: bool = True,
+    margin: float = 0.0,
+) -> list[ClusterMatch]:
+    """The assigned pairs ``(a, b)`` (rows / columns of ``sim``) that CHM trusts, sorted by ``a``.
+
+    Why relative: the text term lifts every pair (text features of any two clusters share the
+    prompt template's direction: ~0.8 cosine, +0.4 at weight 0.5), so an absolute cut cannot tell
+    a person seen from both sides from two strangers.  What separates them is *preference*: a true
+    pair is each cluster's clear favourite.  A pair is kept when
+
+    * ``sim[a, b] > threshold`` (an absolute floor; the only test when a side has one cluster);
+    * with ``mutual``: ``b`` is row ``a``'s best column and ``a`` is column ``b``'s best row;
+    * ``sim[a, b]`` beats the runner-up of its row and of its column by at least ``margin``.
+
+    A pure function of the similarity matrix, so further filters (e.g. operator cannot-links)
+    can be applied to its output.
+    """
+    sim = np.asarray(sim, dtype=np.float64)
+    out = []
+    for a, b in pairs:
+        a, b = int(a), int(b)
+        s = float(sim[a, b])
+        if not s > threshold:
+            continue
+        row = np.delete(sim[a], b)
+        col = np.delete(sim[:, b], a)
+        best_other = max(row.max() if row.size else -np.inf, col.max() if col.size else -np.inf)
+        if mutual and best_other > s:
+            continue
+        if margin > 0 and s - best_other < margin:
+            continue
+        out.append(ClusterMatch(a, b, s))
     out.sort(key=lambda m: m.a)
     return out
+
+
+def match_precision(matches: Sequence[ClusterMatch], labels: ArrayLike, person_ids: ArrayLike) -> float | None:
+    """Share of kept matches whose two clusters hold the same person: each cluster stands for the
+    most frequent known person id among its members.  ``None`` when no match has known ids on
+    both sides (evaluation only: person ids never steer training)."""
+    lab = int_vector(labels, "labels")
+    pid = int_vector(person_ids, "person_ids")
+    if lab.shape != pid.shape:
+        raise ItkmError(f"labels and person_ids must have one entry per instance: {lab.shape} vs {pid.shape}")
+    known = (lab >= 0) & (pid >= 0)
+    majority: dict[int, int] = {}
+    if known.any():
+        key, counts = np.unique(np.stack([lab[known], pid[known]], axis=1), axis=0, return_counts=True)
+        order = np.lexsort((key[:, 1], -counts, key[:, 0]))
+        for c, p in key[order]:
+            majority.setdefault(int(c), int(p))
+    judged = [majority[int(m[0])] == majority[int(m[1])] for m in matches
+              if int(m[0]) in majority and int(m[1]) in majority]
+    return float(np.mean(judged)) if judged else None
 
 
 # -- labels --------------------------------------------------------------------------------
@@ -321,6 +382,8 @@ def match_scenario(
     text_weight: float = 0.5,
     threshold: float = 0.5,
     offset: int = 0,
+    mutual: bool = False,
+    margin: float = 0.0,
 ) -> ScenarioMatching:
     """CHM for one scenario's instances: centroids, Hungarian matching, cross-group labels.
 
@@ -332,7 +395,8 @@ def match_scenario(
             cluster must lie on one side.
         cluster_text: ``[K, E]`` text feature indexed by cluster id (``K > max label``), e.g. the
             DRU-updated anchors; ``None`` only with ``text_weight == 0``.
-        text_weight, threshold: see :func:`cluster_similarity` / :func:`match_clusters`.
+        text_weight, threshold, mutual, margin: see :func:`cluster_similarity` /
+            :func:`accept_matches`.
         offset: first cross-group label (chain scenarios with ``offset + num_labels``).
 
     Returns:
@@ -370,7 +434,7 @@ def match_scenario(
             raise ItkmError(f"cluster_text has {t.shape[0]} rows but cluster id {top} occurs")
         txt_a = t[torch.from_numpy(ids_a).to(t.device)]
         txt_b = t[torch.from_numpy(ids_b).to(t.device)]
-    matches = match_clusters(cen_a, cen_b, txt_a, txt_b, text_weight, threshold)
+    matches = match_clusters(cen_a, cen_b, txt_a, txt_b, text_weight, threshold, mutual=mutual, margin=margin)
     cg = cross_group_labels(
         lab[mask_a], lab[mask_b], matches, clusters_a=ids_a, clusters_b=ids_b, offset=offset
     )

@@ -32,11 +32,18 @@ class RoundContext:
     failed_ids: set[int] = field(default_factory=set)  # images found unreadable during the round
     outputs: dict[str, Any] = field(default_factory=dict)  # stage outputs handed to later stages
     constraints: Constraints = field(default_factory=Constraints.empty)  # the operator's decisions
+    camera_sites: dict[str, str] = field(default_factory=dict)  # camera -> site (Workspace.camera_sites)
 
     # -- images -----------------------------------------------------------------------------
     @property
     def group_keys(self) -> np.ndarray:
         return np.array([group_key(s, g) for s, g in zip(self.images.scenario, self.images.group)], dtype=object)
+
+    def image_sites(self) -> np.ndarray:
+        """Site of every image (its camera's source's site; the default site when unknown)."""
+        from ..workspace import DEFAULT_SITE
+
+        return np.array([self.camera_sites.get(c, DEFAULT_SITE) for c in self.images.camera], dtype=object)
 
     @property
     def has_ids(self) -> bool:
@@ -106,8 +113,10 @@ class RoundContext:
         return labels, metrics
 
     # -- loaders ------------------------------------------------------------------------------
-    def pk_loader(self, fs: FeatureSet, labels: np.ndarray, *, batches: int, seed: int):
-        """Augmented PK batches over the rows of ``fs`` that carry a label >= 0."""
+    def pk_loader(self, fs: FeatureSet, labels: np.ndarray, *, batches: int, seed: int,
+                  pairs: np.ndarray | None = None):
+        """Augmented PK batches over the rows of ``fs`` that carry a label >= 0 (pair-aware with
+        ``pairs``, rows of ``fs``: see :class:`PKSampler`)."""
         d = self.cfg.data
         rows = self.rows(fs)
         ds = CropDataset(
@@ -119,7 +128,8 @@ class RoundContext:
             seed=seed,
         )
         # Each rank draws its own batches (DDP averages their gradients).
-        sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank)
+        sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank,
+                            pairs=pairs)
         return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
 
 

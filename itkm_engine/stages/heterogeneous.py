@@ -12,8 +12,13 @@ Every epoch: fresh features and per-group pseudo-labels (as Stage I), then
   image space and text space (softmax over cluster text features) are reliable positives.
 
 Batches are PK-sampled over cross-group labels, so both sides of a matched identity meet in a
-batch.  Loss = homogeneous memory loss + cross-group memory loss + instance pair loss + image-to-
-text cross-entropy against the (updated) text anchors, each weighted and switchable in the config.
+batch, and pair-aware: each sampled instance with an IHM partner brings it along (IHM pairs cross
+pseudo-label boundaries, so plain PK batches almost never hold both ends).  Loss = homogeneous
+memory loss + cross-group memory loss + instance pair loss (in-batch pairs, plus a pull toward the
+partner's cross-group centroid) + image-to-text cross-entropy against the (updated) text anchors,
+each weighted and switchable in the config.  Logged per epoch beside the losses: ``chm_pairs``,
+``chm_precision`` (where person ids exist), ``ihm_pairs``, ``ihm_pairs_used`` (pairs with both
+ends in a batch, summed over the epoch) and ``ihm_batch_share`` (batches holding one or more).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from ..data.scenarios import TWO_GROUP
 from ..distributed import image_forward
 from ..features import rows_of
 from ..losses.image_text import i2t_cross_entropy
-from ..losses.instance import instance_pair_loss, pairs_in_batch
-from ..matching.cluster_matching import match_scenario, sides_by_camera
+from ..losses.instance import instance_pair_loss, pairs_in_batch, partner_centroid_loss
+from ..matching.cluster_matching import match_precision, match_scenario, sides_by_camera
 from ..matching.instance_matching import mutual_topk_pairs, text_space
 from ..matching.text_update import instance_offline_text, update_text_features
 from ..memory import ClusterMemory
@@ -72,44 +77,41 @@ class HeterogeneousStage:
         labels, metrics = ctx.cluster_per_group(fs, reporter.child(0.5, 0.8))
         rows = ctx.rows(fs)
         self.fs, self.labels = fs, labels
+        self.cross = np.full(len(fs), -1, dtype=np.int64)
+        self.ihm_used = {"pairs": 0, "batches_with": 0, "batches": 0}
         if not (labels >= 0).any():
             reporter.warning("no clusters found this epoch (all images are outliers); skipping its training steps")
             return EpochPlan([], 0, metrics)
-        n_clusters = int(labels.max()) + 1
 
         # Offline text of each instance: the Stage II text feature of its Stage II cluster.
         st2_rows = rows_of(self.st2["ids"], fs.ids)
         st2_labels = np.where(st2_rows >= 0, self.st2["labels"][np.maximum(st2_rows, 0)], -1)
         offline = instance_offline_text(st2_labels, self.st2["text"], image_embeds=fs.proj)
 
-        # DRU, or (switched off) static Stage II anchors with Stage II labels.
+        # Text of each current cluster (CHM's text term): with DRU the momentum-blended anchors;
+        # without, the plain mean of its members' offline text (no memory of earlier epochs).
+        # The i2t anchors: DRU's, or (switched off) the static Stage II ones with Stage II labels.
+        prev_text, prev_labels = None, None
+        if s.dru and self.prev_text is not None:
+            prev_rows = rows_of(self.prev_ids, fs.ids)
+            prev_labels = np.where(prev_rows >= 0, self.prev_labels[np.maximum(prev_rows, 0)], -1)
+            prev_text = torch.as_tensor(self.prev_text)
+        cluster_text = update_text_features(prev_text, prev_labels, labels, offline, momentum=s.dru_momentum)
+        cluster_text = F.normalize(torch.as_tensor(cluster_text).float(), dim=1).numpy()
         if s.dru:
-            prev_labels = None
-            if self.prev_text is not None:
-                prev_rows = rows_of(self.prev_ids, fs.ids)
-                prev_labels = np.where(prev_rows >= 0, self.prev_labels[np.maximum(prev_rows, 0)], -1)
-            text = update_text_features(
-                torch.as_tensor(self.prev_text) if self.prev_text is not None else None,
-                prev_labels,
-                labels,
-                offline,
-                momentum=s.dru_momentum,
-            )
-            text = F.normalize(torch.as_tensor(text).float(), dim=1).numpy()
-            self.prev_text, self.prev_ids, self.prev_labels = text, fs.ids.copy(), labels.copy()
-            self.i2t_labels = labels
+            self.prev_text, self.prev_ids, self.prev_labels = cluster_text, fs.ids.copy(), labels.copy()
+            text, self.i2t_labels = cluster_text, labels
         else:
-            text = self.st2["text"]
-            self.i2t_labels = st2_labels
+            text, self.i2t_labels = self.st2["text"], st2_labels
         self.text = text
 
         # CHM per scenario -> cross-group labels; IHM -> reliable instance pairs.
         scen = np.asarray(ctx.images.scenario[rows])
         grp = np.asarray(ctx.images.group[rows])
         cams = np.asarray(ctx.images.camera[rows])
+        pid = np.asarray(ctx.images.person_id)[rows]
         cross = np.full(len(fs), -1, dtype=np.int64)
-        offset, chm_pairs, pairs = 0, 0, []
-        text_for_chm = torch.as_tensor(text[:n_clusters]) if len(text) >= n_clusters else None
+        offset, chm_pairs, pairs, chm_right, chm_judged = 0, 0, [], 0.0, 0
         for sc in sorted(set(scen)):
             reporter.check()
             m = np.flatnonzero(scen == sc)
@@ -119,14 +121,21 @@ class HeterogeneousStage:
                 sides = np.where(labels[m] >= 0, sides, -1)
             else:
                 sides = sides_by_camera(labels[m], cams[m], shuffle_seed=epoch_seed(ctx.cfg.seed, ctx.round_no, sc, epoch))
-            if s.chm and text_for_chm is not None:
+            if s.chm:
                 res = match_scenario(
-                    fs.feats[m], labels[m], sides, text_for_chm,
+                    fs.feats[m], labels[m], sides, torch.as_tensor(cluster_text),
                     text_weight=s.chm_text_weight, threshold=s.chm_threshold, offset=offset,
+                    mutual=s.chm_mutual, margin=s.chm_margin,
                 )
                 cross[m], n_cross = enforce_cross_labels(res.labels, offset, fs.ids[m], ctx.constraints, fs.feats[m])
                 offset += n_cross
                 chm_pairs += len(res.matches)
+                if ctx.has_ids and res.matches:
+                    prec = match_precision(res.matches, labels[m], pid[m])
+                    if prec is not None:
+                        n_judged = len(res.matches)  # weight each scenario by its kept pairs
+                        chm_right += prec * n_judged
+                        chm_judged += n_judged
             else:  # no CHM: the cross-group memory degenerates to the homogeneous clusters
                 lab = labels[m]
                 u, inv = np.unique(lab[lab >= 0], return_inverse=True)
@@ -146,8 +155,9 @@ class HeterogeneousStage:
         self.pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
         self.pairs = instance_pairs(self.pairs, fs.ids, ctx.group_keys[rows], ctx.constraints)  # operator's pairs
         metrics.update({"chm_pairs": float(chm_pairs), "ihm_pairs": float(len(self.pairs))})
+        if chm_judged:
+            metrics["chm_precision"] = chm_right / chm_judged
         if self.ctx.has_ids and len(self.pairs):
-            pid = np.asarray(ctx.images.person_id)[rows]
             known = (pid[self.pairs[:, 0]] >= 0) & (pid[self.pairs[:, 1]] >= 0)
             if known.any():
                 metrics["ihm_precision"] = float((pid[self.pairs[known, 0]] == pid[self.pairs[known, 1]]).mean())
@@ -165,8 +175,10 @@ class HeterogeneousStage:
         self.i2t_t = torch.as_tensor(self.i2t_labels, device=dev)
         self.text_t = torch.as_tensor(text, device=dev).float()
         self.pairs_t = torch.as_tensor(self.pairs)
+        self.partner_t = torch.as_tensor(_partner_labels(self.pairs, cross), device=dev)
         seed = epoch_seed(ctx.cfg.seed, ctx.round_no, self.name, epoch)
-        loader = ctx.pk_loader(fs, cross, batches=s.iters_per_epoch, seed=seed)
+        pk_pairs = self.pairs if (s.ihm and s.ihm_pair_sampling) else None
+        loader = ctx.pk_loader(fs, cross, batches=s.iters_per_epoch, seed=seed, pairs=pk_pairs)
         return EpochPlan(loader, s.iters_per_epoch, metrics)
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
@@ -185,8 +197,15 @@ class HeterogeneousStage:
         }
         self._step = (feats.detach(), homog, b.labels)
         if s.ihm:
-            local = pairs_in_batch(self.pairs_t, batch.index).to(ctx.device)
-            terms["instance"] = s.weight_instance * instance_pair_loss(feats, local, s.ihm_temperature, labels=b.labels)
+            local = pairs_in_batch(self.pairs_t, batch.index)
+            self.ihm_used["pairs"] += len(local)
+            self.ihm_used["batches_with"] += int(len(local) > 0)
+            self.ihm_used["batches"] += 1
+            terms["instance"] = s.weight_instance * instance_pair_loss(
+                feats, local.to(ctx.device), s.ihm_temperature, labels=b.labels)
+            if s.ihm_centroid_pull:
+                terms["instance_centroid"] = s.weight_instance * partner_centroid_loss(
+                    self.cross_memory.logits(feats), self.partner_t[b.index])
         if s.weight_i2t > 0 and len(self.text_t):
             proj = F.normalize(out.proj.float(), dim=-1)
             lab = self.i2t_t[b.index]
@@ -202,8 +221,13 @@ class HeterogeneousStage:
 
     def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]:
         if epoch == self.epochs - 1:
-            self.ctx.outputs["stage3"] = {"ids": self.fs.ids.copy(), "labels": self.labels.copy(), "text": self.text}
-        return {}
+            # The round's final pseudo-labels: homogeneous (per group) and cross-group (CHM-merged).
+            self.ctx.outputs["stage3"] = {"ids": self.fs.ids.copy(), "labels": self.labels.copy(),
+                                          "cross": self.cross.copy(), "text": self.text}
+        used = self.ihm_used
+        if not used["batches"]:
+            return {}
+        return {"ihm_pairs_used": float(used["pairs"]), "ihm_batch_share": used["batches_with"] / used["batches"]}
 
     def state_dict(self) -> dict[str, Any]:
         if self.prev_text is None:
@@ -217,6 +241,21 @@ class HeterogeneousStage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass  # handled in prepare()
 
+
+
+def _partner_labels(pairs: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """Per instance: the cross-group label of its first IHM partner that sits in another cluster
+    (``-1``: none), the target of :func:`partner_centroid_loss`."""
+    out = np.full(len(cross), -1, dtype=np.int64)
+    if not len(pairs):
+        return out
+    both = np.concatenate([pairs, pairs[:, ::-1]])
+    la, lb = cross[both[:, 0]], cross[both[:, 1]]
+    both = both[(la >= 0) & (lb >= 0) & (la != lb)]
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    heads, first = np.unique(both[:, 0], return_index=True)
+    out[heads] = cross[both[first, 1]]
+    return out
 
 
 def _instance_sides(scenario, groups, cameras, cluster_sides, labels) -> np.ndarray:

@@ -4,8 +4,12 @@ The image encoder is frozen; its projected features are computed once and cluste
 (these are the Stage I clusters of the round's final Stage I model).  Each cluster gets its own
 learnable tokens X1..Xn in "A photo of a X1 .. Xn person.", run through CLIP's real frozen text
 transformer (model/prompts.py).  Losses: image-to-text and text-to-image supervised contrast (as
-CLIP-ReID's first stage) plus the multi-scenario separation hinge that keeps text features of
-clusters from different scenarios apart.  Output: one "offline" text feature per cluster.
+CLIP-ReID's first stage) plus the multi-scenario separation hinge that keeps apart the text
+features of clusters that cannot be the same person: clusters of different *sites* (a cluster's
+site is the majority site of its members' cameras).  The paper's scenarios came from datasets that
+share no people; at one site the same person crosses the visible, infrared and low-res cameras, so
+pushing scenarios apart would split that person.  With one site the loss is 0 (and logged so,
+beside ``n_sites``).  Output: one "offline" text feature per cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +30,22 @@ from .loop import EpochPlan, epoch_seed
 def logit_scale(model) -> torch.Tensor:
     """CLIP's temperature as a multiplier (open_clip stores its log)."""
     return model.logit_scale.detach().exp()
+
+
+def majority_per_cluster(labels: np.ndarray, codes: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Per cluster ``0..num_clusters-1``: the most frequent of its members' integer ``codes``
+    (ties: the smallest code; 0 for a cluster without members).  Outliers (-1) are ignored."""
+    labels, codes = np.asarray(labels, dtype=np.int64), np.asarray(codes, dtype=np.int64)
+    out = np.zeros(num_clusters, dtype=np.int64)
+    keep = labels >= 0
+    if not keep.any():
+        return out
+    key, counts = np.unique(np.stack([labels[keep], codes[keep]], axis=1), axis=0, return_counts=True)
+    order = np.lexsort((key[:, 1], -counts, key[:, 0]))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:, 0] != key[order][:-1, 0]
+    out[key[order][first, 0]] = key[order][first, 1]
+    return out
 
 
 class TextStage:
@@ -52,15 +72,17 @@ class TextStage:
             labels, metrics = ctx.cluster_per_group(fs, reporter.child(0.7, 1.0))
         self.fs, self.labels, self.cluster_metrics = fs, labels, metrics
         self.num_classes = int(labels.max()) + 1 if (labels >= 0).any() else 0
-        scen_idx = ctx.model.scenario_index(list(ctx.images.scenario[ctx.rows(fs)])).numpy()
-        self.cluster_scenario = np.zeros(self.num_classes, dtype=np.int64)
-        keep = labels >= 0
-        self.cluster_scenario[labels[keep]] = scen_idx[keep]  # clusters are per group: one scenario each
+        rows = ctx.rows(fs)
+        scen_idx = ctx.model.scenario_index(list(ctx.images.scenario[rows])).numpy()
+        self.cluster_scenario = majority_per_cluster(labels, scen_idx, self.num_classes)  # per group: one each
+        site_names, site_idx = np.unique(ctx.image_sites()[rows].astype(str), return_inverse=True)
+        self.cluster_site = majority_per_cluster(labels, site_idx, self.num_classes)
+        self.cluster_metrics = {**metrics, "n_sites": float(len(np.unique(self.cluster_site)))}
         self.learner = PromptLearner(ctx.model, max(self.num_classes, 1), n_ctx=ctx.cfg.model.n_ctx).to(ctx.device)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         self.img = torch.as_tensor(fs.proj, device=ctx.device)
         self.lab = torch.as_tensor(labels, device=ctx.device)
-        self.scen = torch.as_tensor(self.cluster_scenario, device=ctx.device)
+        self.site = torch.as_tensor(self.cluster_site, device=ctx.device)
         if resume and "learner" in resume:
             self.learner.load_state_dict(resume["learner"])
 
@@ -93,9 +115,9 @@ class TextStage:
             "i2t": supcon_i2t(img, txt, lab, scale),
             "t2i": supcon_t2i(img, txt, lab, scale),
         }
-        if s.separation:  # over the batch's distinct clusters, as the loss is defined
+        if s.separation:  # over the batch's distinct clusters, between sites only
             terms["separation"] = s.separation_weight * multi_scenario_separation_loss(
-                txt_u, self.scen[uniq_t], margin=s.separation_margin
+                txt_u, self.site[uniq_t], margin=s.separation_margin
             )
         return terms
 
@@ -119,6 +141,7 @@ class TextStage:
             "labels": self.labels.copy(),
             "text": text,
             "cluster_scenario": self.cluster_scenario.copy(),
+            "cluster_site": self.cluster_site.copy(),
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -191,16 +191,21 @@ def test_cli_confirm_reject_identities_and_csv_columns(trained_ws, tmp_path, cap
         t = s.identities()
         big = np.bincount(t.identity).argsort()[::-1]
         x, y = int(big[0]), int(big[1])
-        a_path, b_id = images.path[images.index_of([t.image_id[0]])[0]], int(t.image_id[1])
+        # decisions on sightings outside x and y, so the merge below contradicts none of them
+        others = t.image_id[~np.isin(t.identity, [x, y])]
+        a_path, b_id = images.path[images.index_of([others[0]])[0]], int(others[1])
     assert main(["confirm", str(trained_ws), a_path, str(b_id), "-q"]) == 0
-    assert main(["reject", str(trained_ws), str(b_id), str(int(t.image_id[2])), "-q"]) == 0
+    assert main(["reject", str(trained_ws), str(b_id), str(int(others[2])), "-q"]) == 0
     assert main(["confirm", str(trained_ws), "nope.jpg", "1", "-q"]) == 2
     assert "not an image of this workspace" in capsys.readouterr().err
+    with Session.open(trained_ws) as s:  # decisions renumber identities: find x and y again
+        t1 = s.identities()
+        x, y = (int(t1.identity[t1.image_id == t.image_id[t.identity == k][0]][0]) for k in (x, y))
     assert main(["identities", str(trained_ws), "--merge", str(x), str(y), "-q"]) == 0
     with Session.open(trained_ws) as s:
         t2 = s.identities()
-        members_x = t.image_id[t.identity == x]
-        merged = set(t2.identity[np.isin(t2.image_id, np.concatenate([members_x, t.image_id[t.identity == y]]))])
+        members_x = t1.image_id[t1.identity == x]
+        merged = set(t2.identity[np.isin(t2.image_id, np.concatenate([members_x, t1.image_id[t1.identity == y]]))])
         assert len(merged) == 1
         ident = merged.pop()
         moved = t2.image_id[t2.identity == ident][:2]

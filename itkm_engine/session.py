@@ -311,13 +311,20 @@ class Session:
 
         return summarize(self.identities(reporter), self.images())
 
-    def projection(self, reporter: Reporter | None = None) -> np.ndarray:
-        """2-D UMAP of the features (rows follow ``features().ids``), cached per checkpoint."""
-        from .projection import cached_projection
+    def projection(self, reporter: Reporter | None = None, *, compute: bool = True) -> np.ndarray | None:
+        """2-D UMAP of the features (rows follow ``features().ids``), cached on disk per checkpoint.
+
+        ``compute=False``: only the cached layout (``None`` when there is none) -- no UMAP import.
+        A read-only workspace reads the cache too (it only never writes it)."""
+        from .projection import cached_projection, load_cached_projection
 
         with self._lock:
             if self._projection is None:
                 fs = self.features(reporter=reporter.child(0.0, 0.3) if reporter else None)
+                self._projection = load_cached_projection(self.ws.cache_dir, self.checkpoint_key(), len(fs.ids),
+                                                          ids=fs.ids)
+            if self._projection is None and compute:
+                fs = self.features()
                 self._projection = cached_projection(
                     None if self.ws.readonly else self.ws.cache_dir, self.checkpoint_key(), fs.feats,
                     reporter=reporter.child(0.3, 1.0) if reporter else None, ids=fs.ids,

@@ -471,6 +471,8 @@ def test_15_query_box_at_1024x640(app):
         r_img = img.rect().translated(a)
         r_btn = choose.rect().translated(b)
         assert not r_img.intersects(r_btn)
+        boxes = [box.rect().translated(box.mapTo(w, box.rect().topLeft())) for box in (g.query_box, g.text_box)]
+        assert not boxes[0].intersects(boxes[1])  # the query box is not drawn over "Describe a person"
     finally:
         w.resize(1600, 1000)
 

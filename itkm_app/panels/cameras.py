@@ -372,6 +372,7 @@ class CamerasPanel(Panel):
         self.table.setItemDelegateForColumn(CamerasModel.GROUP, ComboDelegate(self._groups_for, self))
 
         self.summary = QLabel("")
+        self.summary.setWordWrap(True)
         self.banner = ModelBanner(ctx)
         self.sources: list = []
         self.add_btn = QPushButton("Add camera folders…")

@@ -109,7 +109,7 @@ class ClustersPanel(Panel):
         bar.addWidget(self.open_sel)
         bar.addWidget(self.clear_sel)
         bar.addStretch(1)
-        bar.addWidget(self.info)
+        self.info.setWordWrap(True)
         # -- plot and side bar
         self.scatter = ScatterView()
         self.scatter.pointHovered.connect(self._hovered)
@@ -136,15 +136,26 @@ class ClustersPanel(Panel):
         sl.addWidget(self.preview_text)
         side.setMinimumWidth(220)
         side.setMaximumWidth(320)
+        self.legend.setMinimumHeight(140)
+        from PySide6.QtWidgets import QFrame, QScrollArea
+
+        side_scroll = QScrollArea()  # a small window scrolls the preview, the legend keeps its rows
+        side_scroll.setWidget(side)
+        side_scroll.setWidgetResizable(True)
+        side_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_scroll.setMinimumWidth(240)
+        side_scroll.setMaximumWidth(340)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.scatter)
-        split.addWidget(side)
+        split.addWidget(side_scroll)
         split.setStretchFactor(0, 1)
         split.setSizes([1000, 260])
         self.progress = JobProgress()
         self.progress.hide()
         lay = QVBoxLayout(self.content)
         lay.addLayout(bar)
+        lay.addWidget(self.info)  # its own line: beside the buttons it was cut off in a small window
         lay.addWidget(split, 1)
         lay.addWidget(self.progress)
         self._hover_path = None

@@ -194,8 +194,17 @@ class GalleryPanel(Panel):
         ll.addWidget(tbox)
         ll.addWidget(obox)
         ll.addStretch(1)
-        left.setMinimumWidth(260)
-        left.setMaximumWidth(360)
+        self.query_box, self.text_box = qbox, tbox
+        # a small window scrolls this column instead of drawing its boxes over each other
+        from PySide6.QtWidgets import QFrame, QScrollArea
+
+        left_scroll = QScrollArea()
+        left_scroll.setWidget(left)
+        left_scroll.setWidgetResizable(True)
+        left_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left_scroll.setMinimumWidth(280)
+        left_scroll.setMaximumWidth(380)
         # -- results
         self.header = QLabel("")
         self.header.setWordWrap(True)
@@ -214,7 +223,7 @@ class GalleryPanel(Panel):
         rl.addWidget(self.grid, 1)
         rl.addWidget(self.legend_line)
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
+        split.addWidget(left_scroll)
         split.addWidget(right)
         split.setStretchFactor(1, 1)
         split.setSizes([300, 980])

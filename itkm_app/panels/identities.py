@@ -55,7 +55,14 @@ class FrameTimeAxis(pg.AxisItem):
     """Axis for frame-number times: "day 1 00:02:15", never a made-up calendar date."""
 
     def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph API
-        return [fmt_derived(v).replace(",", "") if v >= NAME_EPOCH else "" for v in values]
+        out = []
+        for v in values:
+            if v < NAME_EPOCH:
+                out.append("")
+                continue
+            day, clock = fmt_derived(v).split(", ")
+            out.append(clock if day == "day 1" else f"{day.replace('day ', 'd')} {clock}")
+        return out
 
 
 class IdentityModel(RowsTableModel):
@@ -232,6 +239,7 @@ class IdentitiesPanel(Panel):
         self.time_note.setEnabled(False)
         ll.addWidget(self.time_note)
         self.title_label = QLabel("Select an identity to see where and when it was seen.")
+        self.title_label.setWordWrap(True)
         self.timeline = Timeline()
         self.timeline.clicked_cb = self._open_in_gallery
         self.timeline.setToolTip("Each point is a sighting; click one to search for it in the gallery")

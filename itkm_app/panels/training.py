@@ -370,14 +370,25 @@ class TrainingPanel(Panel):
         ll.setContentsMargins(0, 0, 0, 0)
         ll.addWidget(ctl_box)
         ll.addWidget(hist_box, 1)
-        ll.addWidget(eval_box, 1)
+        ll.addWidget(eval_box, 2)
+        hist_box.setMinimumHeight(130)
+        eval_box.setMinimumHeight(170)
+        # a small window scrolls the left column instead of squeezing its rows into each other
+        from PySide6.QtWidgets import QFrame, QScrollArea
+
+        left_scroll = QScrollArea()
+        left_scroll.setWidget(left)
+        left_scroll.setWidgetResizable(True)
+        left_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left_scroll.setMinimumWidth(420)
         self.curves = Curves()
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
+        split.addWidget(left_scroll)
         split.addWidget(self.curves)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([520, 760])
+        split.setSizes([560, 1040])
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
         self._rounds: list | None = None  # None until the workspace's history has been read

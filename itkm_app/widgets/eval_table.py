@@ -89,6 +89,8 @@ class EvalTable(QTableWidget):
         h = self.horizontalHeader()
         h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         h.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.setWordWrap(False)
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # "cross-resolution: hi…-> low-res" keeps both ends
         self.horizontalHeaderItem(0).setToolTip(
             "cross-camera: the query's whole camera is left out of the gallery (the operator's question); "
             "standard: only same-camera images of the same person are ignored (the papers' protocol)")
@@ -104,6 +106,7 @@ class EvalTable(QTableWidget):
             bold = h.get("protocol", "standard") == p and h.get("split") == s
             for c, text in enumerate(cells):
                 it = QTableWidgetItem(text)
+                it.setToolTip(text)
                 if c >= 2:
                     it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if bold:

@@ -137,6 +137,7 @@ class ClustersPanel(Panel):
         side.setMinimumWidth(220)
         side.setMaximumWidth(320)
         self.legend.setMinimumHeight(140)
+        self.legend.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         from PySide6.QtWidgets import QFrame, QScrollArea
 
         side_scroll = QScrollArea()  # a small window scrolls the preview, the legend keeps its rows

@@ -67,8 +67,8 @@ class ShortcutsOverTextBoxes(QObject):
     """Window shortcuts win over a text box's own key bindings (Ctrl+E is "end of line" in a
     QLineEdit, so Export did nothing while the Identities filter had focus).
 
-    Installed on the application: a ShortcutOverride for one of ``actions``' shortcuts, aimed
-    at a line edit, is not delivered to it, so the window's shortcut fires."""
+    Installed on the window's line edits: a ShortcutOverride for one of ``actions``' shortcuts
+    is not delivered to the line edit, so the window's shortcut fires."""
 
     def __init__(self, actions: list[QAction], parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -239,7 +239,9 @@ class MainWindow(QMainWindow):
         self._make_actions()
         self._shortcut_filter = ShortcutsOverTextBoxes(
             [a for a in self.findChildren(QAction) if not a.shortcut().isEmpty()], self)
-        QApplication.instance().installEventFilter(self._shortcut_filter)
+        # on the window's text boxes only: a filter on the application would run Python for every event
+        for edit in self.findChildren(QLineEdit):
+            edit.installEventFilter(self._shortcut_filter)
         self._restore()
         self._update_actions()
         self._closing = False
@@ -409,16 +411,30 @@ class MainWindow(QMainWindow):
         self._load_session()
 
     def refresh_model_state(self) -> None:
-        """Read which round's model the workspace serves (SQLite, milliseconds: no job needed, so
-        a relaunch shows it at once instead of "not trained yet" for seconds)."""
+        """Read which round's model the workspace serves.
+
+        With no job writing, on the GUI thread (SQLite, milliseconds), so a relaunch shows it at
+        once instead of "not trained yet" for seconds.  While a job writes, in a read job: the
+        workspace's connection lock may be held by the writer's transaction, and the window
+        must never wait for it."""
         ws = self.ctx.ws
         if ws is None:
             self.ctx.set_model_state(None)
             return
+        if self.jobs.busy("write"):
+            self.jobs.submit("model state", lambda *, reporter: ws.rounds(), quiet=True, report_errors=False,
+                             on_done=lambda rounds, w=ws: self._set_model_state(w, rounds))
+            return
         try:
-            state = ModelState.of(ws.rounds())
+            rounds = ws.rounds()
         except Exception:  # noqa: BLE001 - closed meanwhile; the next change reads it again
             return
+        self._set_model_state(ws, rounds)
+
+    def _set_model_state(self, ws, rounds) -> None:
+        if self.ctx.ws is not ws:
+            return
+        state = ModelState.of(rounds)
         training = self.panel("training").is_training()
         self.ctx.set_model_state(ModelState(state.round, state.preset, state.unfinished, training))
 

@@ -631,7 +631,10 @@ class MainWindow(QMainWindow):
 
     def _job_error(self, name: str, message: str, tb: str) -> None:
         # the window system already shows the application's name beside a dialog's title
-        errors.show_error(self, f"{name} failed", message, tb)
+        # one line in the dialog; a long explanation (e.g. every supported folder layout) goes
+        # behind "Show Details" with the traceback instead of a wall of text
+        first, _, rest = message.strip().partition("\n")
+        errors.show_error(self, f"{name} failed", first, (rest.strip() + "\n\n" + tb).strip())
 
     def _error_logged(self, title: str, message: str, details: str) -> None:
         self.log_view.add(LogMessage("error", f"{title}: {message}"))

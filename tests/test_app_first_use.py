@@ -549,6 +549,18 @@ def test_18_export_dialog_place_permissions_and_show_in_folder(app, tmp_path):
 
 # -- 19. wording -----------------------------------------------------------------------------------------
 
+def test_2_a_refused_folder_gives_one_line_not_a_wall_of_text(app, recorded, tmp_path):
+    w, qtbot = app["window"], app["qtbot"]
+    (tmp_path / "empty").mkdir()
+    before = len(recorded.calls)
+    w.panel("cameras").ingest([str(tmp_path / "empty")])
+    qtbot.waitUntil(lambda: len(recorded.calls) > before, timeout=30_000)
+    _idle(qtbot, w)
+    title, message, details = recorded.calls[-1]
+    assert "\n" not in message and "has no images" in message
+    assert "camera-folders" in details  # the supported layouts are one click away
+
+
 def test_19_wording(app, recorded):
     from itkm_app.main_window import APP_NAME, data_dir
     from itkm_app.wording import plural

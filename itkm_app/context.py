@@ -12,6 +12,8 @@ model, seconds) in the background; panels that need features wait for :attr:`ses
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,50 @@ if TYPE_CHECKING:  # the engine's Session imports torch: only at run time, in a 
     from itkm_engine.workspace import Workspace
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """Which model the workspace serves: the last finished round (or the initial weights)."""
+
+    round: int | None = None  # last finished round; None = initial weights
+    preset: str | None = None
+    unfinished: int | None = None  # a stopped / interrupted round that can be resumed
+    training: bool = False
+
+    @property
+    def trained(self) -> bool:
+        return self.round is not None
+
+    def short(self) -> str:
+        if self.round is None:
+            return "initial weights (not trained yet)"
+        return f"round {self.round} model" + (f" ({self.preset} preset)" if self.preset else "")
+
+    def text(self) -> str:
+        """One line for the status bar and the banners above the views."""
+        if self.round is None:
+            s = "Model: initial weights — not trained yet"
+        else:
+            s = f"Model: round {self.round}" + (f", {self.preset} preset" if self.preset else "")
+        if self.training:
+            s += " · training…"
+        elif self.unfinished is not None:
+            s += f" · round {self.unfinished} stopped (resumable)"
+        return s
+
+    @classmethod
+    def of(cls, rounds: list) -> "ModelState":
+        """From ``Workspace.rounds()``."""
+        done = [r for r in rounds if r.status == "done"]
+        unfinished = [r for r in rounds if r.status in ("running", "cancelled")]
+        preset = None
+        if done and done[-1].config_json:
+            try:
+                preset = json.loads(done[-1].config_json).get("preset")
+            except ValueError:
+                preset = None
+        return cls(done[-1].number if done else None, preset, unfinished[-1].number if unfinished else None)
+
+
 class AppContext(QObject):
     """Signals:
     workspaceChanged(object): a Workspace was opened, or ``None`` when closed
@@ -39,6 +85,7 @@ class AppContext(QObject):
     openSet(object, str): show this array of image ids in the gallery as a set, with a title
     showPanel(str): bring a panel to the front (its key)
     deviceChanged(str): the device description for the status bar
+    modelStateChanged(object): the ModelState (which round's model is served) changed
     """
 
     workspaceChanged = Signal(object)
@@ -50,6 +97,7 @@ class AppContext(QObject):
     openSet = Signal(object, str)
     showPanel = Signal(str)
     deviceChanged = Signal(str)
+    modelStateChanged = Signal(object)
 
     def __init__(self, settings: Settings, jobs: JobManager, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -63,6 +111,7 @@ class AppContext(QObject):
         self.identities: Any = None  # IdentityTable of the current checkpoint, once computed
         self.devices: list[tuple[str, str]] = [("auto", "Automatic"), ("cpu", "CPU")]
         self.thumbs = ThumbnailCache(QSize(64, 128), parent=self)
+        self.model_state: ModelState | None = None  # None while unknown (no workspace, or being read)
 
     @property
     def readonly(self) -> bool:
@@ -71,10 +120,16 @@ class AppContext(QObject):
     def set_workspace(self, ws: "Workspace | None") -> None:
         self.ws = ws
         self.workspace_path = ws.path if ws is not None else None
+        self.model_state = None
         self.session = None
         self.images = None
         self.identities = None
         self.workspaceChanged.emit(ws)
+
+    def set_model_state(self, state: "ModelState | None") -> None:
+        if state != self.model_state:
+            self.model_state = state
+            self.modelStateChanged.emit(state)
 
     def set_session(self, session: "Session | None", images: Any = None) -> None:
         self.session = session

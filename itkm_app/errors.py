@@ -73,7 +73,7 @@ def excepthook(etype: type[BaseException], value: BaseException, tb: TracebackTy
         message = str(value) if isinstance(value, ItkmError) else (
             f"An unexpected error happened ({etype.__name__}: {value}). The app keeps running; "
             "the last action may not have completed.")
-        report(QApplication.activeWindow(), "ITKM Studio - error", message, details)
+        report(QApplication.activeWindow(), "Unexpected error", message, details)
     finally:
         _in_hook = False
 

@@ -12,15 +12,15 @@ import os
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QStandardPaths, Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QTabWidget, QToolButton)
+from PySide6.QtCore import QEvent, QObject, QStandardPaths, Qt, QTimer, QUrl
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QLineEdit, QMainWindow, QMessageBox,
+                               QProgressBar, QPushButton, QTabWidget, QToolButton)
 
 from itkm_engine.progress import LogMessage
 
 from . import errors, theme
-from .context import AppContext
+from .context import AppContext, ModelState
 from .jobs import JobManager, import_engine, import_projection
 from .panels.cameras import CamerasPanel
 from .panels.clusters import ClustersPanel
@@ -34,12 +34,54 @@ APP_NAME = "ITKM Studio"
 
 
 def data_dir() -> Path:
-    """Where the demo lives: ``ITKM_DATA_DIR``, else the platform's app data folder."""
+    """Where the demo lives: ``ITKM_DATA_DIR``, else ``<the platform's data folder>/ITKM Studio``.
+
+    Not Qt's AppDataLocation, which nests organisation and application (".../ITKM/ITKM Studio");
+    a demo made there by an earlier version is still used."""
     env = os.environ.get("ITKM_DATA_DIR")
     if env:
         return Path(env)
-    loc = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
-    return Path(loc) if loc else Path.home() / ".itkm-studio"
+    old = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    if old and (Path(old) / "demo-workspace").is_dir():
+        return Path(old)
+    loc = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericDataLocation)
+    return Path(loc) / APP_NAME if loc else Path.home() / ".itkm-studio"
+
+
+def export_dir(settings) -> Path:
+    """Where the export dialog opens: the last export's folder, else Documents (never the
+    workspace's hidden data folders)."""
+    last = settings.get("export/last_dir", "", str)
+    if last and Path(last).is_dir():
+        return Path(last)
+    docs = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
+    return Path(docs) if docs and Path(docs).is_dir() else Path.home()
+
+
+def show_in_folder(path: str | Path) -> bool:
+    """Open the file manager at ``path``'s folder."""
+    return QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(path).parent)))
+
+
+class ShortcutsOverTextBoxes(QObject):
+    """Window shortcuts win over a text box's own key bindings (Ctrl+E is "end of line" in a
+    QLineEdit, so Export did nothing while the Identities filter had focus).
+
+    Installed on the window's line edits: a ShortcutOverride for one of ``actions``' shortcuts
+    is not delivered to the line edit, so the window's shortcut fires."""
+
+    def __init__(self, actions: list[QAction], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.actions = actions
+
+    def eventFilter(self, obj, ev) -> bool:  # noqa: N802
+        if ev.type() == QEvent.Type.ShortcutOverride and isinstance(obj, QLineEdit):
+            seq = QKeySequence(ev.keyCombination())
+            for a in self.actions:
+                if a.isEnabled() and any(sc.matches(seq) == QKeySequence.SequenceMatch.ExactMatch
+                                         for sc in a.shortcuts()):
+                    return True
+        return False
 
 
 def describe_device(device) -> str:
@@ -114,7 +156,16 @@ def export_tracks_job(session, out_csv: str, *, reporter) -> int:
     import_engine()
     from itkm_engine.export import export_tracks
 
-    return export_tracks(session, out_csv, reporter=reporter)
+    n = export_tracks(session, out_csv, reporter=reporter)
+    follow_umask(out_csv)
+    return n
+
+
+def follow_umask(path: str | Path) -> None:
+    """Give a file the permissions a new file gets here (atomic writes create it 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 class MainWindow(QMainWindow):
@@ -148,6 +199,8 @@ class MainWindow(QMainWindow):
         errors.listeners.append(self._error_logged)
         # -- status bar
         self.ws_label = QLabel("No workspace")
+        self.model_label = QLabel("")
+        self.model_label.setToolTip("The model the views use: the last finished training round")
         self.device_label = QLabel("Device: …")
         self.job_label = QLabel("Idle")
         self.job_bar = QProgressBar()
@@ -162,6 +215,10 @@ class MainWindow(QMainWindow):
         self.job_cancel.hide()
         sb = self.statusBar()
         sb.addWidget(self.ws_label, 1)
+        sb.addPermanentWidget(self.model_label)
+        self.eval_label = QLabel("")
+        self.eval_label.setToolTip("Headline evaluation of the current model (Training > Evaluate)")
+        sb.addPermanentWidget(self.eval_label)
         sb.addPermanentWidget(self.device_label)
         sb.addPermanentWidget(self.job_label)
         sb.addPermanentWidget(self.job_bar)
@@ -172,7 +229,19 @@ class MainWindow(QMainWindow):
         self.ctx.deviceChanged.connect(lambda d: self.device_label.setText(f"Device: {d}"))
         self.ctx.workspaceChanged.connect(self._workspace_changed)
         self.ctx.sessionChanged.connect(lambda _s: self._update_actions())
+        self.ctx.modelStateChanged.connect(self._model_state_changed)
+        self.ctx.modelChanged.connect(self.refresh_model_state)
+        self.jobs.jobEnded.connect(lambda _j: self.refresh_model_state())
+        self.panel("training").trainingChanged.connect(lambda _on: (self.refresh_model_state(),
+                                                                     self._update_actions()))
+        self._etas: dict = {}
+        self.panel("training").evaluated.connect(self._evaluated)
         self._make_actions()
+        self._shortcut_filter = ShortcutsOverTextBoxes(
+            [a for a in self.findChildren(QAction) if not a.shortcut().isEmpty()], self)
+        # on the window's text boxes only: a filter on the application would run Python for every event
+        for edit in self.findChildren(QLineEdit):
+            edit.installEventFilter(self._shortcut_filter)
         self._restore()
         self._update_actions()
         self._closing = False
@@ -261,12 +330,19 @@ class MainWindow(QMainWindow):
         has_ws = self.ctx.ws is not None
         writable = has_ws and not self.ctx.readonly
         has_session = self.ctx.session is not None
-        training = self.panel("training").is_training()
+        # a write job (training, ingest) holds the workspace: Train/Retrain wait for it
+        training = self.panel("training").is_training() or self.jobs.busy("write")
+        trained = self.ctx.model_state is not None and self.ctx.model_state.trained
         self.act_add.setEnabled(writable)
         self.act_train.setEnabled(writable and has_session and not training)
-        self.act_retrain.setEnabled(writable and has_session and not training)
+        self.act_retrain.setEnabled(writable and has_session and not training and trained)
         self.act_stop.setEnabled(self.jobs.busy("write") or self.jobs.busy("read"))
-        self.act_export.setEnabled(has_session)
+        self.act_export.setEnabled(has_session and trained)
+        for a, why in ((self.act_train, "training is running" if training else "open a workspace first"),
+                       (self.act_retrain, "training is running" if training else "train a first round first"),
+                       (self.act_export, "train a first round first")):
+            tip = a.statusTip()
+            a.setToolTip(tip if a.isEnabled() else f"{tip} — not now: {why}")
         self.act_close.setEnabled(has_ws)
 
     def _fill_recent(self) -> None:
@@ -330,8 +406,50 @@ class MainWindow(QMainWindow):
             return
         self.settings.remember_workspace(ws.path)
         self.ctx.set_workspace(ws)
+        self.refresh_model_state()
         self.log_view.add(LogMessage("info", f"opened workspace {ws.path}" + (" (read-only)" if ws.readonly else "")))
         self._load_session()
+
+    def refresh_model_state(self) -> None:
+        """Read which round's model the workspace serves.
+
+        With no job writing, on the GUI thread (SQLite, milliseconds), so a relaunch shows it at
+        once instead of "not trained yet" for seconds.  While a job writes, in a read job: the
+        workspace's connection lock may be held by the writer's transaction, and the window
+        must never wait for it."""
+        ws = self.ctx.ws
+        if ws is None:
+            self.ctx.set_model_state(None)
+            return
+        if self.jobs.busy("write"):
+            self.jobs.submit("model state", lambda *, reporter: ws.rounds(), quiet=True, report_errors=False,
+                             on_done=lambda rounds, w=ws: self._set_model_state(w, rounds))
+            return
+        try:
+            rounds = ws.rounds()
+        except Exception:  # noqa: BLE001 - closed meanwhile; the next change reads it again
+            return
+        self._set_model_state(ws, rounds)
+
+    def _set_model_state(self, ws, rounds) -> None:
+        if self.ctx.ws is not ws:
+            return
+        state = ModelState.of(rounds)
+        training = self.panel("training").is_training()
+        self.ctx.set_model_state(ModelState(state.round, state.preset, state.unfinished, training))
+
+    def _evaluated(self, scores: dict) -> None:
+        from .widgets.eval_table import headline, pct
+
+        h = headline(scores)
+        self.eval_label.setText(f"mAP {pct(h.get('mAP'))}% · R1 {pct(h.get('rank1'))}%" if h else "")
+        if h:
+            self.eval_label.setToolTip(f"Evaluation of the current model: {h.get('protocol', 'standard')} protocol, "
+                                       f"{h.get('split', 'overall')} (Training panel: every protocol and split)")
+
+    def _model_state_changed(self, state) -> None:
+        self.model_label.setText(state.text() if state is not None else "")
+        self._update_actions()
 
     def ask_open_readonly(self, message: str) -> bool:
         r = QMessageBox.question(self, "Workspace in use", f"{message}\n\nOpen it read-only instead?")
@@ -390,6 +508,7 @@ class MainWindow(QMainWindow):
         self.device_label.setText("Device: …")
 
     def _workspace_changed(self, ws) -> None:
+        self.eval_label.setText("")
         if ws is None:
             self.ws_label.setText("No workspace")
             self.setWindowTitle(APP_NAME)
@@ -411,6 +530,16 @@ class MainWindow(QMainWindow):
         job = self.jobs.submit("demo", make_demo_workspace, demo, ws_dir, identities, kind="write",
                                on_done=lambda p: self.open_workspace(p))
         self._watch(job, "Creating the demo")
+        # the centre says what is happening (it said "No workspace open" with an "Open the demo" button)
+        cameras = self.panel("cameras")
+        self.show_panel("cameras")
+        text = (f"Drawing {identities} people on seven cameras (visible, infrared, low-resolution and "
+                "clothes-changed) and adding them to a workspace. It opens here by itself when ready.")
+        cameras.show_empty("Creating the demo camera set…", text)
+        job.progress.connect(lambda e: self.ctx.ws is None and cameras.show_empty(
+            f"Creating the demo camera set… {int(100 * (e.fraction or 0))}%", text))
+        job.failed.connect(lambda _m, _tb: cameras._on_workspace(self.ctx.ws))
+        job.cancelled.connect(lambda: cameras._on_workspace(self.ctx.ws))
 
     @staticmethod
     def _demo_ready(ws_dir: Path) -> bool:
@@ -428,7 +557,7 @@ class MainWindow(QMainWindow):
     def export_tracks_dialog(self) -> None:
         if self.ctx.session is None:
             return
-        default = self.ctx.ws.exports_dir / "tracks.csv"
+        default = export_dir(self.settings) / f"{self.ctx.ws.path.name}-tracks.csv"
         path, _ = QFileDialog.getSaveFileName(self, "Export identity tracks", str(default), "CSV files (*.csv)")
         if path:
             self.export_tracks(path)
@@ -436,11 +565,26 @@ class MainWindow(QMainWindow):
     def export_tracks(self, path: str):
         if not path.lower().endswith(".csv"):
             path += ".csv"
+        self.settings.set("export/last_dir", str(Path(path).parent))
         job = self.jobs.submit("export tracks", export_tracks_job, self.ctx.session, path, kind="read",
-                               on_done=lambda n: self.log_view.add(
-                                   LogMessage("info", f"exported {n:,} sightings to {path}")))
+                               on_done=lambda n: self._exported(path, n))
         self._watch(job, "Exporting tracks")
         return job
+
+    def _exported(self, path: str, n: int) -> None:
+        from .wording import plural
+
+        self.log_view.add(LogMessage("info", f"exported {plural(n, 'sighting')} to {path}"))
+        self.statusBar().showMessage(f"Exported {plural(n, 'sighting')} to {path}", 15000)
+        if getattr(self, "_show_btn", None) is None:
+            self._show_btn = QPushButton("Show in folder")
+            self._show_btn.setFlat(True)
+            self._show_btn.clicked.connect(lambda: show_in_folder(self._last_export))
+            self.statusBar().addPermanentWidget(self._show_btn)
+        self._last_export = path
+        self._show_btn.setToolTip(f"Open the folder holding {path}")
+        self._show_btn.show()
+        QTimer.singleShot(30000, self._show_btn.hide)
 
     # -- jobs in the status bar -------------------------------------------------------------------------------
     def _job_started(self, job) -> None:
@@ -450,17 +594,20 @@ class MainWindow(QMainWindow):
         self._update_job_status()
 
     def _job_progress(self, job, e) -> None:
+        from .widgets.progress import EtaEstimator, format_eta
+
         if e.fraction is not None:
             self.job_bar.setValue(int(1000 * e.fraction))
         label = job.name + (f": {e.stage}" if e.stage else "")
-        if e.eta_s is not None and e.fraction is not None and e.fraction < 1:
-            from .widgets.progress import format_duration
-
-            label += f" · ETA {format_duration(e.eta_s)}"
+        left = self._etas.setdefault(id(job), EtaEstimator()).update(e.fraction)
+        if left is not None and e.fraction is not None and e.fraction < 1:
+            label += f" · {format_eta(left)} left"
         self.job_label.setText(label)
 
     def _update_job_status(self) -> None:
         active = [j for j in self.jobs.active() if not getattr(j, "_quiet", False) and j.kind != "background"]
+        live = {id(j) for j in active}
+        self._etas = {k: v for k, v in self._etas.items() if k in live}
         if not active:
             self.job_label.setText("Idle")
             self.job_bar.hide()
@@ -483,7 +630,11 @@ class MainWindow(QMainWindow):
         self.jobs.cancel_all()
 
     def _job_error(self, name: str, message: str, tb: str) -> None:
-        errors.show_error(self, f"{APP_NAME} — {name} failed", message, tb)
+        # the window system already shows the application's name beside a dialog's title
+        # one line in the dialog; a long explanation (e.g. every supported folder layout) goes
+        # behind "Show Details" with the traceback instead of a wall of text
+        first, _, rest = message.strip().partition("\n")
+        errors.show_error(self, f"{name} failed", first, (rest.strip() + "\n\n" + tb).strip())
 
     def _error_logged(self, title: str, message: str, details: str) -> None:
         self.log_view.add(LogMessage("error", f"{title}: {message}"))

@@ -24,8 +24,14 @@ CATEGORICAL = [
 #: Colour of "no category" points (outliers, unknown).
 MUTED = "#8a8a8a"
 
-#: Curve colours keyed by loss / metric name, so a term keeps its colour across runs.
-_CURVE_CACHE: dict[str, str] = {}
+#: Curve colours fixed per loss / metric name, so a term keeps its colour across sessions (the
+#: order series first appear in depends on the run; a first-come palette swapped them).
+CURVE_COLORS = {
+    "loss:homogeneous": "#4e79a7", "loss:i2t": "#f28e2b", "loss:t2i": "#e15759", "loss:separation": "#76b7b2",
+    "loss:sep": "#76b7b2", "loss:cross": "#59a14f", "loss:instance": "#b07aa1", "loss:mem": "#9c755f",
+    "loss:loss": "#7f7f7f", "clusters:clusters": "#4e79a7", "clusters:outliers": "#e15759",
+    "quality:precision": "#4e79a7", "quality:recall": "#f28e2b", "quality:ari": "#59a14f",
+}
 
 
 def categorical_colors(n: int) -> list[QColor]:
@@ -50,9 +56,26 @@ def categorical_rgba(n: int, alpha: int = 220) -> np.ndarray:
 
 
 def curve_color(name: str) -> QColor:
-    if name not in _CURVE_CACHE:
-        _CURVE_CACHE[name] = CATEGORICAL[len(_CURVE_CACHE) % len(CATEGORICAL)]
-    return QColor(_CURVE_CACHE[name])
+    """The colour of a curve ``"plot:series"``: fixed for known names, else from a stable hash."""
+    import zlib
+
+    if name in CURVE_COLORS:
+        return QColor(CURVE_COLORS[name])
+    return QColor(CATEGORICAL[zlib.crc32(name.encode()) % len(CATEGORICAL)])
+
+
+def golden_colors(n: int) -> list[QColor]:
+    """``n`` colours for many categories (identities): golden-ratio hue steps, so neighbouring
+    codes get far-apart hues and no colour repeats; saturation and value alternate in three
+    levels so hues that come round again still differ."""
+    out = []
+    for i in range(n):
+        h = (0.08 + i * 0.618033988749895) % 1.0
+        s = (0.80, 0.55, 0.95)[i % 3]
+        v = (0.90, 0.75, 0.60)[(i // 3) % 3]
+        r, g, b = colorsys.hsv_to_rgb(h, s, v)
+        out.append(QColor.fromRgbF(r, g, b))
+    return out
 
 
 # -- palette --------------------------------------------------------------------------------------
@@ -99,9 +122,37 @@ def dark_palette() -> QPalette:
     return p
 
 
+class _HeaderArrowStyle:
+    """Header sort arrows that point the way the rows go: down for descending (largest first).
+
+    Qt hands styles SortDown for *ascending* (an old macOS convention) and Fusion draws that as a
+    down arrow, so a table sorted largest-first showed an up arrow.  The proxy style is made
+    lazily (it needs an application)."""
+
+    cls = None
+
+    @classmethod
+    def make(cls, base: str):
+        from PySide6.QtWidgets import QProxyStyle, QStyleOptionHeader
+
+        if cls.cls is None:
+            class HeaderArrowStyle(QProxyStyle):
+                def drawPrimitive(self, element, option, painter, widget=None):  # noqa: N802
+                    if element == QStyle.PrimitiveElement.PE_IndicatorHeaderArrow and \
+                            isinstance(option, QStyleOptionHeader):
+                        up, down = QStyleOptionHeader.SortIndicator.SortUp, QStyleOptionHeader.SortIndicator.SortDown
+                        if option.sortIndicator in (up, down):
+                            option = QStyleOptionHeader(option)
+                            option.sortIndicator = down if option.sortIndicator == up else up
+                    super().drawPrimitive(element, option, painter, widget)
+
+            cls.cls = HeaderArrowStyle
+        return cls.cls(base)
+
+
 def apply_theme(app: QApplication, name: str = "system") -> None:
     """``system`` keeps the platform's palette (light or dark); ``dark``/``light`` force one."""
-    app.setStyle("Fusion")
+    app.setStyle(_HeaderArrowStyle.make("Fusion"))
     if name == "dark":
         app.setPalette(dark_palette())
     elif name == "light":

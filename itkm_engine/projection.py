@@ -290,6 +290,25 @@ def projection_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / f"umap_{safe}.npy"
 
 
+def load_cached_projection(cache_dir: str | Path, key: str, n: int, *, ids: np.ndarray | None = None
+                           ) -> np.ndarray | None:
+    """The layout stored for ``key`` if it has ``n`` rows (and was made for ``ids``), else
+    ``None``.  Reads only numpy files: no UMAP import, so a cached map shows in milliseconds
+    (also from a read-only workspace)."""
+    path = projection_path(cache_dir, key)
+    ids_path = path.with_suffix(".ids.npy")
+    if not path.exists():
+        return None
+    try:
+        y = np.load(path, allow_pickle=False)
+        if ids is not None and not (ids_path.exists() and np.array_equal(np.load(ids_path, allow_pickle=False),
+                                                                         np.asarray(ids, np.int64))):
+            return None
+    except (OSError, ValueError):
+        return None  # unreadable cache: recomputed and overwritten
+    return y.astype(np.float32, copy=False) if y.shape == (n, 2) else None
+
+
 def cached_projection(
     cache_dir: str | Path | None,
     key: str,
@@ -313,18 +332,10 @@ def cached_projection(
     path = projection_path(cache_dir, key)
     ids_path = path.with_suffix(".ids.npy")
     n = int(np.asarray(feats).shape[0]) if np.ndim(feats) else 0
-    if path.exists():
-        try:
-            y = np.load(path, allow_pickle=False)
-            same_ids = True
-            if ids is not None:
-                same_ids = ids_path.exists() and np.array_equal(np.load(ids_path, allow_pickle=False),
-                                                                np.asarray(ids, np.int64))
-            if y.shape == (n, 2) and same_ids:
-                reporter.update(1.0, stage="layout", message="projection loaded from cache")
-                return y.astype(np.float32, copy=False)
-        except (OSError, ValueError):
-            pass  # unreadable cache: recompute and overwrite it
+    y = load_cached_projection(cache_dir, key, n, ids=ids)
+    if y is not None:
+        reporter.update(1.0, stage="layout", message="projection loaded from cache")
+        return y
     y = umap_2d(feats, seed=seed, reporter=reporter)
     if ids is not None:
         atomic_save_npy(ids_path, np.asarray(ids, np.int64))

@@ -23,6 +23,8 @@ from .records import IdentityTable
 from .workspace import Workspace
 
 CONFIG_FILE = "config.toml"
+#: Candidates per query that k-reciprocal re-ranking re-orders (at least 4 x top-k).
+RERANK_TOP_N = 200
 
 
 @dataclass(frozen=True)
@@ -196,14 +198,28 @@ class Session:
             raise ItkmError(f"image {image_id} has no features (not in the workspace, or unreadable)")
         cam = str(images.camera[images.index_of([image_id])[0]])
         if rerank:
-            from .index import k_reciprocal_rerank
-
-            sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(200, 4 * k), index=self.index())
-            allowed = self._allowed(filters, cam)
-            ranked = [(int(i), float(s)) for s, i in zip(sims[0], idx[0])
-                      if i != r and i >= 0 and (allowed is None or allowed[i])][:k]
-            return self._matches(ranked)
+            return self._matches(self._rerank(r, k, self._allowed(filters, cam)))
         return self._matches(self._rank(fs.feats[r], k, self._allowed(filters, cam), r))
+
+    def _rerank(self, r: int, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        """k-reciprocal re-ranking of row ``r``'s matches among the allowed rows only: the filter
+        picks the gallery first, so "other cameras" still fills the top-k (re-ranking the
+        unfiltered top-N and filtering afterwards left one result when the query's own camera
+        filled the candidates).  Scores are ``1 - re-ranked distance``, not cosines."""
+        from .index import k_reciprocal_rerank
+
+        fs = self.features()
+        if allowed is None:
+            sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(RERANK_TOP_N, 4 * k),
+                                            index=self.index())
+            rows = np.arange(len(fs.ids))
+        else:
+            rows = np.flatnonzero(allowed)
+            rows = rows[rows != r]
+            if not len(rows):
+                return []
+            sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats[rows], top_n=max(RERANK_TOP_N, 4 * k))
+        return [(int(rows[i]), float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0 and rows[i] != r][:k]
 
     def embed_file(self, path: str | Path, scenario: str | None = None, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval and projected feature of an outside image (read-only)."""
@@ -222,8 +238,8 @@ class Session:
             raise ItkmError(f"cannot read {path}: not an image, or damaged")
         return feats[0], proj[0]
 
-    def _known_side(self, path) -> tuple[str, str] | None:
-        """Scenario and group of ``path``'s camera when the file is one of the workspace's images."""
+    def _known_row(self, path) -> int | None:
+        """Row in :meth:`images` of ``path`` when the file is one of the workspace's images."""
         images = self.images()
         with self._lock:
             if getattr(self, "_path_rows", None) is None or len(self._path_rows) != len(images):
@@ -231,6 +247,12 @@ class Session:
         r = self._path_rows.get(str(Path(path).resolve())) if Path(path).exists() else None
         if r is None:
             r = self._path_rows.get(str(path))
+        return r
+
+    def _known_side(self, path) -> tuple[str, str] | None:
+        """Scenario and group of ``path``'s camera when the file is one of the workspace's images."""
+        images = self.images()
+        r = self._known_row(path)
         return (str(images.scenario[r]), str(images.group[r])) if r is not None else None
 
     def _guess_side(self, path) -> tuple[str, str]:
@@ -249,7 +271,10 @@ class Session:
 
     def query_file(self, path, k: int = 50, filters: QueryFilter | None = None, reporter=None) -> list[Match]:
         feat, _ = self.embed_file(path)
-        return self._matches(self._rank(feat, k, self._allowed(filters, None), None))
+        # an ingested image queried by its path has a camera: "other cameras" must leave it out
+        r = self._known_row(path)
+        cam = str(self.images().camera[r]) if r is not None else None
+        return self._matches(self._rank(feat, k, self._allowed(filters, cam), None))
 
     def query_text(self, text: str, k: int = 50, filters: QueryFilter | None = None) -> list[Match]:
         """Rank the gallery by a description, through the model's CLIP text tower."""
@@ -423,13 +448,20 @@ class Session:
 
         return summarize(self.identities(reporter), self.images())
 
-    def projection(self, reporter: Reporter | None = None) -> np.ndarray:
-        """2-D UMAP of the features (rows follow ``features().ids``), cached per checkpoint."""
-        from .projection import cached_projection
+    def projection(self, reporter: Reporter | None = None, *, compute: bool = True) -> np.ndarray | None:
+        """2-D UMAP of the features (rows follow ``features().ids``), cached on disk per checkpoint.
+
+        ``compute=False``: only the cached layout (``None`` when there is none) -- no UMAP import.
+        A read-only workspace reads the cache too (it only never writes it)."""
+        from .projection import cached_projection, load_cached_projection
 
         with self._lock:
             if self._projection is None:
                 fs = self.features(reporter=reporter.child(0.0, 0.3) if reporter else None)
+                self._projection = load_cached_projection(self.ws.cache_dir, self.checkpoint_key(), len(fs.ids),
+                                                          ids=fs.ids)
+            if self._projection is None and compute:
+                fs = self.features()
                 self._projection = cached_projection(
                     None if self.ws.readonly else self.ws.cache_dir, self.checkpoint_key(), fs.feats,
                     reporter=reporter.child(0.3, 1.0) if reporter else None, ids=fs.ids,

@@ -213,6 +213,8 @@ def test_lasso_selection_opens_a_set(flow):
     clusters.scatter.vb.sigSelected.emit(poly)
     inside = np.linalg.norm(xy - c, axis=1) < r * 0.99
     gallery = window.panel("gallery")
+    assert window.tabs.currentWidget() is clusters  # the selection can still be redrawn
+    clusters.open_sel.click()
     assert window.tabs.currentWidget() is gallery
     assert gallery.query[0] == "set"
     shown = {it.image_id for it in gallery.grid.items()}

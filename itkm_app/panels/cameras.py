@@ -13,7 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSize, QSortFilterProxyModel, Qt
+import html
+
+import numpy as np
+from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSize, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QPainter, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
                                QHBoxLayout, QHeaderView, QLabel, QListWidget, QPushButton, QTableView, QVBoxLayout,
                                QWidget)
@@ -21,10 +25,35 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
 from itkm_engine.data.scenarios import SCENARIOS, allowed_groups, default_group
 
 from ..widgets.delegates import ComboDelegate
+from ..widgets.model_banner import ModelBanner
 from ..widgets.progress import JobProgress
+from ..wording import plural
 from .base import Panel
 
 THUMB = QSize(28, 56)
+#: Sample crops per camera in the Sample column (spread over the camera's images).
+SAMPLES = 4
+#: Height of the crops in the Sample column's hover preview.
+PREVIEW_HEIGHT = 160
+
+
+def camera_samples(images, n: int = SAMPLES) -> dict[str, list[str]]:
+    """Up to ``n`` image paths per camera, spread evenly over its images (not only the first)."""
+    out: dict[str, list[str]] = {}
+    cams = np.asarray(images.camera).astype(str)
+    for cam in np.unique(cams):
+        rows = np.flatnonzero(cams == cam)
+        pick = rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)]
+        out[str(cam)] = [str(images.path[r]) for r in pick]
+    return out
+
+
+def read_cameras(ws, *, reporter=None):
+    """The Cameras view's data: cameras, site per source id, sample paths per camera."""
+    cams = ws.cameras()
+    sites = {src.id: src.site for src in ws.sources()}
+    samples = camera_samples(ws.images()) if cams else {}
+    return cams, sites, samples
 
 
 def _fmt_height(h) -> str:
@@ -32,20 +61,57 @@ def _fmt_height(h) -> str:
 
 
 class CamerasModel(QAbstractTableModel):
-    COLUMNS = ("Sample", "Camera", "Images", "Missing", "Rejected", "Scenario", "Group", "Median height", "Flag",
-               "Set by")
-    SCENARIO, GROUP = 5, 6
+    COLUMNS = ("Samples", "Camera", "Images", "Missing", "Rejected", "Scenario", "Group", "Site", "Median height",
+               "Flag", "Set by")
+    SCENARIO, GROUP, SITE, HEIGHT, FLAG, SET_BY = 5, 6, 7, 8, 9, 10
 
     def __init__(self, panel: "CamerasPanel") -> None:
         super().__init__(panel)
         self.panel = panel
         self.cameras: list = []
+        self.sites: dict[int, str] = {}
+        self.samples: dict[str, list[str]] = {}
+        self._strips: dict[str, QPixmap] = {}
         panel.ctx.thumbs.ready.connect(self._thumb_ready)
 
-    def set_cameras(self, cams: list) -> None:
+    def set_cameras(self, cams: list, sites: dict | None = None, samples: dict | None = None) -> None:
         self.beginResetModel()
         self.cameras = list(cams)
+        self.sites = dict(sites or {})
+        self.samples = dict(samples or {})
+        self._strips = {}
         self.endResetModel()
+
+    def site(self, c) -> str:
+        return self.sites.get(c.source_id) or ""
+
+    def sample_paths(self, c) -> list[str]:
+        return self.samples.get(c.name) or ([c.sample_path] if c.sample_path else [])
+
+    def strip(self, c) -> QPixmap | None:
+        """The camera's sample crops side by side (built once all of them are decoded)."""
+        if c.name in self._strips:
+            return self._strips[c.name]
+        paths = self.sample_paths(c)
+        pms = [self.panel.ctx.thumbs.get(p, THUMB) for p in paths]
+        if not pms or any(pm is None and not self.panel.ctx.thumbs.failed(p, THUMB) for p, pm in zip(paths, pms)):
+            return None
+        pms = [pm for pm in pms if pm is not None]
+        strip = QPixmap(SAMPLES * (THUMB.width() + 2), THUMB.height())
+        strip.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(strip)
+        for i, pm in enumerate(pms):
+            painter.drawPixmap(i * (THUMB.width() + 2) + (THUMB.width() - pm.width()) // 2,
+                               (THUMB.height() - pm.height()) // 2, pm)
+        painter.end()
+        self._strips[c.name] = strip
+        return strip
+
+    def preview_html(self, c) -> str:
+        """A larger look at the camera's samples, for the hover (the path alone said little)."""
+        imgs = "".join(f'<img src="{html.escape(p)}" height="{PREVIEW_HEIGHT}"> ' for p in self.sample_paths(c))
+        return (f"<b>{html.escape(c.name)}</b>: {plural(c.n_images, 'image')}<br>{imgs}"
+                if imgs else "no sample")
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802
         return 0 if parent.isValid() else len(self.cameras)
@@ -59,17 +125,21 @@ class CamerasModel(QAbstractTableModel):
                 return self.COLUMNS[section]
             if role == Qt.ItemDataRole.ToolTipRole:
                 return {
+                    0: "Sample crops spread over the camera's images; hover for a larger view",
                     5: "Scenario of the camera (double-click to change)",
                     6: "Group inside the scenario (double-click to change)",
-                    7: "Median crop height: low-resolution cameras stand out here",
-                    8: "Warnings from ingestion, e.g. 'mixed' when both infrared and colour images were seen",
-                    9: "'guess' when ingestion guessed scenario/group, 'you' once you changed them",
+                    7: "Where the camera's source folder was filmed (double-click to change). Stage II separates "
+                       "scenarios across sites only. The site belongs to the folder the camera was ingested "
+                       "from: editing it changes it for every camera of that folder",
+                    8: "Median crop height: low-resolution cameras stand out here",
+                    9: "Warnings from ingestion, e.g. 'mixed' when both infrared and colour images were seen",
+                    10: "'guess' when ingestion guessed scenario/group, 'you' once you changed them",
                 }.get(section)
         return None
 
     def flags(self, index: QModelIndex):
         f = super().flags(index)
-        if index.column() in (self.SCENARIO, self.GROUP) and not self.panel.ctx.readonly:
+        if index.column() in (self.SCENARIO, self.GROUP, self.SITE) and not self.panel.ctx.readonly:
             f |= Qt.ItemFlag.ItemIsEditable
         return f
 
@@ -87,17 +157,24 @@ class CamerasModel(QAbstractTableModel):
                 c.n_rejected,
                 c.scenario,
                 c.group,
+                self.site(c),
                 _fmt_height(c.median_height),
                 c.flag or "",
                 "you" if c.user_set else "guess",
             ][col]
         if role == Qt.ItemDataRole.DecorationRole and col == 0:
-            return self.panel.ctx.thumbs.get(c.sample_path, THUMB)
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (2, 3, 4, 7):
+            return self.strip(c)
+        if role == Qt.ItemDataRole.SizeHintRole and col == 0:
+            return QSize(SAMPLES * (THUMB.width() + 2) + 8, THUMB.height() + 6)
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (2, 3, 4, self.HEIGHT):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == 0:
-                return c.sample_path or "no sample"
+                return self.preview_html(c)
+            if col == self.SITE:
+                src = next((s for s in getattr(self.panel, "sources", []) if s.id == c.source_id), None)
+                return (f"site of the folder {src.root} (double-click to change; it applies to every camera "
+                        "ingested from that folder)" if src is not None else "double-click to change")
             if col == self.SCENARIO and c.guessed_scenario and c.guessed_scenario != c.scenario:
                 return f"guessed: {c.guessed_scenario}"
             if col == self.GROUP and c.guessed_group and c.guessed_group != c.group:
@@ -105,7 +182,7 @@ class CamerasModel(QAbstractTableModel):
             if col == 3 and (c.n_missing or getattr(c, "n_unreadable", 0)):
                 return f"{c.n_missing} not found at the last scan, {getattr(c, 'n_unreadable', 0)} unreadable"
         if role == Qt.ItemDataRole.UserRole:  # sort key
-            return [0, c.name, c.n_images, c.n_missing, c.n_rejected, c.scenario, c.group,
+            return [0, c.name, c.n_images, c.n_missing, c.n_rejected, c.scenario, c.group, self.site(c),
                     c.median_height or 0.0, c.flag or "", int(c.user_set)][col]
         return None
 
@@ -124,13 +201,32 @@ class CamerasModel(QAbstractTableModel):
                 return False
             self.panel.set_camera(c.name, c.scenario, value)
             return True
+        if index.column() == self.SITE:
+            value = str(value).strip()
+            if not value or value == self.site(c):
+                return False
+            self.panel.set_site(c.source_id, value)
+            return True
         return False
 
     def _thumb_ready(self, path: str) -> None:
         for r, c in enumerate(self.cameras):
-            if c.sample_path == path:
+            if path in self.sample_paths(c):
+                self._strips.pop(c.name, None)
                 i = self.index(r, 0)
                 self.dataChanged.emit(i, i, [Qt.ItemDataRole.DecorationRole])
+
+
+def ingest_plan(folders: list[str], layout: str | None) -> list[tuple[str | None, list[str]]]:
+    """(layout, folders) groups for ``ingest``: with layout detection, a folder of loose crops from
+    one camera is ingested as that camera, named after the folder (the "one-camera" layout)."""
+    if layout is not None:
+        return [(layout, list(folders))]
+    from itkm_engine.data.layouts import LAYOUTS
+
+    one = [f for f in folders if LAYOUTS["one-camera"].matches(Path(f))]
+    rest = [f for f in folders if f not in one]
+    return [(lay, group) for lay, group in (("one-camera", one), (None, rest)) if group]
 
 
 class AddFoldersDialog(QDialog):
@@ -173,7 +269,8 @@ class AddFoldersDialog(QDialog):
         form = QFormLayout()
         form.addRow("Layout", self.layout_combo)
         form.addRow("Scenario", self.scenario_combo)
-        hint = QLabel("Each folder holds one folder per camera (or a known dataset layout). Images are only read, "
+        hint = QLabel("A folder may be one camera (its crops directly inside: the camera is named after the "
+                      "folder), hold one folder per camera, or follow a known dataset layout. Images are only read, "
                       "never copied or changed. Adding a folder again updates it.")
         hint.setWordWrap(True)
         box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -268,12 +365,16 @@ class CamerasPanel(Panel):
         self.table.setIconSize(THUMB)
         h = self.table.horizontalHeader()
         h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        h.setSectionResizeMode(8, QHeaderView.ResizeMode.Stretch)  # the flag explains itself in words
+        # no stretched column: an empty Flag column took 40% of the table
+        h.setStretchLastSection(False)
         h.setMinimumSectionSize(60)
         self.table.setItemDelegateForColumn(CamerasModel.SCENARIO, ComboDelegate(lambda _i: list(SCENARIOS), self))
         self.table.setItemDelegateForColumn(CamerasModel.GROUP, ComboDelegate(self._groups_for, self))
 
         self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.banner = ModelBanner(ctx)
+        self.sources: list = []
         self.add_btn = QPushButton("Add camera folders…")
         self.add_btn.clicked.connect(lambda: self.add_folders())
         self.rejects_btn = QPushButton("Rejected files…")
@@ -294,20 +395,25 @@ class CamerasPanel(Panel):
         prog = QHBoxLayout()
         prog.addWidget(self.progress, 1)
         prog.addWidget(self.cancel_btn)
-        hint = QLabel("Double-click a scenario or group to correct it. Drop camera folders here to add them.")
+        hint = QLabel("Double-click a scenario, group or site to correct it. Drop camera folders here to add them; "
+                      "a folder of loose crops becomes one camera named after the folder.")
+        hint.setWordWrap(True)
         hint.setEnabled(False)
         lay = QVBoxLayout(self.content)
+        lay.addWidget(self.banner)
         lay.addLayout(top)
         lay.addWidget(self.table, 1)
         lay.addLayout(prog)
         lay.addWidget(hint)
         self.ingest_job = None
+        self._highlight: list[str] = []
         ctx.workspaceChanged.connect(self._on_workspace)
         ctx.imagesChanged.connect(self.reload)
         self._on_workspace(ctx.ws)
 
     # -- states ------------------------------------------------------------------------------------
     def _on_workspace(self, ws) -> None:
+        self._highlight = []
         if ws is None:
             self.model.set_cameras([])
             self.show_empty("No workspace open",
@@ -323,10 +429,14 @@ class CamerasPanel(Panel):
         ws = self.ctx.ws
         if ws is None:
             return
-        self.run("cameras", lambda reporter: ws.cameras(), on_done=self._show_cameras)
+        def read(reporter):
+            return (*read_cameras(ws), ws.sources())
 
-    def _show_cameras(self, cams: list) -> None:
-        self.model.set_cameras(cams)
+        self.run("cameras", read, on_done=self._show_cameras)
+
+    def _show_cameras(self, data) -> None:
+        cams, sites, samples, self.sources = data
+        self.model.set_cameras(cams, sites, samples)
         if not cams:
             self.show_empty("No cameras yet",
                             "Add the folders that hold your camera crops (one folder per camera, or a known "
@@ -339,12 +449,43 @@ class CamerasPanel(Panel):
         n_rej = sum(c.n_rejected for c in cams)
         n_miss = sum(c.n_missing for c in cams)
         scen = sorted({c.scenario for c in cams})
-        self.summary.setText(f"<b>{len(cams)}</b> cameras · <b>{n_img:,}</b> images · {n_miss:,} missing · "
-                             f"{n_rej:,} rejected · scenarios: {', '.join(scen)}")
+        self.summary.setText(f"<b>{plural(len(cams), 'camera')}</b> · <b>{plural(n_img, 'image')}</b> · "
+                             f"{n_miss:,} missing · {n_rej:,} rejected · scenarios: {', '.join(scen)}")
+        if self._highlight:  # kept over reloads (the model reset clears the selection)
+            self.highlight_cameras(self._highlight)
         self.rejects_btn.setEnabled(n_rej > 0)
         editable = not self.ctx.readonly
         self.add_btn.setEnabled(editable)
         self.reset_btn.setEnabled(editable)
+
+    def highlight_cameras(self, names) -> None:
+        """Select the rows of ``names`` (just added) and scroll to the first."""
+        names = set(names)
+        sel = self.table.selectionModel()
+        sel.clearSelection()
+        first = None
+        for r, c in enumerate(self.model.cameras):
+            if c.name in names:
+                idx = self.proxy.mapFromSource(self.model.index(r, 0))
+                sel.select(idx, QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
+                first = first or idx
+        if first is not None:
+            self.table.scrollTo(first)
+
+    def selected_cameras(self) -> list[str]:
+        rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
+        return [self.model.cameras[r].name for r in sorted(rows)]
+
+    def set_site(self, source_id: int, site: str) -> None:
+        ws, session = self.ctx.ws, self.ctx.session
+
+        def write(reporter):
+            ws.set_source_site(source_id, site)
+            if session is not None:
+                session.refresh()
+
+        self.ctx.jobs.submit("set site", write, kind="write", quiet=True,
+                             on_done=lambda _r: self.ctx.imagesChanged.emit())
 
     def _groups_for(self, index: QModelIndex) -> list[str]:
         src = self.proxy.mapToSource(index)
@@ -400,7 +541,17 @@ class CamerasPanel(Panel):
         ws, session = self.ctx.ws, self.ctx.session
 
         def work(reporter):
-            summary = ingest(ws, folders, layout=layout, scenario=scenario, reporter=reporter)
+            plan = ingest_plan(folders, layout)
+            summary = None
+            for i, (lay, group) in enumerate(plan):
+                part = ingest(ws, group, layout=lay, scenario=scenario,
+                              reporter=reporter.child(i / len(plan), (i + 1) / len(plan)))
+                if summary is None:
+                    summary = part
+                else:
+                    summary.cameras.extend(part.cameras)
+                    summary.sources.extend(part.sources)
+                    summary.reject_reasons.update(part.reject_reasons)
             if session is not None:
                 session.refresh()
             return summary
@@ -420,8 +571,9 @@ class CamerasPanel(Panel):
         from itkm_engine.progress import LogMessage
 
         self.ctx.jobs.log.emit(LogMessage(
-            "info", f"ingest: {summary.images:,} images in {len(summary.cameras)} cameras "
+            "info", f"ingest: {plural(summary.images, 'image')} in {plural(len(summary.cameras), 'camera')} "
                     f"({summary.added:,} new, {summary.rejected:,} rejected)"))
+        self._highlight = [r.camera for r in summary.cameras]
         self.ctx.imagesChanged.emit()
 
     def _ingest_ended(self) -> None:

@@ -10,7 +10,7 @@ per point) and the scatter draws all points in one item.
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QButtonGroup, QComboBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
                                QPushButton, QSplitter, QToolButton, QVBoxLayout, QWidget)
@@ -23,8 +23,11 @@ from .base import Panel
 PREVIEW = QSize(96, 192)
 COLOR_BY = (("identity", "Identity"), ("scenario", "Scenario"), ("group", "Group"), ("camera", "Camera"),
             ("person", "Person id (labels)"))
-#: Categories that get their own colour; the rest share "other" (grey).
+#: Categories that get their own colour; the rest share "other" (grey).  Identities and person
+#: ids are not capped: every one gets its own colour (golden-ratio hues).
 MAX_COLORS = 20
+#: Legend rows listed for an uncapped colouring (the rest are summed up in one row).
+LEGEND_ROWS = 30
 
 
 def category_codes(values: np.ndarray, *, max_colors: int = MAX_COLORS, skip: set | None = None
@@ -106,7 +109,7 @@ class ClustersPanel(Panel):
         bar.addWidget(self.open_sel)
         bar.addWidget(self.clear_sel)
         bar.addStretch(1)
-        bar.addWidget(self.info)
+        self.info.setWordWrap(True)
         # -- plot and side bar
         self.scatter = ScatterView()
         self.scatter.pointHovered.connect(self._hovered)
@@ -115,7 +118,7 @@ class ClustersPanel(Panel):
         self.mode_buttons["pan"].setChecked(True)
         self.legend = QListWidget()
         self.legend.setIconSize(QSize(12, 12))
-        self.legend.setToolTip("Categories by size; points of the rest are grey")
+        self.legend.setToolTip("Colours of the categories; grey points have none (see the last row)")
         self.preview = QLabel()
         self.preview.setFixedSize(PREVIEW + QSize(8, 8))
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -133,22 +136,34 @@ class ClustersPanel(Panel):
         sl.addWidget(self.preview_text)
         side.setMinimumWidth(220)
         side.setMaximumWidth(320)
+        self.legend.setMinimumHeight(140)
+        self.legend.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        from PySide6.QtWidgets import QFrame, QScrollArea
+
+        side_scroll = QScrollArea()  # a small window scrolls the preview, the legend keeps its rows
+        side_scroll.setWidget(side)
+        side_scroll.setWidgetResizable(True)
+        side_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_scroll.setMinimumWidth(240)
+        side_scroll.setMaximumWidth(340)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.scatter)
-        split.addWidget(side)
+        split.addWidget(side_scroll)
         split.setStretchFactor(0, 1)
         split.setSizes([1000, 260])
         self.progress = JobProgress()
         self.progress.hide()
         lay = QVBoxLayout(self.content)
         lay.addLayout(bar)
+        lay.addWidget(self.info)  # its own line: beside the buttons it was cut off in a small window
         lay.addWidget(split, 1)
         lay.addWidget(self.progress)
         self._hover_path = None
         ctx.thumbs.ready.connect(self._thumb_ready)
         ctx.workspaceChanged.connect(lambda _w: self._reset())
         ctx.sessionChanged.connect(lambda _s: self._reset())
-        ctx.modelChanged.connect(self._reset)
+        ctx.modelChanged.connect(self._model_changed)
         ctx.imagesChanged.connect(self._reset)
         ctx.identitiesChanged.connect(lambda _t: self._recolor())
         self._reset()
@@ -169,8 +184,23 @@ class ClustersPanel(Panel):
         if self.isVisible():
             self.load()
 
+    def _model_changed(self) -> None:
+        """A new checkpoint: keep showing the old map (labelled as such) until the new one is
+        ready, instead of a blank plot for the length of a UMAP."""
+        if self.job is not None:
+            self.job.cancel()
+        self.clear_selection()
+        if not self.session_ready("Open a workspace to see its clusters."):
+            return
+        self._wanted = True
+        if len(self.ids):
+            self.info.setText(f"{self._map_text()} · the model changed: the new map is computed when you "
+                              "look at this view")
+        if self.isVisible():
+            self.load()
+
     def activate(self) -> None:
-        if self._wanted and self.job is None and not len(self.ids):
+        if self._wanted and self.job is None:
             self.load()
 
     def load(self) -> None:
@@ -181,16 +211,21 @@ class ClustersPanel(Panel):
         self._wanted = False
 
         def work(reporter):
-            from ..jobs import import_projection
+            # a map cached for this checkpoint is read without importing UMAP (seconds of numba)
+            xy = session.projection(reporter=reporter, compute=False)
+            if xy is None:
+                from ..jobs import import_projection
 
-            import_projection()  # umap/numba/faiss: never imported by two threads at once
-            xy = session.projection(reporter=reporter)
+                import_projection()  # umap/numba/faiss: never imported by two threads at once
+                xy = session.projection(reporter=reporter)
             ids = session.features().ids
             # the image table of the same state, so point rows never refer to an older table
             return np.asarray(ids, np.int64), np.asarray(xy, np.float32), session.images()
 
         self.progress.reset("Computing the 2-D map…")
         self.progress.show()
+        if len(self.ids):
+            self.info.setText(f"{self._map_text()} · computing the new model's map…")
         job = self.run("projection", work, on_done=self._loaded)
         job.progress.connect(self.progress.show_event)
         job.ended.connect(self._load_ended)
@@ -213,6 +248,8 @@ class ClustersPanel(Panel):
     def _load_ended(self) -> None:
         self.job = None
         self.progress.hide()
+        if self._wanted and self.isVisible():  # the model changed while the old map was computed
+            QTimer.singleShot(0, self.load)
 
     def _loaded(self, result) -> None:
         ids, xy, images = result
@@ -223,10 +260,31 @@ class ClustersPanel(Panel):
         n = len(ids)
         self.scatter.set_point_size(9 if n < 2_000 else 7 if n < 20_000 else 5)
         self.rows = self.ctx.image_rows(ids)
-        self.info.setText(f"{len(ids):,} points")
+        self.map_of = self.ctx.model_state
+        self.info.setText(self._map_text())
         self._recolor(keep_view=False)
 
+    def _map_text(self) -> str:
+        """Which model's map this is, and its size."""
+        state = getattr(self, "map_of", None)
+        model = state.short() if state is not None else "current model"
+        return f"Map of the {model} · {len(self.ids):,} points"
+
     # -- colouring ----------------------------------------------------------------------------------------
+    def identity_codes(self) -> tuple[np.ndarray, list[tuple[str, int]], int]:
+        """Codes for colouring by identity: every identity seen more than once gets its own code,
+        in identity-number order (so neighbouring ids get far-apart golden-ratio hues); single
+        sightings and points without an identity get -1 (grey).  Returns the codes, the legend
+        (name, count) in code order, and the number of grey points."""
+        ident = self.ctx.identity_of(self.ids)
+        uniq, inv, counts = np.unique(ident, return_inverse=True, return_counts=True)
+        coloured = (uniq >= 0) & (counts > 1)
+        code_of = np.full(len(uniq), -1, np.int64)
+        code_of[coloured] = np.arange(int(coloured.sum()))
+        codes = code_of[inv.reshape(-1)]
+        legend = [(f"#{int(u)}", int(c)) for u, c in zip(uniq[coloured], counts[coloured])]
+        return codes, legend, int((codes < 0).sum())
+
     def values_for(self, key: str) -> tuple[np.ndarray, set]:
         """Per-point category values for a colouring, and the values that mean "none"."""
         imgs = self.ctx.images
@@ -258,15 +316,37 @@ class ClustersPanel(Panel):
         if not len(self.ids):
             return
         values, skip = self.values_for(key)
-        codes, legend = category_codes(values, skip=skip)
-        colors = theme.categorical_colors(min(MAX_COLORS, max(1, len(legend))))
+        if key == "identity" and self.ctx.identities is not None and len(self.ctx.identities):
+            codes, legend, n_none = self.identity_codes()
+            colors = theme.golden_colors(len(legend))
+        elif key == "person":
+            codes, legend = category_codes(values, skip=skip, max_colors=len(values))
+            colors = theme.golden_colors(len(legend))
+            n_none = int(np.isin(values, list(skip)).sum())
+        else:
+            codes, legend = category_codes(values, skip=skip)
+            colors = theme.categorical_colors(min(MAX_COLORS, max(1, len(legend))))
+            n_none = int(np.isin(values, list(skip)).sum()) if skip else 0
+        self.colors = colors
+        self.codes = codes
         self.scatter.set_points(self.xy, codes, colors, keep_view=keep_view and self.scatter.cloud.drawn > 0)
         self.legend.clear()
-        for i, (name, count) in enumerate(legend):
+        uncapped = key in ("identity", "person")
+        shown = legend
+        if uncapped and len(legend) > LEGEND_ROWS:  # the biggest ones by name; the rest in one row
+            order = sorted(range(len(legend)), key=lambda i: -legend[i][1])[:LEGEND_ROWS]
+            shown = [legend[i] for i in sorted(order)]
+            idx = sorted(order)
+        else:
+            idx = list(range(len(legend)))
+        for i, (name, count) in zip(idx, shown):
             col = colors[i] if name != "other" and i < len(colors) else QColor(theme.MUTED)
             it = QListWidgetItem(theme.swatch(col), f"{name}  ({count:,})")
             self.legend.addItem(it)
-        n_none = int(np.isin(values, list(skip)).sum()) if skip else 0
+        if len(shown) < len(legend):
+            what = "identities" if key == "identity" else "person ids"
+            self.legend.addItem(QListWidgetItem(f"… and {len(legend) - len(shown):,} more {what}, "
+                                                "each in its own colour"))
         if n_none:
             label = {"identity": "single sightings / not grouped", "person": "no person id"}.get(key, "none")
             self.legend.addItem(QListWidgetItem(theme.swatch(QColor(theme.MUTED)), f"{label}  ({n_none:,})"))
@@ -325,8 +405,8 @@ class ClustersPanel(Panel):
         self.open_sel.setEnabled(n > 0)
         self.clear_sel.setEnabled(n > 0)
         self.open_sel.setText(f"Open {n:,} in gallery" if n else "Open selection in gallery")
-        if n:
-            self.open_selection()
+        # stay here: a selection can be redrawn until it is right, then opened with the button
+        self.info.setText(f"{n:,} of {len(self.ids):,} points selected" if n else self._map_text())
 
     def select_rows(self, rows: np.ndarray) -> None:
         """Select these points as if drawn with the lasso (tests, scripting)."""

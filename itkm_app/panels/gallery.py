@@ -19,8 +19,10 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, Q
 
 from itkm_engine.data.scenarios import GROUPS, SCENARIOS
 
+from ..widgets.model_banner import ModelBanner
+from ..widgets.thumb_grid import ThumbGrid, ThumbItem, badge_legend
 from ..widgets.undo_keys import install_undo_redo
-from ..widgets.thumb_grid import ThumbGrid, ThumbItem
+from ..wording import plural
 from .base import Panel
 
 QUERY_BOX = QSize(88, 176)
@@ -36,6 +38,12 @@ class CheckMenuButton(QToolButton):
         super().__init__(parent)
         self.label = label
         self.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        # the menu arrow gets its own room (it was drawn over the text's end)
+        self.setStyleSheet("QToolButton { padding-right: 18px; text-align: left; }")
+        from PySide6.QtWidgets import QSizePolicy
+
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.menu_ = QMenu(self)
         self.setMenu(self.menu_)
         self._actions: dict[str, QAction] = {}
@@ -46,7 +54,8 @@ class CheckMenuButton(QToolButton):
         checked = self.checked()
         self.menu_.clear()
         self._actions = {}
-        clear = self.menu_.addAction("All (no filter)")
+        # "any", not "All": a group is literally named "all" (a camera that is its scenario's only group)
+        clear = self.menu_.addAction(f"Any {self.label.lower().rstrip('s')} (clear the filter)")
         clear.triggered.connect(self.clear)
         self.menu_.addSeparator()
         for v in values:
@@ -77,7 +86,7 @@ class CheckMenuButton(QToolButton):
 
     def _refresh_text(self) -> None:
         c = self.checked()
-        self.setText(f"{self.label}: all" if not c else f"{self.label}: {len(c)}" if len(c) > 1 else
+        self.setText(f"{self.label}: any" if not c else f"{self.label}: {len(c)}" if len(c) > 1 else
                      f"{self.label}: {next(iter(c))}")
 
 
@@ -139,9 +148,13 @@ class GalleryPanel(Panel):
         ql = QVBoxLayout(qbox)
         row = QHBoxLayout()
         row.addWidget(self.query_image, 0, Qt.AlignmentFlag.AlignTop)
-        row.addWidget(self.query_info, 1, Qt.AlignmentFlag.AlignTop)
+        info_col = QVBoxLayout()
+        info_col.addWidget(self.query_info, 1)
+        info_col.addWidget(choose, 0, Qt.AlignmentFlag.AlignLeft)
+        row.addLayout(info_col, 1)
         ql.addLayout(row)
-        ql.addWidget(choose)
+        # the box never gets less height than the crop it shows ("Choose file…" covered it at 1024x640)
+        qbox.setMinimumHeight(self.query_image.height() + 40)
         self.text = QLineEdit()
         self.text.setPlaceholderText("e.g. a person in a red jacket")
         self.text.setClearButtonEnabled(True)
@@ -158,7 +171,8 @@ class GalleryPanel(Panel):
         self.top_k.setValue(ctx.settings.get("gallery/top_k", 50, int))
         self.rerank = QCheckBox("Re-rank (k-reciprocal)")
         self.rerank.setChecked(ctx.settings.get("gallery/rerank", False, bool))
-        self.rerank.setToolTip("Slower, often more accurate ranking for image queries")
+        self.rerank.setToolTip("Slower, often more accurate ranking for image queries. Scores are then "
+                               "1 − the re-ranked distance, not cosine similarities: compare them only with each other")
         self.exclude_cam = QCheckBox("Exclude the query's camera")
         self.exclude_cam.setChecked(ctx.settings.get("gallery/exclude_same_camera", True, bool))
         self.f_scen = CheckMenuButton("Scenarios")
@@ -181,22 +195,37 @@ class GalleryPanel(Panel):
         ll.addWidget(tbox)
         ll.addWidget(obox)
         ll.addStretch(1)
-        left.setMinimumWidth(260)
-        left.setMaximumWidth(360)
+        self.query_box, self.text_box = qbox, tbox
+        # a small window scrolls this column instead of drawing its boxes over each other
+        from PySide6.QtWidgets import QFrame, QScrollArea
+
+        left_scroll = QScrollArea()
+        left_scroll.setWidget(left)
+        left_scroll.setWidgetResizable(True)
+        left_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left_scroll.setMinimumWidth(280)
+        left_scroll.setMaximumWidth(380)
         # -- results
         self.header = QLabel("")
         self.header.setWordWrap(True)
+        self.banner = ModelBanner(ctx, "Matches")
+        self.legend_line = QLabel(badge_legend())
+        self.legend_line.setWordWrap(True)
+        self.legend_line.setEnabled(False)
         self.grid = ThumbGrid(ctx.thumbs)
         self.grid.itemActivated.connect(lambda it: self.query_image_id(it.image_id))
         self.grid.setToolTip("Double-click a match to make it the query")
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.banner)
         rl.addWidget(self.header)
         rl.addWidget(self._decision_bar())
         rl.addWidget(self.grid, 1)
+        rl.addWidget(self.legend_line)
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
+        split.addWidget(left_scroll)
         split.addWidget(right)
         split.setStretchFactor(1, 1)
         split.setSizes([300, 980])
@@ -380,10 +409,19 @@ class GalleryPanel(Panel):
             elif self.ctx.thumbs.failed(path, QUERY_BOX):
                 self.query_image.setText("cannot show\nthis image")
 
+    def query_person_id(self) -> int:
+        """The labelled person id of an image query (-1: none, or not an image query)."""
+        if not self.query or self.query[0] != "image" or self.ctx.images is None:
+            return -1
+        r = int(self.ctx.image_rows(np.array([self.query[1]]))[0])
+        return int(self.ctx.images.person_id[r]) if r >= 0 else -1
+
     def _show_matches(self, matches: list) -> None:
         self.matches = list(matches)
+        pid = self.query_person_id()
         items = [ThumbItem(m.image_id, m.path, m.camera, m.scenario, m.group, m.similarity,
-                           m.identity if m.identity >= 0 else None, m.person_id) for m in self.matches]
+                           m.identity if m.identity >= 0 else None, m.person_id,
+                           extra={"same_person": pid >= 0 and m.person_id == pid}) for m in self.matches]
         self._mark_decisions(items)
         self.grid.set_items(items)
         if not items:
@@ -393,17 +431,17 @@ class GalleryPanel(Panel):
         cams = len({m.camera for m in self.matches})
         what = {"image": "this image", "file": "this file", "text": "this description"}.get(self.query[0], "")
         extra = ""
-        if self.query and self.query[0] == "image":
-            qid = self.query[1]
-            imgs = self.ctx.images
-            r = int(self.ctx.image_rows(np.array([qid]))[0]) if imgs is not None else -1
-            pid = int(imgs.person_id[r]) if r >= 0 else -1
-            if pid >= 0:
-                hits = sum(1 for m in self.matches if m.person_id == pid)
-                extra = f" · {hits} of them are the same person by the labels"
+        if pid >= 0:
+            hits = sum(1 for it in items if it.extra["same_person"])
+            extra = (f" · {hits} {'is' if hits == 1 else 'are'} the query's person by the labels "
+                     "(green frames)" if hits else " · none is the query's person by the labels")
+        reranked = self.query[0] == "image" and self.rerank.isChecked()
+        scores = ("Scores: re-ranked (1 − k-reciprocal distance; not cosines)" if reranked else
+                  "Scores: cosine similarity" if self.query[0] != "text" else "Scores: image–text cosine")
+        top = "Top match" if len(items) == 1 else f"Top {len(items)} matches"
         self.header.setText(
-            f"<b>Top {len(items)}</b> matches for {what} across {cams} camera{'s' if cams != 1 else ''} — "
-            + ", ".join(f"{n} {s}" for s, n in by_scen.most_common()) + extra)
+            f"<b>{top}</b> for {what} across {plural(cams, 'camera')} — "
+            + ", ".join(f"{n} {s}" for s, n in by_scen.most_common()) + extra + f"<br>{scores}.")
 
     def show_set(self, image_ids, title: str) -> None:
         """Show a set of workspace images (a lasso selection) as a grid, without a query."""

@@ -18,16 +18,52 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
                                QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from .. import theme
+from ..widgets.model_banner import ModelBanner
 from ..widgets.table_model import RowsTableModel
 from ..widgets.undo_keys import install_undo_redo
+from ..wording import plural
 from ..widgets.thumb_grid import SCENARIO_COLORS, SCENARIO_SHORT, ThumbGrid, ThumbItem
 from .base import Panel
+
+
+#: Time stamps derived from frame numbers start at this instant (``itkm_engine.data.layouts``:
+#: 2000-01-01 UTC + (sequence - 1) days + frame / fps).  They order sightings but carry no date.
+NAME_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+DERIVED_SPAN_S = 400 * 86400.0
+
+
+def is_derived(ts) -> bool:
+    """True for a time stamp made from frame numbers (no real date)."""
+    return ts is not None and math.isfinite(ts) and NAME_EPOCH <= ts < NAME_EPOCH + DERIVED_SPAN_S
+
+
+def fmt_derived(ts: float) -> str:
+    """A frame-number time: "day 1, 00:02:15" (the day is the recording sequence)."""
+    s = int(ts - NAME_EPOCH)
+    day, s = divmod(s, 86400)
+    return f"day {day + 1}, {s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def fmt_time(ts: float) -> str:
     if ts is None or not math.isfinite(ts):
         return ""
+    if is_derived(ts):
+        return fmt_derived(ts) + " (from frame numbers)"
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class FrameTimeAxis(pg.AxisItem):
+    """Axis for frame-number times: "day 1 00:02:15", never a made-up calendar date."""
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph API
+        out = []
+        for v in values:
+            if v < NAME_EPOCH:
+                out.append("")
+                continue
+            day, clock = fmt_derived(v).split(", ")
+            out.append(clock if day == "day 1" else f"{day.replace('day ', 'd')} {clock}")
+        return out
 
 
 class IdentityModel(RowsTableModel):
@@ -45,12 +81,21 @@ class IdentityModel(RowsTableModel):
         # times of day only when every sighting falls on one day (short columns stay readable)
         t = [x for s in rows for x in (s.t_first, s.t_last) if x is not None and math.isfinite(x)]
         same_day = bool(t) and dt.datetime.fromtimestamp(min(t)).date() == dt.datetime.fromtimestamp(max(t)).date()
+        if t and is_derived(min(t)) and is_derived(max(t)):  # frame-number days, not the local calendar's
+            same_day = (min(t) - NAME_EPOCH) // 86400 == (max(t) - NAME_EPOCH) // 86400
         self.time_format = "%H:%M:%S" if same_day else "%Y-%m-%d %H:%M"
         self.endResetModel()
 
     def _span(self, s) -> str:
         if s.t_first is None or not math.isfinite(s.t_first):
             return ""
+        if is_derived(s.t_first):
+            a, b = fmt_derived(s.t_first), fmt_derived(s.t_last)
+            if self.time_format == "%H:%M:%S":  # every sighting on one day: the times say enough
+                a, b = a.split(", ")[1], b.split(", ")[1]
+            elif a[:6] == b[:6]:
+                b = b.split(", ")[1]
+            return (a if a == b else f"{a} – {b}") + " *"
         a = dt.datetime.fromtimestamp(s.t_first).strftime(self.time_format)
         b = dt.datetime.fromtimestamp(s.t_last).strftime(self.time_format)
         return a if a == b else f"{a} – {b}"
@@ -98,8 +143,8 @@ class Timeline(pg.PlotWidget):
     """One row per camera; one point per sighting at its time stamp.  ``pointClicked(image_id)``."""
 
     def __init__(self, parent=None) -> None:
-        self.date_axis = pg.DateAxisItem(orientation="bottom")
-        super().__init__(parent, axisItems={"bottom": self.date_axis})
+        self.derived = False
+        super().__init__(parent, axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
         theme.style_plot_widget(self)
         theme.style_plot(self.plotItem)
         self.plotItem.setMenuEnabled(False)
@@ -113,6 +158,14 @@ class Timeline(pg.PlotWidget):
 
     def set_sightings(self, cameras: list[str], cam_rows: np.ndarray, times: np.ndarray, image_ids: np.ndarray,
                       scenarios_of_cam: dict[str, str]) -> None:
+        ok_t = times[np.isfinite(times)]
+        derived = bool(len(ok_t)) and all(is_derived(t) for t in (ok_t.min(), ok_t.max()))
+        if derived != self.derived:  # a fresh axis item each switch (pyqtgraph removes the old one)
+            axis = FrameTimeAxis(orientation="bottom") if derived else pg.DateAxisItem(orientation="bottom")
+            self.setAxisItems({"bottom": axis})
+            theme.style_plot(self.plotItem)
+            axis.setLabel("time from frame numbers (the files carry no date)" if derived else "")
+            self.derived = derived
         ax = self.getAxis("left")
         ax.setTicks([[(i, c) for i, c in enumerate(cameras)]])
         ok = np.isfinite(times)
@@ -125,8 +178,12 @@ class Timeline(pg.PlotWidget):
         self.setYRange(-0.6, max(len(cameras) - 0.4, 0.6), padding=0)
         if ok.any():
             t0, t1 = float(times[ok].min()), float(times[ok].max())
-            pad = max((t1 - t0) * 0.05, 30.0)
-            self.setXRange(t0 - pad, t1 + pad, padding=0)
+            pad = max((t1 - t0) * 0.05, 5.0)
+            # never before the first sighting's day (or the frame clock's zero): the axis started
+            # at 23:59:45 of the day before
+            floor = NAME_EPOCH if self.derived else dt.datetime.fromtimestamp(t0).replace(
+                hour=0, minute=0, second=0, microsecond=0).timestamp()
+            self.setXRange(max(t0 - pad, floor), t1 + pad, padding=0)
 
     def _clicked(self, _item, points, _ev=None) -> None:
         if len(points) and self.clicked_cb is not None:
@@ -169,6 +226,8 @@ class IdentitiesPanel(Panel):
         self.hide_single = QCheckBox("Hide single sightings")
         self.hide_single.setChecked(True)
         self.hide_single.toggled.connect(self._filter_single)
+        # the filter takes focus only when clicked: with focus it swallowed window shortcuts (Ctrl+E)
+        self.search.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         self.count = QLabel("")
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
@@ -179,7 +238,12 @@ class IdentitiesPanel(Panel):
         ll.addLayout(top)
         ll.addWidget(self.table, 1)
         ll.addWidget(self.count)
+        self.time_note = QLabel("")
+        self.time_note.setWordWrap(True)
+        self.time_note.setEnabled(False)
+        ll.addWidget(self.time_note)
         self.title_label = QLabel("Select an identity to see where and when it was seen.")
+        self.title_label.setWordWrap(True)
         self.timeline = Timeline()
         self.timeline.clicked_cb = self._open_in_gallery
         self.timeline.setToolTip("Each point is a sighting; click one to search for it in the gallery")
@@ -193,6 +257,8 @@ class IdentitiesPanel(Panel):
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
+        self.banner = ModelBanner(ctx, "Identities")
+        rl.addWidget(self.banner)
         rl.addWidget(self.title_label)
         rl.addWidget(self._decision_bar())
         rl.addWidget(right_split, 1)
@@ -254,8 +320,11 @@ class IdentitiesPanel(Panel):
         self.model.set_rows(summary)
         n_multi = sum(1 for s in summary if s.size > 1)
         multi_cam = sum(1 for s in summary if len(s.cameras) > 1)
-        self.count.setText(f"{len(summary):,} identities · {n_multi:,} seen more than once · "
+        self.count.setText(f"{plural(len(summary), 'identity')} · {n_multi:,} seen more than once · "
                            f"{multi_cam:,} across several cameras")
+        derived = any(is_derived(x.t_first) for x in summary)
+        self.time_note.setText("* Times come from the frame numbers in the file names: they order the sightings "
+                               "of a recording but carry no real date." if derived else "")
         self.title_label.setText("Select an identity to see where and when it was seen.")
         if self.ctx.identities is not table:
             self.ctx.set_identities(table)
@@ -324,13 +393,17 @@ class IdentitiesPanel(Panel):
         cams = sorted({str(c) for c in np.asarray(imgs.camera)[rows]}, key=_natural)
         span = ""
         if np.isfinite(times).any():
-            span = f" · {fmt_time(float(np.nanmin(times)))} → {fmt_time(float(np.nanmax(times)))}"
+            t0, t1 = float(np.nanmin(times)), float(np.nanmax(times))
+            if is_derived(t0):
+                span = f" · {fmt_derived(t0)} → {fmt_derived(t1)} (times from frame numbers, no real date)"
+            else:
+                span = f" · {fmt_time(t0)} → {fmt_time(t1)}"
         name, note = self.model.names.get(identity, ("", ""))
         self.name_edit.setText(name)
         self.note_edit.setText(note)
-        self.title_label.setText(f"<b>Identity #{identity}</b>{' ' + name if name else ''} · {len(ids)} sightings in {len(cams)} "
-                                 f"camera{'s' if len(cams) != 1 else ''} "
-                                 f"({', '.join(cams)}){span}")
+        self.title_label.setText(f"<b>Identity #{identity}</b>{' ' + name if name else ''} · "
+                                 f"{plural(len(ids), 'sighting')} in "
+                                 f"{plural(len(cams), 'camera')} ({', '.join(cams)}){span}")
         self.shown_identity = identity
 
     # -- the operator's decisions: merge, split, name (itkm_engine/constraints.py) --------------------------
@@ -425,6 +498,8 @@ class IdentitiesPanel(Panel):
 def _short_time(ts: float) -> str:
     if ts is None or not math.isfinite(ts):
         return ""
+    if is_derived(ts):
+        return fmt_derived(ts).split(", ")[1]
     return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
 
 

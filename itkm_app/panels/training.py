@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QPushButton, QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGroup
 from itkm_engine.progress import ProgressEvent
 
 from .. import theme
+from ..widgets import eval_table
+from ..widgets.eval_table import EvalTable
 from ..widgets.progress import JobProgress, format_duration
 from .base import Panel
 
@@ -66,6 +68,29 @@ def run_training(session, cfg, rounds: int, device: str, *, reporter):
         session.refresh()
 
 
+def active_seconds(started: float, finished: float | None, epochs: list[dict], *, slack_s: float = 600.0) -> float | None:
+    """Time a round actually ran: from start to finish, minus the time nothing ran.
+
+    A round stopped (or killed by quitting) and resumed days later has ``finished - started``
+    of days.  Each epoch row carries its own duration (``values["seconds"]``) and when it
+    ended; a gap before an epoch's end longer than that epoch's duration plus ``slack_s``
+    (clustering, extraction, start-up: generous, so a big workspace's clustering is not cut)
+    held an interruption, and only the epoch's duration plus the slack counts.  After the last
+    epoch (the new checkpoint's features) everything counts: a round ends there.
+    """
+    if finished is None:
+        return None
+    total, t = 0.0, started
+    for e in sorted(epochs, key=lambda e: e.get("finished") or 0.0):
+        end = e.get("finished")
+        if not end or end < t:
+            continue
+        secs = float(e.get("values", {}).get("seconds") or 0.0)
+        total += min(end - t, secs + slack_s)
+        t = end
+    return total + max(finished - t, 0.0)
+
+
 class Curves(pg.GraphicsLayoutWidget):
     """Three stacked plots: loss terms, cluster count, pseudo-label quality (when ids are known).
 
@@ -89,10 +114,17 @@ class Curves(pg.GraphicsLayoutWidget):
         self.loss_plot = self.addPlot(row=0, col=0, title="Loss terms")
         self.cluster_plot = self.addPlot(row=1, col=0, title="Clusters")
         self.quality_plot = self.addPlot(row=2, col=0, title="Pseudo-label quality (needs person ids)")
-        for p in (self.loss_plot, self.cluster_plot, self.quality_plot):
+        # legends beside the plots, in their own column: inside they covered the curves
+        self.legends = {}
+        for row, p in enumerate((self.loss_plot, self.cluster_plot, self.quality_plot)):
             p.showGrid(x=True, y=True, alpha=0.15)
             p.setMenuEnabled(False)
-            p.addLegend(offset=(-8, 8), labelTextColor=theme.palette().color(QPalette.ColorRole.Text))
+            legend = pg.LegendItem(labelTextColor=theme.palette().color(QPalette.ColorRole.Text),
+                                   verSpacing=-4)
+            self.addItem(legend, row=row, col=1)
+            legend.setFixedWidth(118)
+            p.legend = legend
+            self.legends[row] = legend
             theme.style_plot(p)
             # Ranges are set by redraw(), growing in steps, so axes rarely change; with the text
             # items cached as pixmaps a live update repaints in ~10 ms instead of ~50 ms.
@@ -103,6 +135,8 @@ class Curves(pg.GraphicsLayoutWidget):
         self.quality_plot.setYRange(-0.02, 1.05, padding=0)
         self.planned_epochs = 0.0  # x extent the live run will reach (set by the panel)
         self.quality_plot.setLabel("bottom", "training epochs (all stages and rounds)")
+        self.hover_text = ""
+        self._hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self._on_move)
         self.clear_all()
 
     def clear_all(self) -> None:
@@ -218,13 +252,54 @@ class Curves(pg.GraphicsLayoutWidget):
             if hi > y1 or lo < y0 or y1 > 3 * max(hi, 1e-9):
                 plot.setYRange(lo, hi * 1.25 if hi > 0 else 1.0, padding=0)
 
+    def value_at(self, plot, x: float, y: float, x_tol: float, y_tol: float) -> str:
+        """The text for the point of ``plot`` nearest to (x, y) within the tolerances, else ""."""
+        name_of = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}
+        best, text = None, ""
+        for (plot_name, key), (xs, ys) in self.series.items():
+            if name_of[plot_name] is not plot or not xs:
+                continue
+            xa, ya = np.asarray(xs, float), np.asarray(ys, float)
+            d = np.hypot((xa - x) / max(x_tol, 1e-12), (ya - y) / max(y_tol, 1e-12))
+            d[~np.isfinite(d)] = np.inf
+            i = int(np.argmin(d))
+            if d[i] <= 1.0 and (best is None or d[i] < best):
+                best = d[i]
+                text = f"{key}: {ya[i]:.4g}  (epoch {xa[i]:.2f})"
+        return text
+
+    def _on_move(self, args) -> None:
+        pos = args[0]
+        text = ""
+        for plot in (self.loss_plot, self.cluster_plot, self.quality_plot):
+            vb = plot.getViewBox()
+            if vb.sceneBoundingRect().contains(pos):
+                p = vb.mapSceneToView(pos)
+                px = vb.viewPixelSize()
+                text = self.value_at(plot, p.x(), p.y(), 8 * px[0], 8 * px[1])
+                break
+        if text != self.hover_text:
+            self.hover_text = text
+            from PySide6.QtGui import QCursor
+            from PySide6.QtWidgets import QToolTip
+
+            if text:
+                QToolTip.showText(QCursor.pos(), text, self)
+            else:
+                QToolTip.hideText()
+
     def has_data(self) -> bool:
         return any(len(xs) for xs, _ in self.series.values())
 
 
 class TrainingPanel(Panel):
+    """Signals: ``trainingChanged(bool)`` when a training job starts / ends (the toolbar's
+    Train and Retrain follow it); ``evaluated(dict)`` with the evaluation record shown."""
+
     key = "training"
     title = "Training"
+    trainingChanged = Signal(bool)
+    evaluated = Signal(object)
 
     def __init__(self, ctx, parent=None) -> None:
         super().__init__(ctx, parent)
@@ -278,25 +353,45 @@ class TrainingPanel(Panel):
         self.history.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.history.setAlternatingRowColors(True)
         self.history.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.history.horizontalHeader().setStretchLastSection(True)
+        self.history.horizontalHeader().setStretchLastSection(False)
         hist_box = QGroupBox("Rounds")
         hl = QVBoxLayout(hist_box)
         hl.addWidget(self.history)
+        self.eval_headline = QLabel("Not evaluated yet: Evaluate scores the current model when the file names "
+                                    "carry person ids.")
+        self.eval_headline.setWordWrap(True)
+        self.eval_table = EvalTable()
+        eval_box = QGroupBox("Evaluation of the current model")
+        el = QVBoxLayout(eval_box)
+        el.addWidget(self.eval_headline)
+        el.addWidget(self.eval_table, 1)
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
         ll.addWidget(ctl_box)
         ll.addWidget(hist_box, 1)
+        ll.addWidget(eval_box, 2)
+        hist_box.setMinimumHeight(130)
+        eval_box.setMinimumHeight(170)
+        # a small window scrolls the left column instead of squeezing its rows into each other
+        from PySide6.QtWidgets import QFrame, QScrollArea
+
+        left_scroll = QScrollArea()
+        left_scroll.setWidget(left)
+        left_scroll.setWidgetResizable(True)
+        left_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        left_scroll.setMinimumWidth(420)
         self.curves = Curves()
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
+        split.addWidget(left_scroll)
         split.addWidget(self.curves)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([470, 810])
+        split.setSizes([560, 1040])
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
-        self._rounds: list = []
+        self._rounds: list | None = None  # None until the workspace's history has been read
         self._fill_devices()
         ctx.workspaceChanged.connect(self._on_workspace)
         ctx.sessionChanged.connect(lambda _s: self._update_buttons())
@@ -329,7 +424,10 @@ class TrainingPanel(Panel):
                             [("Open workspace…", lambda: self.window().open_workspace_dialog())])
             return
         self.show_content()
+        self._rounds = None
+        self.eval_table.set_scores({})
         self._select_preset(ws)
+        self._update_buttons()
         self.reload()
 
     def _select_preset(self, ws) -> None:
@@ -383,43 +481,60 @@ class TrainingPanel(Panel):
         eval_by_ckpt = {}
         for m in evals:
             eval_by_ckpt[str(m.get("checkpoint"))] = m.get("values", {})
+        epochs_of: dict[int, list] = {}
+        for row in epoch_log:
+            epochs_of.setdefault(row["round"], []).append(row)
         m = self.history_model
         m.clear()
-        cols = ["Round", "Status", "Took", "Clusters", "Precision", "ARI", "mAP %", "R1 %"]
+        # the scores first: they are what the table is read for (they hid behind a scrollbar)
+        cols = ["Round", "Status", "mAP %", "R1 %", "Took", "Clusters", "Precision", "ARI"]
         m.setHorizontalHeaderLabels(cols)
+        m.horizontalHeaderItem(2).setToolTip("Headline evaluation: cross-camera protocol, all queries")
+        m.horizontalHeaderItem(4).setToolTip("Time the round ran (time the app was closed is not counted)")
+        latest_eval = {}
         for r in rounds:
             v = last_values.get(r.number, {})
-            took = format_duration((r.finished - r.started) if r.finished else None)
+            secs = active_seconds(r.started, r.finished, epochs_of.get(r.number, []))
+            took = format_duration(secs)
             ckpt_name = os.path.basename(r.checkpoint) if r.checkpoint else ""
-            ev = _overall_eval(eval_by_ckpt.get(keys.get(r.number, "-"), {}))
+            rec = eval_by_ckpt.get(keys.get(r.number, "-"), {})
+            if r.status == "done":  # the current model is the last finished round's
+                latest_eval = rec
+            ev = eval_table.headline(rec)
             cells = [
                 str(r.number),
                 r.status + (f" ({r.stage} {r.epoch})" if r.status != "done" and r.stage else ""),
+                _num(ev.get("mAP"), 1, pct=True),
+                _num(ev.get("rank1"), 1, pct=True),
                 took,
                 _num(v.get("n_clusters"), 0),
                 _num(v.get("precision"), 3),
                 _num(v.get("ari"), 3),
-                _num(ev.get("mAP"), 1, pct=True),
-                _num(ev.get("rank1"), 1, pct=True),
             ]
             items = [QStandardItem(c) for c in cells]
             tip = (f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.started))}"
                    f"\noutliers {_num(v.get('n_outliers'), 0)}\ncheckpoint {ckpt_name or '-'}")
+            if ev:
+                tip += f"\nevaluation: {eval_table.headline_text(rec)}"
             for i, it in enumerate(items):
                 it.setToolTip(tip)
                 if i >= 2:
                     it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             m.appendRow(items)
+        self._show_eval(latest_eval)
         self._update_buttons()
 
     def _update_buttons(self) -> None:
         running = self.job is not None
         has_ws = self.ctx.ws is not None and not self.ctx.readonly
         has_session = self.ctx.session is not None
-        done = [r for r in self._rounds if r.status == "done"]
-        unfinished = [r for r in self._rounds if r.status in ("running", "cancelled")]
+        done = [r for r in self._rounds or [] if r.status == "done"]
+        unfinished = [r for r in self._rounds or [] if r.status in ("running", "cancelled")]
         self.start_btn.setEnabled(has_ws and has_session and not running)
         self.start_btn.setText(f"Resume round {unfinished[-1].number}" if unfinished else "Start training")
+        if self._rounds is None and has_ws:
+            self.start_btn.setText("Start training")
+            self.retrain_btn.setEnabled(False)
         self.retrain_btn.setEnabled(has_ws and has_session and not running and bool(done))
         self.stop_btn.setEnabled(running)
         self.eval_btn.setEnabled(has_session and not running)
@@ -431,12 +546,16 @@ class TrainingPanel(Panel):
             self.state_label.setText("Loading the model library…")
         elif self.ctx.readonly:
             self.state_label.setText("This workspace is open read-only: training is disabled.")
+        elif self._rounds is None:
+            self.state_label.setText("Reading the workspace's training history…")
         elif not self._rounds:
             self.state_label.setText("Not trained yet. Start the first round; each round runs Stage I (homogeneous "
                                      "learning), Stage II (text knowledge) and Stage III (heterogeneous matching).")
         else:
             last = self._rounds[-1]
-            self.state_label.setText(f"{len(done)} round(s) done. Last: round {last.number}, {last.status}.")
+            from ..wording import plural
+
+            self.state_label.setText(f"{plural(len(done), 'round')} done. Last: round {last.number}, {last.status}.")
 
     # -- actions ---------------------------------------------------------------------------------------
     def config(self):
@@ -452,7 +571,10 @@ class TrainingPanel(Panel):
         cfg = self.config()
         device = self.device.currentData() or "auto"
         self.progress.reset("Starting…")
-        self.state_label.setText(f"Training {n} round(s) with the {cfg.preset} preset on {self.device.currentText()}…")
+        from ..wording import plural
+
+        self.state_label.setText(f"Training {plural(n, 'round')} with the {cfg.preset} preset on "
+                                 f"{self.device.currentText()}…")
         self.curves.planned_epochs = self.curves.base_epoch + n * (cfg.stage1.epochs + cfg.stage2.epochs
                                                                    + cfg.stage3.epochs)
         self.curves.redraw()
@@ -461,11 +583,16 @@ class TrainingPanel(Panel):
         job.progress.connect(self.progress.show_event)
         job.events.connect(self.curves.add_events)
         job.ended.connect(self._ended)
-        job.cancelled.connect(lambda: self.state_label.setText(
-            "Stopped. The round is saved after its last completed epoch: Resume continues from there."))
+        job.cancelled.connect(self._cancelled)
         job.failed.connect(lambda msg, _tb: self.state_label.setText(f"Training failed: {msg}"))
         self.job = job
         self._update_buttons()
+        self.trainingChanged.emit(True)
+
+    def _cancelled(self) -> None:
+        self.progress.stopped("Stopped")
+        self.state_label.setText("Stopped. The round is saved after its last completed epoch: Resume continues "
+                                 "from there.")
 
     def retrain(self) -> None:
         """One more round, from the last checkpoint (incremental: new cameras join in)."""
@@ -475,6 +602,7 @@ class TrainingPanel(Panel):
         if self.job is not None:
             self.job.cancel()
             self.stop_btn.setEnabled(False)
+            self.progress.stopped("Stopping after the current batch…")
             self.state_label.setText("Stopping after the current batch…")
 
     def is_training(self) -> bool:
@@ -482,14 +610,17 @@ class TrainingPanel(Panel):
 
     def _trained(self, results) -> None:
         self.progress.finish("Done")
+        from ..wording import plural
+
         secs = sum(r.seconds for r in results)
-        self.state_label.setText(f"Trained {len(results)} round(s) in {format_duration(secs)}.")
+        self.state_label.setText(f"Trained {plural(len(results), 'round')} in {format_duration(secs)}.")
         self.ctx.modelChanged.emit()
 
     def _ended(self) -> None:
         self.job = None
         self.reload()
         self._update_buttons()
+        self.trainingChanged.emit(False)
 
     def evaluate(self) -> None:
         session = self.ctx.session
@@ -505,25 +636,23 @@ class TrainingPanel(Panel):
         if not scores:
             self.state_label.setText("Nothing to evaluate: the images carry no person ids.")
             return
-        ov = _overall_eval(scores)
-        self.state_label.setText(f"Evaluation: mAP {_num(ov.get('mAP'), 1, pct=True)}%, "
-                                 f"Rank-1 {_num(ov.get('rank1'), 1, pct=True)}%.")
-        self.ctx.jobs.log.emit(LogMessage("info", f"evaluation: {scores}"))
+        self._show_eval(scores)
+        self.state_label.setText(f"Evaluation: {eval_table.headline_text(scores)}.")
+        for p, s, v in eval_table.rows(scores):
+            self.ctx.jobs.log.emit(LogMessage(
+                "info", f"evaluation {p} / {s}: mAP {eval_table.pct(v.get('mAP'))}%, "
+                        f"R1 {eval_table.pct(v.get('rank1'))}%, R5 {eval_table.pct(v.get('rank5'))}%, "
+                        f"R10 {eval_table.pct(v.get('rank10'))}%"))
         self.progress.finish("Evaluated")
         self.reload()
 
-
-def _overall_eval(v: dict) -> dict:
-    """mAP / Rank-1 from an evaluation record: the 'all' / overall entry, else the first."""
-    if not isinstance(v, dict) or not v:
-        return {}
-    if "mAP" in v:
-        return {"mAP": v.get("mAP"), "rank1": v.get("rank1", v.get("Rank-1", v.get("r1")))}
-    for key in ("all", "overall", "*"):
-        if key in v and isinstance(v[key], dict):
-            return _overall_eval(v[key])
-    first = next((x for x in v.values() if isinstance(x, dict)), None)
-    return _overall_eval(first) if first else {}
+    def _show_eval(self, scores: dict) -> None:
+        self.eval_table.set_scores(scores)
+        self.eval_headline.setText(f"<b>{eval_table.headline_text(scores)}</b> — every protocol and split below; "
+                                   "the headline row is bold." if scores else
+                                   "Not evaluated yet: Evaluate scores the current model when the file names carry "
+                                   "person ids.")
+        self.evaluated.emit(scores)
 
 
 def _num(v, digits: int, pct: bool = False) -> str:

@@ -35,5 +35,18 @@ class ComboDelegate(QStyledItemDelegate):
     def setModelData(self, editor: QWidget, model: QAbstractItemModel, index: QModelIndex) -> None:  # noqa: N802
         model.setData(index, editor.currentText(), Qt.ItemDataRole.EditRole)
 
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex):  # noqa: N802
+        """Room for the longest choice *and* the combo box's arrow, so the editor opened in the
+        cell never clips its value ("clothing-chai")."""
+        hint = super().sizeHint(option, index)
+        combo = QComboBox()
+        combo.setFont(option.font)
+        combo.addItems([str(index.data(Qt.ItemDataRole.DisplayRole) or "")] + list(self.choices(index)))
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        hint.setWidth(max(hint.width(), combo.sizeHint().width() + 4))
+        return hint
+
     def updateEditorGeometry(self, editor: QWidget, option: QStyleOptionViewItem, index: QModelIndex) -> None:  # noqa: N802
-        editor.setGeometry(option.rect)
+        rect = option.rect
+        rect.setWidth(max(rect.width(), editor.sizeHint().width()))
+        editor.setGeometry(rect)

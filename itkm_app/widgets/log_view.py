@@ -8,7 +8,7 @@ from collections import deque
 from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-                               QTableView, QToolButton, QVBoxLayout, QWidget)
+                               QStyle, QTableView, QToolButton, QVBoxLayout, QWidget)
 
 from itkm_engine.progress import LogMessage
 
@@ -98,7 +98,12 @@ class LogView(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         h = self.table.horizontalHeader()
         h.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        h.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        # the level column fits its longest word and icon at any time ("error" was shown as "e…"
+        # when the column had been sized for the rows seen so far)
+        h.setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
+        fm = self.table.fontMetrics()
+        h.resizeSection(1, max(fm.horizontalAdvance(w) for w in ("warning", "error", "debug", "info", "Level"))
+                        + self.table.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize) + 32)
         h.setStretchLastSection(True)
         self.level = QComboBox()
         self.level.addItems(["Debug and up", "Info and up", "Warnings and errors", "Errors only"])
@@ -137,7 +142,9 @@ class LogView(QWidget):
         elif m.level == "error":
             self._errors += 1
         if self._warnings or self._errors:
-            self.counts.setText(f"{self._errors} errors, {self._warnings} warnings")
+            from ..wording import plural
+
+            self.counts.setText(f"{plural(self._errors, 'error')}, {plural(self._warnings, 'warning')}")
         if at_bottom:
             self.table.scrollToBottom()
 

@@ -194,9 +194,9 @@ class SelectViewBox(pg.ViewBox):
         pen.setWidth(2)
         pen.setStyle(Qt.PenStyle.DashLine)
         self._shape.setPen(pen)
-        fill = QColor(theme.palette().color(QPalette.ColorRole.Highlight))
-        fill.setAlpha(40)
-        self._shape.setBrush(fill)
+        self._fill = QColor(theme.palette().color(QPalette.ColorRole.Highlight))
+        self._fill.setAlpha(40)
+        self._shape.setBrush(self._fill)
         self._shape.setZValue(1e9)
         self._shape.hide()
         self.addItem(self._shape, ignoreBounds=True)
@@ -214,6 +214,7 @@ class SelectViewBox(pg.ViewBox):
         if ev.isStart():
             start = self.mapSceneToView(ev.buttonDownScenePos())
             self._path = [start]
+            self._shape.setBrush(self._fill)
         self._path.append(p)
         poly = self._polygon()
         path = QPainterPath()
@@ -225,6 +226,8 @@ class SelectViewBox(pg.ViewBox):
         self._shape.setPath(path)
         self._shape.show()
         if ev.isFinish():  # the outline stays until the next selection or clear_selection()
+            # ... without its tint: the selected points keep their own colours
+            self._shape.setBrush(Qt.BrushStyle.NoBrush)
             self.sigSelected.emit(poly)
             self._path = []
 

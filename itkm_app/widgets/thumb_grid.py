@@ -24,6 +24,16 @@ SCENARIO_SHORT = {
 }
 GROUP_SHORT = {"visible": "vis", "infrared": "ir", "high-res": "hi", "low-res": "lo", "all": ""}
 SCENARIO_COLORS = {s: theme.CATEGORICAL[i] for i, s in enumerate(SCENARIO_SHORT)}
+#: Frame of a tile showing the query's person by the labels (person ids from the file names).
+SAME_PERSON_COLOR = "#2ca02c"
+
+
+def badge_legend() -> str:
+    """What the tiles' marks mean, for a line under a grid (rich text)."""
+    scen = ", ".join(f"<b>{short}</b> {name}" for name, short in SCENARIO_SHORT.items())
+    groups = ", ".join(f"<b>{short}</b> {name}" for name, short in GROUP_SHORT.items() if short)
+    return (f"Badge: scenario ({scen}) and group ({groups}). <b>#N</b>: the identity the model gave the image. "
+            f"<span style='color:{SAME_PERSON_COLOR}'><b>Green frame ✓</b></span>: the query's person by the labels.")
 
 
 @dataclass
@@ -51,6 +61,8 @@ class ThumbItem:
             lines.append(f"person id (labels) {self.person_id}")
         if self.caption:
             lines.append(self.caption)
+        if self.extra.get("same_person"):
+            lines.append("<b>same person as the query</b> (labels)")
         if self.decision:
             lines.append("you confirmed: same person" if self.decision == "must" else "you rejected: not this person")
         return "<br>".join(lines)
@@ -185,6 +197,18 @@ class ThumbDelegate(QStyledItemDelegate):
         if it.identity is not None and it.identity >= 0:
             painter.setPen(text_col)
             painter.drawText(line2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"#{it.identity}")
+        if it.extra.get("same_person"):
+            green = QColor(SAME_PERSON_COLOR)
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.setPen(QPen(green, 3))
+            painter.drawRect(img_rect.adjusted(1, 1, -1, -1))
+            tick = QRect(img_rect.right() - 17, img_rect.y() + 2, 16, 16)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(green)
+            painter.drawEllipse(tick)
+            painter.setPen(QPen(QColor("#ffffff")))
+            painter.drawText(tick, Qt.AlignmentFlag.AlignCenter, "✓")
         painter.restore()
 
 

@@ -592,6 +592,35 @@ class _NamedFiles(_Base):
             yield FoundImage(item, parsed.camera, parsed.person_id, parsed.timestamp, self.scenario)
 
 
+class OneCamera(_Base):
+    """A folder of loose crops from one camera (what "Add camera folders" is given most often).
+
+    Matches when ``ROOT`` holds images directly, no sub-folder holds any, and the names do not
+    spread over several cameras (a Market-1501 split folder does: that stays ``market``).  The
+    camera is named after the folder; person ids and times still come from the names when they
+    carry them.
+    """
+
+    name = "one-camera"
+    description = "ROOT/*.jpg: the person crops of one camera, directly in the folder (camera = folder name)"
+    #: Named explicitly (``--layout one-camera``; the app's "Add camera folders" picks it for a
+    #: folder it matches), not detected: loose crops elsewhere may be a mistake worth a question.
+    auto_detect = False
+
+    def matches(self, root: Path) -> bool:
+        dirs, images = _top(root)
+        if not images or any(_has_images(root / d, depth=1) for d in dirs[:16]):
+            return False
+        cams = {p.camera for p in (parse_name(n) for n in images[:256]) if p is not None}
+        return len(cams) <= 1
+
+    def scan(self, root: Path) -> Iterator[ScanItem]:
+        walker = _Walker(root)
+        camera = Path(root).name
+        for item in walker.files("", enter=False):
+            yield item if isinstance(item, Rejected) else _found(item, camera)
+
+
 class Market(_NamedFiles):
     name = "market"
     description = ("Market-1501 / DukeMTMC / MSMT17 names (0002_c1s1_000451_03.jpg, 0001_c2_f0046182.jpg, "
@@ -657,6 +686,7 @@ LAYOUTS: dict[str, Layout] = {
         Sysu(),
         RegDB(),
         Prcc(),
+        OneCamera(),
         Ltcc(),
         Market(),
         IdentityFolders(),
@@ -710,7 +740,7 @@ def detect_layout(root: str | os.PathLike) -> str:
             f"crops (jpg, png, bmp, webp) inside it. Supported layouts:\n{supported_layouts_text()}"
         )
     for name, layout in LAYOUTS.items():
-        if layout.matches(path):
+        if getattr(layout, "auto_detect", True) and layout.matches(path):
             return name
     what = "loose images whose names carry no camera" if images and not dirs else "no image files in its sub-folders"
     raise LayoutError(

@@ -151,29 +151,29 @@ def cmd_cameras(a) -> int:
 
 
 def _config_for(ws, a):
-    from .config import Config, preset
+    """The run's configuration: --config, else --preset, else the workspace's config.toml, else
+    quick; then --weights, --device and --set.  Validated as a whole (ConfigError naming the key)
+    before the caller writes anything."""
+    from dataclasses import replace
+
+    from .config import preset
+    from .config_check import apply_sets, load_config_file, validate_config
     from .session import CONFIG_FILE
 
     path = ws.path / CONFIG_FILE
     if a.config:
-        cfg = Config.load(a.config)
+        cfg = load_config_file(a.config)
     elif a.preset:
         cfg = preset(a.preset)
     elif path.exists():
-        cfg = Config.load(path)
+        cfg = load_config_file(path)
     else:
         cfg = preset("quick")
     if a.weights:
-        cfg.model.weights = a.weights
+        cfg.model = replace(cfg.model, weights=a.weights)
     if a.device:
         cfg.device = a.device
-    for item in a.set or []:
-        key, _, raw = item.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        cfg = cfg.with_overrides(**{key: value})
+    cfg = apply_sets(validate_config(cfg), a.set or [])
     return cfg
 
 
@@ -183,9 +183,17 @@ def cmd_train(a) -> int:
     from .trainer import train
     from .workspace import Workspace
 
+    from .config_check import check_lineage
+    from .trainer import abandon_interrupted_round
+
     rep = ConsoleReporter("train", a.quiet)
+    if a.rounds < 1:
+        raise ItkmError(f"--rounds {a.rounds}: train at least one round")
     with Workspace.open(a.workspace, reporter=rep) as ws:
-        cfg = _config_for(ws, a)
+        cfg = _config_for(ws, a)  # everything is checked before anything is written
+        check_lineage(ws, cfg, ignore_unfinished=a.restart_round)
+        if a.restart_round:
+            abandon_interrupted_round(ws, rep)
         atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
         try:
             results = train(ws, cfg, rounds=a.rounds, device=a.device or cfg.device, reporter=rep)
@@ -247,9 +255,11 @@ def cmd_status(a) -> int:
 def _session(a, readonly: bool, reporter: Reporter | None = None):
     """The workspace's Session; opening messages (a stale lock taken over, a schema upgrade and
     its backup) go to ``reporter`` so the operator sees them."""
+    from .config_check import check_device
     from .session import Session
     from .workspace import Workspace
 
+    check_device(getattr(a, "device", None))
     ws = Workspace.open(a.workspace, readonly=readonly, reporter=reporter)
     try:
         return Session(ws, None, device=getattr(a, "device", None) or "auto")
@@ -371,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="local open_clip checkpoint file or folder instead of downloading")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config value, e.g. --set stage2.separation=false --set stage1.epochs=5")
+    sp.add_argument("--restart-round", action="store_true",
+                    help="abandon an interrupted round (its saved progress is dropped, the round is marked "
+                    "failed) and start a new one with the given settings")
 
     sp = add("status", cmd_status, "cameras, images, rounds, identities and the last evaluation")
     sp.add_argument("--json", action="store_true")

@@ -46,8 +46,10 @@ class Match:
 
 def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
     """The workspace's ``config.toml`` (written by training), else a preset."""
+    from .config_check import load_config_file
+
     path = ws.path / CONFIG_FILE
-    return Config.load(path) if path.exists() else preset(fallback)
+    return load_config_file(path) if path.exists() else preset(fallback)
 
 
 class Session:

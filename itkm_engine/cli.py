@@ -115,7 +115,13 @@ def cmd_ingest(a) -> int:
 
     rep = ConsoleReporter("ingest", a.quiet)
     with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
-        summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep)
+        try:
+            summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep)
+        except (KeyboardInterrupt, Cancelled):
+            rep.done()
+            print("ingest stopped; the images added so far are in the workspace; run the same command again "
+                  "to finish", file=sys.stderr)
+            return 130
     rep.done()
     print(summary.format_table())
     return 0
@@ -187,8 +193,6 @@ def cmd_train(a) -> int:
     from .trainer import abandon_interrupted_round
 
     rep = ConsoleReporter("train", a.quiet)
-    if a.rounds < 1:
-        raise ItkmError(f"--rounds {a.rounds}: train at least one round")
     with Workspace.open(a.workspace, reporter=rep) as ws:
         cfg = _config_for(ws, a)  # everything is checked before anything is written
         check_lineage(ws, cfg, ignore_unfinished=a.restart_round)
@@ -357,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo-data", cmd_demo_data, "write the built-in multi-scenario demo camera set", ws=False)
     sp.add_argument("dir", metavar="DIR", help="output folder (created; must be empty or an earlier demo)")
-    sp.add_argument("--identities", type=int, default=60, help="number of people (default 60, ~2,000 crops)")
+    sp.add_argument("--identities", type=_positive_int, default=60, help="number of people (default 60, ~2,000 crops)")
     sp.add_argument("--seed", type=int, default=0)
 
     sp = add("ingest", cmd_ingest, "add camera folders to a workspace (created if missing); re-run to pick up changes")
@@ -372,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     sp = add("train", cmd_train, "run training rounds (Stage I -> II -> III); re-run to resume an interrupted one")
-    sp.add_argument("--rounds", type=int, default=1)
+    sp.add_argument("--rounds", type=_positive_int, default=1)
     sp.add_argument("--preset", choices=["tiny", "quick", "full"],
                     help="quick: small model for CPUs/demo; full: ViT-B-16 + OpenAI weights for a GPU "
                     "(default: the workspace's config.toml, else quick)")
@@ -394,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("query", cmd_query, "rank the workspace's images against a query image, image id or text")
     sp.add_argument("image", metavar="IMAGE", help="an image file, a workspace image id, or text with --text")
     sp.add_argument("--text", action="store_true", help="IMAGE is a description, ranked with the CLIP text tower")
-    sp.add_argument("--top-k", type=int, default=20)
+    sp.add_argument("--top-k", type=_positive_int, default=20)
     sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     sp.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     sp.add_argument("--group", action="append", help="only these groups (repeatable)")
@@ -417,10 +421,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--top-k -1`` used to return everything)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
+    return value
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a service stop, ``kill``) ends a command the way Ctrl-C does: the job stops
+    cleanly, says so, and what was committed stays -- instead of dying without a word."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
     parser = build_parser()
     a = parser.parse_args(argv)
+    _terminate_as_interrupt()
     try:
         return a.func(a)
     except ItkmError as exc:

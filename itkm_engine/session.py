@@ -155,6 +155,8 @@ class Session:
         """Top-k rows by cosine to ``q`` among the allowed rows.  Unfiltered retrieval-space
         queries over large galleries go through the (approximate) faiss index; everything else
         is one matrix-vector product, which is exact and fast enough for a filtered subset."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ItkmError(f"the number of results must be 1 or more, got {k!r}")
         fs = self.features()
         n = len(fs.ids)
         if space == "feats" and allowed is None and n > self.cfg.inference.exact_search_limit:

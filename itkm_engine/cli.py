@@ -432,6 +432,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: Positional path arguments; an empty one would otherwise mean the current folder ("" -> ".").
+_PATH_ARGS = {"workspace": "WORKSPACE", "dir": "DIR", "folders": "FOLDER", "out": "the output file"}
+
+
+def _refuse_empty_paths(a) -> None:
+    for attr, name in _PATH_ARGS.items():
+        values = getattr(a, attr, None)
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and not str(v).strip():
+                hint = "name a new file, e.g. tracks.csv" if attr == "out" else "give a path (. is the current folder)"
+                raise ItkmError(f"{name} is empty; {hint}")
+
+
 def _terminate_as_interrupt() -> None:
     """SIGTERM (a service stop, ``kill``) ends a command the way Ctrl-C does: the job stops
     cleanly, says so, and what was committed stays -- instead of dying without a word."""
@@ -456,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     _terminate_as_interrupt()
     try:
+        _refuse_empty_paths(a)
         return a.func(a)
     except ItkmError as exc:
         print(f"itkm {a.command}: {exc}", file=sys.stderr)

@@ -82,11 +82,13 @@ def check_export_destination(ws, out: str | os.PathLike) -> Path:
         what = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
         raise ExportDestinationError(f"{path} is {what}; write the export to a new file name or over a regular file")
     parent = Path(os.path.realpath(path.parent))
-    if parent.exists() and not parent.is_dir():
-        raise ExportDestinationError(f"{path.parent} is not a folder; choose a file inside a folder")
+    exports = Path(os.path.realpath(ws.exports_dir))
+    if not parent.is_dir() and parent != exports:  # the workspace's exports/ is made on first use
+        raise ExportDestinationError(f"the folder {path.parent} does not exist (or is not a folder); create it "
+                                     "first, or choose a file in an existing folder")
     real = parent / path.name
     ws_root = Path(os.path.realpath(ws.path))
-    if _inside(real, ws_root) and not _inside(real, Path(os.path.realpath(ws.exports_dir))):
+    if _inside(real, ws_root) and not _inside(real, exports):
         raise ExportDestinationError(
             f"{path} is inside the workspace, whose files only ITKM Studio writes; "
             f"write exports to {ws.exports_dir} or outside the workspace")

@@ -66,7 +66,7 @@ def test_export_refuses_links_fifos_devices_sockets_folders_and_empty_names(trai
     folder = tmp_path / "folder"
     folder.mkdir()
     cases = {link: "symbolic link", fifo: "named pipe", Path("/dev/null"): "device", sock_path: "socket",
-             folder: "folder", "": "no output file"}
+             folder: "folder", "": "empty"}
     try:
         for dest, words in cases.items():
             line = refused(*cli_inproc("export-tracks", trained_ws, dest)[::2], "export-tracks")

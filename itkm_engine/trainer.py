@@ -123,7 +123,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     if resume is not None:
         round_no = int(resume["round"])
         info = next(r for r in ws.rounds() if r.number == round_no)
-        stored = Config.from_dict(json.loads(info.config_json)) if info.config_json else cfg
+        stored = _stored_config(info, cfg)
         if stored.to_dict() | {"device": None} != cfg.to_dict() | {"device": None}:
             reporter.warning(f"round {round_no} continues with the settings it started with; to use the new "
                              "ones, abandon it: itkm train WORKSPACE --restart-round ...")
@@ -229,6 +229,20 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
     reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")
     return RoundResult(round_no, ckpt, time.monotonic() - t0, ws.epoch_log(round_no))
+
+
+def _stored_config(info, cfg: Config) -> Config:
+    """The settings an interrupted round started with -- checked, since an older version stored
+    them unchecked (``batch_size = 0`` then failed on every resume)."""
+    from .config_check import ConfigError, validate_config
+
+    if not info.config_json:
+        return cfg
+    try:
+        return validate_config(Config.from_dict(json.loads(info.config_json)))
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"round {info.number} was started with settings that cannot work ({exc}); abandon it "
+                          "and start a new round: itkm train WORKSPACE --restart-round") from None
 
 
 def done_stage_of(resume: dict) -> str:

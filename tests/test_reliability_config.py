@@ -160,3 +160,27 @@ def test_restart_round_flag_through_the_cli_and_nan_weights_in_progress_are_refu
     rc, err = cli_inproc("train", fresh_ws, "--restart-round", "-q")
     assert rc == 0, err
     assert rounds_of(fresh_ws) == [(1, "failed"), (2, "done")]
+
+
+def test_a_round_stored_with_impossible_settings_says_to_restart_it(fresh_ws):
+    """What an older version left behind: a round started with batch_size 0 and its progress."""
+    import json
+
+    from itkm_engine.config import preset
+    from itkm_engine.model.backbone import build_model
+    from itkm_engine.model.checkpoint import save_checkpoint
+    from itkm_engine.trainer import PROGRESS_FILE
+    from itkm_engine.workspace import Workspace
+
+    cfg = preset("tiny")
+    bad = cfg.to_dict()
+    bad["stage2"]["batch_size"] = 0
+    (fresh_ws / "config.toml").write_text(cfg.to_toml())
+    with Workspace.open(fresh_ws) as ws:
+        n = ws.start_round(json.dumps(bad), None)
+        model = build_model(cfg.model, ["visible-infrared"], ["visible"], device="cpu")
+        save_checkpoint(ws.checkpoints_dir / PROGRESS_FILE, {"format": "itkm-progress-v1", "round": n,
+                                                              "stage": "stage1", "epoch": 0,
+                                                              "model": model.state_for_checkpoint()})
+    line = one_line(*cli_inproc("train", fresh_ws, "--set", "stage2.batch_size=16"), "train")
+    assert "stage2.batch_size" in line and "--restart-round" in line

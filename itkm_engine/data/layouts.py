@@ -273,7 +273,8 @@ class _Walker:
         except OSError as exc:
             return Rejected(rel, _folder_error(exc))
         if not _inside_root(self.path(rel), self.real_root):
-            return Rejected(rel, "link to a folder outside the ingested folder (not followed)")
+            return Rejected(rel, "link to a folder outside the ingested folder (not followed; ingest that folder "
+                                 "itself if its images belong here)")
         key = (st.st_dev, st.st_ino)
         if key in self.seen:
             first = self.seen[key] or "the root folder"

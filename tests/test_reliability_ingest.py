@@ -117,3 +117,13 @@ def test_sigterm_stops_ingest_like_ctrl_c_with_a_message(vi, tmp_path, monkeypat
     assert "Traceback" not in err
     rc, _, err = cli_inproc("ingest", tmp_path / "ws", vi)  # and it finishes when run again
     assert rc == 0, err
+
+
+def test_a_folder_that_is_not_a_workspace_names_a_command_that_exists(vi):
+    rc, _, err = cli_inproc("status", vi)
+    assert rc == 2 and "Traceback" not in err
+    assert "--workspace" not in err and "itkm ingest WORKSPACE FOLDER" in err
+    from itkm_engine.cli import build_parser
+
+    with pytest.raises(SystemExit):  # the flag the old message suggested does not exist
+        build_parser().parse_args(["ingest", "--workspace", "x", "y"])

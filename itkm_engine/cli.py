@@ -8,6 +8,7 @@ exit with status 2; Ctrl-C cancels the job cleanly (training stays resumable) an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
@@ -445,32 +446,37 @@ def _refuse_empty_paths(a) -> None:
                 raise ItkmError(f"{name} is empty; {hint}")
 
 
-def _terminate_as_interrupt() -> None:
+@contextlib.contextmanager
+def _terminate_as_interrupt():
     """SIGTERM (a service stop, ``kill``) ends a command the way Ctrl-C does: the job stops
-    cleanly, says so, and what was committed stays -- instead of dying without a word."""
+    cleanly, says so, and what was committed stays -- instead of dying without a word.  The
+    previous handler is put back afterwards (``main`` is also called in-process)."""
     import signal
     import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            previous = signal.signal(signal.SIGTERM, handler)
     try:
-        signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):
-        pass
+        yield
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
     parser = build_parser()
     a = parser.parse_args(argv)
-    _terminate_as_interrupt()
     try:
         _refuse_empty_paths(a)
-        return a.func(a)
+        with _terminate_as_interrupt():
+            return a.func(a)
     except ItkmError as exc:
         print(f"itkm {a.command}: {exc}", file=sys.stderr)
         return 2

@@ -110,6 +110,7 @@ def test_sigterm_stops_ingest_like_ctrl_c_with_a_message(vi, tmp_path, monkeypat
     before = signal.getsignal(signal.SIGTERM)
     try:
         rc, _, err = cli_inproc("ingest", tmp_path / "ws", vi)
+        assert signal.getsignal(signal.SIGTERM) == before  # main() puts the caller's handler back
     finally:
         signal.signal(signal.SIGTERM, before)
     assert rc == 130, err

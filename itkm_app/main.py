@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         errors.MODAL = False
     window = MainWindow(settings, dev=args.dev or args.screenshot is not None, warm=not args.no_warm_up)
     if args.screenshot:
+        # nobody is there to answer "workspace in use -- open read-only?": a screenshot only reads
+        window.ask_open_readonly = lambda message: True
+    if args.screenshot:
         w, _, h = args.size.partition("x")
         window.resize(int(w), int(h))
     window.show()

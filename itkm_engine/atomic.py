@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -26,6 +27,7 @@ def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        _give_mode(fd, path)
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as fh:
             yield fh
             fh.flush()
@@ -36,6 +38,33 @@ def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = No
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _give_mode(fd: int, path: Path) -> None:
+    """The mode the file at ``path`` will have: an existing regular file's own mode (replacing a
+    file must not change who may read it), else what a plain ``open()`` would give (0666 less the
+    umask) -- ``mkstemp``'s private 0600 would otherwise leak into every export."""
+    if os.name != "posix":
+        return
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        mode = st.st_mode & 0o7777 if stat.S_ISREG(st.st_mode) else 0o666 & ~current_umask()
+    except OSError:
+        mode = 0o666 & ~current_umask()
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, mode)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc``), else by the set-and-restore dance."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

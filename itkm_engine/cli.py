@@ -8,6 +8,7 @@ exit with status 2; Ctrl-C cancels the job cleanly (training stays resumable) an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
@@ -115,8 +116,14 @@ def cmd_ingest(a) -> int:
 
     rep = ConsoleReporter("ingest", a.quiet)
     with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
-        summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep,
-                         site=a.site)
+        try:
+            summary = ingest(ws, [Path(f) for f in a.folders], layout=a.layout, scenario=a.scenario, reporter=rep,
+                             site=a.site)
+        except (KeyboardInterrupt, Cancelled):
+            rep.done()
+            print("ingest stopped; the images added so far are in the workspace; run the same command again "
+                  "to finish", file=sys.stderr)
+            return 130
     rep.done()
     print(summary.format_table())
     return 0
@@ -154,29 +161,29 @@ def cmd_cameras(a) -> int:
 
 
 def _config_for(ws, a):
-    from .config import Config, preset
+    """The run's configuration: --config, else --preset, else the workspace's config.toml, else
+    quick; then --weights, --device and --set.  Validated as a whole (ConfigError naming the key)
+    before the caller writes anything."""
+    from dataclasses import replace
+
+    from .config import preset
+    from .config_check import apply_sets, load_config_file, validate_config
     from .session import CONFIG_FILE
 
     path = ws.path / CONFIG_FILE
     if a.config:
-        cfg = Config.load(a.config)
+        cfg = load_config_file(a.config)
     elif a.preset:
         cfg = preset(a.preset)
     elif path.exists():
-        cfg = Config.load(path)
+        cfg = load_config_file(path)
     else:
         cfg = preset("quick")
     if a.weights:
-        cfg.model.weights = a.weights
+        cfg.model = replace(cfg.model, weights=a.weights)
     if a.device:
         cfg.device = a.device
-    for item in a.set or []:
-        key, _, raw = item.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        cfg = cfg.with_overrides(**{key: value})
+    cfg = apply_sets(validate_config(cfg), a.set or [])
     return cfg
 
 
@@ -186,9 +193,15 @@ def cmd_train(a) -> int:
     from .trainer import train
     from .workspace import Workspace
 
+    from .config_check import check_lineage
+    from .trainer import abandon_interrupted_round
+
     rep = ConsoleReporter("train", a.quiet)
     with Workspace.open(a.workspace, reporter=rep) as ws:
-        cfg = _config_for(ws, a)
+        cfg = _config_for(ws, a)  # everything is checked before anything is written
+        check_lineage(ws, cfg, ignore_unfinished=a.restart_round)
+        if a.restart_round:
+            abandon_interrupted_round(ws, rep)
         atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
         try:
             results = train(ws, cfg, rounds=a.rounds, device=a.device or cfg.device, reporter=rep)
@@ -250,9 +263,11 @@ def cmd_status(a) -> int:
 def _session(a, readonly: bool, reporter: Reporter | None = None):
     """The workspace's Session; opening messages (a stale lock taken over, a schema upgrade and
     its backup) go to ``reporter`` so the operator sees them."""
+    from .config_check import check_device
     from .session import Session
     from .workspace import Workspace
 
+    check_device(getattr(a, "device", None))
     ws = Workspace.open(a.workspace, readonly=readonly, reporter=reporter)
     try:
         return Session(ws, None, device=getattr(a, "device", None) or "auto")
@@ -427,9 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo-data", cmd_demo_data, "write the built-in multi-scenario demo camera set", ws=False)
     sp.add_argument("dir", metavar="DIR", help="output folder (created; must be empty or an earlier demo)")
-    sp.add_argument("--identities", type=int, default=60, help="number of people (default 60, ~2,000 crops)")
+    sp.add_argument("--identities", type=_positive_int, default=60, help="number of people (default 60, ~2,000 crops)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--id-offset", type=int, default=0, help="person ids start after this (a second demo set with "
+    sp.add_argument("--id-offset", type=_non_negative_int, default=0, help="person ids start after this (a second demo set with "
                     "other people, e.g. for a second site: --id-offset 60)")
 
     sp = add("ingest", cmd_ingest, "add camera folders to a workspace (created if missing); re-run to pick up changes")
@@ -446,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     sp = add("train", cmd_train, "run training rounds (Stage I -> II -> III); re-run to resume an interrupted one")
-    sp.add_argument("--rounds", type=int, default=1)
+    sp.add_argument("--rounds", type=_positive_int, default=1)
     sp.add_argument("--preset", choices=["tiny", "quick", "full"],
                     help="quick: small model for CPUs/demo; full: ViT-B-16 + OpenAI weights for a GPU "
                     "(default: the workspace's config.toml, else quick)")
@@ -455,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="local open_clip checkpoint file or folder instead of downloading")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a config value, e.g. --set stage2.separation=false --set stage1.epochs=5")
+    sp.add_argument("--restart-round", action="store_true",
+                    help="abandon an interrupted round (its saved progress is dropped, the round is marked "
+                    "failed) and start a new one with the given settings")
 
     sp = add("status", cmd_status, "cameras, images, rounds, identities and the last evaluation")
     sp.add_argument("--json", action="store_true")
@@ -465,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("query", cmd_query, "rank the workspace's images against a query image, image id or text")
     sp.add_argument("image", metavar="IMAGE", help="an image file, a workspace image id, or text with --text")
     sp.add_argument("--text", action="store_true", help="IMAGE is a description, ranked with the CLIP text tower")
-    sp.add_argument("--top-k", type=int, default=20)
+    sp.add_argument("--top-k", type=_positive_int, default=20)
     sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     sp.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     sp.add_argument("--group", action="append", help="only these groups (repeatable)")
@@ -515,12 +533,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text} must be {least} or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--top-k -1`` used to return everything)."""
+    return _whole_number(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    return _whole_number(text, 0)
+
+
+#: Positional path arguments; an empty one would otherwise mean the current folder ("" -> ".").
+_PATH_ARGS = {"workspace": "WORKSPACE", "dir": "DIR", "folders": "FOLDER", "out": "the output file"}
+
+
+def _refuse_empty_paths(a) -> None:
+    for attr, name in _PATH_ARGS.items():
+        values = getattr(a, attr, None)
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and not str(v).strip():
+                hint = "name a new file, e.g. tracks.csv" if attr == "out" else "give a path (. is the current folder)"
+                raise ItkmError(f"{name} is empty; {hint}")
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a service stop, ``kill``) ends a command the way Ctrl-C does: the job stops
+    cleanly, says so, and what was committed stays -- instead of dying without a word.  The
+    previous handler is put back afterwards (``main`` is also called in-process)."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return a.func(a)
+        _refuse_empty_paths(a)
+        with _terminate_as_interrupt():
+            return a.func(a)
     except ItkmError as exc:
         print(f"itkm {a.command}: {exc}", file=sys.stderr)
         return 2

@@ -44,5 +44,10 @@ class NothingToDoError(ItkmError):
     """The requested step has no input (no images, no checkpoint, no features yet)."""
 
 
+class TrainingDivergedError(ItkmError):
+    """A training step produced a NaN or infinite loss (or weights); the round was rolled back to
+    its last good epoch."""
+
+
 class Cancelled(Exception):
     """A job stopped because its cancel token was set. Not an error: state is resumable."""

@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_open
+from .errors import ItkmError
 from .progress import Reporter
 
 TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence",
@@ -48,8 +51,64 @@ def iso_time(ts: float) -> str:
     return dt.datetime.fromtimestamp(float(ts), tz=dt.timezone.utc).isoformat()
 
 
+class ExportDestinationError(ItkmError):
+    """An export was asked to write somewhere it must not (a folder, a link, a device, a user's
+    image, the workspace's own files)."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_export_destination(ws, out: str | os.PathLike) -> Path:
+    """The one check every export (tracks CSV, features NPZ, ONNX, config files) makes before it
+    computes or writes anything.  Returns the absolute destination.
+
+    Allowed: a new name, or an existing *regular* file (replaced atomically, keeping its mode).
+    Refused with :class:`ExportDestinationError`: an empty name; folders, symbolic links, FIFOs,
+    devices, sockets; anything inside a folder the workspace ingested (the user's images); anything
+    inside the workspace folder except its ``exports/`` folder.
+    """
+    text = os.fspath(out) if out is not None else ""
+    if not str(text).strip():
+        raise ExportDestinationError("no output file given; name a new file, e.g. tracks.csv")
+    path = Path(os.path.abspath(os.path.expanduser(text)))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ExportDestinationError(f"cannot use {path} as the output file: {exc.strerror or exc}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise ExportDestinationError(f"{path} is {what}; write the export to a new file name or over a regular file")
+    parent = Path(os.path.realpath(path.parent))
+    exports = Path(os.path.realpath(ws.exports_dir))
+    if not parent.is_dir() and parent != exports:  # the workspace's exports/ is made on first use
+        raise ExportDestinationError(f"the folder {path.parent} does not exist (or is not a folder); create it "
+                                     "first, or choose a file in an existing folder")
+    real = parent / path.name
+    ws_root = Path(os.path.realpath(ws.path))
+    if _inside(real, ws_root) and not _inside(real, exports):
+        raise ExportDestinationError(
+            f"{path} is inside the workspace, whose files only ITKM Studio writes; "
+            f"write exports to {ws.exports_dir} or outside the workspace")
+    for src in ws.sources():
+        root = Path(os.path.realpath(src.root))
+        if _inside(real, root):
+            raise ExportDestinationError(
+                f"{path} is inside the ingested camera folder {src.root}; exports never write among the "
+                "user's images -- choose a file outside it")
+    return path
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None) -> int:
     """One row per sighting, grouped by identity (largest first), ordered by time.  Returns rows."""
+    out_csv = check_export_destination(session.ws, out_csv)
     reporter = reporter or Reporter(job="export")
     images = session.images()
     table = session.identities(reporter=reporter.child(0.0, 0.7))
@@ -88,6 +147,7 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
 def export_features(session, out_npz: str | Path, reporter: Reporter | None = None) -> int:
     """Features with their metadata: features, image_id, path, camera, scenario, group,
     person_id (-1 unknown), identity_id.  Returns rows."""
+    out_npz = check_export_destination(session.ws, out_npz)
     reporter = reporter or Reporter(job="export")
     images = session.images()
     fs = session.features(reporter=reporter.child(0.0, 0.6))

@@ -63,17 +63,30 @@ class FeatureCache:
     def __init__(self, folder: Path | None) -> None:
         self.folder = Path(folder) if folder is not None else None
 
-    def load(self) -> FeatureSet:
+    def load(self, dims: tuple[int, int] | None = None, reporter: Reporter | None = None,
+             discard: bool = False) -> FeatureSet:
+        """Every chunk that passes :func:`chunk_problem` (``dims``: the model's feature and
+        projection widths).  A damaged chunk is left out -- its images are embedded again -- and
+        logged; ``discard=True`` (a writable workspace) also deletes it, so it is reported once."""
         ids, feats, proj = [], [], []
         if self.folder is not None and self.folder.is_dir():
             for f in sorted(self.folder.glob("chunk_*.npz")):
                 try:
                     with np.load(f, allow_pickle=False) as z:
-                        ids.append(z["ids"].astype(np.int64))
-                        feats.append(z["feats"].astype(np.float32))
-                        proj.append(z["proj"].astype(np.float32))
-                except (OSError, ValueError, KeyError):
-                    continue  # a damaged chunk is recomputed, never trusted
+                        i, a, b = z["ids"].astype(np.int64), z["feats"].astype(np.float32), z["proj"].astype(np.float32)
+                    problem = chunk_problem(i, a, b, dims)
+                except (OSError, ValueError, KeyError, EOFError) as exc:
+                    problem = f"unreadable ({type(exc).__name__})"
+                if problem is not None:  # a damaged chunk is recomputed, never trusted
+                    if reporter is not None:
+                        reporter.warning(f"feature cache file {f} is damaged ({problem}); its images are embedded again")
+                    if discard:
+                        with contextlib.suppress(OSError):
+                            f.unlink()
+                    continue
+                ids.append(i)
+                feats.append(a)
+                proj.append(b)
         if not ids:
             return FeatureSet(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
         ids_a = np.concatenate(ids)
@@ -92,6 +105,18 @@ class FeatureCache:
             path = self.folder / f"chunk_{n:05d}.npz"
         with atomic_open(path, "wb") as fh:
             np.savez(fh, ids=ids.astype(np.int64), feats=feats.astype(np.float16), proj=proj.astype(np.float16))
+
+
+def chunk_problem(ids: np.ndarray, feats: np.ndarray, proj: np.ndarray, dims: tuple[int, int] | None) -> str | None:
+    """Why a cache chunk cannot be trusted (``None``: it can): shapes that disagree, a width other
+    than the model's, NaN or infinite values."""
+    if ids.ndim != 1 or feats.ndim != 2 or proj.ndim != 2 or not len(ids) == len(feats) == len(proj):
+        return "its arrays do not line up"
+    if dims is not None and (feats.shape[1], proj.shape[1]) != tuple(dims):
+        return f"{feats.shape[1]}-d features where the model gives {dims[0]}-d"
+    if not (np.isfinite(feats).all() and np.isfinite(proj).all()):
+        return "NaN or infinite values"
+    return None
 
 
 def record_failed_images(ws, failed_ids, images, reporter: Reporter | None = None, during: str = "extraction") -> None:
@@ -216,7 +241,8 @@ def extract_features(
     dist = dist or SINGLE
     reporter = reporter or Reporter()
     cache = FeatureCache(cache_dir)
-    have = cache.load()
+    dims = (int(model.feature_dim), int(model.embed_dim))
+    have = cache.load(dims, reporter, discard=write_cache and dist.main)
     if not write_cache:
         cache.folder = None
     ids = np.asarray(images.id, dtype=np.int64)

@@ -49,8 +49,10 @@ class Match:
 
 def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
     """The workspace's ``config.toml`` (written by training), else a preset."""
+    from .config_check import load_config_file
+
     path = ws.path / CONFIG_FILE
-    return Config.load(path) if path.exists() else preset(fallback)
+    return load_config_file(path) if path.exists() else preset(fallback)
 
 
 class Session:
@@ -156,6 +158,8 @@ class Session:
         """Top-k rows by cosine to ``q`` among the allowed rows.  Unfiltered retrieval-space
         queries over large galleries go through the (approximate) faiss index; everything else
         is one matrix-vector product, which is exact and fast enough for a filtered subset."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ItkmError(f"the number of results must be 1 or more, got {k!r}")
         fs = self.features()
         n = len(fs.ids)
         if space == "feats" and allowed is None and n > self.cfg.inference.exact_search_limit:

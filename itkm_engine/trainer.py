@@ -25,10 +25,11 @@ import torch
 from .config import Config
 from .constraints import load_constraints
 from .distributed import SINGLE, DistContext
-from .errors import Cancelled, NothingToDoError
+from .errors import Cancelled, NothingToDoError, TrainingDivergedError
 from .features import extract_features, record_failed_images
 from .model.backbone import ITKMModel, build_model
-from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from .model.checkpoint import (checkpoint_key, latest_round_checkpoint, load_checkpoint, model_from_state,
+                               save_checkpoint)
 from .progress import Reporter
 from .stages.context import RoundContext
 from .stages.heterogeneous import HeterogeneousStage
@@ -83,10 +84,10 @@ def load_model(ws, cfg: Config, device: torch.device, checkpoint: Path | None = 
     """The model of ``checkpoint`` (default: the latest finished round), extended to the current
     cameras' scenarios and groups; or the initial model before any training.  Returns (model, key)."""
     scenarios, groups = camera_vocabulary(ws)
-    ckpt = checkpoint if checkpoint is not None else ws.latest_checkpoint()
+    ckpt = checkpoint if checkpoint is not None else latest_round_checkpoint(ws)
     if ckpt is not None:
         state = load_checkpoint(ckpt, map_location="cpu")
-        model = ITKMModel.from_checkpoint(state["model"], device=device)
+        model = model_from_state(state.get("model"), ckpt, device=device)
         model.extend(scenarios=scenarios, groups=groups)
         return model, checkpoint_key(ckpt)
     seed_everything(cfg.seed)
@@ -125,9 +126,13 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     if resume is not None:
         round_no = int(resume["round"])
         info = next(r for r in ws.rounds() if r.number == round_no)
-        cfg = Config.from_dict(json.loads(info.config_json)) if info.config_json else cfg
+        stored = _stored_config(info, cfg)
+        if stored.to_dict() | {"device": None} != cfg.to_dict() | {"device": None}:
+            reporter.warning(f"round {round_no} continues with the settings it started with; to use the new "
+                             "ones, abandon it: itkm train WORKSPACE --restart-round ...")
+        cfg = stored
         cfg.device = str(device)
-        model = ITKMModel.from_checkpoint(resume["model"], device=device)
+        model = model_from_state(resume.get("model"), progress_path, device=device)
         scenarios, groups = camera_vocabulary(ws)
         model.extend(scenarios=scenarios, groups=groups)
         base_fs = None
@@ -136,8 +141,8 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
         if "values" in resume and not any((e["stage"], e["epoch"]) == done_at for e in ws.epoch_log(round_no)):
             ws.log_epoch(round_no, *done_at, json.loads(resume["values"]))  # killed before it was logged
     else:
-        base_ckpt = ws.latest_checkpoint()
-        model, key = load_model(ws, cfg, device)
+        base_ckpt = latest_round_checkpoint(ws)
+        model, key = load_model(ws, cfg, device, base_ckpt)
         round_no = _start_or_restart_round(ws, cfg, base_ckpt, reporter) if main else None
         round_no = dist.broadcast_object(round_no)
         reporter.log(f"round {round_no}: starting from {base_ckpt.name if base_ckpt else 'the initial model'}")
@@ -152,6 +157,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     if resume is not None:
         ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
 
+    last_good = [f"{done_stage_of(resume)}" if resume is not None else "the round's start"]
     stage_order = [s.name for s in STAGES]
     done_stage = resume["stage"] if resume is not None else None
     done_epoch = int(resume["epoch"]) if resume is not None else -1
@@ -179,6 +185,8 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
                 ws.update_round(round_no, status="running", stage=stage.name, epoch=start)
 
             def on_epoch_end(epoch: int, values: dict, stage=stage) -> None:
+                _check_weights(ctx.model, stage.name, epoch)
+                last_good[0] = f"{stage.name} epoch {epoch + 1}"
                 if main:
                     _save_progress(progress_path, round_no, stage, epoch, ctx, values)
                     ws.log_epoch(round_no, stage.name, epoch, values)
@@ -190,6 +198,14 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
             if stage.name == "stage2" and "stage2" not in ctx.outputs:
                 stage.publish()  # zero epochs configured: still hand over the initial prompts
             done_stage = None
+    except TrainingDivergedError as exc:
+        if main:
+            ws.update_round(round_no, status="cancelled")
+        raise TrainingDivergedError(
+            f"round {round_no} stopped: {exc}. Nothing of that epoch was kept: the round is rolled back to "
+            f"after {last_good[0]} (the last good epoch). Lower the learning rate and start the round again, "
+            f"e.g. itkm train WORKSPACE --restart-round --set {exc_stage(exc)}.lr=..."
+        ) from None
     except Cancelled:
         if main:
             ws.update_round(round_no, status="cancelled")
@@ -216,6 +232,52 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
     reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")
     return RoundResult(round_no, ckpt, time.monotonic() - t0, ws.epoch_log(round_no))
+
+
+def _stored_config(info, cfg: Config) -> Config:
+    """The settings an interrupted round started with -- checked, since an older version stored
+    them unchecked (``batch_size = 0`` then failed on every resume)."""
+    from .config_check import ConfigError, validate_config
+
+    if not info.config_json:
+        return cfg
+    try:
+        return validate_config(Config.from_dict(json.loads(info.config_json)))
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"round {info.number} was started with settings that cannot work ({exc}); abandon it "
+                          "and start a new round: itkm train WORKSPACE --restart-round") from None
+
+
+def done_stage_of(resume: dict) -> str:
+    return f"{resume['stage']} epoch {int(resume['epoch']) + 1}"
+
+
+def exc_stage(exc: Exception) -> str:
+    text = str(exc)
+    return next((s.name for s in STAGES if text.startswith(s.name)), "stage1")
+
+
+def _check_weights(model, stage: str, epoch: int) -> None:
+    """No epoch whose weights went NaN/inf is ever saved (it would poison every later run)."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise TrainingDivergedError(f"{stage} epoch {epoch + 1}: weights became NaN or infinite ({name})")
+
+
+def abandon_interrupted_round(ws, reporter: Reporter | None = None) -> int | None:
+    """``itkm train --restart-round``: drop an unfinished round's saved progress and mark it
+    ``failed``, so the next :func:`train` starts a new round with the settings given now.
+    Returns the abandoned round's number (None when there was none)."""
+    reporter = reporter or Reporter()
+    unfinished = [r for r in ws.rounds() if r.status in ("running", "cancelled")]
+    (ws.checkpoints_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    if not unfinished:
+        reporter.log("no interrupted round to abandon; starting a new round")
+        return None
+    for r in unfinished:
+        ws.update_round(r.number, status="failed")
+    reporter.log(f"round {unfinished[-1].number} abandoned (its saved progress was dropped); starting a new round")
+    return unfinished[-1].number
 
 
 def _start_or_restart_round(ws, cfg: Config, base_ckpt: Path | None, reporter: Reporter) -> int:

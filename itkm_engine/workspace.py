@@ -449,7 +449,7 @@ class Workspace:
             if not db.is_file():
                 raise WorkspaceError(
                     f"{path} is not an ITKM workspace (it has no {DB_NAME}); "
-                    "create one with Workspace.open(path, create=True) / `itkm ingest --workspace`"
+                    "create one with Workspace.open(path, create=True) / `itkm ingest WORKSPACE FOLDER`"
                 )
 
         if self.readonly:

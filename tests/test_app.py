@@ -358,9 +358,11 @@ def test_screenshots_of_every_view(flow, tmp_path, qapp):
     window = flow["window"]
     _wait_idle(flow["qtbot"], window)
     # the flow window holds the workspace's writer lock; the screenshot run opens it read-only
-    # by answering the "workspace in use" question with yes
+    # without asking (issue 10.7: it used to wait forever on the "workspace in use" question)
+    from PySide6.QtWidgets import QMessageBox
+
     mp = pytest.MonkeyPatch()
-    mp.setattr(MainWindow, "ask_open_readonly", lambda self, msg: True)
+    mp.setattr(QMessageBox, "question", lambda *a, **k: pytest.fail("--screenshot asked a question nobody answers"))
     try:
         code = main([str(flow["ws"]), "--screenshot", str(tmp_path), "--no-warm-up",
                      "--settings", str(tmp_path / "s.ini")])

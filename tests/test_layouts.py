@@ -272,14 +272,20 @@ def test_broken_symlink_with_image_name_is_found_then_refused_by_header(tmp_path
     assert sorted(f.relpath for f in found) == ["cam1/a.jpg", "cam1/b.jpg"]  # ingest's header read rejects b
 
 
-def test_symlinked_camera_folder_is_followed(tmp_path):
+def test_symlinked_camera_folder_is_followed_inside_the_root_only(tmp_path):
+    """Issue 10.6: a folder link is followed while its target stays inside the ingested folder;
+    one leaving it (a link to / walked the whole disk) is a reject with the reason."""
     data = tmp_path / "data"
     _put(data, "x/1.jpg")
     root = tmp_path / "root"
-    root.mkdir()
+    _put(root, "store/y/2.jpg", "cam1/3.jpg")
     os.symlink(data / "x", root / "camX")
+    os.symlink(root / "store" / "y", root / "camY")
     found, rejected = _scan(root, "camera-folders")
-    assert [(f.relpath, f.camera) for f in found] == [("camX/1.jpg", "camX")] and rejected == []
+    assert ("camY/2.jpg", "camY") in [(f.relpath, f.camera) for f in found]
+    assert not any(f.relpath.startswith("camX") for f in found)
+    assert [(r.relpath, "outside the ingested folder" in r.reason) for r in rejected if r.relpath == "camX"] == [
+        ("camX", True)]
 
 
 @pytest.mark.skipif(IS_ROOT, reason="running as root: folder permissions are not enforced")

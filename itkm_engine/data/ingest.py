@@ -230,13 +230,52 @@ def ingest(
     if not plan:
         raise LayoutError("no folder to ingest")
 
+    ws_real = os.path.realpath(ws.path)
+    for root, _ in plan:
+        if ws_real == os.fspath(root) or ws_real.startswith(os.fspath(root).rstrip(os.sep) + os.sep):
+            reporter.warning(f"the workspace folder {ws.path} is inside {describe_path(root)}; it is skipped "
+                             "(keep workspaces outside camera folders)")
+
     summary = IngestSummary()
     for i, (root, lay) in enumerate(plan):
         sub = reporter.child(i / len(plan), (i + 1) / len(plan))
         _ingest_folder(ws, root, lay, scenario, sub, summary, workers=max(1, workers), batch_size=max(1, batch_size),
                        site=site)
+    warn_duplicate_sources(ws, [root for root, _ in plan], reporter)
     reporter.update(1.0, stage="done", message=f"{summary.images} images in {len(summary.cameras)} cameras")
     return summary
+
+
+def warn_duplicate_sources(ws, roots: Sequence[Path], reporter: Reporter, share: float = 0.5) -> list[tuple[str, str]]:
+    """Warn when a folder just ingested looks like a copy of another source of the workspace (at
+    least ``share`` of its images have the same relative path and pixel size there): a renamed
+    copy is otherwise ingested again silently and every person in it appears twice.  Returns
+    (folder, earlier folder) pairs."""
+    sources = {os.fspath(s.root): s.id for s in ws.sources()}
+    mine = {sources[os.fspath(r)] for r in roots if os.fspath(r) in sources}
+    if not mine or len(sources) < 2:
+        return []
+    t = ws.images(include_missing=True)
+    keys: dict[int, set] = defaultdict(set)
+    for sid, rel, w, h in zip(np.asarray(t.source_id).tolist(), t.relpath, np.asarray(t.width).tolist(),
+                              np.asarray(t.height).tolist()):
+        keys[sid].add((rel, w, h))
+    by_id = {v: k for k, v in sources.items()}
+    out = []
+    for sid in sorted(mine):
+        own = keys.get(sid, set())
+        for other, theirs in keys.items():
+            if other == sid or not own:
+                continue
+            same = len(own & theirs)
+            if same >= share * len(own):
+                out.append((by_id[sid], by_id[other]))
+                reporter.warning(
+                    f"{by_id[sid]} looks like a copy of the already ingested {by_id[other]} ({same} of {len(own)} "
+                    "images have the same names and sizes): they are now in the workspace twice, so the same "
+                    "people appear twice. If it is a copy, ingest into a new workspace without it.")
+                break
+    return out
 
 
 def _probe_chunk(root: str, items: Sequence[FoundImage]) -> list:

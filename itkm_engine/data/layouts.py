@@ -227,6 +227,21 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+#: The file that marks an ITKM workspace folder; a workspace inside a source is never scanned
+#: (its checkpoints/features folders would otherwise change layout detection).
+WORKSPACE_MARKER = "itkm.sqlite"
+
+
+def _is_workspace(path: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(path, WORKSPACE_MARKER))
+
+
+def _inside_root(path: str, real_root: str) -> bool:
+    """True when ``path`` (links resolved) is the root or below it."""
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
 def _folder_error(exc: OSError) -> str:
     if isinstance(exc, PermissionError):
         return "folder not readable (permission denied)"
@@ -240,6 +255,7 @@ class _Walker:
 
     def __init__(self, root: Path) -> None:
         self.root = os.fspath(root)
+        self.real_root = os.path.realpath(self.root)
         self.seen: dict[tuple[int, int], str] = {}
         try:
             st = os.stat(self.root)
@@ -256,6 +272,9 @@ class _Walker:
             st = os.stat(self.path(rel))
         except OSError as exc:
             return Rejected(rel, _folder_error(exc))
+        if not _inside_root(self.path(rel), self.real_root):
+            return Rejected(rel, "link to a folder outside the ingested folder (not followed; ingest that folder "
+                                 "itself if its images belong here)")
         key = (st.st_dev, st.st_ino)
         if key in self.seen:
             first = self.seen[key] or "the root folder"
@@ -267,7 +286,8 @@ class _Walker:
         """Sorted (name, is_dir) of the visible entries of folder ``rel``."""
         try:
             with os.scandir(self.path(rel)) as it:
-                out = [(e.name, _is_dir(e)) for e in it if not _hidden(e.name)]
+                out = [(e.name, d) for e in it if not _hidden(e.name)
+                       for d in (_is_dir(e),) if not (d and _is_workspace(e.path))]
         except OSError as exc:
             return [], Rejected(rel, _folder_error(exc))
         out.sort()
@@ -305,12 +325,15 @@ class _Walker:
 def _top(root: Path) -> tuple[list[str], list[str]]:
     """(sub-folder names, image file names) directly in ``root``; empty lists when unreadable."""
     dirs, images = [], []
+    real_root = os.path.realpath(root)
     try:
         with os.scandir(root) as it:
             for e in it:
                 if _hidden(e.name):
                     continue
                 if _is_dir(e):
+                    if _is_workspace(e.path) or (e.is_symlink() and not _inside_root(e.path, real_root)):
+                        continue  # never part of the layout (see _Walker.enter)
                     dirs.append(e.name)
                 elif is_image_name(e.name):
                     images.append(e.name)
@@ -332,7 +355,8 @@ def _peek(folder: Path | str, limit: int = 64) -> tuple[list[str], list[str]]:
                 if _hidden(e.name):
                     continue
                 if _is_dir(e):
-                    dirs.append(e.name)
+                    if not _is_workspace(e.path):
+                        dirs.append(e.name)
                 elif is_image_name(e.name):
                     images.append(e.name)
     except OSError:

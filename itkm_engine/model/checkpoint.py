@@ -26,7 +26,16 @@ import torch
 from ..atomic import atomic_open
 from ..errors import ItkmError, UnsafeCheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH", "CheckpointWriteError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH", "CheckpointWriteError",
+           "check_model_config", "check_model_state", "model_from_state", "latest_round_checkpoint", "TOWERS", "MAX_PARAMETERS"]
+
+#: Image towers a checkpoint may name (``model_config["tower"]``).
+TOWERS = ("clip", "mobilenetv2")
+#: Rough parameter count above which a checkpoint's architecture is refused before it is built
+#: (ViT-H-14 is ~1e9; ViT-bigG-14, ~2.5e9, took a process past 8 GB just to be built).
+MAX_PARAMETERS = 1.2e9
+#: Most scenarios / groups a checkpoint may list (each one is an embedding row or a stem copy).
+MAX_NAMES = 64
 
 #: Hex digits of the sha256 kept in :func:`checkpoint_key`.
 KEY_LENGTH = 16
@@ -105,6 +114,127 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not isinstance(state, dict):
         raise ItkmError(f"checkpoint {path} holds a {type(state).__name__}, not an ITKM checkpoint dict")
     return state
+
+
+def check_model_config(d: dict) -> None:
+    """Refuse a checkpoint's ``model_config`` that would build something unknown or absurdly large,
+    BEFORE anything is built: unknown architecture or tower, image sides outside 16..1024 or an
+    area above the cap, ``n_ctx`` outside 1..16, an unknown feature kind, a non-finite scale, or an
+    architecture whose estimated size passes :data:`MAX_PARAMETERS`.  Raises :class:`ItkmError`."""
+    import math
+
+    from ..config_check import MAX_IMAGE_AREA
+
+    if not isinstance(d, dict):
+        raise ItkmError(f"the checkpoint's model settings are a {type(d).__name__}, not a table")
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise ItkmError("the checkpoint names no model architecture")
+    tower = d.get("tower", "clip")
+    if tower not in TOWERS:
+        raise ItkmError(f"the checkpoint asks for an unknown image tower {tower!r} (known: {', '.join(TOWERS)})")
+    known = _known_architectures()
+    if name not in known:
+        raise ItkmError(f"the checkpoint asks for an unknown model architecture {name!r}; it was not written "
+                        "by ITKM Studio, or by a version with other models")
+    size = d.get("image_size")
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        raise ItkmError(f"the checkpoint's image_size {size!r} is not [height, width]")
+    if not all(16 <= v <= 1024 for v in size) or size[0] * size[1] > MAX_IMAGE_AREA:
+        raise ItkmError(f"the checkpoint's image_size {list(size)} is out of range (each side 16..1024, "
+                        f"at most {MAX_IMAGE_AREA} pixels)")
+    n_ctx = d.get("n_ctx", 4)
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not 1 <= n_ctx <= 16:
+        raise ItkmError(f"the checkpoint's n_ctx {n_ctx!r} is out of range (1..16)")
+    if d.get("feature", "concat") not in ("concat", "proj"):
+        raise ItkmError(f"the checkpoint's feature kind {d.get('feature')!r} is unknown (concat or proj)")
+    scale = d.get("scenario_scale", 1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ItkmError(f"the checkpoint's scenario_scale {scale!r} is not a finite number")
+    est = _estimated_parameters(name)
+    if est > MAX_PARAMETERS:
+        raise ItkmError(f"the checkpoint asks for model {name!r} (~{est / 1e9:.1f} billion parameters), larger "
+                        f"than ITKM Studio builds (~{MAX_PARAMETERS / 1e9:.1f} billion at most); refused")
+
+
+def _known_architectures() -> set[str]:
+    import open_clip
+
+    from .weights import register_configs
+
+    register_configs()
+    return set(open_clip.list_models())
+
+
+def _estimated_parameters(name: str) -> float:
+    """~12 * layers * width^2 per transformer tower (ResNet towers: counted as a ViT-L)."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(name) or {}
+    total = 0.0
+    for part in ("vision_cfg", "text_cfg"):
+        c = cfg.get(part) or {}
+        layers, width = c.get("layers", 12), c.get("width", 768)
+        if isinstance(layers, (list, tuple)):
+            layers, width = 24, 1024
+        total += 12.0 * float(layers) * float(width) ** 2
+    return total
+
+
+def check_model_state(state: dict, path: str | os.PathLike) -> None:
+    """A model state (``state["model"]`` of a checkpoint or progress file) that may be built:
+    its config passes :func:`check_model_config`, its scenario/group lists are short lists of
+    names, and every weight is finite (a NaN weight makes every feature NaN and every query empty)."""
+    from ..data.scenarios import GROUPS, SCENARIOS
+
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise ItkmError(f"checkpoint {path} holds no model weights; it is not an ITKM checkpoint")
+    try:
+        check_model_config(state.get("model_config"))
+    except ItkmError as exc:
+        raise ItkmError(f"checkpoint {path} was refused: {exc}") from None
+    for what, names, allowed in (("scenarios", state.get("scenarios"), SCENARIOS), ("groups", state.get("groups"), GROUPS)):
+        if (not isinstance(names, (list, tuple)) or not 0 < len(names) <= MAX_NAMES
+                or any(n not in allowed for n in names)):
+            raise ItkmError(f"checkpoint {path} was refused: its {what} list is not a list of known names")
+    bad = [k for k, v in state["state_dict"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ItkmError(f"checkpoint {path} holds NaN or infinite weights ({', '.join(bad[:3])}); training diverged "
+                        "before it was written. Delete it and train that round again (itkm train --restart-round), "
+                        "or use an earlier checkpoint.")
+
+
+def model_from_state(state: dict, path: str | os.PathLike, device: torch.device | str = "cpu"):
+    """The ITKM model of a checkpoint's ``model`` entry, checked (:func:`check_model_state`) before
+    it is built; weights that do not fit the architecture are an :class:`ItkmError` naming ``path``."""
+    from .backbone import ITKMModel
+
+    check_model_state(state, path)
+    try:
+        return ITKMModel.from_checkpoint(state, device=device)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise ItkmError(f"checkpoint {path} does not fit its own model (damaged or edited?): {_short(exc)}. "
+                        "Use an earlier checkpoint, or train the round again (itkm train --restart-round).") from None
+
+
+def latest_round_checkpoint(ws) -> Path | None:
+    """The checkpoint of the workspace's last finished round, or ``None`` before any round.
+
+    Unlike ``ws.latest_checkpoint()`` (which skips to an older file) a finished round whose file
+    is gone is an :class:`ItkmError` naming the file: queries, extraction, exports and the next
+    round would otherwise silently use an older (or the untrained) model while ``status`` still
+    lists the round."""
+    done = [r for r in ws.rounds() if r.status == "done" and r.checkpoint]
+    if not done:
+        return None
+    path = ws.resolve_path(done[-1].checkpoint)
+    if not path.is_file():
+        raise ItkmError(
+            f"the checkpoint of round {done[-1].number}, {path}, is missing; put the file back (from a backup), "
+            "or ingest the folders into a new workspace and train again. Nothing was computed with an older model.")
+    return path
 
 
 def checkpoint_key(path: str | os.PathLike) -> str:

@@ -80,6 +80,16 @@ def warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int, epochs:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def check_finite(losses: dict[str, float], stage: str, epoch: int, step: int) -> None:
+    """Stop a diverged stage: a NaN/inf loss term means the weights are no longer trustworthy."""
+    bad = [k for k, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        from ..errors import TrainingDivergedError
+
+        raise TrainingDivergedError(f"{stage} epoch {epoch + 1} step {step + 1}: the loss became NaN or infinite "
+                                    f"({', '.join(bad)})")
+
+
 def run_stage(
     stage: Stage,
     *,
@@ -132,6 +142,7 @@ def run_stage(
             n += 1
             if step % LOG_EVERY == 0 or step == plan.steps - 1:
                 losses = {k: float(v) / n for k, v in sums.items()}  # host sync, every LOG_EVERY steps only
+                check_finite(losses, stage.name, epoch, step)
                 rate = (step + 1) / max(time.monotonic() - t0, 1e-6)
                 train_rep.update(
                     (step + 1) / max(plan.steps, 1),
@@ -146,6 +157,7 @@ def run_stage(
                     message=f"{rate:.1f} steps/s",
                 )
         values = {k: float(v) / max(n, 1) for k, v in sums.items()}
+        check_finite(values, stage.name, epoch, max(n - 1, 0))
         if sums:
             values["loss"] = sum(values.values())
         values.update(plan.metrics)

@@ -408,9 +408,9 @@ def cmd_identities(a) -> int:
 def cmd_export_onnx(a) -> int:
     from .onnx_export import check_destination, check_onnx, export_onnx
 
-    out = check_destination(a.out)
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:
+        out = check_destination(s.ws, a.out)
         export_onnx(s, out, group=a.group, reporter=rep)
         chk = None if a.no_check else check_onnx(s, out, n=32)
     rep.done()

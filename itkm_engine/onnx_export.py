@@ -21,6 +21,7 @@ the normalisation mean/std, so a consumer needs nothing else.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,17 +61,15 @@ class _Encoder(torch.nn.Module):
         return stacked.gather(1, index).squeeze(1)
 
 
-def check_destination(out: str | Path) -> Path:
-    """Where the ONNX file goes: a ``.onnx`` file name in an existing folder, not a folder.
-    (One small function so the CLI's common export-destination check can replace it.)"""
-    out = Path(out).expanduser()
-    if out.suffix.lower() != ".onnx":
+def check_destination(ws, out: str | Path) -> Path:
+    """Where the ONNX file goes: a ``.onnx`` name that passes the check every export makes
+    (:func:`itkm_engine.export.check_export_destination`: no folders, links, devices, user images
+    or workspace files)."""
+    from .export import check_export_destination
+
+    if Path(os.fspath(out)).suffix.lower() != ".onnx":
         raise OnnxExportError(f"{out} does not end in .onnx: give a file name such as encoder.onnx")
-    if out.is_dir():
-        raise OnnxExportError(f"{out} is a folder: give a file name inside it, such as {out / 'encoder.onnx'}")
-    if not out.parent.is_dir():
-        raise OnnxExportError(f"the folder {out.parent} does not exist: create it first or choose another place")
-    return out
+    return check_export_destination(ws, out)
 
 
 def export_onnx(session, out: str | Path, *, group: str | None = None, opset: int = 17,
@@ -85,7 +84,7 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
     import onnx
 
     reporter = reporter or Reporter(job="export")
-    out = check_destination(out)
+    out = check_destination(session.ws, out)
     model = session.model()
     model.eval()
     h, w = session.cfg.model.image_size

@@ -43,15 +43,22 @@ def test_one_group_file_has_no_group_input_and_matches_that_group(trained_ws, tm
     assert [i.name for i in onnx.load(str(out)).graph.input] == ["images", "scenario_idx"]
 
 
-def test_onnx_destination_is_checked(tmp_path, capsys):
+def test_onnx_destination_is_checked(trained_ws, tmp_path, capsys):
+    """The .onnx name, then the check every export makes (folders, links, workspace files...)."""
     from itkm_engine.cli import main
+    from itkm_engine.errors import ItkmError
+    from itkm_engine.workspace import Workspace
 
-    assert main(["export-onnx", str(tmp_path), str(tmp_path / "enc.txt"), "-q"]) == 2
+    assert main(["export-onnx", str(trained_ws), str(tmp_path / "enc.txt"), "-q"]) == 2
     assert "does not end in .onnx" in capsys.readouterr().err
-    with pytest.raises(OnnxExportError, match="does not end in .onnx"):
-        check_destination(tmp_path / "enc.txt")
-    with pytest.raises(OnnxExportError, match="does not exist"):
-        check_destination(tmp_path / "nope" / "enc.onnx")
-    (tmp_path / "d.onnx").mkdir()
-    with pytest.raises(OnnxExportError, match="is a folder"):
-        check_destination(tmp_path / "d.onnx")
+    with Workspace.open(trained_ws, readonly=True) as ws:
+        with pytest.raises(OnnxExportError, match="does not end in .onnx"):
+            check_destination(ws, tmp_path / "enc.txt")
+        with pytest.raises(ItkmError, match="does not exist"):
+            check_destination(ws, tmp_path / "nope" / "enc.onnx")
+        (tmp_path / "d.onnx").mkdir()
+        with pytest.raises(ItkmError, match="folder"):
+            check_destination(ws, tmp_path / "d.onnx")
+        with pytest.raises(ItkmError):
+            check_destination(ws, trained_ws / "checkpoints" / "enc.onnx")  # inside the workspace
+        assert check_destination(ws, trained_ws / "exports" / "enc.onnx").name == "enc.onnx"

@@ -301,8 +301,13 @@ class ITKMModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, state: dict, device: torch.device | str = "cpu") -> "ITKMModel":
-        """Rebuild the model a checkpoint was written from (no weights download needed)."""
+        """Rebuild the model a checkpoint was written from (no weights download needed).  The
+        checkpoint's model settings are checked before anything is built (a crafted file must
+        not make us allocate a giant model)."""
+        from .checkpoint import check_model_config
+
         _check_state(state)
+        check_model_config(state["model_config"])
         cfg = _config_from_dict(state["model_config"])
         clip, tokenizer = create_clip(cfg, device=device, load_weights=False, quick_gelu=bool(state.get("quick_gelu")))
         model = cls(clip, state["scenarios"], state["groups"], cfg, tokenizer=tokenizer,

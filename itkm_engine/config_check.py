@@ -46,6 +46,7 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
     "model.feature": frozenset({"concat", "proj"}),
     "model.n_ctx": (1, 16),
     "model.tower": frozenset({"clip", "mobilenetv2"}),
+    "model.frozen_blocks": (1, 17),  # mobilenetv2: 19 blocks, at least one trainable after the group stem
     "cluster.k1": (1, 1000),
     "cluster.k2": (1, 1000),
     "cluster.eps": (_POS, 2.0),
@@ -53,6 +54,7 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
     "data.num_identities": (1, 4096),
     "data.num_instances": (1, 1024),
     "data.random_erasing": (0.0, 1.0),
+    "data.grayscale": (0.0, 1.0),
     "data.pad": (0, 1024),
     "data.workers": (0, 256),
     "data.extract_batch_size": (1, 65_536),
@@ -65,6 +67,7 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
     "stage2.separation_weight": (0.0, 100.0),
     "stage3.chm_text_weight": (0.0, 1.0),
     "stage3.chm_threshold": (-1.0, 2.0),
+    "stage3.chm_margin": (0.0, 2.0),
     "stage3.ihm_k": (1, 1000),
     "stage3.ihm_temperature": (_POS, 10.0),
     "stage3.dru_momentum": (0.0, 1.0),

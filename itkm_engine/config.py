@@ -76,7 +76,7 @@ class Stage1Config:
     """Scenario-adaptive homogeneous learning (cluster contrast per group)."""
 
     epochs: int = 20
-    iters_per_epoch: int = 200
+    iters_per_epoch: int = 200  # PK batches per epoch; 0 = one pass over the pseudo-labelled images
     lr: float = 5e-6  # CLIP image encoder
     new_param_lr: float = 5e-4  # scenario embeddings / stems when randomly initialised parts exist
     weight_decay: float = 5e-4
@@ -280,10 +280,12 @@ def _quick() -> Config:
                           n_ctx=4, frozen_blocks=7, freeze_bn=True)
     c.cluster = ClusterConfig(k1=10, k2=4, eps=0.5, min_samples=2)
     c.data = DataConfig(num_identities=16, num_instances=4, workers=0, extract_batch_size=128)
-    c.stage1 = Stage1Config(epochs=4, iters_per_epoch=16, lr=1e-4, new_param_lr=1e-4, weight_decay=5e-4,
+    # iters_per_epoch 0: one pass over the pseudo-labelled crops per epoch (~13-16 PK batches on
+    # the 1,000-crop demo), so a larger camera set gets proportionally more steps.
+    c.stage1 = Stage1Config(epochs=4, iters_per_epoch=0, lr=1e-4, new_param_lr=1e-4, weight_decay=5e-4,
                             warmup_epochs=0)
     c.stage2 = Stage2Config(epochs=4, batch_size=128, lr=1e-3, warmup_epochs=0)
-    c.stage3 = Stage3Config(epochs=2, iters_per_epoch=16, lr=1e-4, weight_decay=5e-4, warmup_epochs=0)
+    c.stage3 = Stage3Config(epochs=2, iters_per_epoch=0, lr=1e-4, weight_decay=5e-4, warmup_epochs=0)
     return c
 
 

@@ -74,7 +74,7 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
 }
 # Rows shared by the three training stages.
 for _s in ("stage1", "stage2", "stage3"):
-    RANGES.update({f"{_s}.epochs": (0, 100_000), f"{_s}.iters_per_epoch": (1, 10_000_000), f"{_s}.lr": (0.0, 1.0),
+    RANGES.update({f"{_s}.epochs": (0, 100_000), f"{_s}.iters_per_epoch": (0, 10_000_000), f"{_s}.lr": (0.0, 1.0),
                    f"{_s}.new_param_lr": (0.0, 1.0), f"{_s}.weight_decay": (0.0, 1.0),
                    f"{_s}.warmup_epochs": (0, 100_000), f"{_s}.memory_momentum": (0.0, 1.0),
                    f"{_s}.temperature": (_POS, 10.0)})

@@ -127,3 +127,20 @@ def test_round_logs_ihm_use_and_chm_precision_and_stores_final_labels(fresh_ws):
         assert np.array_equal(ids, final["ids"]) and np.array_equal(labels, final["cross"])
         n_homog = len(np.unique(final["labels"][final["labels"] >= 0]))
         assert len(np.unique(labels[labels >= 0])) == n_homog - int(s3["chm_pairs"])
+
+
+def test_an_epoch_is_one_pass_over_the_labelled_images_when_iters_is_zero():
+    """iters_per_epoch 0 (the quick preset): one pass over the pseudo-labelled images, so a
+    bigger camera set trains proportionally more; a positive value stays a fixed count."""
+    from types import SimpleNamespace
+
+    from itkm_engine.config import preset
+    from itkm_engine.stages.context import RoundContext
+
+    ctx = SimpleNamespace(cfg=preset("quick"))  # PK 16 x 4 = 64 images per batch
+    per_epoch = lambda iters, labels: RoundContext.batches_per_epoch(ctx, iters, labels)  # noqa: E731
+    labels = np.r_[np.arange(640) % 80, -np.ones(360, np.int64)]  # 640 labelled, 360 outliers
+    assert per_epoch(0, labels) == 10
+    assert per_epoch(0, np.r_[labels, np.zeros(10, np.int64)]) == 11  # a partial batch counts
+    assert per_epoch(0, -np.ones(5, np.int64)) == 1
+    assert per_epoch(7, labels) == 7

@@ -113,6 +113,14 @@ class RoundContext:
         return labels, metrics
 
     # -- loaders ------------------------------------------------------------------------------
+    def batches_per_epoch(self, iters: int, labels: np.ndarray) -> int:
+        """PK batches of an epoch: ``iters`` when > 0, else one pass over the images that carry a
+        pseudo-label (so an epoch means the same on 1,000 crops and on 100,000)."""
+        if iters > 0:
+            return int(iters)
+        d = self.cfg.data
+        return max(1, -(-int((np.asarray(labels) >= 0).sum()) // (d.num_identities * d.num_instances)))
+
     def pk_loader(self, fs: FeatureSet, labels: np.ndarray, *, batches: int, seed: int,
                   pairs: np.ndarray | None = None):
         """Augmented PK batches over the rows of ``fs`` that carry a label >= 0 (pair-aware with

@@ -178,8 +178,9 @@ class HeterogeneousStage:
         self.partner_t = torch.as_tensor(_partner_labels(self.pairs, cross), device=dev)
         seed = epoch_seed(ctx.cfg.seed, ctx.round_no, self.name, epoch)
         pk_pairs = self.pairs if (s.ihm and s.ihm_pair_sampling) else None
-        loader = ctx.pk_loader(fs, cross, batches=s.iters_per_epoch, seed=seed, pairs=pk_pairs)
-        return EpochPlan(loader, s.iters_per_epoch, metrics)
+        steps = ctx.batches_per_epoch(s.iters_per_epoch, cross)
+        loader = ctx.pk_loader(fs, cross, batches=steps, seed=seed, pairs=pk_pairs)
+        return EpochPlan(loader, steps, metrics)
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
         ctx, s = self.ctx, self.ctx.cfg.stage3

@@ -76,8 +76,9 @@ class HomogeneousStage:
         self.memories = GroupMemories(fs.feats, labels, keys, temperature=s.temperature, momentum=s.memory_momentum,
                                       device=ctx.device)
         seed = epoch_seed(ctx.cfg.seed, ctx.round_no, self.name, epoch)
-        loader = ctx.pk_loader(fs, labels, batches=s.iters_per_epoch, seed=seed)
-        return EpochPlan(loader, s.iters_per_epoch, metrics)
+        steps = ctx.batches_per_epoch(s.iters_per_epoch, labels)
+        loader = ctx.pk_loader(fs, labels, batches=steps, seed=seed)
+        return EpochPlan(loader, steps, metrics)
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
         if len(batch.failed):

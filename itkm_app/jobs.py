@@ -93,6 +93,13 @@ def describe_exception(exc: BaseException | None) -> str:
     return f"unexpected error ({type(exc).__name__}): {text}"
 
 
+def failure_details(handle: JobHandle) -> str:
+    """What "Show Details" shows: a child process's own traceback and last log lines when the job
+    ran in one (``itkm_engine.child_job.ChildJobError.details``), else this process's traceback."""
+    details = getattr(handle.exception, "details", "")
+    return f"{details}\n\n{handle.traceback}" if details else handle.traceback
+
+
 class _Wake(QObject):
     """Emitted from a worker thread; the connection to the GUI-side slot is queued."""
 
@@ -223,7 +230,7 @@ class QtJob(QObject):
         elif h.state is JobState.CANCELLED:
             self.cancelled.emit()
         else:
-            self.failed.emit(describe_exception(h.exception), h.traceback)
+            self.failed.emit(describe_exception(h.exception), failure_details(h))
         self.ended.emit()
 
 

@@ -30,7 +30,8 @@ from itkm_engine.errors import ItkmError
 from itkm_engine.jobs import JobHandle, JobRunner, JobState
 from itkm_engine.progress import LogMessage, ProgressEvent
 
-__all__ = ["QtJob", "JobManager", "describe_exception", "import_engine", "import_projection", "MIN_INTERVAL_S"]
+__all__ = ["QtJob", "JobManager", "describe_exception", "failure_details", "import_engine", "import_projection",
+           "MIN_INTERVAL_S", "CHILD_NICE"]
 
 #: Minimum time between two deliveries of a job's progress to the GUI thread (~30 per second).
 MIN_INTERVAL_S = 1.0 / 30.0
@@ -41,6 +42,11 @@ SWITCH_INTERVAL_S = 0.002
 #: preempted worker holding the GIL then waits longer for a core, and the GUI thread waits for
 #: the GIL (priority inversion).  See docs/adr/0002-jobs-and-threads.md.
 WORKER_NICE = 0
+#: Scheduling priority of the child processes that run heavy jobs (training, features, the 2-D
+#: map; ``itkm_engine.child_job``).  Unlike job threads, a child shares no GIL with the GUI
+#: thread, so a lower priority only makes it yield the CPU to the window; kept small so training
+#: on a busy machine is not starved.  See docs/adr/0008-jobs-in-a-child-process.md.
+CHILD_NICE = 3
 #: Events kept between deliveries (a job that outruns the GUI by more than this loses the oldest).
 MAX_PENDING_EVENTS = 5000
 

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
+import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
@@ -55,6 +54,8 @@ TERM_GRACE_S = 10.0
 TAIL_LINES = 12
 #: How often the parent looks at the cancel token while the child is quiet.
 POLL_S = 0.1
+#: After the child exited, how long its pipes may stay open (held by a grandchild) before we stop reading.
+EXIT_DRAIN_S = 2.0
 
 _EVENT_FIELDS = tuple(f.name for f in fields(ProgressEvent))
 
@@ -129,20 +130,21 @@ def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
 # -- the parent side ---------------------------------------------------------------------------
 def run_child(kind: str, ws, params: dict | None = None, *, cfg=None, reporter: Reporter,
               cancel_grace_s: float = CANCEL_GRACE_S, term_grace_s: float = TERM_GRACE_S,
-              env: dict[str, str] | None = None, what: str | None = None) -> Any:
+              env: dict[str, str] | None = None, what: str | None = None, nice: int = 0) -> Any:
     """Run job ``kind`` of ``itkm_engine.worker`` on workspace ``ws`` (an open Workspace or a path).
 
     An open writable Workspace lends its writer lock to the child for the duration.  Returns the
     child's result (decoded per kind, see :func:`decode_result`); raises :class:`Cancelled` when
     the job stopped on request, :class:`ChildJobError` when the child reported an error, and
-    :class:`ChildDiedError` when it ended without a word (killed, crashed).
+    :class:`ChildDiedError` when it ended without a word (killed, crashed).  ``nice`` lowers the
+    child's scheduling priority (its own process: no GIL is shared, so no priority inversion).
     """
     from contextlib import nullcontext
 
     path = Path(getattr(ws, "path", ws))
     lend = ws.lend_writer() if hasattr(ws, "lend_writer") and not ws.readonly else nullcontext()
     request = {"kind": kind, "workspace": str(path), "config": cfg.to_toml() if cfg is not None else None,
-               "params": params or {}}
+               "params": params or {}, "nice": int(nice)}
     with lend:
         value = _run(request, reporter, cancel_grace_s, term_grace_s, env, what or kind)
     return decode_result(kind, value)
@@ -155,42 +157,28 @@ def decode_result(kind: str, value: Any) -> Any:
     return value
 
 
-def _reader(stream, tag: str, out: "queue.Queue[tuple[str, str | None]]") -> None:
-    try:
-        for line in iter(stream.readline, ""):
-            out.put((tag, line))
-    except (OSError, ValueError):
-        pass
-    finally:
-        out.put((tag, None))
-
-
 def _run(request: dict, reporter: Reporter, cancel_grace_s: float, term_grace_s: float,
          env: dict[str, str] | None, what: str) -> Any:
     reporter.check()
     try:
         proc = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                                bufsize=1, env=_child_env(env), start_new_session=True)
+                                stderr=subprocess.PIPE, bufsize=0, env=_child_env(env), start_new_session=True)
     except OSError as exc:
         raise ChildJobError(f"cannot start the {what} process ({exc.strerror or exc}); check that ITKM Studio "
                             "is installed completely") from exc
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    lines: queue.Queue = queue.Queue()
-    for stream, tag in ((proc.stdout, "out"), (proc.stderr, "err")):
-        threading.Thread(target=_reader, args=(stream, tag, lines), daemon=True,
-                         name=f"itkm-child-{tag}-{proc.pid}").start()
     reporter.log(f"{what}: worker process {proc.pid} started", "debug")
-    outcome: dict | None = None
-    cancel_at = term_at = kill_at = None
-    open_streams = 2
+    relay = _Relay(reporter)
+    cancel_at = term_at = kill_at = exited_at = None
+    _send(proc, request)
+    # One thread (this one) reads both pipes in large chunks: few wake-ups and little time holding
+    # the GIL, which the GUI thread of the same process needs.
+    sel = selectors.DefaultSelector()
+    for stream, tag in ((proc.stdout, "out"), (proc.stderr, "err")):
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream.fileno(), selectors.EVENT_READ, tag)
+    pending = {"out": b"", "err": b""}
     try:
-        proc.stdin.write(dumps(request) + "\n")
-        proc.stdin.flush()
-    except OSError:
-        pass  # it died at once; its stderr says why
-    try:
-        while open_streams or proc.poll() is None:
+        while sel.get_map():
             now = time.monotonic()
             if reporter.cancelled and cancel_at is None:
                 cancel_at = now
@@ -203,34 +191,27 @@ def _run(request: dict, reporter: Reporter, cancel_grace_s: float, term_grace_s:
                 kill_at = now
                 reporter.log(f"{what}: the worker ignored SIGTERM for {term_grace_s:.0f} s; killing it", "warning")
                 _signal(proc, signal.SIGKILL)
-            try:
-                tag, line = lines.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if line is None:
-                open_streams -= 1
-                continue
-            if tag == "err":
-                text = line.rstrip("\n")
-                if text.strip():
-                    tail.append(text)
-                    reporter.log(text, "debug")
-                continue
-            msg = _parse(line)
-            if msg is None:
-                tail.append(line.rstrip("\n"))
-                continue
-            t = msg.get("type")
-            if t == "event":
-                _relay(reporter, event_from_json(msg))
-            elif t == "log":
-                text = str(msg.get("text", ""))
-                tail.append(text)
-                if reporter.on_log is not None:
-                    reporter.on_log(LogMessage(str(msg.get("level", "info")), text, float(msg.get("time", time.time()))))
-            elif t in ("result", "error", "cancelled"):
-                outcome = msg
+            if proc.poll() is not None:  # exited: a grandchild holding the pipes must not keep us here
+                exited_at = exited_at or now
+                if now - exited_at > EXIT_DRAIN_S:
+                    break
+            for key, _ in sel.select(POLL_S):
+                try:
+                    chunk = os.read(key.fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                tag = key.data
+                if not chunk:  # end of stream
+                    sel.unregister(key.fd)
+                    chunk, pending[tag] = pending[tag] + b"\n", b""
+                else:
+                    chunk, pending[tag] = pending[tag] + chunk, b""
+                *lines, pending[tag] = chunk.split(b"\n")
+                relay.lines(tag, lines)
     finally:
+        sel.close()
         if proc.poll() is None:  # we are leaving early (a bug above): never leave it behind
             _signal(proc, signal.SIGKILL)
         proc.wait()
@@ -239,15 +220,46 @@ def _run(request: dict, reporter: Reporter, cancel_grace_s: float, term_grace_s:
                 s.close()
             except OSError:
                 pass
-    return _outcome(outcome, proc.returncode, cancel_at is not None, tail, what)
+    return _outcome(relay.outcome, proc.returncode, cancel_at is not None, relay.tail, what)
+
+
+class _Relay:
+    """Turns the child's lines into the reporter's events and log messages; keeps the log's tail."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.outcome: dict | None = None
+
+    def lines(self, tag: str, lines: list[bytes]) -> None:
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            if not line.strip():
+                continue
+            msg = _parse(line) if tag == "out" else None
+            if msg is None:
+                self.tail.append(line)
+                self.reporter.log(line, "debug")
+                continue
+            t = msg.get("type")
+            if t == "event":
+                _relay(self.reporter, event_from_json(msg))
+            elif t == "log":
+                text = str(msg.get("text", ""))
+                self.tail.append(text)
+                if self.reporter.on_log is not None:
+                    self.reporter.on_log(LogMessage(str(msg.get("level", "info")), text,
+                                                    float(msg.get("time", time.time()))))
+            elif t in ("result", "error", "cancelled"):
+                self.outcome = msg
 
 
 def _send(proc: subprocess.Popen, msg: dict) -> None:
     try:
-        proc.stdin.write(dumps(msg) + "\n")
+        proc.stdin.write((dumps(msg) + "\n").encode("utf-8"))
         proc.stdin.flush()
     except (OSError, ValueError):
-        pass
+        pass  # it has exited; its stderr and exit status say why
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:

@@ -197,6 +197,8 @@ def main() -> int:
     if not line.strip():
         return 0  # the parent went away before asking anything
     request = json.loads(line)
+    if int(request.get("nice") or 0) > 0 and hasattr(os, "nice"):
+        os.nice(int(request["nice"]))  # before any thread starts: torch's threads inherit it
     token = CancelToken()
 
     def on_term(_sig, _frame) -> None:

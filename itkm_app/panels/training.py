@@ -42,10 +42,12 @@ def run_training(session, cfg, rounds: int, device: str, *, reporter):
     meanwhile; see ``itkm_engine.child_job``), then a refreshed session."""
     from itkm_engine.child_job import run_child
 
+    from ..jobs import CHILD_NICE
+
     cfg.device = device
     try:
         return run_child("train", session.ws, {"rounds": rounds, "device": device}, cfg=cfg, reporter=reporter,
-                         what="training")
+                         what="training", nice=CHILD_NICE)
     finally:
         # whatever happened, the session must not serve a stale model or stale features
         session.cfg = cfg

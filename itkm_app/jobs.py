@@ -87,6 +87,17 @@ def import_projection() -> None:
                                 "itkm_engine.projection"))
 
 
+def compute_in_child(session, kind: str, *, reporter) -> bool:
+    """``itkm_engine.child_job.compute_in_child`` at the app's child priority.  Run it only as a
+    ``write`` job: the child borrows the workspace's writer lock (see ADR 0008)."""
+    from itkm_engine.child_job import compute_in_child as compute
+
+    if session.ws.readonly:  # opened read-only, or lent to a running job: compute here as before
+        return False
+    import_engine()  # the cache check reads the model's checkpoint key
+    return compute(session, kind, reporter=reporter, nice=CHILD_NICE)
+
+
 def describe_exception(exc: BaseException | None) -> str:
     """A message for the user: an :class:`ItkmError` speaks for itself; anything else is a bug."""
     if exc is None:

@@ -43,7 +43,7 @@ from typing import Any
 from .errors import Cancelled, ItkmError
 from .progress import LogMessage, ProgressEvent, Reporter
 
-__all__ = ["run_child", "ChildJobError", "ChildDiedError", "RoundSummary", "event_to_json", "event_from_json",
+__all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError", "RoundSummary", "event_to_json", "event_from_json",
            "worker_command", "CANCEL_GRACE_S", "TERM_GRACE_S"]
 
 #: After a cancel message, how long the child may take to stop on its own (it checks once per
@@ -333,3 +333,40 @@ def _died(returncode: int, what: str) -> str:
     else:
         how = f"exited with code {returncode} without a result"
     return f"the {what} process {how}. The app is fine. {RESUME_HINT}"
+
+
+# -- a Session's heavy steps in a child --------------------------------------------------------
+def cached_in_session(session, kind: str) -> bool:
+    """Whether the workspace's on-disk cache already holds ``kind`` for the session's model."""
+    import numpy as np
+
+    from .features import FeatureCache
+
+    key = session.checkpoint_key()
+    if kind == "projection":
+        from .projection import projection_path
+
+        if not projection_path(session.ws.cache_dir, key).exists():
+            return False
+    have = FeatureCache(session.ws.features_dir / key).load()
+    return not len(np.setdiff1d(np.asarray(session.images().id, np.int64), have.ids))
+
+
+def compute_in_child(session, kind: str, *, reporter: Reporter, nice: int = 0) -> bool:
+    """Compute ``kind`` ("features" or "projection") of a Session's current model in a child process.
+
+    The child fills the workspace's on-disk caches; the session's own ``features()`` /
+    ``projection()`` afterwards only read them.  Holds the session's lock meanwhile, so no thread
+    of this process extracts the same features at the same time (they wait and then read the
+    cache, as they would wait for an extraction in this process).  Returns ``False`` without
+    starting anything when the cache is already complete, or when this process cannot lend the
+    writer lock (a read-only workspace: the session computes in memory as before).
+    """
+    if kind not in ("features", "projection"):
+        raise ValueError(f"not a session step: {kind!r}")
+    with session._lock:
+        if session.ws.readonly or cached_in_session(session, kind):
+            return False
+        run_child(kind, session.ws, {"device": str(session.device)}, cfg=session.cfg, reporter=reporter,
+                  nice=nice, what="feature extraction" if kind == "features" else "2-D map")
+    return True

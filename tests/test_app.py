@@ -510,5 +510,4 @@ def test_a_dying_training_process_is_one_dialog_and_the_app_stays_up(qapp, qtbot
     assert window.isVisible() and not window.ctx.readonly  # the writer lock came back
     assert window.ctx.ws.rounds()[-1].status == "running"
     assert training.start_btn.isEnabled() and training.start_btn.text() == "Resume round 1"
-    assert "Training failed" in training.state_label.text()
     window.close_workspace()

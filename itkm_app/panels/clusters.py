@@ -181,17 +181,20 @@ class ClustersPanel(Panel):
         self._wanted = False
 
         def work(reporter):
-            from ..jobs import import_projection
+            from ..jobs import compute_in_child, import_projection
 
+            # UMAP (and any missing features) in a child process that fills the cache
+            compute_in_child(session, "projection", reporter=reporter.child(0.0, 0.95))
             import_projection()  # umap/numba/faiss: never imported by two threads at once
-            xy = session.projection(reporter=reporter)
+            xy = session.projection(reporter=reporter.child(0.95, 1.0))
             ids = session.features().ids
             # the image table of the same state, so point rows never refer to an older table
             return np.asarray(ids, np.int64), np.asarray(xy, np.float32), session.images()
 
         self.progress.reset("Computing the 2-D map…")
         self.progress.show()
-        job = self.run("projection", work, on_done=self._loaded)
+        # the child writes the cache as the workspace's writer: in turn with the other writes
+        job = self.run("projection", work, on_done=self._loaded, kind="read" if session.ws.readonly else "write")
         job.progress.connect(self.progress.show_event)
         job.ended.connect(self._load_ended)
         self.job = job

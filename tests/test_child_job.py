@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -172,3 +173,13 @@ def test_cancel_of_a_training_child_stays_resumable(fresh_ws):
         rep, _, _ = _reporter()
         rep.cancel.cancel()
         run_child("test-count", ".", reporter=rep)
+
+
+def test_the_job_machinery_imports_no_torch():
+    """Running jobs must not pull torch into the GUI process (it is what made the window stall)."""
+    code = ("import sys, itkm_engine.child_job, itkm_engine.worker, itkm_app.jobs, itkm_app.panels.training; "
+            "print(sorted(m for m in ('torch', 'umap', 'faiss') if m in sys.modules))")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(_root())}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

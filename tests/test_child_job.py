@@ -183,3 +183,22 @@ def test_the_job_machinery_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_lend_writer_reads_meanwhile_and_takes_the_lock_back(fresh_ws):
+    from itkm_engine.errors import ReadOnlyWorkspaceError
+
+    with Workspace.open(fresh_ws) as ws:
+        n = ws.image_count()
+        with ws.lend_writer():
+            assert ws.readonly and ws.image_count() == n  # still reads
+            with Workspace.open(fresh_ws) as other:  # another process could take the lock now
+                other.set_meta("lent", "yes")
+            assert ws.get_meta("lent") == "yes"  # and this side sees its commits
+            with pytest.raises(ReadOnlyWorkspaceError):
+                ws.set_meta("x", 1)
+        assert not ws.readonly and ws.writer_info().pid == os.getpid()
+        ws.set_meta("x", 1)
+    with Workspace.open(fresh_ws, readonly=True) as ro, pytest.raises(ReadOnlyWorkspaceError):
+        with ro.lend_writer():
+            pass

@@ -43,8 +43,8 @@ from typing import Any
 from .errors import Cancelled, ItkmError
 from .progress import LogMessage, ProgressEvent, Reporter
 
-__all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError", "RoundSummary", "event_to_json", "event_from_json",
-           "worker_command", "CANCEL_GRACE_S", "TERM_GRACE_S"]
+__all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError", "RoundSummary",
+           "event_to_json", "event_from_json", "worker_command", "CANCEL_GRACE_S", "TERM_GRACE_S"]
 
 #: After a cancel message, how long the child may take to stop on its own (it checks once per
 #: batch) before it gets SIGTERM, and how long after SIGTERM before SIGKILL.

@@ -30,7 +30,8 @@ from itkm_engine.errors import ItkmError
 from itkm_engine.jobs import JobHandle, JobRunner, JobState
 from itkm_engine.progress import LogMessage, ProgressEvent
 
-__all__ = ["QtJob", "JobManager", "describe_exception", "import_engine", "import_projection", "MIN_INTERVAL_S"]
+__all__ = ["QtJob", "JobManager", "describe_exception", "failure_details", "import_engine", "import_projection",
+           "MIN_INTERVAL_S", "CHILD_NICE"]
 
 #: Minimum time between two deliveries of a job's progress to the GUI thread (~30 per second).
 MIN_INTERVAL_S = 1.0 / 30.0
@@ -41,6 +42,11 @@ SWITCH_INTERVAL_S = 0.002
 #: preempted worker holding the GIL then waits longer for a core, and the GUI thread waits for
 #: the GIL (priority inversion).  See docs/adr/0002-jobs-and-threads.md.
 WORKER_NICE = 0
+#: Scheduling priority of the child processes that run heavy jobs (training, features, the 2-D
+#: map; ``itkm_engine.child_job``).  Unlike job threads, a child shares no GIL with the GUI
+#: thread, so a lower priority only makes it yield the CPU to the window; kept small so training
+#: on a busy machine is not starved.  See docs/adr/0008-jobs-in-a-child-process.md.
+CHILD_NICE = 3
 #: Events kept between deliveries (a job that outruns the GUI by more than this loses the oldest).
 MAX_PENDING_EVENTS = 5000
 
@@ -81,6 +87,17 @@ def import_projection() -> None:
                                 "itkm_engine.projection"))
 
 
+def compute_in_child(session, kind: str, *, reporter) -> bool:
+    """``itkm_engine.child_job.compute_in_child`` at the app's child priority.  Run it only as a
+    ``write`` job: the child borrows the workspace's writer lock (see ADR 0008)."""
+    from itkm_engine.child_job import compute_in_child as compute
+
+    if session.ws.readonly:  # opened read-only, or lent to a running job: compute here as before
+        return False
+    import_engine()  # the cache check reads the model's checkpoint key
+    return compute(session, kind, reporter=reporter, nice=CHILD_NICE)
+
+
 def describe_exception(exc: BaseException | None) -> str:
     """A message for the user: an :class:`ItkmError` speaks for itself; anything else is a bug."""
     if exc is None:
@@ -91,6 +108,13 @@ def describe_exception(exc: BaseException | None) -> str:
         return "out of memory: close other programs or use a smaller preset / batch size"
     text = str(exc) or type(exc).__name__
     return f"unexpected error ({type(exc).__name__}): {text}"
+
+
+def failure_details(handle: JobHandle) -> str:
+    """What "Show Details" shows: a child process's own traceback and last log lines when the job
+    ran in one (``itkm_engine.child_job.ChildJobError.details``), else this process's traceback."""
+    details = getattr(handle.exception, "details", "")
+    return f"{details}\n\n{handle.traceback}" if details else handle.traceback
 
 
 class _Wake(QObject):
@@ -223,7 +247,7 @@ class QtJob(QObject):
         elif h.state is JobState.CANCELLED:
             self.cancelled.emit()
         else:
-            self.failed.emit(describe_exception(h.exception), h.traceback)
+            self.failed.emit(describe_exception(h.exception), failure_details(h))
         self.ended.emit()
 
 

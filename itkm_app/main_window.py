@@ -21,7 +21,7 @@ from itkm_engine.progress import LogMessage
 
 from . import errors, theme
 from .context import AppContext, ModelState
-from .jobs import JobManager, import_engine, import_projection
+from .jobs import JobManager, compute_in_child, import_engine, import_projection
 from .panels.cameras import CamerasPanel
 from .panels.clusters import ClustersPanel
 from .panels.gallery import GalleryPanel
@@ -469,6 +469,15 @@ class MainWindow(QMainWindow):
         self.ctx.set_session(session, images)
         self.ctx.deviceChanged.emit(device_text)
         self._refresh_images_on_change()
+        self.extract_features()
+
+    def extract_features(self) -> None:
+        """The current model's features, extracted by a child process before a view needs them
+        (a ``write`` job: the child borrows the writer lock; ADR 0008).  Nothing when cached."""
+        session = self.ctx.session
+        if session is None or session.ws.readonly:
+            return
+        self.jobs.submit("features", compute_in_child, session, "features", kind="write")
 
     def _refresh_images_on_change(self) -> None:
         # reload the image table when cameras/images change, so panels see new scenarios etc.
@@ -477,6 +486,8 @@ class MainWindow(QMainWindow):
         self._images_hooked = True
         self.ctx.imagesChanged.connect(self._reload_images)
         self.ctx.modelChanged.connect(self._reload_images)
+        self.ctx.modelChanged.connect(self.extract_features)
+        self.ctx.imagesChanged.connect(self.extract_features)
 
     def _reload_images(self) -> None:
         session = self.ctx.session

@@ -566,6 +566,41 @@ class Workspace:
     def closed(self) -> bool:
         return self._con is None
 
+    @contextlib.contextmanager
+    def lend_writer(self) -> Iterator["Workspace"]:
+        """Hand the writer lock to another process (a child job) for the duration of the block.
+
+        Inside the block this object is read-only (``readonly`` is ``True``; reads see the other
+        process's commits); on exit it takes the writer lock back -- over a stale lock when the
+        child was killed -- and is writable again.  A read-only workspace has nothing to lend
+        and raises :class:`ReadOnlyWorkspaceError`.  See ``docs/adr/0008-jobs-in-a-child-process.md``.
+        """
+        self._check_writable()
+        with self._rlock:
+            db = self.path / DB_NAME
+            self.close()
+            self.readonly = True
+            try:
+                self._con = self._connect_readonly(db)
+            except BaseException:
+                self._take_writer_back(db)
+                raise
+        try:
+            yield self
+        finally:
+            with self._rlock:
+                self._take_writer_back(db)
+
+    def _take_writer_back(self, db: Path) -> None:
+        self.close()
+        try:
+            self._lock = WriterLock(self.path / LOCK_NAME, on_message=self._reporter.warning).acquire()
+        except BaseException:  # someone else writes it now: stay a reader rather than closed
+            self._con = self._connect_readonly(db)
+            raise
+        self.readonly = False
+        self._con = self._connect_writer(db)
+
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()

@@ -40,29 +40,17 @@ def dev_mode() -> bool:
 
 
 def run_training(session, cfg, rounds: int, device: str, *, reporter):
-    """The training job: remember the config in the workspace, train, refresh the session."""
-    from ..jobs import import_engine
+    """The training job: rounds in a child process (it writes the config and holds the writer lock
+    meanwhile; see ``itkm_engine.child_job``), then a refreshed session."""
+    from itkm_engine.child_job import run_child
 
-    import_engine()
-    from itkm_engine.atomic import atomic_write_text
-    from itkm_engine.session import CONFIG_FILE
-    from itkm_engine.trainer import train
-
-    import torch
+    from ..jobs import CHILD_NICE
 
     cfg.device = device
-    cores = os.cpu_count() or 1
-    threads = torch.get_num_threads()
-    if 1 < cores <= 4 and str(device) in ("cpu", "auto") and threads >= cores:
-        # leave one core to the window: on a small CPU, torch's threads would otherwise take
-        # them all and the GUI thread (and the GIL hand-over to it) would wait for a free core
-        torch.set_num_threads(cores - 1)
-    if not session.ws.readonly:
-        atomic_write_text(session.ws.path / CONFIG_FILE, cfg.to_toml())
     try:
-        return train(session.ws, cfg, rounds=rounds, device=device, reporter=reporter)
+        return run_child("train", session.ws, {"rounds": rounds, "device": device}, cfg=cfg, reporter=reporter,
+                         what="training", nice=CHILD_NICE)
     finally:
-        torch.set_num_threads(threads)
         # whatever happened, the session must not serve a stale model or stale features
         session.cfg = cfg
         session.refresh()

@@ -168,6 +168,10 @@ def follow_umask(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+#: The quiet read job that refreshes the model state while other jobs run (its own end triggers none).
+MODEL_STATE_JOB = "model state"
+
+
 class MainWindow(QMainWindow):
     def __init__(self, settings: Settings | None = None, *, dev: bool = False, warm: bool = True) -> None:
         super().__init__()
@@ -231,7 +235,7 @@ class MainWindow(QMainWindow):
         self.ctx.sessionChanged.connect(lambda _s: self._update_actions())
         self.ctx.modelStateChanged.connect(self._model_state_changed)
         self.ctx.modelChanged.connect(self.refresh_model_state)
-        self.jobs.jobEnded.connect(lambda _j: self.refresh_model_state())
+        self.jobs.jobEnded.connect(lambda j: j.name == MODEL_STATE_JOB or self.refresh_model_state())
         self.panel("training").trainingChanged.connect(lambda _on: (self.refresh_model_state(),
                                                                      self._update_actions()))
         self._etas: dict = {}
@@ -413,16 +417,18 @@ class MainWindow(QMainWindow):
     def refresh_model_state(self) -> None:
         """Read which round's model the workspace serves.
 
-        With no job writing, on the GUI thread (SQLite, milliseconds), so a relaunch shows it at
-        once instead of "not trained yet" for seconds.  While a job writes, in a read job: the
-        workspace's connection lock may be held by the writer's transaction, and the window
-        must never wait for it."""
+        With no job running, on the GUI thread (SQLite, milliseconds), so a relaunch shows it at
+        once instead of "not trained yet" for seconds.  While any job runs, in a read job: the
+        workspace's connection lock may be held by that job's transaction, and the window must
+        never wait for it."""
         ws = self.ctx.ws
         if ws is None:
             self.ctx.set_model_state(None)
             return
-        if self.jobs.busy("write"):
-            self.jobs.submit("model state", lambda *, reporter: ws.rounds(), quiet=True, report_errors=False,
+        if any(j.name != MODEL_STATE_JOB for j in self.jobs.active()):
+            # another thread may hold the workspace's connection lock (a long read, or a
+            # transaction waiting on the training child's): the window must never wait for it
+            self.jobs.submit(MODEL_STATE_JOB, lambda *, reporter: ws.rounds(), quiet=True, report_errors=False,
                              on_done=lambda rounds, w=ws: self._set_model_state(w, rounds))
             return
         try:

@@ -294,7 +294,7 @@ class TrainingPanel(Panel):
         self.job = None
         # -- controls
         self.preset = QComboBox()
-        self.preset.addItem("Quick (CPU-friendly, small model)", "quick")
+        self.preset.addItem("Quick (CPU: ImageNet MobileNetV2)", "quick")
         self.preset.addItem("Full (ViT-B/16, GPU)", "full")
         if dev_mode() or ctx.dev:
             self.preset.addItem("Tiny (tests and development)", "tiny")

@@ -417,17 +417,17 @@ class MainWindow(QMainWindow):
     def refresh_model_state(self) -> None:
         """Read which round's model the workspace serves.
 
-        With no job running, on the GUI thread (SQLite, milliseconds), so a relaunch shows it at
-        once instead of "not trained yet" for seconds.  While any job runs, in a read job: the
-        workspace's connection lock may be held by that job's transaction, and the window must
-        never wait for it."""
+        With no job writing, on the GUI thread (SQLite, milliseconds), so a relaunch shows it at
+        once instead of "not trained yet" for seconds.  While a job writes (or an earlier read
+        of this kind is still waiting), in a read job: the workspace's connection lock may be
+        held, and the window must never wait for it.  The read job's own end triggers no other."""
         ws = self.ctx.ws
         if ws is None:
             self.ctx.set_model_state(None)
             return
-        if any(j.name != MODEL_STATE_JOB for j in self.jobs.active()):
-            # another thread may hold the workspace's connection lock (a long read, or a
-            # transaction waiting on the training child's): the window must never wait for it
+        if self.jobs.busy("write") or self.jobs.find(MODEL_STATE_JOB) is not None:
+            # a writer's transaction, or a model-state read stuck behind one, may hold the
+            # workspace's connection lock: the window must never wait for it
             self.jobs.submit(MODEL_STATE_JOB, lambda *, reporter: ws.rounds(), quiet=True, report_errors=False,
                              on_done=lambda rounds, w=ws: self._set_model_state(w, rounds))
             return
@@ -632,8 +632,10 @@ class MainWindow(QMainWindow):
         else:
             names = ", ".join(sorted({j.name for j in active}))
             self.job_label.setText(f"Running: {names}")
-            self.job_bar.show()
+            # reset before showing: QProgressBar.setValue repaints synchronously while visible,
+            # and right after show() that pulled a full repaint of the charts (~50 ms) into Start
             self.job_bar.setValue(0)
+            self.job_bar.show()
             self.job_cancel.show()
         self._update_actions()
 

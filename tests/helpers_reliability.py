@@ -279,3 +279,13 @@ def csv_text(rows: list[list[str]]) -> str:
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
     return buf.getvalue()
+
+
+def one_line(rc: int, err: str, command: str) -> str:
+    """An in-process CLI answer to a user-caused failure: exit 2, no traceback, one line naming
+    the command (``itkm COMMAND: ...``).  Returns that line."""
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"itkm {command}: ")]
+    assert len(lines) == 1, err
+    return lines[0]

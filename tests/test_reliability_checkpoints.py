@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_reliability import run_cli
+from helpers_reliability import one_line, run_cli
 
 
 def cli_inproc(*args) -> tuple[int, str, str]:
@@ -23,14 +23,6 @@ def cli_inproc(*args) -> tuple[int, str, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         rc = main([os.fspath(a) for a in args])
     return rc, out.getvalue(), err.getvalue()
-
-
-def one_line(rc: int, err: str, command: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"itkm {command}: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def ckpt_of(ws: Path) -> Path:

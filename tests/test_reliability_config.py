@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_reliability import file_digest, run_cli
+from helpers_reliability import file_digest, one_line, run_cli
 
 
 def cli_inproc(*args) -> tuple[int, str]:
@@ -22,14 +22,6 @@ def cli_inproc(*args) -> tuple[int, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = main([os.fspath(a) for a in args])
     return rc, err.getvalue()
-
-
-def one_line(rc: int, err: str, command: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"itkm {command}: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def rounds_of(ws: Path) -> list[tuple[int, str]]:

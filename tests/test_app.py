@@ -164,6 +164,7 @@ def flow(qapp, umap_ready, recorded_errors, ingested_ws_template, tmp_path_facto
     yield {"window": window, "ws": ws_path, "meter": meter, "events": events, "train_s": train_s, "qtbot": qtbot,
            "base": base}
     window.jobs.cancel_all()
+    window.jobs.wait_idle(120)  # a job still ending would make close() ask (a modal dialog)
     window.close()
 
 

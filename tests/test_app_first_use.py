@@ -83,6 +83,7 @@ def app(qapp, recorded, trained_ws_template, tmp_path_factory):
     window = _open(qtbot, ws_path, base / "settings.ini")
     yield {"window": window, "qtbot": qtbot, "ws": ws_path, "xy": xy, "base": base}
     window.jobs.cancel_all()
+    window.jobs.wait_idle(120)  # a job still ending would make close() ask (a modal dialog)
     window.close()
 
 
@@ -94,6 +95,7 @@ def fresh_app(qapp, recorded, fresh_ws, tmp_path):
     window = _open(qtbot, fresh_ws, tmp_path / "settings.ini")
     yield window, qtbot
     window.jobs.cancel_all()
+    window.jobs.wait_idle(120)  # a job still ending would make close() ask (a modal dialog)
     window.close()
 
 

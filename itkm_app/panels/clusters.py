@@ -138,15 +138,9 @@ class ClustersPanel(Panel):
         side.setMaximumWidth(320)
         self.legend.setMinimumHeight(140)
         self.legend.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        from PySide6.QtWidgets import QFrame, QScrollArea
+        from ..widgets.side_column import scrolling_column
 
-        side_scroll = QScrollArea()  # a small window scrolls the preview, the legend keeps its rows
-        side_scroll.setWidget(side)
-        side_scroll.setWidgetResizable(True)
-        side_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        side_scroll.setMinimumWidth(240)
-        side_scroll.setMaximumWidth(340)
+        side_scroll = scrolling_column(side, 240, 340)  # a small window scrolls the preview, the legend keeps its rows
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.scatter)
         split.addWidget(side_scroll)

@@ -197,15 +197,9 @@ class GalleryPanel(Panel):
         ll.addStretch(1)
         self.query_box, self.text_box = qbox, tbox
         # a small window scrolls this column instead of drawing its boxes over each other
-        from PySide6.QtWidgets import QFrame, QScrollArea
+        from ..widgets.side_column import scrolling_column
 
-        left_scroll = QScrollArea()
-        left_scroll.setWidget(left)
-        left_scroll.setWidgetResizable(True)
-        left_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        left_scroll.setMinimumWidth(280)
-        left_scroll.setMaximumWidth(380)
+        left_scroll = scrolling_column(left, 280, 380)
         # -- results
         self.header = QLabel("")
         self.header.setWordWrap(True)

@@ -362,14 +362,9 @@ class TrainingPanel(Panel):
         hist_box.setMinimumHeight(130)
         eval_box.setMinimumHeight(170)
         # a small window scrolls the left column instead of squeezing its rows into each other
-        from PySide6.QtWidgets import QFrame, QScrollArea
+        from ..widgets.side_column import scrolling_column
 
-        left_scroll = QScrollArea()
-        left_scroll.setWidget(left)
-        left_scroll.setWidgetResizable(True)
-        left_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        left_scroll.setMinimumWidth(420)
+        left_scroll = scrolling_column(left, 420)
         self.curves = Curves()
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left_scroll)

@@ -230,6 +230,9 @@ def extract_features(
 ) -> FeatureSet:
     """Features for every image of ``images`` (an ImageTable) under ``model``.
 
+    ``model`` may also be a zero-argument callable that builds it: then it is called only when
+    the cache lacks some images (a complete cache is read without building the model).
+
     Rows come back in the order of ``images.id``; images that could not be read are left out
     and listed in ``FeatureSet.failed``.  ``cache_dir`` None (or unwritable) computes in memory.
     Under ``torchrun`` (``dist``) each rank embeds its share and every rank gets all rows; only
@@ -241,11 +244,17 @@ def extract_features(
     dist = dist or SINGLE
     reporter = reporter or Reporter()
     cache = FeatureCache(cache_dir)
+    ids = np.asarray(images.id, dtype=np.int64)
+    if not isinstance(model, torch.nn.Module):  # a zero-argument callable: build the model only if needed
+        have = cache.load(None, reporter, discard=False)
+        if len(have) and not len(np.setdiff1d(ids, have.ids)):
+            rows = have.rows_for(ids)
+            return FeatureSet(have.ids[rows], have.feats[rows], have.proj[rows], key, np.zeros(0, np.int64))
+        model = model()
     dims = (int(model.feature_dim), int(model.embed_dim))
     have = cache.load(dims, reporter, discard=write_cache and dist.main)
     if not write_cache:
         cache.folder = None
-    ids = np.asarray(images.id, dtype=np.int64)
     have_rows = have.rows_for(ids) if len(have) else np.full(len(ids), -1)
     missing = np.flatnonzero(have_rows < 0)
     if len(missing):

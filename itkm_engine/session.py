@@ -107,8 +107,15 @@ class Session:
             return self._model
 
     def checkpoint_key(self) -> str:
-        self.model()
-        return self._key
+        """The current model's feature-cache key.  Does not build the model: the app asks for
+        the key (are the caches complete?) in its own process, where loading a model would hold
+        the interpreter lock for a second beside the window."""
+        from .trainer import model_key
+
+        with self._lock:
+            if self._key is None:
+                self._key = model_key(self.ws, self.cfg)
+            return self._key
 
     def features(self, reporter: Reporter | None = None) -> FeatureSet:
         """Features of every usable image under the current model (cached on disk)."""
@@ -117,9 +124,9 @@ class Session:
                 images = self.images()
                 if len(images) == 0:
                     raise NothingToDoError("the workspace has no images yet: add camera folders first")
-                model = self.model()
+                key = self.checkpoint_key()
                 self._features = extract_features(
-                    model, images, cache_dir=self.ws.features_dir / self._key, key=self._key, device=self.device,
+                    self.model, images, cache_dir=self.ws.features_dir / key, key=key, device=self.device,
                     batch_size=self.cfg.data.extract_batch_size, workers=self.cfg.data.workers,
                     amp=self.cfg.amp, reporter=reporter, write_cache=not self.ws.readonly,
                 )

@@ -80,6 +80,16 @@ def init_key(cfg: Config, scenarios: list[str], groups: list[str]) -> str:
     return f"init-{cfg.model.name}-{h}"
 
 
+def model_key(ws, cfg: Config) -> str:
+    """The feature-cache key :func:`load_model` would return for the workspace's current model,
+    without building the model: a checkpoint's content hash (cached per file), else the key of
+    the untrained starting model."""
+    ckpt = latest_round_checkpoint(ws)
+    if ckpt is not None:
+        return checkpoint_key(ckpt)
+    return init_key(cfg, *camera_vocabulary(ws))
+
+
 def load_model(ws, cfg: Config, device: torch.device, checkpoint: Path | None = None) -> tuple[ITKMModel, str]:
     """The model of ``checkpoint`` (default: the latest finished round), extended to the current
     cameras' scenarios and groups; or the initial model before any training.  Returns (model, key)."""

@@ -167,3 +167,24 @@ def test_readonly_session_reuses_the_feature_cache_and_writes_nothing(trained_ws
     after = {p: p.stat().st_mtime_ns for p in trained_ws_template.rglob("*") if p.is_file()}
     changed = [str(p) for p in after if before.get(p) != after[p] and not os.fspath(p).endswith(("-wal", "-shm"))]
     assert not changed
+
+
+def test_a_complete_feature_cache_is_read_without_building_the_model(trained_ws_template, tmp_path):
+    """The app asks for the model's key and cached features in its own process, beside the
+    window: neither may build the model (a second of work holding the interpreter lock)."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained_ws_template, ws, ignore=shutil.ignore_patterns("workspace.lock"))
+    with Session.open(ws, device="cpu") as first:
+        shutil.rmtree(first.ws.features_dir, ignore_errors=True)  # training left it filled
+        built = first.features()
+        key = first.checkpoint_key()
+        assert first._model is not None  # the cache was empty: the model embedded the images
+    with Session.open(ws, device="cpu") as again:
+        assert again.checkpoint_key() == key
+        fs = again.features()
+        assert again._model is None
+        np.testing.assert_array_equal(fs.ids, built.ids)
+        np.testing.assert_allclose(fs.feats, built.feats, atol=2e-3)  # the cache holds float16
+        assert fs.key == key

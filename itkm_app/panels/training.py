@@ -20,7 +20,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-                               QLabel, QPushButton, QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
+                               QLabel, QPushButton, QSizePolicy, QSpinBox, QSplitter, QTableView, QVBoxLayout,
+                               QWidget)
 
 from itkm_engine.progress import ProgressEvent
 
@@ -79,6 +80,12 @@ def active_seconds(started: float, finished: float | None, epochs: list[dict], *
     return total + max(finished - t, 0.0)
 
 
+#: Width of the charts' value axes in pixels (fixed: see Curves.__init__).
+AXIS_WIDTH = 46
+#: Height of one legend line in pixels.
+LEGEND_LINE = 19
+
+
 class Curves(pg.GraphicsLayoutWidget):
     """Three stacked plots: loss terms, cluster count, pseudo-label quality (when ids are known).
 
@@ -89,6 +96,8 @@ class Curves(pg.GraphicsLayoutWidget):
     #: Curves are redrawn at most this often while a job runs (three plots with axes and
     #: legends cost tens of ms to paint; the event loop must stay responsive meanwhile).
     REDRAW_MS = 400
+    #: Live points per epoch and loss term, however many steps an epoch has.
+    STEP_POINTS = 25
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -98,6 +107,14 @@ class Curves(pg.GraphicsLayoutWidget):
         self._redraw_timer.setSingleShot(True)
         self._redraw_timer.setInterval(self.REDRAW_MS)
         self._redraw_timer.timeout.connect(self.redraw)
+        # redraw() hands the series to the plots a few at a time, one slice per event-loop turn
+        self._slice_timer = QTimer(self)
+        self._slice_timer.setSingleShot(True)
+        self._slice_timer.setInterval(0)
+        self._slice_timer.timeout.connect(self._redraw_slice)
+        self._queue: list[tuple[str, str]] = []
+        self._dirty: set[tuple[str, str]] = set()
+        self.items: dict[tuple[str, str], pg.PlotDataItem] = {}
         theme.style_plot_widget(self)
         self.loss_plot = self.addPlot(row=0, col=0, title="Loss terms")
         self.cluster_plot = self.addPlot(row=1, col=0, title="Clusters")
@@ -111,6 +128,13 @@ class Curves(pg.GraphicsLayoutWidget):
                                    verSpacing=-4)
             self.addItem(legend, row=row, col=1)
             legend.setFixedWidth(118)
+            # Neither a legend's entries nor the tick labels may resize the plots during a run: a
+            # resize regenerates all six axes with their grids (~15 ms of CPU, ~50 ms of a busy
+            # machine's time) and it came with every new curve and every new order of magnitude.
+            legend.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Ignored)
+            legend.setMinimumHeight(0)
+            legend.setPreferredHeight(0)
+            p.getAxis("left").setWidth(AXIS_WIDTH)
             p.legend = legend
             self.legends[row] = legend
             theme.style_plot(p)
@@ -118,6 +142,10 @@ class Curves(pg.GraphicsLayoutWidget):
             # items cached as pixmaps a live update repaints in ~10 ms instead of ~50 ms.
             p.disableAutoRange()
             theme.cache_plot_text(p)
+        # the loss plot holds most curves (and the longest legend): half the height
+        for row, (plot, stretch) in enumerate(((self.loss_plot, 2), (self.cluster_plot, 1), (self.quality_plot, 1))):
+            plot.setPreferredHeight(60 * stretch)  # below any real size: the stretch shares the rest
+            self.ci.layout.setRowStretchFactor(row, stretch)
         self.cluster_plot.setXLink(self.loss_plot)
         self.quality_plot.setXLink(self.loss_plot)
         self.quality_plot.setYRange(-0.02, 1.05, padding=0)
@@ -128,16 +156,15 @@ class Curves(pg.GraphicsLayoutWidget):
         self.clear_all()
 
     def clear_all(self) -> None:
+        """Forget the data.  The curve items stay (emptied or reused by the next redraw): creating
+        a curve with its legend entry costs 5-10 ms, and the history reloads after every round."""
         for p in (self.loss_plot, self.cluster_plot, self.quality_plot):
-            for item in list(p.listDataItems()):
-                p.removeItem(item)
             for item in list(getattr(p, "_markers", [])):
                 p.removeItem(item)
             p._markers = []
-            if p.legend is not None:
-                p.legend.clear()
         self.series: dict[tuple[str, str], tuple[list, list]] = {}
-        self.items: dict[tuple[str, str], pg.PlotDataItem] = {}
+        self._dirty = set(self.items)
+        self._last_bucket = None
         self.base_epoch = 0.0
         self.planned_epochs = 0.0
         self._stage_marks: set[tuple[int, str]] = set()
@@ -149,6 +176,7 @@ class Curves(pg.GraphicsLayoutWidget):
         xs, ys = self.series.setdefault(k, ([], []))
         xs.append(x)
         ys.append(y)
+        self._dirty.add(k)
 
     def mark_stage(self, round_no: int | None, stage: str, x: float) -> None:
         key = (round_no or 0, stage)
@@ -156,10 +184,11 @@ class Curves(pg.GraphicsLayoutWidget):
             return
         self._stage_marks.add(key)
         # a stage's loss terms are not comparable with the next stage's: break the lines there
-        for (plot_name, _k), (xs, ys) in self.series.items():
+        for (plot_name, k), (xs, ys) in self.series.items():
             if plot_name == "loss" and xs and np.isfinite(ys[-1]):
                 xs.append(x)
                 ys.append(float("nan"))
+                self._dirty.add((plot_name, k))
         label = f"R{round_no} {STAGE_LABEL[stage]}" if round_no else STAGE_LABEL[stage]
         pen = pg.mkPen(theme.secondary_text_color(), width=1, style=Qt.PenStyle.DotLine)
         line = pg.InfiniteLine(pos=x, angle=90, pen=pen, label=label,
@@ -201,6 +230,12 @@ class Curves(pg.GraphicsLayoutWidget):
                 continue
             self.mark_stage(e.round, e.stage, self.base_epoch)
             if e.step is not None and e.steps:
+                # at most STEP_POINTS per epoch: the values are the epoch's running means, the
+                # ones left out lie between their neighbours (a long epoch reports every 10 steps)
+                bucket = (e.round, e.stage, e.epoch, int(e.step * self.STEP_POINTS / e.steps))
+                if bucket == self._last_bucket and e.step < e.steps:
+                    continue
+                self._last_bucket = bucket
                 x = self.base_epoch + e.step / e.steps
                 for k, val in e.losses.items():
                     self._add("loss", k, x, float(val))
@@ -210,18 +245,60 @@ class Curves(pg.GraphicsLayoutWidget):
         if not self._redraw_timer.isActive():
             self._redraw_timer.start()
 
+    #: Work done per event-loop turn while the curves catch up with their data.
+    SLICE_MS = 4.0
+
     def redraw(self) -> None:
-        plots = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}
-        for (plot_name, key), (xs, ys) in self.series.items():
-            item = self.items.get((plot_name, key))
-            if item is None:
-                item = plots[plot_name].plot(pen=pg.mkPen(theme.curve_color(f"{plot_name}:{key}"), width=2),
-                                             name=key, symbol="o", symbolSize=4 if plot_name == "loss" else 6,
-                                             connect="finite",
-                                             symbolBrush=theme.curve_color(f"{plot_name}:{key}"), symbolPen=None)
-                self.items[(plot_name, key)] = item
-            item.setData(np.asarray(xs, float), np.asarray(ys, float))
+        """Show the data: ranges at once, then the changed curves a slice at a time.
+
+        Each curve's update (and a new curve's creation with its legend entry) takes its own
+        event-loop turn or a few, never one long block: on a busy machine the GUI thread gets a
+        third of a core, and the whole set at once (up to 15 curves when the history reloads)
+        had frozen the window for 100-150 ms.  :meth:`flush` finishes at once."""
         self._fit_ranges()
+        for k in sorted(self._dirty):
+            if k not in self._queue:
+                self._queue.append(k)
+        self._dirty.clear()
+        self._redraw_slice()
+
+    def flush(self) -> None:
+        """Finish a pending redraw now (tests, screenshots)."""
+        if self._dirty:
+            self.redraw()
+        while self._queue:
+            self._update_curve(self._queue.pop(0))
+        self._slice_timer.stop()
+
+    def _redraw_slice(self) -> None:
+        t0 = time.perf_counter()
+        while self._queue:
+            self._update_curve(self._queue.pop(0))
+            if (time.perf_counter() - t0) * 1000 >= self.SLICE_MS:
+                break
+        if self._queue:
+            self._slice_timer.start()
+
+    def _update_curve(self, k: tuple[str, str]) -> None:
+        plot_name, key = k
+        plot = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}[plot_name]
+        item = self.items.get(k)
+        xs, ys = self.series.get(k, ([], []))
+        if not xs:  # a series of an earlier run or workspace: off the plot and the legend
+            if item is not None:
+                plot.removeItem(item)  # PlotItem.removeItem also drops its legend entry
+                del self.items[k]
+            return
+        if item is None:
+            color = theme.curve_color(f"{plot_name}:{key}")
+            item = plot.plot(pen=pg.mkPen(color, width=2), name=key, symbol="o",
+                             symbolSize=4 if plot_name == "loss" else 6, connect="finite",
+                             symbolBrush=color, symbolPen=None)
+            self.items[k] = item
+            lay = plot.legend.layout  # entries at the top, one line each, not spread over the row
+            for r in range(lay.rowCount()):
+                lay.setRowMaximumHeight(r, LEGEND_LINE)
+        item.setData(np.asarray(xs, float), np.asarray(ys, float))
 
     def _fit_ranges(self) -> None:
         """Grow the view ranges to the data (with headroom); never shrink them during a run."""
@@ -602,6 +679,9 @@ class TrainingPanel(Panel):
             self.stop_btn.setEnabled(False)
             self.progress.stopped("Stopping after the current batch…")
             self.state_label.setText("Stopping after the current batch…")
+
+    def prepare_screenshot(self) -> None:
+        self.curves.flush()
 
     def is_training(self) -> bool:
         return self.job is not None

@@ -19,20 +19,16 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
 from itkm_app import errors  # noqa: E402
 from itkm_app.main_window import MainWindow  # noqa: E402
+from itkm_app.responsiveness import StallMeter, busy_processes  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
-#: The event loop may never stall longer than this while a job runs (the issue's bound).
-MAX_STALL_MS = 100.0  # issue 11's bound, on the 99th-percentile event-loop gap beside two busy processes
-#: The single worst gap allowed meanwhile.  Issue 11 asks for 100 ms here too; measured after the
-#: fixes (model-state reads off the GUI thread, no synchronous progress-bar repaint on Start, axes
-#: sized before Start) it stayed under 100 ms in 5 of 6 runs and reached 117 ms in one (a ~30 ms
-#: chart update stretched by the CPU the busy processes take).  CI must not flake on that.
-MAX_SINGLE_STALL_MS = 250.0
+#: The event loop may never stall longer than this while a job runs beside two busy processes
+#: (issue 11's bound, on the single worst gap between two 10 ms timer ticks).
+MAX_STALL_MS = 100.0
 TRAIN_TIMEOUT_MS = 600_000
 
 
@@ -65,59 +61,6 @@ def recorded_errors():
     mp.undo()
 
 
-class StallMeter:
-    """A 10 ms QTimer; records the longest gap between ticks while ``running``."""
-
-    def __init__(self) -> None:
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.last = None
-        self.max_gap_ms = 0.0
-        self.ticks = 0
-        self.worst_at = None
-        self.worst_cpu_ms = 0.0  # the GUI thread's own CPU time in the worst gap (work vs. waiting)
-        self.gaps: list[float] = []
-
-    def start(self) -> None:
-        self.last = time.perf_counter()
-        self.last_cpu = time.thread_time()
-        self.timer.start()
-
-    def stop(self) -> None:
-        self.timer.stop()
-
-    def _tick(self) -> None:
-        now, cpu = time.perf_counter(), time.thread_time()
-        gap = (now - self.last) * 1000
-        self.gaps.append(gap)
-        if gap > self.max_gap_ms:
-            self.max_gap_ms = gap
-            self.worst_at = self.ticks
-            self.worst_cpu_ms = (cpu - self.last_cpu) * 1000
-        self.last, self.last_cpu = now, cpu
-        self.ticks += 1
-
-
-#: A busy loop, bounded in time (killed earlier by the test that starts it).
-BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
-
-
-def start_busy_processes(n: int = 2, bound_s: float = 900.0) -> list:
-    """``n`` processes that each keep a core busy (another user's work on the machine)."""
-    import subprocess
-    import sys
-
-    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(bound_s)]) for _ in range(n)]
-
-
-def stop_processes(procs: list) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
 def _wait_idle(qtbot, window, timeout_ms=300_000):
     qtbot.waitUntil(lambda: not window.jobs.busy("read") and not window.jobs.busy("write"), timeout=timeout_ms)
 
@@ -147,8 +90,7 @@ def flow(qapp, umap_ready, recorded_errors, ingested_ws_template, tmp_path_facto
     meter = StallMeter()
     # two busy processes saturate two cores meanwhile: the window must stay responsive anyway
     # (training runs in a child process; the GUI process only relays its progress lines)
-    busy = start_busy_processes(2)
-    try:
+    with busy_processes(2):
         meter.start()
         events = []
         training.start_btn.click()
@@ -157,8 +99,6 @@ def flow(qapp, umap_ready, recorded_errors, ingested_ws_template, tmp_path_facto
         t0 = time.monotonic()
         qtbot.waitUntil(lambda: training.job is None, timeout=TRAIN_TIMEOUT_MS)
         meter.stop()
-    finally:
-        stop_processes(busy)
     train_s = time.monotonic() - t0
     _wait_idle(qtbot, window)
     yield {"window": window, "ws": ws_path, "meter": meter, "events": events, "train_s": train_s, "qtbot": qtbot,
@@ -192,11 +132,9 @@ def test_training_from_the_panel(flow, recorded_errors):
 def test_event_loop_never_stalls_during_training(flow):
     meter = flow["meter"]
     assert meter.ticks > 50  # the timer really ran during the job
-    p99 = float(np.percentile(meter.gaps, 99))
-    where = (f"worst {meter.max_gap_ms:.0f} ms at tick {meter.worst_at} of {meter.ticks} (the GUI thread ran "
-             f"{meter.worst_cpu_ms:.0f} ms of it), p99 {p99:.0f} ms, during {flow['train_s']:.0f} s of training")
-    assert p99 <= MAX_STALL_MS, f"event loop stalled: {where}"
-    assert meter.max_gap_ms <= MAX_SINGLE_STALL_MS, f"event loop stalled: {where}"
+    where = f"{meter.describe()}, during {flow['train_s']:.0f} s of training"
+    print(where)  # shown with -rP: the figures behind the bound
+    assert meter.max_gap_ms <= MAX_STALL_MS, f"event loop stalled: {where}"
 
 
 def test_umap_fills_and_click_opens_matches(flow):

@@ -19,7 +19,8 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 
 from itkm_engine.progress import LogMessage
 
-from . import errors, theme
+from . import errors, gui_gc, theme
+from .gui_gc import GuiThreadCollector
 from .context import AppContext, ModelState
 from .jobs import JobManager, compute_in_child, import_engine, import_projection
 from .panels.cameras import CamerasPanel
@@ -176,6 +177,9 @@ class MainWindow(QMainWindow):
     def __init__(self, settings: Settings | None = None, *, dev: bool = False, warm: bool = True) -> None:
         super().__init__()
         self.settings = settings or Settings()
+        # cyclic garbage is collected on this (the GUI) thread only: see gui_gc.py
+        self.collector = GuiThreadCollector(self)
+        self.collector.start()
         self.jobs = JobManager(self)
         self.ctx = AppContext(self.settings, self.jobs, self)
         self.ctx.dev = dev
@@ -663,7 +667,11 @@ class MainWindow(QMainWindow):
         self.jobs.submit("probe devices", probe_devices, kind="background", quiet=True,
                          on_done=self._devices_probed, report_errors=False)
         self.jobs.submit("warm-up", warm_up, kind="background", quiet=True, report_errors=False,
-                         on_done=lambda _r: self.log_view.add(LogMessage("debug", "UMAP compiled; maps are ready")))
+                         on_done=self._warmed_up)
+
+    def _warmed_up(self, _result) -> None:
+        self.log_view.add(LogMessage("debug", "UMAP compiled; maps are ready"))
+        gui_gc.freeze()  # torch, UMAP, scikit-learn are imported now: spare them every collection
 
     def _devices_probed(self, devices) -> None:
         self.ctx.devices = devices
@@ -736,4 +744,5 @@ class MainWindow(QMainWindow):
         self.jobs.shutdown(timeout_s=5)
         if self._error_logged in errors.listeners:
             errors.listeners.remove(self._error_logged)
+        self.collector.stop()
         e.accept()

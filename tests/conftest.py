@@ -70,3 +70,16 @@ def fresh_ws(ingested_ws_template, tmp_path) -> Path:
 def trained_ws(trained_ws_template, tmp_path) -> Path:
     """A private copy of the trained demo workspace."""
     return _copy_ws(trained_ws_template, tmp_path / "ws")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _automatic_gc_after_each_module():
+    """A window turns Python's automatic garbage collection off (``itkm_app.gui_gc``) and back on
+    when it closes; a test module that left a window open must not leave the rest of the
+    session without collection."""
+    yield
+    import sys
+
+    gui_gc = sys.modules.get("itkm_app.gui_gc")
+    if gui_gc is not None:
+        gui_gc.GuiThreadCollector.stop_all()

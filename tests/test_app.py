@@ -123,6 +123,11 @@ def test_training_from_the_panel(flow, recorded_errors):
     assert any(e.losses for e in flow["events"])
     assert training.curves.has_data()
     assert ("clusters", "clusters") in training.curves.series
+    # the finished run's live curves stay (per-step points between the epochs): the history
+    # reload after the run does not rebuild every curve (a burst of GUI work, ADR 0011)
+    xs, _ys = training.curves.series[("loss", "i2t")]
+    assert any(x != int(x) for x in xs)
+    assert training.curves.base_epoch == len(window.ctx.ws.epoch_log())
     assert training.history_model.rowCount() == 1
     assert training.history_model.item(0, 1).text() == "done"
     assert training.start_btn.isEnabled() and training.retrain_btn.isEnabled()

@@ -369,6 +369,7 @@ class TrainingPanel(Panel):
     def __init__(self, ctx, parent=None) -> None:
         super().__init__(ctx, parent)
         self.job = None
+        self._live_complete = False  # set when a run finished: its live curves need no rebuild
         # -- controls
         self.preset = QComboBox()
         self.preset.addItem("Quick (CPU: ImageNet MobileNetV2)", "quick")
@@ -479,6 +480,7 @@ class TrainingPanel(Panel):
 
     # -- state ---------------------------------------------------------------------------------------
     def _on_workspace(self, ws) -> None:
+        self._live_complete = False
         self.curves.clear_all()
         self.progress.reset()
         if ws is None:
@@ -535,8 +537,10 @@ class TrainingPanel(Panel):
         self._rounds = rounds
         self._n_images = n_images
         if self.job is None:
-            self.curves.clear_all()
-            self.curves.add_history(epoch_log)
+            # after a finished run the charts already show this history, in more detail
+            if not (self._live_complete and self.curves.base_epoch == len(epoch_log)):
+                self.curves.clear_all()
+                self.curves.add_history(epoch_log)
             self.plan_chart()
         last_values: dict[int, dict] = {}
         for row in epoch_log:
@@ -648,6 +652,7 @@ class TrainingPanel(Panel):
         cfg = self.config()
         device = self.device.currentData() or "auto"
         self.progress.reset("Starting…")
+        self._live_complete = False
         from ..wording import plural
 
         self.state_label.setText(f"Training {plural(n, 'round')} with the {cfg.preset} preset on "
@@ -687,6 +692,9 @@ class TrainingPanel(Panel):
         return self.job is not None
 
     def _trained(self, results) -> None:
+        # the live curves hold the history and every finished epoch of this run (finer than the
+        # epoch log): the reload after the run keeps them instead of rebuilding every curve
+        self._live_complete = True
         self.progress.finish("Done")
         from ..wording import plural
 

@@ -9,16 +9,19 @@ that each keep a core busy: another user's work on the machine, the condition th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 
 import numpy as np
 from PySide6.QtCore import QTimer
 
-__all__ = ["StallMeter", "busy_processes"]
+__all__ = ["StallMeter", "GapSampler", "busy_processes"]
 
 #: A busy loop, bounded in time (stopped earlier by :func:`busy_processes`).
 BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
@@ -39,39 +42,86 @@ class StallMeter:
         self.ticks = 0
         self.worst_at = None
         self.worst_cpu_ms = 0.0  # the GUI thread's own CPU time in the worst gap (work vs. waiting)
+        self.worst_runqueue_ms = None  # ... and its time ready to run but without a CPU (Linux)
+        self.last_wait = None
         self.gaps: list[float] = []
 
     def start(self) -> None:
         self.last = time.perf_counter()
         self.last_cpu = time.thread_time()
+        self.last_wait = _runqueue_wait_s()
         self.timer.start()
 
     def stop(self) -> None:
         self.timer.stop()
 
     def _tick(self) -> None:
-        now, cpu = time.perf_counter(), time.thread_time()
+        now, cpu, wait = time.perf_counter(), time.thread_time(), _runqueue_wait_s()
         gap = (now - self.last) * 1000
         self.gaps.append(gap)
         if gap > self.max_gap_ms:
             self.max_gap_ms = gap
             self.worst_at = self.ticks
             self.worst_cpu_ms = (cpu - self.last_cpu) * 1000
-        self.last, self.last_cpu = now, cpu
+            self.worst_runqueue_ms = (wait - self.last_wait) * 1000 if wait is not None else None
+        self.last, self.last_cpu, self.last_wait = now, cpu, wait
         self.ticks += 1
 
     def summary(self) -> dict:
-        """Tick count, median / 99th percentile / worst gap (ms), gaps over 100 ms, and the GUI
-        thread's own CPU time in the worst gap."""
+        """Tick count, median / 99th percentile / worst gap (ms), gaps over 100 ms, and in the
+        worst gap the GUI thread's own CPU time and its time waiting for a CPU (the rest of the
+        gap it was blocked: the interpreter lock, I/O)."""
         g = np.asarray(self.gaps or [0.0])
         return {"ticks": self.ticks, "p50_ms": round(float(np.median(g)), 1),
                 "p99_ms": round(float(np.percentile(g, 99)), 1), "worst_ms": round(self.max_gap_ms, 1),
-                "gaps_over_100ms": int((g > 100).sum()), "worst_gui_cpu_ms": round(self.worst_cpu_ms, 1)}
+                "gaps_over_100ms": int((g > 100).sum()), "worst_gui_cpu_ms": round(self.worst_cpu_ms, 1),
+                "worst_no_cpu_ms": None if self.worst_runqueue_ms is None else round(self.worst_runqueue_ms, 1)}
 
     def describe(self) -> str:
         s = self.summary()
+        waited = "" if s["worst_no_cpu_ms"] is None else f" and waited {s['worst_no_cpu_ms']:.0f} ms for a CPU"
         return (f"worst {s['worst_ms']:.0f} ms at tick {self.worst_at} of {self.ticks} (the GUI thread ran "
-                f"{s['worst_gui_cpu_ms']:.0f} ms of it), p99 {s['p99_ms']:.0f} ms")
+                f"{s['worst_gui_cpu_ms']:.0f} ms of it{waited}), p99 {s['p99_ms']:.0f} ms")
+
+
+class GapSampler(threading.Thread):
+    """While ``meter`` is late by more than ``late_ms``, samples the GUI thread's Python stack
+    every few milliseconds: what the window was doing in its long gaps (a diagnostic; C++ work
+    such as painting shows as the Python frame that called into Qt)."""
+
+    def __init__(self, meter: StallMeter, late_ms: float = 30.0, every_s: float = 0.004) -> None:
+        super().__init__(daemon=True, name="gap-sampler")
+        self.meter, self.late_s, self.every_s = meter, late_ms / 1000, every_s
+        self.main = threading.main_thread().ident
+        self.samples: collections.Counter = collections.Counter()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.every_s):
+            last = self.meter.last
+            if last is None or time.perf_counter() - last < self.late_s:
+                continue
+            frame = sys._current_frames().get(self.main)
+            if frame is not None:
+                stack = traceback.extract_stack(frame)[-8:]
+                self.samples[" < ".join(f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})"
+                                        for f in reversed(stack))] += 1
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(1.0)
+
+    def top(self, n: int = 8) -> list[tuple[int, str]]:
+        return [(count, stack) for stack, count in self.samples.most_common(n)]
+
+
+def _runqueue_wait_s() -> float | None:
+    """Seconds this thread has spent ready to run but waiting for a CPU (Linux schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextlib.contextmanager

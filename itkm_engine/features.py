@@ -9,6 +9,7 @@ or the rest of an extraction that was killed half-way.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_open
+from .atomic import atomic_open, atomic_write_text
 from .data.loading import CropDataset, CropTransform, make_loader
 from .progress import Reporter
 
@@ -93,6 +94,28 @@ class FeatureCache:
         _, first = np.unique(ids_a, return_index=True)  # duplicates can only come from a re-run: keep one
         first.sort()
         return FeatureSet(ids_a[first], np.concatenate(feats)[first], np.concatenate(proj)[first])
+
+    DIMS_FILE = "dims.json"
+
+    def dims(self) -> tuple[int, int] | None:
+        """The model's feature and projection widths, as recorded by the model that wrote the
+        cache (``None``: not recorded, or unreadable).  Lets a complete cache be checked and read
+        without building the model."""
+        if self.folder is None:
+            return None
+        try:
+            d = json.loads((self.folder / self.DIMS_FILE).read_text())
+            return int(d["feats"]), int(d["proj"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def record_dims(self, dims: tuple[int, int]) -> None:
+        """Write the model's widths beside the chunks (once; a read-only folder is left alone)."""
+        if self.folder is None or self.dims() == tuple(dims):
+            return
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.folder / self.DIMS_FILE, json.dumps({"feats": int(dims[0]), "proj": int(dims[1])}))
 
     def append(self, ids: np.ndarray, feats: np.ndarray, proj: np.ndarray) -> None:
         if self.folder is None or not len(ids):
@@ -246,13 +269,17 @@ def extract_features(
     cache = FeatureCache(cache_dir)
     ids = np.asarray(images.id, dtype=np.int64)
     if not isinstance(model, torch.nn.Module):  # a zero-argument callable: build the model only if needed
-        have = cache.load(None, reporter, discard=False)
-        if len(have) and not len(np.setdiff1d(ids, have.ids)):
-            rows = have.rows_for(ids)
-            return FeatureSet(have.ids[rows], have.feats[rows], have.proj[rows], key, np.zeros(0, np.int64))
+        recorded = cache.dims()
+        if recorded is not None:  # checked against the widths its model recorded; silent: a
+            have = cache.load(recorded)  # damaged chunk is reported by the full path below
+            if len(have) and not len(np.setdiff1d(ids, have.ids)):
+                rows = have.rows_for(ids)
+                return FeatureSet(have.ids[rows], have.feats[rows], have.proj[rows], key, np.zeros(0, np.int64))
         model = model()
     dims = (int(model.feature_dim), int(model.embed_dim))
     have = cache.load(dims, reporter, discard=write_cache and dist.main)
+    if write_cache and dist.main:
+        cache.record_dims(dims)
     if not write_cache:
         cache.folder = None
     have_rows = have.rows_for(ids) if len(have) else np.full(len(ids), -1)

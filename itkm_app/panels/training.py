@@ -142,9 +142,9 @@ class Curves(pg.GraphicsLayoutWidget):
             # items cached as pixmaps a live update repaints in ~10 ms instead of ~50 ms.
             p.disableAutoRange()
             theme.cache_plot_text(p)
-        # the loss plot holds most curves (and the longest legend): half the height
-        for row, (plot, stretch) in enumerate(((self.loss_plot, 2), (self.cluster_plot, 1), (self.quality_plot, 1))):
-            plot.setPreferredHeight(60 * stretch)  # below any real size: the stretch shares the rest
+        # the loss plot holds most curves (and the longest legend): 3/7 of the height
+        for row, (plot, stretch) in enumerate(((self.loss_plot, 3), (self.cluster_plot, 2), (self.quality_plot, 2))):
+            plot.setPreferredHeight(40)  # below any real size: the stretch shares the rest
             self.ci.layout.setRowStretchFactor(row, stretch)
         self.cluster_plot.setXLink(self.loss_plot)
         self.quality_plot.setXLink(self.loss_plot)

@@ -234,7 +234,8 @@ def run_cpu(images: ImageTable, *, repeats: int, workers: int, batch_size: int, 
     model = build_model(cfg.model, scenarios, groups, device=device).eval()
     n = len(images)
     amp = cfg.amp
-    print(f"CPU: {n} crops, model {cfg.model.name} at {cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
+    print(f"CPU: {n} crops, model {cfg.model.name} ({cfg.model.tower} image tower) at "
+          f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
           f"batch {batch_size}, workers {workers}, torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load {_load()}")
 

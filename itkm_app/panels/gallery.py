@@ -21,7 +21,7 @@ from itkm_engine.data.scenarios import GROUPS, SCENARIOS
 
 from ..widgets.model_banner import ModelBanner
 from ..widgets.thumb_grid import ThumbGrid, ThumbItem, badge_legend
-from ..widgets.undo_keys import install_undo_redo
+from ..widgets.undo_keys import undo_redo_buttons
 from ..wording import plural
 from .base import Panel
 
@@ -477,25 +477,19 @@ class GalleryPanel(Panel):
         self.confirm_btn.setToolTip("Confirm: the selected matches show the query's person. The next round obeys it.")
         self.reject_btn = QPushButton("Not this person (N)")
         self.reject_btn.setToolTip("Reject: the selected matches are someone else. The next round obeys it.")
-        self.undo_btn = QPushButton("Undo")
-        self.undo_btn.setToolTip("Undo the last decision (Ctrl+Z); a selection, merge or split is one step")
-        self.redo_btn = QPushButton("Redo")
-        self.redo_btn.setToolTip("Redo (Ctrl+Shift+Z)")
+        self.undo_btn, self.redo_btn = undo_redo_buttons(self, self.undo_redo)
         self.review_btn = QPushButton("Review queue")
         self.review_btn.setToolTip("Pairs nearest the decision boundary, across scenarios first: "
                                    "Y / N decides, the arrows skip")
         self.decision_info = QLabel("")
         self.confirm_btn.clicked.connect(lambda: self.decide("must"))
         self.reject_btn.clicked.connect(lambda: self.decide("cannot"))
-        self.undo_btn.clicked.connect(lambda: self.undo_redo(False))
-        self.redo_btn.clicked.connect(lambda: self.undo_redo(True))
         self.review_btn.clicked.connect(self.start_review)
         for w in (self.confirm_btn, self.reject_btn, self.undo_btn, self.redo_btn, self.review_btn):
             lay.addWidget(w)
         lay.addWidget(self.decision_info, 1)
         self.grid.decisionKey.connect(self.decide)
         self.grid.stepped.connect(self._review_step)
-        install_undo_redo(self, self.undo_redo)
         self.review: list = []
         return bar
 

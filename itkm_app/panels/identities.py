@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
 from .. import theme
 from ..widgets.model_banner import ModelBanner
 from ..widgets.table_model import RowsTableModel
-from ..widgets.undo_keys import install_undo_redo
+from ..widgets.undo_keys import undo_redo_buttons
 from ..wording import plural
 from ..widgets.thumb_grid import SCENARIO_COLORS, SCENARIO_SHORT, ThumbGrid, ThumbItem
 from .base import Panel
@@ -420,20 +420,16 @@ class IdentitiesPanel(Panel):
         self.note_edit = QLineEdit()
         self.note_edit.setPlaceholderText("Note")
         self.name_btn = QPushButton("Save name")
-        self.undo_btn = QPushButton("Undo")
-        self.redo_btn = QPushButton("Redo")
+        self.undo_btn, self.redo_btn = undo_redo_buttons(self, self.undo_redo)
         self.decision_info = QLabel("")
         self.merge_btn.clicked.connect(self.merge_selected)
         self.split_btn.clicked.connect(self.split_selected)
         self.name_btn.clicked.connect(self.save_name)
         self.name_edit.returnPressed.connect(self.save_name)
-        self.undo_btn.clicked.connect(lambda: self.undo_redo(False))
-        self.redo_btn.clicked.connect(lambda: self.undo_redo(True))
         for w in (self.merge_btn, self.split_btn, self.name_edit, self.note_edit, self.name_btn, self.undo_btn,
                   self.redo_btn):
             lay.addWidget(w)
         lay.addWidget(self.decision_info, 1)
-        install_undo_redo(self, self.undo_redo)
         return bar
 
     def _act(self, fn, done: str) -> None:

@@ -119,6 +119,7 @@ class Curves(pg.GraphicsLayoutWidget):
         self.loss_plot = self.addPlot(row=0, col=0, title="Loss terms")
         self.cluster_plot = self.addPlot(row=1, col=0, title="Clusters")
         self.quality_plot = self.addPlot(row=2, col=0, title="Pseudo-label quality (needs person ids)")
+        self.plots = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}
         # legends beside the plots, in their own column: inside they covered the curves
         self.legends = {}
         for row, p in enumerate((self.loss_plot, self.cluster_plot, self.quality_plot)):
@@ -281,7 +282,7 @@ class Curves(pg.GraphicsLayoutWidget):
 
     def _update_curve(self, k: tuple[str, str]) -> None:
         plot_name, key = k
-        plot = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}[plot_name]
+        plot = self.plots[plot_name]
         item = self.items.get(k)
         xs, ys = self.series.get(k, ([], []))
         if not xs:  # a series of an earlier run or workspace: off the plot and the legend
@@ -319,10 +320,9 @@ class Curves(pg.GraphicsLayoutWidget):
 
     def value_at(self, plot, x: float, y: float, x_tol: float, y_tol: float) -> str:
         """The text for the point of ``plot`` nearest to (x, y) within the tolerances, else ""."""
-        name_of = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}
         best, text = None, ""
         for (plot_name, key), (xs, ys) in self.series.items():
-            if name_of[plot_name] is not plot or not xs:
+            if self.plots[plot_name] is not plot or not xs:
                 continue
             xa, ya = np.asarray(xs, float), np.asarray(ys, float)
             d = np.hypot((xa - x) / max(x_tol, 1e-12), (ya - y) / max(y_tol, 1e-12))

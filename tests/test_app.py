@@ -26,6 +26,8 @@ from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.responsiveness import StallMeter, busy_processes  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
+from helpers_app import recording_errors  # noqa: E402
+
 #: The event loop may never stall longer than this while a job runs beside two busy processes
 #: (issue 11's bound, on the single worst gap between two 10 ms timer ticks).
 MAX_STALL_MS = 100.0
@@ -44,21 +46,20 @@ def umap_ready():
     return True
 
 
-class ErrorRecorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str]] = []
-
-    def __call__(self, parent, title, message, details=""):
-        self.calls.append((title, message, details))
-
-
 @pytest.fixture(scope="module")
 def recorded_errors():
-    rec = ErrorRecorder()
-    mp = pytest.MonkeyPatch()
-    mp.setattr(errors, "show_error", rec)
-    yield rec
-    mp.undo()
+    with recording_errors() as rec:
+        yield rec
+
+
+def _window_on(qtbot, ws, tmp_path) -> MainWindow:
+    """A window of its own (developer presets, no warm-up) showing ``ws`` with its session open."""
+    window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
+    qtbot.addWidget(window)
+    window.show()
+    window.open_workspace(ws)
+    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=120_000)
+    return window
 
 
 def _wait_idle(qtbot, window, timeout_ms=300_000):
@@ -378,11 +379,7 @@ def test_settings_persist(flow, tmp_path):
 def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, recorded_errors, fresh_ws, tmp_path):
     """Closing while training: the question is asked; yes cancels cleanly, the round is resumable."""
     errors_before = len(recorded_errors.calls)
-    window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
-    qtbot.addWidget(window)
-    window.show()
-    window.open_workspace(fresh_ws)
-    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=120_000)
+    window = _window_on(qtbot, fresh_ws, tmp_path)
     training = window.panel("training")
     training.preset.setCurrentIndex(training.preset.findData("tiny"))
     asked = []
@@ -448,11 +445,7 @@ def test_a_dying_training_process_is_one_dialog_and_the_app_stays_up(qapp, qtbot
     workspace is writable again and the round resumes."""
     monkeypatch.setenv("ITKM_WORKER_FAULT", fault)
     before = len(recorded_errors.calls)
-    window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
-    qtbot.addWidget(window)
-    window.show()
-    window.open_workspace(fresh_ws)
-    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=120_000)
+    window = _window_on(qtbot, fresh_ws, tmp_path)
     _wait_idle(qtbot, window)
     training = window.panel("training")
     training.preset.setCurrentIndex(training.preset.findData("tiny"))

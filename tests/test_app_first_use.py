@@ -22,27 +22,18 @@ from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QColor  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from itkm_app import errors, theme  # noqa: E402
+from itkm_app import theme  # noqa: E402
 from itkm_app.context import ModelState  # noqa: E402
 from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
-
-class ErrorRecorder:
-    def __init__(self) -> None:
-        self.calls: list = []
-
-    def __call__(self, parent, title, message, details=""):
-        self.calls.append((title, message, details))
+from helpers_app import recording_errors  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def recorded(qapp):
-    rec = ErrorRecorder()
-    mp = pytest.MonkeyPatch()
-    mp.setattr(errors, "show_error", rec)
-    yield rec
-    mp.undo()
+    with recording_errors() as rec:
+        yield rec
 
 
 def _idle(qtbot, window, timeout=120_000):

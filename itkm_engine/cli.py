@@ -168,7 +168,7 @@ def _config_for(ws, a):
 
     from .config import preset
     from .config_check import apply_sets, load_config_file, validate_config
-    from .session import CONFIG_FILE
+    from .vocabulary import CONFIG_FILE
 
     path = ws.path / CONFIG_FILE
     if a.config:
@@ -189,7 +189,7 @@ def _config_for(ws, a):
 
 def cmd_train(a) -> int:
     from .atomic import atomic_write_text
-    from .session import CONFIG_FILE
+    from .vocabulary import CONFIG_FILE
     from .trainer import train
     from .workspace import Workspace
 

@@ -31,7 +31,7 @@ from typing import Collection
 
 import numpy as np
 
-from .data.scenarios import TWO_GROUP
+from .vocabulary import TWO_GROUP
 from .metrics import evaluate_rank
 from .progress import Reporter
 

@@ -20,19 +20,9 @@ import torch
 from .atomic import atomic_open, atomic_write_text
 from .data.loading import CropDataset, CropTransform, make_loader
 from .progress import Reporter
+from .records import rows_of
 
 CHUNK = 4096  # images per cache chunk: what a kill -9 can lose at most
-
-
-def rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position of each ``wanted`` id in the (unsorted, unique) ``ids`` array; -1 where absent."""
-    ids = np.asarray(ids)
-    wanted = np.asarray(wanted)
-    if not len(ids):
-        return np.full(len(wanted), -1, dtype=np.int64)
-    order = np.argsort(ids)
-    rows = order[np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)]
-    return np.where(ids[rows] == wanted, rows, -1)
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 from .clustering import pseudo_labels
 from .progress import Reporter
 from .records import IdentityTable
+from .vocabulary import FINAL_LABELS_FILE
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,6 @@ def round_links(ws, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """The latest finished round's CHM matches as links for :func:`compute_identities`: for every
     cross-group label that joins several per-group clusters, ``(rows of one cluster, rows of
     another)`` as rows of ``ids``.  Empty before the first round or for a round without them."""
-    from .trainer import FINAL_LABELS_FILE
 
     latest = ws.latest_checkpoint()
     rnd = next((r for r in reversed(ws.rounds()) if r.status == "done" and r.checkpoint

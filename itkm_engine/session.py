@@ -17,12 +17,13 @@ import torch
 
 from .config import Config, preset
 from .errors import ItkmError, NothingToDoError
-from .features import FeatureSet, embed, extract_features, record_failed_images, rows_of
+from .features import FeatureSet, embed, extract_features, record_failed_images
+from .records import rows_of
 from .progress import Reporter
 from .records import IdentityTable
 from .workspace import Workspace
 
-CONFIG_FILE = "config.toml"
+from .vocabulary import CONFIG_FILE
 #: Candidates per query that k-reciprocal re-ranking re-orders (at least 4 x top-k).
 RERANK_TOP_N = 200
 

@@ -14,7 +14,7 @@ from .cli import ConsoleReporter, _config_for, build_parser
 from .distributed import init_from_env, shutdown
 from .errors import ItkmError
 from .progress import Reporter
-from .session import CONFIG_FILE
+from .vocabulary import CONFIG_FILE
 from .trainer import train
 from .workspace import Workspace
 

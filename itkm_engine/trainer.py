@@ -36,13 +36,11 @@ from .stages.heterogeneous import HeterogeneousStage
 from .stages.homogeneous import HomogeneousStage
 from .stages.loop import run_stage, seed_everything
 from .stages.text import TextStage
+from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE
 
 STAGES = (HomogeneousStage, TextStage, HeterogeneousStage)
 #: Share of a round's progress bar per stage (Stage II is cheap: features once, text tower only).
 STAGE_SPAN = {"stage1": (0.0, 0.45), "stage2": (0.45, 0.6), "stage3": (0.6, 1.0)}
-PROGRESS_FILE = "progress.pt"
-#: Per round (``rounds/round_NNNN/``): ids, per-group ``labels`` and cross-group ``cross`` labels.
-FINAL_LABELS_FILE = "final_labels.npz"
 
 
 @dataclass

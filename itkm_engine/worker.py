@@ -75,7 +75,7 @@ def _limit_threads(device: str) -> None:
 
 def job_train(ws, cfg, params: dict, reporter: Reporter) -> list[dict]:
     from .atomic import atomic_write_text
-    from .session import CONFIG_FILE
+    from .vocabulary import CONFIG_FILE
     from .trainer import train
 
     device = params.get("device") or cfg.device

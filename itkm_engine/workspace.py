@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .atomic import TMP_PREFIX, remove_stale_temporaries
-from .data.scenarios import SCENARIOS, allowed_groups, default_group, validate as validate_scenario_group
+from .vocabulary import CONFIG_FILE, DEFAULT_SITE, SCENARIOS, allowed_groups, default_group, validate as validate_scenario_group
 from .errors import ItkmError, ReadOnlyWorkspaceError, SchemaTooNewError, WorkspaceError
 from .lock import LOCK_NAME, LockInfo, WriterLock, read_lock_info
 from .progress import Reporter
@@ -70,7 +70,6 @@ __all__ = [
 ]
 
 DB_NAME = "itkm.sqlite"
-CONFIG_NAME = "config.toml"
 #: Sub-folders every workspace has (created on create, re-created on writer open if deleted).
 FOLDERS: tuple[str, ...] = ("checkpoints", "features", "rounds", "cache", "exports")
 
@@ -84,7 +83,6 @@ SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 #: Default site of a source: everything ingested is one site unless the operator says otherwise.
-DEFAULT_SITE = "default"
 
 
 def _migrate_1_to_2(con: sqlite3.Connection) -> None:
@@ -430,7 +428,7 @@ class Workspace:
             if path.exists() and not path.is_dir():
                 raise WorkspaceError(f"cannot create a workspace at {path}: it is a file, not a folder")
             if not db.exists() and path.is_dir():
-                leftovers = [p.name for p in path.iterdir() if p.name not in (*FOLDERS, LOCK_NAME, CONFIG_NAME)]
+                leftovers = [p.name for p in path.iterdir() if p.name not in (*FOLDERS, LOCK_NAME, CONFIG_FILE)]
                 if leftovers:
                     raise WorkspaceError(
                         f"cannot create a workspace in {path}: the folder is not empty "
@@ -622,7 +620,7 @@ class Workspace:
 
     @property
     def config_path(self) -> Path:
-        return self.path / CONFIG_NAME
+        return self.path / CONFIG_FILE
 
     @property
     def lock_path(self) -> Path:

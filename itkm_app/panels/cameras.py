@@ -2,7 +2,7 @@
 
 The table reads ``Workspace.cameras()`` in a job.  Scenario and group are edited with combo
 boxes restricted to valid values (a group must belong to its scenario,
-``itkm_engine.data.scenarios``); an edit is written with ``Workspace.set_camera`` in a job, and
+``itkm_engine.vocabulary``); an edit is written with ``Workspace.set_camera`` in a job, and
 the scenario change brings the group along (to the scenario's default when the old one does
 not fit).  Folders come in through the "Add camera folders" dialog or by dropping them on the
 panel; ingestion runs in the background with a progress bar and can be cancelled.
@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
                                QHBoxLayout, QHeaderView, QLabel, QListWidget, QPushButton, QTableView, QVBoxLayout,
                                QWidget)
 
-from itkm_engine.data.scenarios import SCENARIOS, allowed_groups, default_group
+from itkm_engine.vocabulary import SCENARIOS, allowed_groups, default_group
 
 from ..widgets.delegates import ComboDelegate
 from ..widgets.model_banner import ModelBanner

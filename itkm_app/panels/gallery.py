@@ -17,7 +17,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QMenu, QPushButton, QSpinBox, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
-from itkm_engine.data.scenarios import GROUPS, SCENARIOS
+from itkm_engine.vocabulary import GROUPS, SCENARIOS
 
 from ..widgets.model_banner import ModelBanner
 from ..widgets.thumb_grid import ThumbGrid, ThumbItem, badge_legend

@@ -26,7 +26,7 @@ from ..cv import cv2
 import numpy as np
 
 from .imageio import BadImage, load_rgb, read_header
-from .scenarios import SCENARIOS, TWO_GROUP
+from ..vocabulary import SCENARIOS, TWO_GROUP
 
 __all__ = [
     "CameraGuess",

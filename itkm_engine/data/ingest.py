@@ -49,7 +49,7 @@ from ..records import Camera, ImageRecord
 from .guess import CameraGuess, assign_scenarios, guess_camera
 from .imageio import BadImage, describe_path, probe, relpath_to_text
 from .layouts import FoundImage, Layout, Rejected, check_root, detect_layout, get_layout
-from .scenarios import SCENARIOS, TWO_GROUP
+from ..vocabulary import SCENARIOS, TWO_GROUP
 
 __all__ = ["ingest", "IngestSummary", "CameraRow", "SourceRow", "BATCH_SIZE", "WORKERS"]
 

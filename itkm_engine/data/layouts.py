@@ -51,7 +51,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 from ..errors import LayoutError
 from .imageio import describe_path, is_image_name, relpath_to_text
-from .scenarios import SCENARIOS
+from ..vocabulary import SCENARIOS
 
 __all__ = [
     "FoundImage",

@@ -186,7 +186,7 @@ def check_model_state(state: dict, path: str | os.PathLike) -> None:
     """A model state (``state["model"]`` of a checkpoint or progress file) that may be built:
     its config passes :func:`check_model_config`, its scenario/group lists are short lists of
     names, and every weight is finite (a NaN weight makes every feature NaN and every query empty)."""
-    from ..data.scenarios import GROUPS, SCENARIOS
+    from ..vocabulary import GROUPS, SCENARIOS
 
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise ItkmError(f"checkpoint {path} holds no model weights; it is not an ITKM checkpoint")

@@ -13,7 +13,7 @@ from ..clustering import pseudo_labels
 from ..config import Config
 from ..constraints import Constraints, enforce_on_labels
 from ..data.loading import Augment, CropDataset, CropTransform, PKSampler, make_loader
-from ..data.scenarios import group_key
+from ..vocabulary import DEFAULT_SITE, group_key
 from ..distributed import SINGLE, DistContext
 from ..features import FeatureSet, extract_features
 from ..metrics import pseudo_label_quality
@@ -41,7 +41,6 @@ class RoundContext:
 
     def image_sites(self) -> np.ndarray:
         """Site of every image (its camera's source's site; the default site when unknown)."""
-        from ..workspace import DEFAULT_SITE
 
         return np.array([self.camera_sites.get(c, DEFAULT_SITE) for c in self.images.camera], dtype=object)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constraints import enforce_cross_labels, instance_pairs
-from ..data.scenarios import TWO_GROUP
+from ..vocabulary import TWO_GROUP
 from ..distributed import image_forward
 from ..features import rows_of
 from ..losses.image_text import i2t_cross_entropy

@@ -1,12 +1,16 @@
-"""The vocabulary of scenarios and groups (DESIGN.md section 1).
+"""The ground floor's names: scenarios, groups, sites, and the workspace's fixed file names.
 
 A *scenario* is a set of cameras sharing one kind of heterogeneity; inside it each camera belongs
-to a *group* (a homogeneous subset).  Known from the camera, never from identity labels.
+to a *group* (a homogeneous subset).  Known from the camera, never from identity labels
+(DESIGN.md section 1).  A *site* is where an ingested folder was filmed: people are shared only
+within a site.
+
+Every layer may import this module; it imports nothing of the engine but :mod:`.errors`.
 """
 
 from __future__ import annotations
 
-from ..errors import ItkmError
+from .errors import ItkmError
 
 SCENARIOS: tuple[str, ...] = ("visible-infrared", "cross-resolution", "clothing-change", "cross-camera")
 GROUPS: tuple[str, ...] = ("visible", "infrared", "high-res", "low-res", "all")
@@ -40,3 +44,14 @@ def validate(scenario: str, group: str) -> None:
 def group_key(scenario: str, group: str) -> str:
     """Pseudo-labels are computed per group key."""
     return f"{scenario}/{group}"
+
+
+#: The site of a source nobody named (one site for everything).
+DEFAULT_SITE = "default"
+
+#: The workspace's settings file (``WS/config.toml``): written only by the training entry point.
+CONFIG_FILE = "config.toml"
+#: ``WS/checkpoints/progress.pt``: an unfinished round's last completed epoch.
+PROGRESS_FILE = "progress.pt"
+#: Per round (``WS/rounds/round_NNNN/``): ids, per-group ``labels`` and cross-group ``cross`` labels.
+FINAL_LABELS_FILE = "final_labels.npz"

@@ -117,7 +117,7 @@ def _user() -> str:
 # -- the store -------------------------------------------------------------------------------------
 def load_constraints(ws) -> Constraints:
     """Effective constraints of the workspace: per pair, its latest active decision."""
-    rows = ws._query("SELECT image_a, image_b, kind FROM decisions WHERE state = 0 ORDER BY id DESC")
+    rows = ws.query("SELECT image_a, image_b, kind FROM decisions WHERE state = 0 ORDER BY id DESC")
     latest: dict[tuple[int, int], str] = {}
     for a, b, kind in rows:  # newest first: the first decision seen on a pair is its latest
         latest.setdefault((int(a), int(b)), kind)
@@ -128,7 +128,7 @@ def load_constraints(ws) -> Constraints:
 def revision(ws) -> tuple:
     """Changes whenever a decision, undo, redo or name changes (cache key for derived results)."""
     return tuple(
-        ws._query(f"SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(state), 0) FROM {t}")[0]
+        ws.query(f"SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(state), 0) FROM {t}")[0]
         for t in ("decisions", "identity_names")
     )
 
@@ -151,7 +151,7 @@ def _check_images(ws, ids: set[int]) -> None:
     for i in range(0, len(lst), 500):
         chunk = lst[i : i + 500]
         q = ",".join("?" * len(chunk))
-        known.update(r[0] for r in ws._query(f"SELECT id FROM images WHERE id IN ({q})", chunk))
+        known.update(r[0] for r in ws.query(f"SELECT id FROM images WHERE id IN ({q})", chunk))
     missing = ids - known
     if missing:
         raise ConstraintError(f"unknown image id(s) {sorted(missing)[:5]}: use ids or paths of images in this workspace")
@@ -219,7 +219,7 @@ def redo(ws) -> int | None:
 
 def history(ws, *, limit: int | None = None) -> list[Decision]:
     sql = "SELECT id, batch, kind, image_a, image_b, at, user, state FROM decisions ORDER BY id DESC"
-    rows = ws._query(sql + (f" LIMIT {int(limit)}" if limit else ""))
+    rows = ws.query(sql + (f" LIMIT {int(limit)}" if limit else ""))
     return [Decision(*r) for r in rows]
 
 
@@ -288,7 +288,7 @@ def name_identity(ws, anchor_ids, name: str, note: str = "", *, user: str | None
 def identity_names(ws, image_ids: np.ndarray, identity: np.ndarray) -> dict[int, tuple[str, str]]:
     """``{identity: (name, note)}`` for the current identities: a name goes to the identity holding
     most of its anchor images; where two names land on one identity, the newer wins."""
-    rows = ws._query("SELECT anchors, name, note FROM identity_names WHERE state = 0 ORDER BY id")
+    rows = ws.query("SELECT anchors, name, note FROM identity_names WHERE state = 0 ORDER BY id")
     out: dict[int, tuple[str, str]] = {}
     ids = np.asarray(image_ids, np.int64)
     order = np.argsort(ids)

@@ -194,7 +194,7 @@ def test_upsert_images_idempotent_and_updates(ws, src):
     assert ws.image_count() == 55
     t = ws.images()
     assert len(t) == 55 and np.all(np.diff(t.id) > 0)
-    assert ws._query("SELECT size_bytes FROM images WHERE relpath = 'cam1/00003.jpg'")[0][0] == 2000
+    assert ws.query("SELECT size_bytes FROM images WHERE relpath = 'cam1/00003.jpg'")[0][0] == 2000
     # camera created on the fly for an unknown name
     assert ws.upsert_images(src, recs("newcam", 3)) == (3, 0)
     new = [c for c in ws.cameras() if c.name == "newcam"][0]
@@ -294,7 +294,7 @@ def test_rounds_and_epochs_roundtrip(ws):
     ws.update_round(r1, status="done", checkpoint=ckpt)
     info = ws.get_round(r1)
     assert info.status == "done" and info.finished is not None and info.checkpoint == str(ckpt)
-    stored = ws._query("SELECT checkpoint FROM rounds WHERE number = 1")[0][0]
+    stored = ws.query("SELECT checkpoint FROM rounds WHERE number = 1")[0][0]
     assert stored == "checkpoints/round_0001.pt"  # relative inside: the workspace can move
     assert (info.stage, info.epoch) == ("homogeneous", 3)
     assert ws.latest_checkpoint() == ckpt
@@ -504,7 +504,7 @@ def test_unwritable_folder_message_even_as_root(tmp_path, monkeypatch):
     path = tmp_path / "ws"
     Workspace.open(path, create=True).close()
     real_access = os.access
-    monkeypatch.setattr(wsmod.os, "access", lambda p, mode: False if Path(p) == path and mode == os.W_OK else real_access(p, mode))
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == path and mode == os.W_OK else real_access(p, mode))
     with pytest.raises(WorkspaceError, match="readonly=True"):
         Workspace.open(path)
     assert not (path / "workspace.lock").exists()
@@ -533,7 +533,7 @@ def test_nan_timestamp_and_closed_workspace(ws, src):
 
 
 def test_images_chunked_odd_paths_and_statuses(ws, src, monkeypatch):
-    monkeypatch.setattr(wsmod, "_IMAGE_CHUNK", 3)  # force several aggregated chunks
+    monkeypatch.setattr(wsmod.catalog, "_IMAGE_CHUNK", 3)  # force several aggregated chunks
     odd = ["c/a,b.jpg", "c/new\nline.jpg", "c/ünï cödé 人.png", "c/x'y\"z.jpg", "c/semi;colon.bmp", "c/plain.jpg", "c/t.jpg"]
     records = [
         ImageRecord(rel, "c", 10 + i, 20 + i, float("nan") if i % 3 == 0 else 1_700_000_000.123456 + i, 1.0, 5, i - 1)

@@ -5,7 +5,7 @@
 
 One workspace of the demo set (``make_demo``) trains round 1 with the ``quick`` preset (as
 ``bench_accuracy.py``).  Its folder is then copied once per count N; each copy gets N decisions
-simulated from the true person ids (``itkm_engine.constraints.simulate_confirmations``: the review
+simulated from the true person ids (``itkm_engine.review.simulate_confirmations``: the review
 queue's pairs nearest the decision boundary, cross-scenario first; confirmed where the ids agree,
 rejected where they differ) and trains round 2.  Every copy's round 2 starts from the same
 checkpoint with the same seed, so the only difference is the decisions.  Columns as
@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import print_table, write_json  # noqa: E402
 from benchmarks.bench_accuracy import Clock, Runs  # noqa: E402
 from itkm_engine.config import preset  # noqa: E402
-from itkm_engine.constraints import load_constraints, simulate_confirmations  # noqa: E402
+from itkm_engine.review import simulate_confirmations  # noqa: E402
+from itkm_engine.workspace.decisions import load_constraints  # noqa: E402
 from itkm_engine.data.demo import make_demo  # noqa: E402
 from itkm_engine.session import Session  # noqa: E402
 from itkm_engine.workspace import Workspace  # noqa: E402

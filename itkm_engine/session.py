@@ -321,22 +321,23 @@ class Session:
                     self._identities = table
             return self._obeying_decisions(self._identities)
 
-    # -- the operator's decisions (itkm_engine/constraints.py) ---------------------------------
+    # -- the operator's decisions (itkm_engine/workspace/decisions.py, constraints.py, review.py) --
     def _obeying_decisions(self, table: IdentityTable) -> IdentityTable:
         """``table`` with must/cannot-links enforced (cached per decision revision)."""
-        from . import constraints as C
+        from .constraints import enforce_on_labels
+        from .workspace.decisions import load_constraints, revision
 
-        rev = (id(table), table.checkpoint, C.revision(self.ws))
+        rev = (id(table), table.checkpoint, revision(self.ws))
         cached = getattr(self, "_decided", None)
         if cached is not None and cached[0] == rev and cached[2] is table:
             return cached[1]
-        cons, out = C.load_constraints(self.ws), table
+        cons, out = load_constraints(self.ws), table
         if len(cons):
             fs = self.features()
             rows = rows_of(fs.ids, table.image_id)
             feats = fs.feats[rows] if (rows >= 0).all() else None
             out = IdentityTable(table.checkpoint, table.image_id,
-                                C.enforce_on_labels(table.identity, table.image_id, cons, feats), table.confidence)
+                                enforce_on_labels(table.identity, table.image_id, cons, feats), table.confidence)
         self._decided = (rev, out, table)
         return out
 
@@ -364,7 +365,7 @@ class Session:
         raise ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
 
     def constraints(self):
-        from .constraints import load_constraints
+        from .workspace.decisions import load_constraints
 
         return load_constraints(self.ws)
 
@@ -377,22 +378,22 @@ class Session:
         return self.reject_pairs([(a, b)])
 
     def confirm_pairs(self, pairs) -> int:
-        from .constraints import confirm
+        from .workspace.decisions import confirm
 
         return confirm(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
 
     def reject_pairs(self, pairs) -> int:
-        from .constraints import reject
+        from .workspace.decisions import reject
 
         return reject(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
 
     def undo(self) -> int | None:
-        from .constraints import undo
+        from .workspace.decisions import undo
 
         return undo(self.ws)
 
     def redo(self) -> int | None:
-        from .constraints import redo
+        from .workspace.decisions import redo
 
         return redo(self.ws)
 
@@ -411,7 +412,8 @@ class Session:
 
     def merge_identities(self, x: int, y: int, *more: int) -> int:
         """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step)."""
-        from .constraints import ConstraintError, confirm, merge_pairs
+        from .constraints import ConstraintError, merge_pairs
+        from .workspace.decisions import confirm
 
         wanted = [int(i) for i in (x, y, *more)]
         if len(set(wanted)) != len(wanted):
@@ -420,7 +422,8 @@ class Session:
 
     def split_identity(self, image_ids) -> int:
         """The given sightings (ids or paths, all of one identity) become a new identity."""
-        from .constraints import ConstraintError, record_split
+        from .constraints import ConstraintError
+        from .workspace.decisions import record_split
 
         moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
         table = self.identities()
@@ -433,14 +436,14 @@ class Session:
 
     def name_identity(self, identity: int, name: str, note: str = "") -> int:
         """Name and note an identity (anchored to its images, so it survives re-clustering)."""
-        from .constraints import name_identity
+        from .workspace.decisions import name_identity
 
         ids, _ = self._identity_members(identity)
         return name_identity(self.ws, ids, name, note)
 
     def identity_names(self) -> dict[int, tuple[str, str]]:
         """``{identity: (name, note)}`` for the current identities."""
-        from .constraints import identity_names
+        from .workspace.decisions import identity_names
 
         table = self.identities()
         return identity_names(self.ws, table.image_id, table.identity)
@@ -451,7 +454,7 @@ class Session:
 
     def review_queue(self, n: int = 100):
         """Pairs to review, nearest the decision boundary first, cross-scenario first."""
-        from .constraints import review_queue
+        from .review import review_queue
 
         return review_queue(self, n)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .constraints import load_constraints
+from .workspace.decisions import load_constraints
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError, TrainingDivergedError
 from .features import extract_features, record_failed_images

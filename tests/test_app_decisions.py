@@ -13,7 +13,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QItemSelectionModel, Qt  # noqa: E402
 
-from itkm_engine import constraints as C  # noqa: E402
+from itkm_engine.workspace import decisions as D  # noqa: E402
 
 
 @pytest.fixture
@@ -57,10 +57,10 @@ def test_confirm_and_reject_from_the_gallery(qtbot, window):
     grid.setCurrentIndex(grid.model().index(0, 0))
 
     qtbot.keyClick(grid, Qt.Key.Key_Y)  # first match: same person; the next tile becomes current
-    assert C.load_constraints(ws).decision(qid, items[0].image_id) == "must"
+    assert D.load_constraints(ws).decision(qid, items[0].image_id) == "must"
     assert items[0].decision == "must" and grid.current_item() is items[1]
     qtbot.keyClick(grid, Qt.Key.Key_N)  # second: not this person
-    assert C.load_constraints(ws).decision(qid, items[1].image_id) == "cannot"
+    assert D.load_constraints(ws).decision(qid, items[1].image_id) == "cannot"
     _idle(qtbot, w)
     assert _same(w, qid, items[0].image_id) and not _same(w, qid, items[1].image_id)
 
@@ -70,15 +70,15 @@ def test_confirm_and_reject_from_the_gallery(qtbot, window):
     for r in (2, 3):
         sel.select(grid.model().index(r, 0), QItemSelectionModel.SelectionFlag.Select)
     gallery.confirm_btn.click()
-    batches = {d.batch for d in C.history(ws) if d.image_b in (items[2].image_id, items[3].image_id)
+    batches = {d.batch for d in D.history(ws) if d.image_b in (items[2].image_id, items[3].image_id)
                or d.image_a in (items[2].image_id, items[3].image_id)}
     assert len(batches) == 1
     qtbot.keyClick(grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    cons = C.load_constraints(ws)
+    cons = D.load_constraints(ws)
     assert cons.decision(qid, items[2].image_id) is None and cons.decision(qid, items[0].image_id) == "must"
     assert items[2].decision is None
     qtbot.keyClick(grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
-    assert C.load_constraints(ws).decision(qid, items[3].image_id) == "must" and items[3].decision == "must"
+    assert D.load_constraints(ws).decision(qid, items[3].image_id) == "must" and items[3].decision == "must"
     _idle(qtbot, w)
 
     # the review queue: N rejects the pair shown and moves on; an arrow skips one
@@ -87,7 +87,7 @@ def test_confirm_and_reject_from_the_gallery(qtbot, window):
     first = gallery.review[0]
     assert gallery.grid.items()[0].image_id == first.image_b
     qtbot.keyClick(gallery.grid, Qt.Key.Key_N)
-    assert C.load_constraints(ws).decision(first.image_a, first.image_b) == "cannot"
+    assert D.load_constraints(ws).decision(first.image_a, first.image_b) == "cannot"
     assert gallery.query[2] == 1
     qtbot.keyClick(gallery.grid, Qt.Key.Key_Right)
     assert gallery.query[2] == 2

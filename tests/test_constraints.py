@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from itkm_engine import constraints as C
+from itkm_engine import review as R
+from itkm_engine.workspace import decisions as D
 from itkm_engine.workspace import DB_NAME, Workspace
 
 
@@ -69,37 +71,37 @@ def test_instance_pairs_add_confirmed_cross_group_and_drop_rejected():
 def test_decisions_undo_redo_in_batches_and_survive_reopen(fresh_ws):
     with Workspace.open(fresh_ws) as ws:
         ids = ws.images().id[:6].tolist()
-        b1 = C.confirm(ws, [(ids[0], ids[1]), (ids[2], ids[3])], user="ann")  # a selection: one step
-        b2 = C.reject(ws, [(ids[1], ids[0])], user="bob")  # the later decision on the pair wins
+        b1 = D.confirm(ws, [(ids[0], ids[1]), (ids[2], ids[3])], user="ann")  # a selection: one step
+        b2 = D.reject(ws, [(ids[1], ids[0])], user="bob")  # the later decision on the pair wins
         assert b2 > b1
-        cons = C.load_constraints(ws)
+        cons = D.load_constraints(ws)
         assert cons.decision(ids[0], ids[1]) == "cannot" and cons.decision(ids[2], ids[3]) == "must"
-        assert C.undo(ws) == b2
-        assert C.load_constraints(ws).decision(ids[0], ids[1]) == "must"
-        assert C.undo(ws) == b1 and len(C.load_constraints(ws)) == 0
-        assert C.undo(ws) is None
-        assert C.redo(ws) == b1 and len(C.load_constraints(ws).must) == 2
+        assert D.undo(ws) == b2
+        assert D.load_constraints(ws).decision(ids[0], ids[1]) == "must"
+        assert D.undo(ws) == b1 and len(D.load_constraints(ws)) == 0
+        assert D.undo(ws) is None
+        assert D.redo(ws) == b1 and len(D.load_constraints(ws).must) == 2
     with Workspace.open(fresh_ws) as ws:  # b2 still redoable after reopening
-        assert len(C.load_constraints(ws).must) == 2
-        C.reject(ws, [(ids[4], ids[5])])  # a new action drops the redo stack
-        assert C.redo(ws) is None
-        hist = C.history(ws)
+        assert len(D.load_constraints(ws).must) == 2
+        D.reject(ws, [(ids[4], ids[5])])  # a new action drops the redo stack
+        assert D.redo(ws) is None
+        hist = D.history(ws)
         assert {d.user for d in hist} >= {"ann", "bob"}
         assert sorted(d.state for d in hist) == [0, 0, 0, 2]  # the retired undo is kept, flagged
         with pytest.raises(C.ConstraintError):
-            C.confirm(ws, [(ids[0], ids[0])])
+            D.confirm(ws, [(ids[0], ids[0])])
         with pytest.raises(C.ConstraintError):
-            C.confirm(ws, [(ids[0], 10**9)])
+            D.confirm(ws, [(ids[0], 10**9)])
 
 
 def test_names_follow_their_images_not_identity_numbers(fresh_ws):
     with Workspace.open(fresh_ws) as ws:
-        C.name_identity(ws, [1, 2, 3], "Alice", "blue coat")
+        D.name_identity(ws, [1, 2, 3], "Alice", "blue coat")
         # After re-clustering identity numbers changed: the images of "Alice" are now identity 7.
-        names = C.identity_names(ws, np.array([1, 2, 3, 4]), np.array([7, 7, 5, 5]))
+        names = D.identity_names(ws, np.array([1, 2, 3, 4]), np.array([7, 7, 5, 5]))
         assert names == {7: ("Alice", "blue coat")}
-        C.undo(ws)
-        assert C.identity_names(ws, np.array([1, 2, 3]), np.array([0, 0, 0])) == {}
+        D.undo(ws)
+        assert D.identity_names(ws, np.array([1, 2, 3]), np.array([0, 0, 0])) == {}
 
 
 def test_schema_2_workspace_gains_the_decision_tables(fresh_ws):
@@ -111,7 +113,7 @@ def test_schema_2_workspace_gains_the_decision_tables(fresh_ws):
     con.close()
     with Workspace.open(fresh_ws) as ws:
         assert ws.schema_version() == 3
-        assert C.load_constraints(ws).must.shape == (0, 2)
+        assert D.load_constraints(ws).must.shape == (0, 2)
     assert (fresh_ws / f"{DB_NAME}.bak-v2").exists()
 
 
@@ -149,8 +151,8 @@ def test_a_round_obeys_the_decisions_and_they_survive_it(trained_ws, monkeypatch
         c, d = (int(i) for i in images.id[vis[pid[vis] == p1][1:3]])
         xa, xb = int(images.id[vis[pid[vis] == p2][1]]), int(images.id[ir[pid[ir] == p1][0]])  # across groups
         xc, xd = int(images.id[vis[pid[vis] == p2][2]]), int(images.id[ir[pid[ir] == p2][0]])
-        C.confirm(ws, [(a, b), (xa, xb)])
-        C.reject(ws, [(c, d), (xc, xd)])
+        D.confirm(ws, [(a, b), (xa, xb)])
+        D.reject(ws, [(c, d), (xc, xd)])
         cfg = workspace_config(ws)
         assert cfg.stage3.chm and cfg.stage3.ihm
         (res,) = train(ws, cfg, rounds=1)
@@ -159,7 +161,7 @@ def test_a_round_obeys_the_decisions_and_they_survive_it(trained_ws, monkeypatch
         lab = dict(zip(ids.tolist(), labels.tolist()))
         assert lab[a] == lab[b] >= 0
         assert lab[c] != lab[d] or lab[c] < 0
-        assert len(C.load_constraints(ws)) == 4  # decisions are workspace state, not round state
+        assert len(D.load_constraints(ws)) == 4  # decisions are workspace state, not round state
     assert seen
     for fs_ids, cross, pairs in seen:
         x = dict(zip(fs_ids.tolist(), cross.tolist()))
@@ -233,12 +235,12 @@ def test_cli_confirm_reject_identities_and_csv_columns(trained_ws, tmp_path, cap
 def test_a_later_split_beats_an_earlier_merge(fresh_ws):
     with Workspace.open(fresh_ws) as ws:
         ids = ws.images().id[:6]
-        C.confirm(ws, C.merge_pairs([(ids[:3], ["g"] * 3), (ids[3:], ["g"] * 3)]))  # all six one person
-        C.record_split(ws, ids[:2], ids[2:], ["g"] * 2, ["g"] * 4)  # then two split off
-        out = C.enforce_on_labels(np.zeros(6, np.int64), ids, C.load_constraints(ws))
+        D.confirm(ws, C.merge_pairs([(ids[:3], ["g"] * 3), (ids[3:], ["g"] * 3)]))  # all six one person
+        D.record_split(ws, ids[:2], ids[2:], ["g"] * 2, ["g"] * 4)  # then two split off
+        out = C.enforce_on_labels(np.zeros(6, np.int64), ids, D.load_constraints(ws))
         assert out[0] == out[1] != out[2] and len(set(out[2:])) == 1
-        C.undo(ws)
-        out = C.enforce_on_labels(np.zeros(6, np.int64), ids, C.load_constraints(ws))
+        D.undo(ws)
+        out = C.enforce_on_labels(np.zeros(6, np.int64), ids, D.load_constraints(ws))
         assert len(set(out)) == 1
 
 
@@ -250,7 +252,7 @@ def test_simulated_confirmations_follow_the_true_ids_nearest_the_boundary_first(
         assert queue and all(queue[i].cross_scenario >= queue[i + 1].cross_scenario for i in range(len(queue) - 1))
         cross = [p.margin for p in queue if p.cross_scenario]
         assert cross == sorted(cross)
-        n = C.simulate_confirmations(s, 20, seed=1)
+        n = R.simulate_confirmations(s, 20, seed=1)
         assert n == 20
         images = s.images()
         pid = dict(zip(images.id.tolist(), images.person_id.tolist()))

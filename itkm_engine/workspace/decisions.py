@@ -1,0 +1,217 @@
+"""The operator's decisions store: must-/cannot-links and identity names, with undo and redo.
+
+Schema v3 tables ``decisions`` and ``identity_names`` (:mod:`itkm_engine.workspace.schema`);
+every function takes the :class:`~itkm_engine.workspace.Workspace` to read and write:
+
+* a decision is a pair of image ids, ``must`` (same person) or ``cannot`` (not), when, and the OS
+  user; the latest active decision on a pair wins (a reject after a confirm overrides it);
+* every action writes one ``batch`` (a confirm, a whole selection, a merge, a split, a name), and
+  undo / redo move whole batches: undo flags the newest active batch ``state=1``; redo
+  re-activates the oldest undone one; a new action after an undo retires the undone batches
+  (``state=2``, kept for the record) -- the usual editor semantics;
+* identity names and notes are anchored to the image ids the identity held when it was named, so
+  they survive re-clustering (identity numbers change every round; image ids never do).
+
+:func:`load_constraints` hands the effective decisions to the pure enforcement in
+:mod:`itkm_engine.constraints`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..constraints import KINDS, ConstraintError, Constraints, split_pairs
+from ..records import rows_of
+
+__all__ = [
+    "Decision",
+    "load_constraints",
+    "revision",
+    "decide",
+    "confirm",
+    "reject",
+    "undo",
+    "redo",
+    "history",
+    "record_split",
+    "name_identity",
+    "identity_names",
+]
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: int
+    batch: int
+    kind: str
+    image_a: int
+    image_b: int
+    at: float
+    user: str
+    state: int  # 0 active, 1 undone (redoable), 2 undone and retired
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (containers): still record the decision
+        return ""
+
+
+def load_constraints(ws) -> Constraints:
+    """Effective constraints of the workspace: per pair, its latest active decision."""
+    rows = ws.query("SELECT image_a, image_b, kind FROM decisions WHERE state = 0 ORDER BY id DESC")
+    latest: dict[tuple[int, int], str] = {}
+    for a, b, kind in rows:  # newest first: the first decision seen on a pair is its latest
+        latest.setdefault((int(a), int(b)), kind)
+    out = {k: [p for p, v in latest.items() if v == k] for k in KINDS}
+    return Constraints(*(np.array(out[k], dtype=np.int64).reshape(-1, 2) for k in KINDS))
+
+
+def revision(ws) -> tuple:
+    """Changes whenever a decision, undo, redo or name changes (cache key for derived results)."""
+    return tuple(
+        ws.query(f"SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(state), 0) FROM {t}")[0]
+        for t in ("decisions", "identity_names")
+    )
+
+
+def _new_batch(con) -> int:
+    """Next batch id; retires undone batches (a new action clears the redo stack)."""
+    for t in ("decisions", "identity_names"):
+        con.execute(f"UPDATE {t} SET state = 2 WHERE state = 1")
+    row = con.execute(
+        "SELECT MAX(b) FROM (SELECT MAX(batch) AS b FROM decisions UNION ALL SELECT MAX(batch) FROM identity_names)"
+    ).fetchone()
+    return int(row[0] or 0) + 1
+
+
+def _check_images(ws, ids: set[int]) -> None:
+    if not ids:
+        return
+    known = set()
+    lst = sorted(ids)
+    for i in range(0, len(lst), 500):
+        chunk = lst[i : i + 500]
+        q = ",".join("?" * len(chunk))
+        known.update(r[0] for r in ws.query(f"SELECT id FROM images WHERE id IN ({q})", chunk))
+    missing = ids - known
+    if missing:
+        raise ConstraintError(f"unknown image id(s) {sorted(missing)[:5]}: use ids or paths of images in this workspace")
+
+
+def decide(ws, pairs, kind: str, *, user: str | None = None) -> int:
+    """Record ``kind`` ('must' or 'cannot') for every ``(a, b)`` in ``pairs`` as one undo step.
+    Returns the batch id (0 when ``pairs`` is empty)."""
+    if kind not in KINDS:
+        raise ConstraintError(f"a decision is 'must' or 'cannot', not {kind!r}")
+    norm = []
+    for a, b in pairs:
+        a, b = int(a), int(b)
+        if a == b:
+            raise ConstraintError(f"image {a} was paired with itself: pick two different images")
+        norm.append((min(a, b), max(a, b)))
+    norm = list(dict.fromkeys(norm))
+    if not norm:
+        return 0
+    _check_images(ws, {i for p in norm for i in p})
+    now, who = time.time(), _user() if user is None else user
+    with ws.transaction() as con:
+        batch = _new_batch(con)
+        con.executemany(
+            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            [(batch, kind, a, b, now, who) for a, b in norm],
+        )
+    return batch
+
+
+def confirm(ws, pairs, *, user: str | None = None) -> int:
+    """Same person (must-link) for every pair, one undo step."""
+    return decide(ws, pairs, "must", user=user)
+
+
+def reject(ws, pairs, *, user: str | None = None) -> int:
+    """Not the same person (cannot-link) for every pair, one undo step."""
+    return decide(ws, pairs, "cannot", user=user)
+
+
+def _move(ws, from_state: int, to_state: int, newest: bool) -> int | None:
+    agg = "MAX" if newest else "MIN"
+    with ws.transaction() as con:
+        row = con.execute(
+            f"SELECT {agg}(b) FROM (SELECT batch AS b FROM decisions WHERE state = ? "
+            "UNION ALL SELECT batch FROM identity_names WHERE state = ?)",
+            (from_state, from_state),
+        ).fetchone()
+        if row[0] is None:
+            return None
+        for t in ("decisions", "identity_names"):
+            con.execute(f"UPDATE {t} SET state = ? WHERE batch = ? AND state = ?", (to_state, row[0], from_state))
+        return int(row[0])
+
+
+def undo(ws) -> int | None:
+    """Undo the newest active step (one batch).  Returns its batch id, None when nothing to undo."""
+    return _move(ws, 0, 1, newest=True)
+
+
+def redo(ws) -> int | None:
+    """Redo the oldest undone step.  Returns its batch id, None when nothing to redo."""
+    return _move(ws, 1, 0, newest=False)
+
+
+def history(ws, *, limit: int | None = None) -> list[Decision]:
+    sql = "SELECT id, batch, kind, image_a, image_b, at, user, state FROM decisions ORDER BY id DESC"
+    rows = ws.query(sql + (f" LIMIT {int(limit)}" if limit else ""))
+    return [Decision(*r) for r in rows]
+
+
+def record_split(ws, moved, rest, keys_moved, keys_rest, *, user: str | None = None) -> int:
+    """Write a split as one undo step."""
+    must, cannot = split_pairs(moved, rest, keys_moved, keys_rest)
+    now, who = time.time(), _user() if user is None else user
+    _check_images(ws, {i for p in must + cannot for i in p})
+    rows = [(k, min(a, b), max(a, b)) for k, prs in (("must", must), ("cannot", cannot)) for a, b in prs]
+    with ws.transaction() as con:
+        batch = _new_batch(con)
+        con.executemany(
+            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            [(batch, k, a, b, now, who) for k, a, b in rows],
+        )
+    return batch
+
+
+def name_identity(ws, anchor_ids, name: str, note: str = "", *, user: str | None = None) -> int:
+    """Name (and note) the identity that holds ``anchor_ids`` now; one undo step."""
+    anchors = sorted({int(i) for i in anchor_ids})
+    if not anchors:
+        raise ConstraintError("naming needs an identity with at least one sighting")
+    name, note = str(name).strip(), str(note)
+    with ws.transaction() as con:
+        batch = _new_batch(con)
+        con.execute(
+            "INSERT INTO identity_names (batch, anchors, name, note, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            (batch, json.dumps(anchors), name, note, time.time(), _user() if user is None else user),
+        )
+    return batch
+
+
+def identity_names(ws, image_ids: np.ndarray, identity: np.ndarray) -> dict[int, tuple[str, str]]:
+    """``{identity: (name, note)}`` for the current identities: a name goes to the identity holding
+    most of its anchor images; where two names land on one identity, the newer wins."""
+    rows = ws.query("SELECT anchors, name, note FROM identity_names WHERE state = 0 ORDER BY id")
+    out: dict[int, tuple[str, str]] = {}
+    ids = np.asarray(image_ids, np.int64)
+    for anchors, name, note in rows:
+        hit = rows_of(ids, np.asarray(json.loads(anchors), np.int64))
+        hit = hit[hit >= 0]
+        if not len(hit):
+            continue
+        vals, counts = np.unique(np.asarray(identity)[hit], return_counts=True)
+        out[int(vals[np.argmax(counts)])] = (name, note)
+    return out

@@ -15,11 +15,11 @@ from itkm_engine.data.layouts import (
     NAME_EPOCH,
     FoundImage,
     Layout,
-    Rejected,
     detect_layout,
     get_layout,
     parse_name,
 )
+from itkm_engine.data.walk import Rejected
 from itkm_engine.errors import LayoutError
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

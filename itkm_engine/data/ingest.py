@@ -48,7 +48,8 @@ from ..progress import Reporter
 from ..records import Camera, ImageRecord
 from .guess import CameraGuess, assign_scenarios, guess_camera
 from .imageio import BadImage, describe_path, probe, relpath_to_text
-from .layouts import FoundImage, Layout, Rejected, check_root, detect_layout, get_layout
+from .layouts import FoundImage, Layout, check_root, detect_layout, get_layout
+from .walk import Rejected
 from ..vocabulary import SCENARIOS, TWO_GROUP
 
 __all__ = ["ingest", "IngestSummary", "CameraRow", "SourceRow", "BATCH_SIZE", "WORKERS"]

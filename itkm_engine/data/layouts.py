@@ -34,15 +34,13 @@ Timestamps
     frame leave ``timestamp`` as ``None`` and ingestion uses the file's mtime.
 
 Scanning
-    ``os.scandir``, entries sorted by name (deterministic order), hidden entries (``.*``) and
-    ``__MACOSX`` skipped.  Symlinks to folders are followed, but every folder is identified by
-    ``(st_dev, st_ino)`` and visited once: a loop or a second link to the same folder becomes a
-    :class:`Rejected` entry, not an endless walk.  Unreadable folders become rejects too.
+    Every layout walks its folder with :class:`itkm_engine.data.walk.Walker` (entries sorted by
+    name, hidden entries skipped, each folder visited once, links out of the root not followed);
+    what it cannot use becomes a :class:`~itkm_engine.data.walk.Rejected` entry, not an error.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from dataclasses import dataclass
@@ -51,11 +49,11 @@ from typing import Iterator, Protocol, runtime_checkable
 
 from ..errors import LayoutError
 from .imageio import describe_path, is_image_name, relpath_to_text
+from .walk import Rejected, Walker, peek, top_level
 from ..vocabulary import SCENARIOS
 
 __all__ = [
     "FoundImage",
-    "Rejected",
     "ParsedName",
     "Layout",
     "LAYOUTS",
@@ -74,13 +72,6 @@ _DAY = 86_400.0
 #: Name-convention layouts (market, ltcc) match when at least this fraction of sampled names parse.
 MATCH_FRACTION = 2 / 3
 
-#: Deepest folder nesting a scan follows below a camera (or dataset) folder.
-MAX_DEPTH = 8
-
-#: Image types users commonly have that we do not ingest: reported, so the user knows why.
-_OTHER_IMAGE_EXTENSIONS = frozenset(
-    {".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".ppm", ".pgm", ".pbm", ".ico"}
-)
 #: Folder names of the standard splits of Market-1501, DukeMTMC-reID, MSMT17 and LTCC.
 _SPLIT_DIRS = frozenset(
     {
@@ -119,15 +110,6 @@ class FoundImage:
     timestamp: float | None = None
     scenario: str | None = None
     group: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A file or folder under the root that cannot be used, and why (a few words for the user)."""
-
-    relpath: str
-    reason: str
-    camera: str | None = None
 
 
 ScanItem = FoundImage | Rejected
@@ -207,166 +189,9 @@ def _int_dir(name: str) -> int | None:
     return int(name) if _INT_DIR.match(name) else None
 
 
-# --------------------------------------------------------------------------------------------
-# directory walking
-# --------------------------------------------------------------------------------------------
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name in ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information")
-
-
-def _join(rel: str, name: str) -> str:
-    return name if not rel else f"{rel}/{name}"
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()  # follows symlinks
-    except OSError:  # ELOOP on a self-referencing link, EACCES ...: handled as a (bad) file
-        return False
-
-
-#: The file that marks an ITKM workspace folder; a workspace inside a source is never scanned
-#: (its checkpoints/features folders would otherwise change layout detection).
-WORKSPACE_MARKER = "itkm.sqlite"
-
-
-def _is_workspace(path: str | os.PathLike) -> bool:
-    return os.path.isfile(os.path.join(path, WORKSPACE_MARKER))
-
-
-def _inside_root(path: str, real_root: str) -> bool:
-    """True when ``path`` (links resolved) is the root or below it."""
-    real = os.path.realpath(path)
-    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
-
-
-def _folder_error(exc: OSError) -> str:
-    if isinstance(exc, PermissionError):
-        return "folder not readable (permission denied)"
-    if exc.errno in (errno.ELOOP, errno.ENOENT):
-        return "broken or looping link"
-    return f"folder not readable ({exc.strerror or exc})"
-
-
-class _Walker:
-    """One scan's directory walker: remembers visited folders by (st_dev, st_ino)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = os.fspath(root)
-        self.real_root = os.path.realpath(self.root)
-        self.seen: dict[tuple[int, int], str] = {}
-        try:
-            st = os.stat(self.root)
-            self.seen[(st.st_dev, st.st_ino)] = ""
-        except OSError:
-            pass
-
-    def path(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else self.root
-
-    def enter(self, rel: str) -> Rejected | None:
-        """Register folder ``rel`` as visited; a reject when it cannot or must not be entered."""
-        try:
-            st = os.stat(self.path(rel))
-        except OSError as exc:
-            return Rejected(rel, _folder_error(exc))
-        if not _inside_root(self.path(rel), self.real_root):
-            return Rejected(rel, "link to a folder outside the ingested folder (not followed; ingest that folder "
-                                 "itself if its images belong here)")
-        key = (st.st_dev, st.st_ino)
-        if key in self.seen:
-            first = self.seen[key] or "the root folder"
-            return Rejected(rel, f"folder already scanned as {first} (symlink loop or duplicate link)")
-        self.seen[key] = rel
-        return None
-
-    def entries(self, rel: str) -> tuple[list[tuple[str, bool]], Rejected | None]:
-        """Sorted (name, is_dir) of the visible entries of folder ``rel``."""
-        try:
-            with os.scandir(self.path(rel)) as it:
-                out = [(e.name, d) for e in it if not _hidden(e.name)
-                       for d in (_is_dir(e),) if not (d and _is_workspace(e.path))]
-        except OSError as exc:
-            return [], Rejected(rel, _folder_error(exc))
-        out.sort()
-        return out, None
-
-    def files(self, rel: str, depth: int = MAX_DEPTH, *, enter: bool = True) -> Iterator[str | Rejected]:
-        """Relpaths of image files under folder ``rel`` (recursively), and rejects.
-
-        ``enter=False`` when the caller already registered ``rel`` with :meth:`enter`.
-        """
-        if enter:
-            bad = self.enter(rel)
-            if bad is not None:
-                yield bad
-                return
-        entries, bad = self.entries(rel)
-        if bad is not None:
-            yield bad
-            return
-        for name, is_dir in entries:
-            child = _join(rel, name)
-            if is_dir:
-                if depth <= 0:
-                    yield Rejected(child, "folder nested too deep")
-                else:
-                    yield from self.files(child, depth - 1)
-            elif is_image_name(name):
-                yield child
-            else:
-                ext = os.path.splitext(name)[1].lower()
-                if ext in _OTHER_IMAGE_EXTENSIONS:
-                    yield Rejected(child, f"unsupported file type {ext} (use jpg, png, bmp or webp)")
-
-
-def _top(root: Path) -> tuple[list[str], list[str]]:
-    """(sub-folder names, image file names) directly in ``root``; empty lists when unreadable."""
-    dirs, images = [], []
-    real_root = os.path.realpath(root)
-    try:
-        with os.scandir(root) as it:
-            for e in it:
-                if _hidden(e.name):
-                    continue
-                if _is_dir(e):
-                    if _is_workspace(e.path) or (e.is_symlink() and not _inside_root(e.path, real_root)):
-                        continue  # never part of the layout (see _Walker.enter)
-                    dirs.append(e.name)
-                elif is_image_name(e.name):
-                    images.append(e.name)
-    except OSError:
-        pass
-    dirs.sort()
-    images.sort()
-    return dirs, images
-
-
-def _peek(folder: Path | str, limit: int = 64) -> tuple[list[str], list[str]]:
-    """Like :func:`_top` but stops after ``limit`` entries: cheap on folders of 100k files."""
-    dirs, images = [], []
-    try:
-        with os.scandir(folder) as it:
-            for i, e in enumerate(it):
-                if i >= limit:
-                    break
-                if _hidden(e.name):
-                    continue
-                if _is_dir(e):
-                    if not _is_workspace(e.path):
-                        dirs.append(e.name)
-                elif is_image_name(e.name):
-                    images.append(e.name)
-    except OSError:
-        pass
-    return dirs, images
-
-
 def _has_images(folder: Path, depth: int = 1) -> bool:
     """True when ``folder`` holds an image directly or within ``depth`` levels (peeking only)."""
-    dirs, images = _peek(folder)
+    dirs, images = peek(folder)
     if images:
         return True
     if depth > 0:
@@ -376,17 +201,17 @@ def _has_images(folder: Path, depth: int = 1) -> bool:
 
 def _sample_names(root: Path, limit: int = 64) -> list[str]:
     """Image file names at the root and in split-like sub-folders (for name-convention layouts)."""
-    dirs, images = _top(root)
+    dirs, images = top_level(root)
     names = list(images[:limit])
     for d in dirs:
         if len(names) >= limit:
             break
-        sub_dirs, sub_images = _peek(root / d, limit)
+        sub_dirs, sub_images = peek(root / d, limit)
         names.extend(sub_images[: limit - len(names)])
         for sd in sorted(sub_dirs)[:3]:  # MSMT17: train/<pid>/...
             if len(names) >= limit:
                 break
-            names.extend(_peek(root / d / sd, limit)[1][: limit - len(names)])
+            names.extend(peek(root / d / sd, limit)[1][: limit - len(names)])
     return names
 
 
@@ -416,7 +241,7 @@ def _found(relpath: str, camera: str, *, pid_dir: int | None = None, scenario: s
     return FoundImage(relpath, camera, pid, ts, scenario, group)
 
 
-def _camera_folder_items(walker: _Walker, rel: str, camera: str, *, scenario: str | None = None,
+def _camera_folder_items(walker: Walker, rel: str, camera: str, *, scenario: str | None = None,
                          group: str | None = None, pid_folders: bool = False) -> Iterator[ScanItem]:
     """Everything under a camera folder ``rel``.
 
@@ -449,11 +274,11 @@ class CameraFolders(_Base):
     description = "ROOT/<camera>/...: one folder of person crops per camera (any nesting below it)"
 
     def matches(self, root: Path) -> bool:
-        dirs, _ = _top(root)
+        dirs, _ = top_level(root)
         return any(_has_images(root / d, depth=2) for d in dirs[:16])
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
+        walker = Walker(root)
         entries, bad = walker.entries("")
         if bad is not None:
             yield bad
@@ -471,16 +296,16 @@ class ScenarioFolders(_Base):
     description = "ROOT/<scenario>/<camera>/...: scenario folders named " + ", ".join(SCENARIOS)
 
     def _scenario_dirs(self, root: Path) -> dict[str, str]:
-        dirs, _ = _top(root)
+        dirs, _ = top_level(root)
         return {d: d.lower() for d in dirs if d.lower() in SCENARIOS}
 
     def matches(self, root: Path) -> bool:
-        dirs, _ = _top(root)
+        dirs, _ = top_level(root)
         found = self._scenario_dirs(root)
         return bool(found) and len(found) == len(dirs)
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
+        walker = Walker(root)
         entries, bad = walker.entries("")
         if bad is not None:
             yield bad
@@ -495,11 +320,7 @@ class ScenarioFolders(_Base):
             if scenario not in SCENARIOS:
                 yield Rejected(name, "not a scenario folder (expected " + ", ".join(SCENARIOS) + ")")
                 continue
-            bad = walker.enter(name)
-            if bad is not None:
-                yield bad
-                continue
-            cams, bad = walker.entries(name)
+            cams, bad = walker.listing(name)
             if bad is not None:
                 yield bad
                 continue
@@ -525,7 +346,7 @@ class Sysu(_Base):
     INFRARED = frozenset({3, 6})
 
     def _cams(self, root: Path) -> dict[str, int]:
-        dirs, _ = _top(root)
+        dirs, _ = top_level(root)
         return {d: int(m[1]) for d in dirs if (m := self._CAM.match(d))}
 
     def matches(self, root: Path) -> bool:
@@ -534,11 +355,11 @@ class Sysu(_Base):
         if not (nums & self.INFRARED and nums - self.INFRARED):
             return False
         first = sorted(cams)[0]
-        sub_dirs, _ = _peek(root / first)
+        sub_dirs, _ = peek(root / first)
         return any(_int_dir(d) is not None for d in sub_dirs)
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
+        walker = Walker(root)
         for folder, num in sorted(self._cams(root).items(), key=lambda kv: kv[1]):
             group = "infrared" if num in self.INFRARED else "visible"
             yield from _camera_folder_items(walker, folder, f"cam{num}", scenario="visible-infrared",
@@ -550,12 +371,12 @@ class RegDB(_Base):
     description = "RegDB: Visible/<pid>/... and Thermal/<pid>/... (cameras 'visible' and 'thermal')"
 
     def matches(self, root: Path) -> bool:
-        dirs, _ = _top(root)
+        dirs, _ = top_level(root)
         return _find(dirs, "Visible") is not None and _find(dirs, "Thermal") is not None
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
-        dirs, _ = _top(root)
+        walker = Walker(root)
+        dirs, _ = top_level(root)
         for wanted, camera, group in (("Visible", "visible", "visible"), ("Thermal", "thermal", "infrared")):
             folder = _find(dirs, wanted)
             if folder is not None:
@@ -568,18 +389,18 @@ class Prcc(_Base):
     description = "PRCC: A/, B/, C/ camera folders of <pid>/ crops (clothing-change; C wears other clothes)"
 
     def _cams(self, root: Path) -> list[str]:
-        dirs, _ = _top(root)
+        dirs, _ = top_level(root)
         return [d for d in dirs if d in ("A", "B", "C")]
 
     def matches(self, root: Path) -> bool:
         cams = self._cams(root)
         if len(cams) < 2:
             return False
-        sub_dirs, _ = _peek(root / cams[0])
+        sub_dirs, _ = peek(root / cams[0])
         return any(_int_dir(d) is not None for d in sub_dirs)
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
+        walker = Walker(root)
         for cam in self._cams(root):
             yield from _camera_folder_items(walker, cam, cam, scenario="clothing-change", pid_folders=True)
 
@@ -596,7 +417,7 @@ class _NamedFiles(_Base):
         return parsed if parsed is not None and parsed.convention in self.conventions else None
 
     def matches(self, root: Path) -> bool:
-        dirs, images = _top(root)
+        dirs, images = top_level(root)
         if not images and not any(d.lower() in _SPLIT_DIRS for d in dirs):
             return False
         names = _sample_names(root)
@@ -604,7 +425,7 @@ class _NamedFiles(_Base):
         return bool(names) and hits >= MATCH_FRACTION * len(names)
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
+        walker = Walker(root)
         for item in walker.files("", enter=False):
             if isinstance(item, Rejected):
                 yield item
@@ -632,14 +453,14 @@ class OneCamera(_Base):
     auto_detect = False
 
     def matches(self, root: Path) -> bool:
-        dirs, images = _top(root)
+        dirs, images = top_level(root)
         if not images or any(_has_images(root / d, depth=1) for d in dirs[:16]):
             return False
         cams = {p.camera for p in (parse_name(n) for n in images[:256]) if p is not None}
         return len(cams) <= 1
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
+        walker = Walker(root)
         camera = Path(root).name
         for item in walker.files("", enter=False):
             yield item if isinstance(item, Rejected) else _found(item, camera)
@@ -667,13 +488,13 @@ class IdentityFolders(_Base):
                    "names, else one camera for the whole folder")
 
     def matches(self, root: Path) -> bool:
-        dirs, _ = _top(root)
+        dirs, _ = top_level(root)
         return bool(dirs) and all(_int_dir(d) is not None for d in dirs) and any(
             _has_images(root / d, depth=0) for d in dirs[:8]
         )
 
     def scan(self, root: Path) -> Iterator[ScanItem]:
-        walker = _Walker(root)
+        walker = Walker(root)
         default_camera = relpath_to_text(root.name or "camera")
         entries, bad = walker.entries("")
         if bad is not None:
@@ -756,7 +577,7 @@ def detect_layout(root: str | os.PathLike) -> str:
     layout recognises; the message lists every supported layout with a line on each.
     """
     path = check_root(root)
-    dirs, images = _top(path)
+    dirs, images = top_level(path)
     shown = describe_path(path)
     if not dirs and not images:
         raise LayoutError(

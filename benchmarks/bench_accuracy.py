@@ -67,7 +67,8 @@ from itkm_engine.data.demo import make_demo, make_two_site_demo  # noqa: E402
 from itkm_engine.data.ingest import ingest  # noqa: E402
 from itkm_engine.evaluation import evaluate_features  # noqa: E402
 from itkm_engine.features import extract_features  # noqa: E402
-from itkm_engine.trainer import load_model, train  # noqa: E402
+from itkm_engine.model.loading import load_model  # noqa: E402
+from itkm_engine.trainer import train  # noqa: E402
 from itkm_engine.workspace import Workspace  # noqa: E402
 
 #: Column name -> evaluation split name.

@@ -18,6 +18,7 @@ import torch
 from .config import Config, preset
 from .errors import ItkmError, NothingToDoError
 from .features import FeatureSet, embed, extract_features, record_failed_images
+from .model.loading import load_model, model_key, resolve_device
 from .records import rows_of
 from .progress import Reporter
 from .records import IdentityTable
@@ -58,8 +59,6 @@ def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
 
 class Session:
     def __init__(self, ws: Workspace, cfg: Config | None = None, device: str | torch.device = "auto") -> None:
-        from .trainer import resolve_device
-
         self.ws = ws
         self.cfg = cfg or workspace_config(ws)
         self.device = resolve_device(device if device != "auto" else self.cfg.device)
@@ -99,8 +98,6 @@ class Session:
             return self._images
 
     def model(self):
-        from .trainer import load_model
-
         with self._lock:
             if self._model is None:
                 self._model, self._key = load_model(self.ws, self.cfg, self.device)
@@ -111,8 +108,6 @@ class Session:
         """The current model's feature-cache key.  Does not build the model: the app asks for
         the key (are the caches complete?) in its own process, where loading a model would hold
         the interpreter lock for a second beside the window."""
-        from .trainer import model_key
-
         with self._lock:
             if self._key is None:
                 self._key = model_key(self.ws, self.cfg)

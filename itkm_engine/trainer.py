@@ -27,14 +27,13 @@ from .constraints import load_constraints
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError, TrainingDivergedError
 from .features import extract_features, record_failed_images
-from .model.backbone import ITKMModel, build_model
-from .model.checkpoint import (checkpoint_key, latest_round_checkpoint, load_checkpoint, model_from_state,
-                               save_checkpoint)
+from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from .model.loading import camera_vocabulary, latest_round_checkpoint, load_model, model_from_state, resolve_device
 from .progress import Reporter
 from .stages.context import RoundContext
 from .stages.heterogeneous import HeterogeneousStage
 from .stages.homogeneous import HomogeneousStage
-from .stages.loop import run_stage, seed_everything
+from .stages.loop import run_stage
 from .stages.text import TextStage
 from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE
 
@@ -49,58 +48,6 @@ class RoundResult:
     checkpoint: Path
     seconds: float
     epochs: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def camera_vocabulary(ws) -> tuple[list[str], list[str]]:
-    """Scenario and group names in use, in a stable order (the model's embedding rows)."""
-    cams = ws.cameras()
-    scenarios = sorted({c.scenario for c in cams})
-    groups = sorted({c.group for c in cams})
-    return scenarios, groups
-
-
-def init_key(cfg: Config, scenarios: list[str], groups: list[str]) -> str:
-    """Feature-cache key of the untrained starting model ("round 0")."""
-    import hashlib
-
-    src = cfg.model.weights or cfg.model.pretrained or "random"
-    h = hashlib.sha256(json.dumps([cfg.model.name, src, cfg.seed, list(cfg.model.image_size), cfg.model.feature,
-                                   scenarios, groups]).encode()).hexdigest()[:12]
-    return f"init-{cfg.model.name}-{h}"
-
-
-def model_key(ws, cfg: Config) -> str:
-    """The feature-cache key :func:`load_model` would return for the workspace's current model,
-    without building the model: a checkpoint's content hash (cached per file), else the key of
-    the untrained starting model."""
-    ckpt = latest_round_checkpoint(ws)
-    if ckpt is not None:
-        return checkpoint_key(ckpt)
-    return init_key(cfg, *camera_vocabulary(ws))
-
-
-def load_model(ws, cfg: Config, device: torch.device, checkpoint: Path | None = None) -> tuple[ITKMModel, str]:
-    """The model of ``checkpoint`` (default: the latest finished round), extended to the current
-    cameras' scenarios and groups; or the initial model before any training.  Returns (model, key)."""
-    scenarios, groups = camera_vocabulary(ws)
-    ckpt = checkpoint if checkpoint is not None else latest_round_checkpoint(ws)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, map_location="cpu")
-        model = model_from_state(state.get("model"), ckpt, device=device)
-        model.extend(scenarios=scenarios, groups=groups)
-        return model, checkpoint_key(ckpt)
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model, scenarios, groups, device=device)
-    return model, init_key(cfg, scenarios, groups)
 
 
 def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None,

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ItkmError
+from .checkpoint import check_model_config
 from .image_tower import TOWERS, ImageOutput, ImageTower
 from .weights import create_clip, get_tokenizer, uses_quick_gelu
 
@@ -304,8 +305,6 @@ class ITKMModel(nn.Module):
         """Rebuild the model a checkpoint was written from (no weights download needed).  The
         checkpoint's model settings are checked before anything is built (a crafted file must
         not make us allocate a giant model)."""
-        from .checkpoint import check_model_config
-
         _check_state(state)
         check_model_config(state["model_config"])
         cfg = _config_from_dict(state["model_config"])

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
-import numpy as np
 import torch
 
 from ..features import autocast
+from ..model.loading import seed_everything
 from ..progress import Reporter
 
 #: How often (in steps) loss values are pulled to the host for progress events.  Between those
@@ -62,12 +61,6 @@ def epoch_seed(seed: int, round_no: int, stage: str, epoch: int) -> int:
     """A seed that depends only on where we are, so a resumed epoch equals the original."""
     h = hashlib.sha256(f"{seed}/{round_no}/{stage}/{epoch}".encode()).digest()
     return int.from_bytes(h[:4], "little")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int, epochs: int) -> float:

@@ -133,7 +133,11 @@ class TextStage:
         return {}
 
     def publish(self) -> None:
-        """Hand the offline text representations to Stage III."""
+        """Hand the offline text representations to Stage III: at the last epoch, so that epoch's
+        saved progress carries them; with zero epochs configured, the initial prompts when the
+        trainer asks after the (empty) run."""
+        if self.name in self.ctx.outputs:
+            return  # handed over at the last epoch
         with torch.no_grad():
             text = self.learner.all_features().float().cpu().numpy() if self.num_classes else np.zeros((0, 1), np.float32)
         self.ctx.outputs["stage2"] = {
@@ -150,6 +154,3 @@ class TextStage:
             "labels": torch.as_tensor(self.labels),
             "learner": self.learner.state_dict(),
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass  # handled in prepare(), which needs the saved classes before building the learner

@@ -27,7 +27,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ItkmError
 from .checkpoint import check_model_config
-from .image_tower import TOWERS, ImageOutput, ImageTower
+from .image_tower import ImageOutput, ImageTower
+from .towers import tower_class
 from .weights import create_clip, get_tokenizer, uses_quick_gelu
 
 __all__ = ["ImageOutput", "ITKMModel", "build_model", "build_tower", "CHECKPOINT_FORMAT", "FEATURES"]
@@ -44,31 +45,9 @@ def build_tower(clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConf
                 load_weights: bool = True) -> ImageTower:
     """The image tower ``cfg.tower`` names.  CLIP's own vision tower is taken off ``clip`` (the
     ViT tower adopts it; other towers drop it), so the text side is all that stays on ``clip``."""
-    visual = getattr(clip, "visual", None)
-    if cfg.tower == "clip":
-        from .clip_vit_tower import ClipViTTower
-
-        tower: ImageTower = ClipViTTower(visual, n_scenarios, n_groups, cfg)
-    elif cfg.tower == "mobilenetv2":
-        from .mobilenet_tower import MobileNetV2Tower
-
-        embed_dim = int(getattr(visual, "output_dim", 0) or _text_embed_dim(clip))
-        tower = MobileNetV2Tower(n_scenarios, n_groups, cfg, embed_dim, load_weights=load_weights)
-    else:
-        raise ItkmError(f"model.tower must be one of {', '.join(TOWERS)}, got {cfg.tower!r}")
+    tower = tower_class(cfg.tower).from_clip(clip, n_scenarios, n_groups, cfg, load_weights=load_weights)
     clip.visual = None
     return tower
-
-
-def _text_embed_dim(clip: nn.Module) -> int:
-    proj = getattr(clip, "text_projection", None)
-    if proj is None and getattr(clip, "text", None) is not None:
-        proj = getattr(clip.text, "text_projection", None)
-    if isinstance(proj, nn.Linear):
-        return int(proj.out_features)
-    if proj is not None:
-        return int(proj.shape[-1])
-    raise ItkmError("cannot tell the text tower's output width")
 
 
 class _TextSide(NamedTuple):
@@ -329,7 +308,7 @@ def build_model(cfg: ModelConfig, scenarios: Sequence[str], groups: Sequence[str
                 device: torch.device | str = "cpu") -> ITKMModel:
     """CLIP from ``cfg`` (weights resolved by :func:`~itkm_engine.model.weights.create_clip`,
     raising :class:`~itkm_engine.errors.WeightsUnavailableError`) wrapped as an ITKM model."""
-    if cfg.tower == "clip":
+    if tower_class(cfg.tower).uses_clip_weights:
         clip, tokenizer = create_clip(cfg, device=device)
     else:
         # ``pretrained`` / ``weights`` name the image tower's weights; CLIP (here only its text

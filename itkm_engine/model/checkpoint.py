@@ -26,16 +26,15 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_open
-from ..config_check import MAX_IMAGE_AREA
+from ..config import MAX_IMAGE_AREA
 from ..errors import ItkmError, UnsafeCheckpointError
 from ..vocabulary import GROUPS, SCENARIOS
+from .towers import TOWERS
 from .weights import register_configs
 
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH", "CheckpointWriteError",
-           "check_model_config", "check_model_state", "TOWERS", "MAX_PARAMETERS"]
+           "check_model_config", "check_model_state", "MAX_PARAMETERS"]
 
-#: Image towers a checkpoint may name (``model_config["tower"]``).
-TOWERS = ("clip", "mobilenetv2")
 #: Rough parameter count above which a checkpoint's architecture is refused before it is built
 #: (ViT-H-14 is ~1e9; ViT-bigG-14, ~2.5e9, took a process past 8 GB just to be built).
 MAX_PARAMETERS = 1.2e9

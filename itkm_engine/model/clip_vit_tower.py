@@ -30,6 +30,14 @@ __all__ = ["ClipViTTower"]
 
 
 class ClipViTTower(ImageTower):
+    uses_clip_weights = True
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig, *,
+                  load_weights: bool = True) -> "ClipViTTower":
+        """Adopts CLIP's own vision tower (its weights are already loaded, or come from a checkpoint)."""
+        return cls(getattr(clip, "visual", None), n_scenarios, n_groups, cfg)
+
     def __init__(self, visual: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig) -> None:
         super().__init__()
         if not isinstance(visual, VisionTransformer):

@@ -36,14 +36,15 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import Cancelled, ItkmError
 from .progress import LogMessage, ProgressEvent, Reporter
+from .records import RoundResult
 
-__all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError", "RoundSummary",
+__all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError",
            "event_to_json", "event_from_json", "worker_command", "CANCEL_GRACE_S", "TERM_GRACE_S"]
 
 #: After a cancel message, how long the child may take to stop on its own (it checks once per
@@ -70,16 +71,6 @@ class ChildJobError(ItkmError):
 
 class ChildDiedError(ChildJobError):
     """The child process ended without a result (killed, crashed, out of memory)."""
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    """What the parent learns of a finished round (the child's ``RoundResult``, without torch)."""
-
-    round: int
-    checkpoint: Path
-    seconds: float
-    epochs: list = field(default_factory=list)
 
 
 # -- the protocol ------------------------------------------------------------------------------
@@ -152,7 +143,7 @@ def run_child(kind: str, ws, params: dict | None = None, *, cfg=None, reporter: 
 
 def decode_result(kind: str, value: Any) -> Any:
     if kind == "train":
-        return [RoundSummary(int(r["round"]), Path(r["checkpoint"]), float(r["seconds"]), list(r.get("epochs", [])))
+        return [RoundResult(int(r["round"]), Path(r["checkpoint"]), float(r["seconds"]), list(r.get("epochs", [])))
                 for r in value]
     return value
 

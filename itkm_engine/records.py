@@ -24,6 +24,7 @@ __all__ = [
     "Camera",
     "Reject",
     "RoundInfo",
+    "RoundResult",
     "IdentityTable",
     "rows_of",
 ]
@@ -222,6 +223,17 @@ class RoundInfo:
     epoch: int | None
     config_json: str
     base_checkpoint: str | None = None
+
+
+@dataclass
+class RoundResult:
+    """A finished training round, as ``trainer.train`` returns it -- and as the app learns it from
+    the child process that trained (``child_job.run_child("train", ...)``)."""
+
+    round: int
+    checkpoint: Path
+    seconds: float
+    epochs: list[dict] = field(default_factory=list)  # the round's epoch log (Workspace.epoch_log)
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from .features import extract_features
 from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .model.loading import camera_vocabulary, latest_round_checkpoint, load_model, model_from_state, resolve_device
 from .progress import Reporter
+from .records import RoundResult
 from .stages.context import RoundContext
 from .stages.heterogeneous import HeterogeneousStage
 from .stages.hooks import (CheckFinite, EpochHook, LogEpoch, RecordFailedImages, SaveProgress, outputs_from_state,
@@ -41,14 +41,6 @@ from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE
 STAGES = (HomogeneousStage, TextStage, HeterogeneousStage)
 #: Share of a round's progress bar per stage (Stage II is cheap: features once, text tower only).
 STAGE_SPAN = {"stage1": (0.0, 0.45), "stage2": (0.45, 0.6), "stage3": (0.6, 1.0)}
-
-
-@dataclass
-class RoundResult:
-    round: int
-    checkpoint: Path
-    seconds: float
-    epochs: list[dict] = field(default_factory=list)
 
 
 def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None,

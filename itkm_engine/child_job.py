@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ class _Relay:
                 continue
             t = msg.get("type")
             if t == "event":
-                _relay(self.reporter, event_from_json(msg))
+                self.reporter.forward(event_from_json(msg))
             elif t == "log":
                 text = str(msg.get("text", ""))
                 self.tail.append(text)
@@ -266,16 +266,6 @@ def _parse(line: str) -> dict | None:
     except ValueError:
         return None
     return msg if isinstance(msg, dict) else None
-
-
-def _relay(reporter: Reporter, event: ProgressEvent) -> None:
-    """The child's event as the parent reporter's own (its fraction mapped into the reporter's span)."""
-    if reporter.on_event is None:
-        return
-    lo, hi = reporter._lo, reporter._hi
-    if event.fraction is not None and (lo, hi) != (0.0, 1.0):
-        event = replace(event, fraction=lo + (hi - lo) * event.fraction)
-    reporter.on_event(event)
 
 
 def _outcome(msg: dict | None, returncode: int, cancel_requested: bool, tail: deque, what: str) -> Any:

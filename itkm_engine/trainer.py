@@ -36,11 +36,9 @@ from .stages.hooks import (CheckFinite, EpochHook, LogEpoch, RecordFailedImages,
 from .stages.homogeneous import HomogeneousStage
 from .stages.loop import run_stage
 from .stages.text import TextStage
-from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE
+from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE, STAGE_LABELS
 
 STAGES = (HomogeneousStage, TextStage, HeterogeneousStage)
-#: Share of a round's progress bar per stage (Stage II is cheap: features once, text tower only).
-STAGE_SPAN = {"stage1": (0.0, 0.45), "stage2": (0.45, 0.6), "stage3": (0.6, 1.0)}
 
 
 def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None,
@@ -123,7 +121,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
                 stage_resume = resume.get("stage_state") if si == di else None
             else:
                 start, stage_resume = 0, None
-            lo, hi = STAGE_SPAN[stage.name]
+            lo, hi = STAGE_LABELS[stage.name].span
             srep = reporter.child(0.05 + 0.9 * lo, 0.05 + 0.9 * hi)
             stage.prepare(srep.child(0.0, 0.05), stage_resume)
             if resume is not None and stage_resume is not None and "optimizer" in resume:

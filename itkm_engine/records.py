@@ -252,11 +252,15 @@ class IdentityTable:
 def rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Position of each ``wanted`` id in the (unsorted, unique) ``ids`` array; -1 where absent.
 
-    The one ids -> rows lookup of the engine: use it instead of a hand-written searchsorted."""
+    The one ids -> rows lookup of the engine: use it instead of a hand-written searchsorted.
+    Sorted ``ids`` (image tables, identity tables) are searched as they are, without a sort."""
     ids = np.asarray(ids)
     wanted = np.asarray(wanted)
     if not len(ids):
         return np.full(len(wanted), -1, dtype=np.int64)
-    order = np.argsort(ids)
-    rows = order[np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)]
+    if bool((ids[1:] > ids[:-1]).all()):
+        rows = np.clip(np.searchsorted(ids, wanted), 0, len(ids) - 1)
+    else:
+        order = np.argsort(ids)
+        rows = order[np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)]
     return np.where(ids[rows] == wanted, rows, -1)

@@ -19,12 +19,11 @@ from .config import Config, preset
 from .errors import ItkmError, NothingToDoError
 from .features import FeatureSet, embed, extract_features, record_failed_images
 from .model.loading import load_model, model_key, resolve_device
-from .records import rows_of
 from .progress import Reporter
-from .records import IdentityTable
+from .records import IdentityTable, rows_of
+from .vocabulary import CONFIG_FILE
 from .workspace import Workspace
 
-from .vocabulary import CONFIG_FILE
 #: Candidates per query that k-reciprocal re-ranking re-orders (at least 4 x top-k).
 RERANK_TOP_N = 200
 
@@ -419,7 +418,7 @@ class Session:
 
         moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
         table = self.identities()
-        ident = table.identity[np.searchsorted(table.image_id, moved)]
+        ident = table.identity[rows_of(table.image_id, moved)]
         if len(set(ident.tolist())) != 1:
             raise ConstraintError("the sightings to split off belong to different identities: pick them from one")
         members, _ = self._identity_members(int(ident[0]))

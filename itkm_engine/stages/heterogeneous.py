@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from ..constraints import enforce_cross_labels, instance_pairs
 from ..vocabulary import TWO_GROUP
 from ..distributed import image_forward
-from ..features import rows_of
 from ..losses.image_text import i2t_cross_entropy
 from ..losses.instance import instance_pair_loss, pairs_in_batch, partner_centroid_loss
 from ..matching.cluster_matching import match_precision, match_scenario, sides_by_camera
@@ -40,6 +39,7 @@ from ..matching.instance_matching import mutual_topk_pairs, text_space
 from ..matching.text_update import instance_offline_text, update_text_features
 from ..memory import ClusterMemory
 from ..progress import Reporter
+from ..records import rows_of
 from .context import RoundContext, image_optimizer
 from .homogeneous import GroupMemories
 from .loop import EpochPlan, epoch_seed

@@ -23,6 +23,7 @@ from ..losses.image_text import supcon_i2t, supcon_t2i
 from ..losses.separation import multi_scenario_separation_loss
 from ..model.prompts import PromptLearner
 from ..progress import Reporter
+from ..records import rows_of
 from .context import RoundContext
 from .loop import EpochPlan, epoch_seed
 
@@ -66,7 +67,7 @@ class TextStage:
         if resume and "ids" in resume:  # the classes the saved prompts were learned for
             ids, labels = resume["ids"].numpy(), resume["labels"].numpy()
             fs = fs.subset(ids)
-            labels = labels[np.searchsorted(ids, fs.ids, sorter=np.argsort(ids))] if len(ids) else labels
+            labels = labels[rows_of(ids, fs.ids)]
             metrics = {}
         else:
             labels, metrics = ctx.cluster_per_group(fs, reporter.child(0.7, 1.0))

@@ -21,7 +21,6 @@ from typing import Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import TextTransformer, text_global_pool
 from torch import nn
 
 from ..config import ModelConfig
@@ -161,6 +160,8 @@ class ITKMModel(nn.Module):
     # -- text side -------------------------------------------------------------------------
     def text_side(self) -> _TextSide:
         """The modules of CLIP's text tower, wherever this CLIP class keeps them."""
+        from open_clip.transformer import TextTransformer  # open_clip is heavy: imported where a model exists
+
         clip = self.clip
         text = getattr(clip, "text", None)
         if isinstance(text, TextTransformer):
@@ -180,6 +181,8 @@ class ITKMModel(nn.Module):
         ``CLIP.encode_text`` after ``token_embedding``); ``ids [B,L]`` are the token ids the
         embeddings stand for, used only to find the pooling (end-of-text) position.
         Returns unnormalised text features ``[B, embed_dim]``; gradients flow to ``x``."""
+        from open_clip.transformer import text_global_pool
+
         t = self.text_side()
         cast = t.transformer.get_cast_dtype()
         x = x.to(cast) + t.positional_embedding.to(cast)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from ..config import ModelConfig
@@ -39,6 +38,8 @@ class ClipViTTower(ImageTower):
         return cls(getattr(clip, "visual", None), n_scenarios, n_groups, cfg)
 
     def __init__(self, visual: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig) -> None:
+        from open_clip.transformer import VisionTransformer  # open_clip is heavy: imported where a model is built
+
         super().__init__()
         if not isinstance(visual, VisionTransformer):
             raise ItkmError(

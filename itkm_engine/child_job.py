@@ -42,6 +42,7 @@ from typing import Any
 
 from .errors import Cancelled, ItkmError
 from .progress import LogMessage, ProgressEvent, Reporter
+from .projection import projection_path
 from .records import RoundResult
 
 __all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError",
@@ -321,12 +322,10 @@ def cached_in_session(session, kind: str) -> bool:
     """Whether the workspace's on-disk cache already holds ``kind`` for the session's model."""
     import numpy as np
 
-    from .features import FeatureCache
+    from .features import FeatureCache  # torch: the app's process imports this module without it
 
     key = session.checkpoint_key()
     if kind == "projection":
-        from .projection import projection_path
-
         if not projection_path(session.ws.cache_dir, key).exists():
             return False
     have = FeatureCache(session.ws.features_dir / key).load()

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+
 __all__ = [
     "ModelConfig",
     "ClusterConfig",
@@ -167,8 +169,6 @@ class Config:
         return _to_toml(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        from .atomic import atomic_write_text
-
         atomic_write_text(Path(path), self.to_toml())
 
     @classmethod

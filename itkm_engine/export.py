@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open
+from .data.imageio import relpath_to_text
 from .errors import ItkmError
 from .progress import Reporter
 from .records import rows_of
@@ -41,8 +42,6 @@ def path_text(path: str) -> str:
         path.encode("utf-8")
         return path
     except UnicodeEncodeError:
-        from .data.imageio import relpath_to_text
-
         return relpath_to_text(path)
 
 

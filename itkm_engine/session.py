@@ -15,11 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import constraints as C
 from .config import Config, preset
+from .config_check import load_config_file
+from .data.imageio import BadImage, load_rgb
 from .errors import ItkmError, NothingToDoError
+from .evaluation import evaluate_features
 from .features import FeatureSet, embed, extract_features, record_failed_images
+from .identities import compute_identities, round_links, summarize
+from .index import FeatureIndex, k_reciprocal_rerank
 from .model.loading import load_model, model_key, resolve_device
 from .progress import Reporter
+from .projection import cached_projection, load_cached_projection
 from .records import IdentityTable, rows_of
 from .vocabulary import CONFIG_FILE
 from .workspace import Workspace
@@ -50,8 +57,6 @@ class Match:
 
 def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
     """The workspace's ``config.toml`` (written by training), else a preset."""
-    from .config_check import load_config_file
-
     path = ws.path / CONFIG_FILE
     return load_config_file(path) if path.exists() else preset(fallback)
 
@@ -131,8 +136,6 @@ class Session:
             return self._features
 
     def index(self):
-        from .index import FeatureIndex
-
         with self._lock:
             if self._index is None:
                 self._index = FeatureIndex.build(self.features().feats, exact_limit=self.cfg.inference.exact_search_limit)
@@ -212,8 +215,6 @@ class Session:
         picks the gallery first, so "other cameras" still fills the top-k (re-ranking the
         unfiltered top-N and filtering afterwards left one result when the query's own camera
         filled the candidates).  Scores are ``1 - re-ranked distance``, not cosines."""
-        from .index import k_reciprocal_rerank
-
         fs = self.features()
         if allowed is None:
             sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(RERANK_TOP_N, 4 * k),
@@ -235,8 +236,6 @@ class Session:
         ok, feats, proj = embed(model, [str(path)], [scenario], [group], device=self.device, batch_size=1,
                                 amp=self.cfg.amp)
         if not len(ok):
-            from .data.imageio import BadImage, load_rgb
-
             try:  # the loader only says "failed"; decode once more for the reason to show
                 load_rgb(path)
             except BadImage as exc:
@@ -262,7 +261,7 @@ class Session:
         return (str(images.scenario[r]), str(images.group[r])) if r is not None else None
 
     def _guess_side(self, path) -> tuple[str, str]:
-        from .data.guess import guess_camera
+        from .data.guess import guess_camera  # loads cv2 (itkm_engine.cv): only for an outside image
 
         model = self.model()
         g = guess_camera([str(path)], sample=1)
@@ -294,8 +293,6 @@ class Session:
 
     # -- identities, projection, evaluation ----------------------------------------------------
     def identities(self, reporter: Reporter | None = None) -> IdentityTable:
-        from .identities import compute_identities, round_links
-
         with self._lock:
             if self._identities is None:
                 key = self.checkpoint_key()
@@ -318,8 +315,6 @@ class Session:
     # -- the operator's decisions (itkm_engine/constraints.py) ---------------------------------
     def _obeying_decisions(self, table: IdentityTable) -> IdentityTable:
         """``table`` with must/cannot-links enforced (cached per decision revision)."""
-        from . import constraints as C
-
         rev = (id(table), table.checkpoint, C.revision(self.ws))
         cached = getattr(self, "_decided", None)
         if cached is not None and cached[0] == rev and cached[2] is table:
@@ -336,8 +331,6 @@ class Session:
 
     def resolve_image(self, token) -> int:
         """Image id of ``token``: an id, or the path (absolute or relative to its source) of an image."""
-        from .constraints import ConstraintError
-
         images = self.images()
         text = str(token)
         if text.isdigit() and images.index_of([int(text)])[0] >= 0:
@@ -355,12 +348,10 @@ class Session:
         for c in cand:
             if c in cache[1]:
                 return int(images.id[cache[1][c]])
-        raise ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
+        raise C.ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
 
     def constraints(self):
-        from .constraints import load_constraints
-
-        return load_constraints(self.ws)
+        return C.load_constraints(self.ws)
 
     def confirm(self, a, b) -> int:
         """Same person: a must-link between two images (ids or paths).  Returns the undo step."""
@@ -371,32 +362,22 @@ class Session:
         return self.reject_pairs([(a, b)])
 
     def confirm_pairs(self, pairs) -> int:
-        from .constraints import confirm
-
-        return confirm(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
+        return C.confirm(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
 
     def reject_pairs(self, pairs) -> int:
-        from .constraints import reject
-
-        return reject(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
+        return C.reject(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
 
     def undo(self) -> int | None:
-        from .constraints import undo
-
-        return undo(self.ws)
+        return C.undo(self.ws)
 
     def redo(self) -> int | None:
-        from .constraints import redo
-
-        return redo(self.ws)
+        return C.redo(self.ws)
 
     def _identity_members(self, identity: int) -> tuple[np.ndarray, np.ndarray]:
-        from .constraints import ConstraintError
-
         table = self.identities()
         ids = table.image_id[table.identity == int(identity)]
         if not len(ids):
-            raise ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
+            raise C.ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
         return ids, self._group_keys(ids)
 
     def _group_keys(self, image_ids) -> np.ndarray:
@@ -405,39 +386,31 @@ class Session:
 
     def merge_identities(self, x: int, y: int, *more: int) -> int:
         """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step)."""
-        from .constraints import ConstraintError, confirm, merge_pairs
-
         wanted = [int(i) for i in (x, y, *more)]
         if len(set(wanted)) != len(wanted):
-            raise ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
-        return confirm(self.ws, merge_pairs([self._identity_members(i) for i in wanted]))
+            raise C.ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
+        return C.confirm(self.ws, C.merge_pairs([self._identity_members(i) for i in wanted]))
 
     def split_identity(self, image_ids) -> int:
         """The given sightings (ids or paths, all of one identity) become a new identity."""
-        from .constraints import ConstraintError, record_split
-
         moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
         table = self.identities()
         ident = table.identity[rows_of(table.image_id, moved)]
         if len(set(ident.tolist())) != 1:
-            raise ConstraintError("the sightings to split off belong to different identities: pick them from one")
+            raise C.ConstraintError("the sightings to split off belong to different identities: pick them from one")
         members, _ = self._identity_members(int(ident[0]))
         rest = np.setdiff1d(members, moved)
-        return record_split(self.ws, moved, rest, self._group_keys(moved), self._group_keys(rest))
+        return C.record_split(self.ws, moved, rest, self._group_keys(moved), self._group_keys(rest))
 
     def name_identity(self, identity: int, name: str, note: str = "") -> int:
         """Name and note an identity (anchored to its images, so it survives re-clustering)."""
-        from .constraints import name_identity
-
         ids, _ = self._identity_members(identity)
-        return name_identity(self.ws, ids, name, note)
+        return C.name_identity(self.ws, ids, name, note)
 
     def identity_names(self) -> dict[int, tuple[str, str]]:
         """``{identity: (name, note)}`` for the current identities."""
-        from .constraints import identity_names
-
         table = self.identities()
-        return identity_names(self.ws, table.image_id, table.identity)
+        return C.identity_names(self.ws, table.image_id, table.identity)
 
     def confirmed_image_ids(self) -> set[int]:
         """Images that are an end of an active must-link (the operator confirmed them)."""
@@ -445,13 +418,9 @@ class Session:
 
     def review_queue(self, n: int = 100):
         """Pairs to review, nearest the decision boundary first, cross-scenario first."""
-        from .constraints import review_queue
-
-        return review_queue(self, n)
+        return C.review_queue(self, n)
 
     def identity_summary(self, reporter: Reporter | None = None):
-        from .identities import summarize
-
         return summarize(self.identities(reporter), self.images())
 
     def projection(self, reporter: Reporter | None = None, *, compute: bool = True) -> np.ndarray | None:
@@ -459,8 +428,6 @@ class Session:
 
         ``compute=False``: only the cached layout (``None`` when there is none) -- no UMAP import.
         A read-only workspace reads the cache too (it only never writes it)."""
-        from .projection import cached_projection, load_cached_projection
-
         with self._lock:
             if self._projection is None:
                 fs = self.features(reporter=reporter.child(0.0, 0.3) if reporter else None)
@@ -476,8 +443,6 @@ class Session:
 
     def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
         """``evaluation.evaluate_features``: {"headline": ..., "protocols": ...}, or {} without labels."""
-        from .evaluation import evaluate_features
-
         fs = self.features(reporter=reporter.child(0.0, 0.5) if reporter else None)
         images = self.images().subset(self.images().index_of(fs.ids))
         sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]

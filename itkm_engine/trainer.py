@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_open
 from .config import Config
+from .config_check import ConfigError, validate_config
 from .constraints import load_constraints
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError, TrainingDivergedError
@@ -174,8 +176,6 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
 def _stored_config(info, cfg: Config) -> Config:
     """The settings an interrupted round started with -- checked, since an older version stored
     them unchecked (``batch_size = 0`` then failed on every resume)."""
-    from .config_check import ConfigError, validate_config
-
     if not info.config_json:
         return cfg
     try:
@@ -256,8 +256,6 @@ def _save_final_labels(ws, round_no: int, ctx: RoundContext) -> None:
     keeps them beside the per-group labels they came from, so the final identities can merge the
     clusters CHM matched (:func:`itkm_engine.identities.round_links`).  A round without Stage III
     output (e.g. zero Stage III epochs) stores Stage II's clusters, as before."""
-    from .atomic import atomic_open
-
     st = ctx.outputs.get("stage3")
     if st is not None and "cross" in st:
         ids, labels, cross = st["ids"], st["labels"], st["cross"]

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 
+from ..errors import TrainingDivergedError
 from ..features import autocast
 from ..model.loading import seed_everything
 from ..progress import Reporter
@@ -94,8 +95,6 @@ def check_finite(losses: dict[str, float], stage: str, epoch: int, step: int) ->
     """Stop a diverged stage: a NaN/inf loss term means the weights are no longer trustworthy."""
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
     if bad:
-        from ..errors import TrainingDivergedError
-
         raise TrainingDivergedError(f"{stage} epoch {epoch + 1} step {step + 1}: the loss became NaN or infinite "
                                     f"({', '.join(bad)})")
 

@@ -12,7 +12,7 @@ cross-camera protocol (``itkm_engine.evaluation.evaluate_features``: every label
 the crops of every *other* camera: "is this person found again elsewhere").
 
 Rows of the main table:
-  * colour histogram -- ``itkm_engine.color_baseline`` (what clothing colour alone achieves);
+  * colour histogram -- ``benchmarks/color_baseline.py`` (what clothing colour alone achieves);
   * round 0          -- the initial model's features (ImageNet weights, no ReID training);
   * round 1, round 2 -- after one and two training rounds, for each of ``--seeds`` seeds, and the
     per-column standard deviation over the seeds;
@@ -61,13 +61,14 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import peak_rss_mb, print_table, write_json  # noqa: E402
-from itkm_engine.color_baseline import color_histogram_features  # noqa: E402
+from benchmarks.color_baseline import color_histogram_features  # noqa: E402
 from itkm_engine.config import Config, preset  # noqa: E402
 from itkm_engine.data.demo import make_demo, make_two_site_demo  # noqa: E402
 from itkm_engine.data.ingest import ingest  # noqa: E402
 from itkm_engine.evaluation import evaluate_features  # noqa: E402
 from itkm_engine.features import extract_features  # noqa: E402
-from itkm_engine.trainer import load_model, train  # noqa: E402
+from itkm_engine.model.loading import load_model  # noqa: E402
+from itkm_engine.trainer import train  # noqa: E402
 from itkm_engine.workspace import Workspace  # noqa: E402
 
 #: Column name -> evaluation split name.

@@ -4,7 +4,7 @@
     python benchmarks/bench_demo.py --quick    # 20 identities
 
 Targets: generating the default set takes < 30 s (single process).  Then the colour-histogram
-baseline (``itkm_engine.color_baseline``) is scored under the standard protocol (all images are
+baseline (``benchmarks/color_baseline.py``) is scored under the standard protocol (all images are
 queries and gallery; a gallery image of the query's person *and* camera is ignored): overall, per
 scenario (query and gallery restricted to it) and per cross-group direction.  A row's "random" mAP
 is the same protocol with random distances -- the chance level the colour baseline is compared to.
@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import peak_rss_mb, print_table, write_json  # noqa: E402
-from itkm_engine.color_baseline import color_histogram_features  # noqa: E402
+from benchmarks.color_baseline import color_histogram_features  # noqa: E402
 from itkm_engine.data.demo import DEMO_CAMERAS, make_demo, parse_demo_name  # noqa: E402
 from itkm_engine.metrics import evaluate_rank  # noqa: E402
 

@@ -45,7 +45,8 @@ def run_preset(name: str, demo: Path, device: str, epochs: int, tmp: Path, iters
     from itkm_engine.data.ingest import ingest
     from itkm_engine.errors import WeightsUnavailableError
     from itkm_engine.features import extract_features
-    from itkm_engine.trainer import load_model, train
+    from itkm_engine.model.loading import load_model
+    from itkm_engine.trainer import train
     from itkm_engine.workspace import Workspace
 
     cfg = preset(name)

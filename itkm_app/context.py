@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PySide6.QtCore import QObject, QSize, Signal
 
+from itkm_engine.records import rows_of
+
 from .jobs import JobManager
 from .settings import Settings
 from .widgets.thumbnails import ThumbnailCache
@@ -153,7 +155,5 @@ class AppContext(QObject):
         t = self.identities
         if t is None or not len(t):
             return np.full(len(ids), -1, np.int64)
-        pos = np.searchsorted(t.image_id, ids)
-        pos_c = np.minimum(pos, len(t.image_id) - 1)
-        ok = t.image_id[pos_c] == ids
-        return np.where(ok, t.identity[pos_c], -1)
+        rows = rows_of(t.image_id, ids)
+        return np.where(rows >= 0, t.identity[rows], -1)

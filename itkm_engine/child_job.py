@@ -36,14 +36,16 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .errors import Cancelled, ItkmError
 from .progress import LogMessage, ProgressEvent, Reporter
+from .projection import projection_path
+from .records import RoundResult
 
-__all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError", "RoundSummary",
+__all__ = ["run_child", "compute_in_child", "cached_in_session", "ChildJobError", "ChildDiedError",
            "event_to_json", "event_from_json", "worker_command", "CANCEL_GRACE_S", "TERM_GRACE_S"]
 
 #: After a cancel message, how long the child may take to stop on its own (it checks once per
@@ -70,16 +72,6 @@ class ChildJobError(ItkmError):
 
 class ChildDiedError(ChildJobError):
     """The child process ended without a result (killed, crashed, out of memory)."""
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    """What the parent learns of a finished round (the child's ``RoundResult``, without torch)."""
-
-    round: int
-    checkpoint: Path
-    seconds: float
-    epochs: list = field(default_factory=list)
 
 
 # -- the protocol ------------------------------------------------------------------------------
@@ -152,7 +144,7 @@ def run_child(kind: str, ws, params: dict | None = None, *, cfg=None, reporter: 
 
 def decode_result(kind: str, value: Any) -> Any:
     if kind == "train":
-        return [RoundSummary(int(r["round"]), Path(r["checkpoint"]), float(r["seconds"]), list(r.get("epochs", [])))
+        return [RoundResult(int(r["round"]), Path(r["checkpoint"]), float(r["seconds"]), list(r.get("epochs", [])))
                 for r in value]
     return value
 
@@ -243,7 +235,7 @@ class _Relay:
                 continue
             t = msg.get("type")
             if t == "event":
-                _relay(self.reporter, event_from_json(msg))
+                self.reporter.forward(event_from_json(msg))
             elif t == "log":
                 text = str(msg.get("text", ""))
                 self.tail.append(text)
@@ -275,16 +267,6 @@ def _parse(line: str) -> dict | None:
     except ValueError:
         return None
     return msg if isinstance(msg, dict) else None
-
-
-def _relay(reporter: Reporter, event: ProgressEvent) -> None:
-    """The child's event as the parent reporter's own (its fraction mapped into the reporter's span)."""
-    if reporter.on_event is None:
-        return
-    lo, hi = reporter._lo, reporter._hi
-    if event.fraction is not None and (lo, hi) != (0.0, 1.0):
-        event = replace(event, fraction=lo + (hi - lo) * event.fraction)
-    reporter.on_event(event)
 
 
 def _outcome(msg: dict | None, returncode: int, cancel_requested: bool, tail: deque, what: str) -> Any:
@@ -340,12 +322,10 @@ def cached_in_session(session, kind: str) -> bool:
     """Whether the workspace's on-disk cache already holds ``kind`` for the session's model."""
     import numpy as np
 
-    from .features import FeatureCache
+    from .features import FeatureCache  # torch: the app's process imports this module without it
 
     key = session.checkpoint_key()
     if kind == "projection":
-        from .projection import projection_path
-
         if not projection_path(session.ws.cache_dir, key).exists():
             return False
     have = FeatureCache(session.ws.features_dir / key).load()

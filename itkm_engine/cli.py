@@ -3,6 +3,11 @@
 Every sub-command parses its flags, opens the workspace, calls one library function with a
 printing reporter, and prints a table.  User errors (:class:`ItkmError`) print one clear line and
 exit with status 2; Ctrl-C cancels the job cleanly (training stays resumable) and exits 130.
+
+``itkm --help`` answers at once: this module imports only the engine modules that cost nothing to
+load.  A command imports the engine modules it runs (they load NumPy, torch or OpenCV, or build the
+config's dataclasses) at its start: the one place in the engine, with the worker and the child-job
+relay, where engine modules are imported inside functions.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .errors import Cancelled, ItkmError
 from .progress import LogMessage, ProgressEvent, Reporter
+from .vocabulary import CONFIG_FILE
 
 EPILOG = "Run 'itkm COMMAND --help' for the options of one command."
 
@@ -168,7 +175,6 @@ def _config_for(ws, a):
 
     from .config import preset
     from .config_check import apply_sets, load_config_file, validate_config
-    from .vocabulary import CONFIG_FILE
 
     path = ws.path / CONFIG_FILE
     if a.config:
@@ -188,13 +194,9 @@ def _config_for(ws, a):
 
 
 def cmd_train(a) -> int:
-    from .atomic import atomic_write_text
-    from .vocabulary import CONFIG_FILE
-    from .trainer import train
-    from .workspace import Workspace
-
     from .config_check import check_lineage
-    from .trainer import abandon_interrupted_round
+    from .trainer import abandon_interrupted_round, train
+    from .workspace import Workspace
 
     rep = ConsoleReporter("train", a.quiet)
     with Workspace.open(a.workspace, reporter=rep) as ws:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
+
 __all__ = [
     "ModelConfig",
     "ClusterConfig",
@@ -32,12 +34,16 @@ __all__ = [
     "Config",
     "PRESETS",
     "preset",
+    "MAX_IMAGE_AREA",
 ]
+
+#: Largest crop area (height x width) a config or a checkpoint may ask for.
+MAX_IMAGE_AREA = 512 * 512
 
 
 @dataclass
 class ModelConfig:
-    tower: str = "clip"  # image tower: "clip" (open_clip ViT) | "mobilenetv2" (ImageNet CNN for CPUs)
+    tower: str = "clip"  # image tower (model/towers.py): "clip" (open_clip ViT) | "mobilenetv2" (ImageNet CNN, CPUs)
     name: str = "ViT-B-16"  # open_clip model name, or a registered small config ("itkm-tiny", "itkm-small")
     pretrained: str | None = "openai"  # open_clip pretrained tag; None = random init
     weights: str | None = None  # local open_clip checkpoint file or folder (overrides `pretrained`)
@@ -163,8 +169,6 @@ class Config:
         return _to_toml(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        from .atomic import atomic_write_text
-
         atomic_write_text(Path(path), self.to_toml())
 
     @classmethod

@@ -22,8 +22,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .config import Config, PRESETS
+from .config import MAX_IMAGE_AREA, PRESETS, Config
 from .errors import ItkmError
+from .model.towers import TOWERS
 
 __all__ = ["ConfigError", "RANGES", "validate_config", "load_config_file", "apply_sets", "check_lineage", "check_device",
            "LINEAGE_KEYS"]
@@ -45,8 +46,7 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
     "model.scenario_scale": (0.0, 100.0),
     "model.feature": frozenset({"concat", "proj"}),
     "model.n_ctx": (1, 16),
-    "model.tower": frozenset({"clip", "mobilenetv2"}),
-    "model.frozen_blocks": (1, 17),  # mobilenetv2: 19 blocks, at least one trainable after the group stem
+    "model.tower": frozenset(TOWERS),
     "cluster.k1": (1, 1000),
     "cluster.k2": (1, 1000),
     "cluster.eps": (_POS, 2.0),
@@ -80,9 +80,9 @@ for _s in ("stage1", "stage2", "stage3"):
                    f"{_s}.temperature": (_POS, 10.0)})
 for _w in ("weight_homogeneous", "weight_cross", "weight_instance", "weight_i2t"):
     RANGES[f"stage3.{_w}"] = (0.0, 100.0)
-
-#: Largest crop area (height x width) a config or a checkpoint may ask for.
-MAX_IMAGE_AREA = 512 * 512
+# Each image tower's checks of its own settings (e.g. model.frozen_blocks of the MobileNetV2 tower).
+for _tower in TOWERS.values():
+    RANGES.update({f"model.{k}": r for k, r in _tower.config_ranges.items()})
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
 #: The model settings that make two checkpoints one lineage (the next round loads the last one).

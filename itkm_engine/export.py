@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open
+from .data.imageio import relpath_to_text
 from .errors import ItkmError
 from .progress import Reporter
+from .records import rows_of
 
 TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence",
                  "identity_name", "confirmed")  # name: the operator's; confirmed: 1 if in a confirmed pair
@@ -40,8 +42,6 @@ def path_text(path: str) -> str:
         path.encode("utf-8")
         return path
     except UnicodeEncodeError:
-        from .data.imageio import relpath_to_text
-
         return relpath_to_text(path)
 
 
@@ -153,10 +153,8 @@ def export_features(session, out_npz: str | Path, reporter: Reporter | None = No
     fs = session.features(reporter=reporter.child(0.0, 0.6))
     table = session.identities(reporter=reporter.child(0.6, 0.9))
     rows = images.index_of(fs.ids)
-    ident_rows = np.searchsorted(table.image_id, fs.ids)
-    ident_rows = np.minimum(ident_rows, max(len(table.image_id) - 1, 0))
-    identity = np.where(table.image_id[ident_rows] == fs.ids, table.identity[ident_rows], -1) if len(table) else \
-        np.full(len(fs.ids), -1)
+    ident_rows = rows_of(table.image_id, fs.ids)
+    identity = np.where(ident_rows >= 0, table.identity[ident_rows], -1) if len(table) else np.full(len(fs.ids), -1)
     with atomic_open(Path(out_npz), "wb") as fh:
         np.savez_compressed(
             fh,

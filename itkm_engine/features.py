@@ -19,6 +19,7 @@ import torch
 
 from .atomic import atomic_open, atomic_write_text
 from .data.loading import CropDataset, CropTransform, make_loader
+from .distributed import SINGLE
 from .progress import Reporter
 from .records import rows_of
 
@@ -252,8 +253,6 @@ def extract_features(
     rank 0 writes the cache.  ``write_cache=False`` (a read-only workspace) uses what the cache
     holds and keeps anything newly embedded in memory.
     """
-    from .distributed import SINGLE
-
     dist = dist or SINGLE
     reporter = reporter or Reporter()
     cache = FeatureCache(cache_dir)

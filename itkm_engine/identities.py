@@ -26,7 +26,7 @@ import numpy as np
 
 from .clustering import pseudo_labels
 from .progress import Reporter
-from .records import IdentityTable
+from .records import IdentityTable, rows_of
 from .vocabulary import FINAL_LABELS_FILE
 
 
@@ -160,12 +160,7 @@ def round_links(ws, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
             f_ids, labels, cross = z["ids"], z["labels"], z["cross"]
     except (OSError, KeyError, ValueError):
         return []
-    ids = np.asarray(ids, dtype=np.int64)
-    order = np.argsort(ids)
-    pos = np.searchsorted(ids, f_ids, sorter=order)
-    pos = np.minimum(pos, max(len(ids) - 1, 0))
-    found = (ids[order[pos]] == f_ids) if len(ids) else np.zeros(len(f_ids), bool)
-    rows = np.where(found, order[pos], -1)
+    rows = rows_of(np.asarray(ids, dtype=np.int64), f_ids)
     keep = (labels >= 0) & (cross >= 0) & (rows >= 0)
     labels, cross, rows = labels[keep], cross[keep], rows[keep]
     pairs = np.unique(np.stack([cross, labels], axis=1), axis=0)  # sorted by cross label

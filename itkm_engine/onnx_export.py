@@ -29,7 +29,10 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
+from .data.imageio import BadImage, load_rgb
+from .data.loading import CLIP_MEAN, CLIP_STD, CropTransform
 from .errors import ItkmError
+from .export import check_export_destination
 from .progress import Reporter
 
 __all__ = ["OnnxExportError", "export_onnx", "check_onnx", "check_destination", "OnnxCheck"]
@@ -65,8 +68,6 @@ def check_destination(ws, out: str | Path) -> Path:
     """Where the ONNX file goes: a ``.onnx`` name that passes the check every export makes
     (:func:`itkm_engine.export.check_export_destination`: no folders, links, devices, user images
     or workspace files)."""
-    from .export import check_export_destination
-
     if Path(os.fspath(out)).suffix.lower() != ".onnx":
         raise OnnxExportError(f"{out} does not end in .onnx: give a file name such as encoder.onnx")
     return check_export_destination(ws, out)
@@ -119,8 +120,6 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     proto = onnx.load_from_string(buf.getvalue())
-    from .data.loading import CLIP_MEAN, CLIP_STD
-
     meta = {
         "itkm.scenarios": json.dumps(list(model.scenarios)),
         "itkm.groups": json.dumps(list(model.groups) if g is None else [group]),
@@ -151,9 +150,6 @@ def check_onnx(session, path: str | Path, n: int = 32, seed: int = 0) -> OnnxChe
     """Run ``n`` of the workspace's crops (drawn across cameras, so several groups mix in one
     batch) through onnxruntime and through torch; compare."""
     import onnxruntime as ort
-
-    from .data.imageio import BadImage, load_rgb
-    from .data.loading import CropTransform
 
     model = session.model()
     images = session.images()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from .errors import Cancelled
@@ -118,6 +118,16 @@ class Reporter:
                 eta = max(elapsed / overall - elapsed, 0.0)
         if self.on_event is not None:
             self.on_event(ProgressEvent(job=self.job, fraction=overall, eta_s=eta, **fields))
+
+    def forward(self, event: ProgressEvent) -> None:
+        """Pass on an event of a job that runs elsewhere on this reporter's behalf (a child
+        process): its ``fraction`` (0..1 of that job) is mapped into this reporter's span, the
+        rest is passed on as it came."""
+        if self.on_event is None:
+            return
+        if event.fraction is not None and (self._lo, self._hi) != (0.0, 1.0):
+            event = replace(event, fraction=self._lo + (self._hi - self._lo) * event.fraction)
+        self.on_event(event)
 
     def log(self, text: str, level: str = "info") -> None:
         if self.on_log is not None:

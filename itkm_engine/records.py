@@ -24,6 +24,7 @@ __all__ = [
     "Camera",
     "Reject",
     "RoundInfo",
+    "RoundResult",
     "IdentityTable",
     "rows_of",
 ]
@@ -225,6 +226,17 @@ class RoundInfo:
 
 
 @dataclass
+class RoundResult:
+    """A finished training round, as ``trainer.train`` returns it -- and as the app learns it from
+    the child process that trained (``child_job.run_child("train", ...)``)."""
+
+    round: int
+    checkpoint: Path
+    seconds: float
+    epochs: list[dict] = field(default_factory=list)  # the round's epoch log (Workspace.epoch_log)
+
+
+@dataclass
 class IdentityTable:
     """Final identity per image for one checkpoint (columns of equal length, sorted by image id)."""
 
@@ -240,11 +252,15 @@ class IdentityTable:
 def rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Position of each ``wanted`` id in the (unsorted, unique) ``ids`` array; -1 where absent.
 
-    The one ids -> rows lookup of the engine: use it instead of a hand-written searchsorted."""
+    The one ids -> rows lookup of the engine: use it instead of a hand-written searchsorted.
+    Sorted ``ids`` (image tables, identity tables) are searched as they are, without a sort."""
     ids = np.asarray(ids)
     wanted = np.asarray(wanted)
     if not len(ids):
         return np.full(len(wanted), -1, dtype=np.int64)
-    order = np.argsort(ids)
-    rows = order[np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)]
+    if bool((ids[1:] > ids[:-1]).all()):
+        rows = np.clip(np.searchsorted(ids, wanted), 0, len(ids) - 1)
+    else:
+        order = np.argsort(ids)
+        rows = order[np.clip(np.searchsorted(ids, wanted, sorter=order), 0, len(ids) - 1)]
     return np.where(ids[rows] == wanted, rows, -1)

@@ -15,15 +15,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import constraints as C
+from .review import review_queue
+from .workspace import decisions as D
 from .config import Config, preset
+from .config_check import load_config_file
+from .data.imageio import BadImage, load_rgb
 from .errors import ItkmError, NothingToDoError
+from .evaluation import evaluate_features
 from .features import FeatureSet, embed, extract_features, record_failed_images
-from .records import rows_of
+from .identities import compute_identities, round_links, summarize
+from .index import FeatureIndex, k_reciprocal_rerank
+from .model.loading import load_model, model_key, resolve_device
 from .progress import Reporter
-from .records import IdentityTable
+from .projection import cached_projection, load_cached_projection
+from .records import IdentityTable, rows_of
+from .vocabulary import CONFIG_FILE
 from .workspace import Workspace
 
-from .vocabulary import CONFIG_FILE
 #: Candidates per query that k-reciprocal re-ranking re-orders (at least 4 x top-k).
 RERANK_TOP_N = 200
 
@@ -50,16 +59,12 @@ class Match:
 
 def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
     """The workspace's ``config.toml`` (written by training), else a preset."""
-    from .config_check import load_config_file
-
     path = ws.path / CONFIG_FILE
     return load_config_file(path) if path.exists() else preset(fallback)
 
 
 class Session:
     def __init__(self, ws: Workspace, cfg: Config | None = None, device: str | torch.device = "auto") -> None:
-        from .trainer import resolve_device
-
         self.ws = ws
         self.cfg = cfg or workspace_config(ws)
         self.device = resolve_device(device if device != "auto" else self.cfg.device)
@@ -99,8 +104,6 @@ class Session:
             return self._images
 
     def model(self):
-        from .trainer import load_model
-
         with self._lock:
             if self._model is None:
                 self._model, self._key = load_model(self.ws, self.cfg, self.device)
@@ -111,8 +114,6 @@ class Session:
         """The current model's feature-cache key.  Does not build the model: the app asks for
         the key (are the caches complete?) in its own process, where loading a model would hold
         the interpreter lock for a second beside the window."""
-        from .trainer import model_key
-
         with self._lock:
             if self._key is None:
                 self._key = model_key(self.ws, self.cfg)
@@ -137,8 +138,6 @@ class Session:
             return self._features
 
     def index(self):
-        from .index import FeatureIndex
-
         with self._lock:
             if self._index is None:
                 self._index = FeatureIndex.build(self.features().feats, exact_limit=self.cfg.inference.exact_search_limit)
@@ -218,8 +217,6 @@ class Session:
         picks the gallery first, so "other cameras" still fills the top-k (re-ranking the
         unfiltered top-N and filtering afterwards left one result when the query's own camera
         filled the candidates).  Scores are ``1 - re-ranked distance``, not cosines."""
-        from .index import k_reciprocal_rerank
-
         fs = self.features()
         if allowed is None:
             sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(RERANK_TOP_N, 4 * k),
@@ -241,8 +238,6 @@ class Session:
         ok, feats, proj = embed(model, [str(path)], [scenario], [group], device=self.device, batch_size=1,
                                 amp=self.cfg.amp)
         if not len(ok):
-            from .data.imageio import BadImage, load_rgb
-
             try:  # the loader only says "failed"; decode once more for the reason to show
                 load_rgb(path)
             except BadImage as exc:
@@ -268,7 +263,7 @@ class Session:
         return (str(images.scenario[r]), str(images.group[r])) if r is not None else None
 
     def _guess_side(self, path) -> tuple[str, str]:
-        from .data.guess import guess_camera
+        from .data.guess import guess_camera  # loads cv2 (itkm_engine.cv): only for an outside image
 
         model = self.model()
         g = guess_camera([str(path)], sample=1)
@@ -300,8 +295,6 @@ class Session:
 
     # -- identities, projection, evaluation ----------------------------------------------------
     def identities(self, reporter: Reporter | None = None) -> IdentityTable:
-        from .identities import compute_identities, round_links
-
         with self._lock:
             if self._identities is None:
                 key = self.checkpoint_key()
@@ -324,27 +317,22 @@ class Session:
     # -- the operator's decisions (itkm_engine/workspace/decisions.py, constraints.py, review.py) --
     def _obeying_decisions(self, table: IdentityTable) -> IdentityTable:
         """``table`` with must/cannot-links enforced (cached per decision revision)."""
-        from .constraints import enforce_on_labels
-        from .workspace.decisions import load_constraints, revision
-
-        rev = (id(table), table.checkpoint, revision(self.ws))
+        rev = (id(table), table.checkpoint, D.revision(self.ws))
         cached = getattr(self, "_decided", None)
         if cached is not None and cached[0] == rev and cached[2] is table:
             return cached[1]
-        cons, out = load_constraints(self.ws), table
+        cons, out = D.load_constraints(self.ws), table
         if len(cons):
             fs = self.features()
             rows = rows_of(fs.ids, table.image_id)
             feats = fs.feats[rows] if (rows >= 0).all() else None
             out = IdentityTable(table.checkpoint, table.image_id,
-                                enforce_on_labels(table.identity, table.image_id, cons, feats), table.confidence)
+                                C.enforce_on_labels(table.identity, table.image_id, cons, feats), table.confidence)
         self._decided = (rev, out, table)
         return out
 
     def resolve_image(self, token) -> int:
         """Image id of ``token``: an id, or the path (absolute or relative to its source) of an image."""
-        from .constraints import ConstraintError
-
         images = self.images()
         text = str(token)
         if text.isdigit() and images.index_of([int(text)])[0] >= 0:
@@ -362,12 +350,10 @@ class Session:
         for c in cand:
             if c in cache[1]:
                 return int(images.id[cache[1][c]])
-        raise ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
+        raise C.ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
 
     def constraints(self):
-        from .workspace.decisions import load_constraints
-
-        return load_constraints(self.ws)
+        return D.load_constraints(self.ws)
 
     def confirm(self, a, b) -> int:
         """Same person: a must-link between two images (ids or paths).  Returns the undo step."""
@@ -378,32 +364,22 @@ class Session:
         return self.reject_pairs([(a, b)])
 
     def confirm_pairs(self, pairs) -> int:
-        from .workspace.decisions import confirm
-
-        return confirm(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
+        return D.confirm(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
 
     def reject_pairs(self, pairs) -> int:
-        from .workspace.decisions import reject
-
-        return reject(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
+        return D.reject(self.ws, [(self.resolve_image(a), self.resolve_image(b)) for a, b in pairs])
 
     def undo(self) -> int | None:
-        from .workspace.decisions import undo
-
-        return undo(self.ws)
+        return D.undo(self.ws)
 
     def redo(self) -> int | None:
-        from .workspace.decisions import redo
-
-        return redo(self.ws)
+        return D.redo(self.ws)
 
     def _identity_members(self, identity: int) -> tuple[np.ndarray, np.ndarray]:
-        from .constraints import ConstraintError
-
         table = self.identities()
         ids = table.image_id[table.identity == int(identity)]
         if not len(ids):
-            raise ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
+            raise C.ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
         return ids, self._group_keys(ids)
 
     def _group_keys(self, image_ids) -> np.ndarray:
@@ -412,41 +388,31 @@ class Session:
 
     def merge_identities(self, x: int, y: int, *more: int) -> int:
         """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step)."""
-        from .constraints import ConstraintError, merge_pairs
-        from .workspace.decisions import confirm
-
         wanted = [int(i) for i in (x, y, *more)]
         if len(set(wanted)) != len(wanted):
-            raise ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
-        return confirm(self.ws, merge_pairs([self._identity_members(i) for i in wanted]))
+            raise C.ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
+        return D.confirm(self.ws, C.merge_pairs([self._identity_members(i) for i in wanted]))
 
     def split_identity(self, image_ids) -> int:
         """The given sightings (ids or paths, all of one identity) become a new identity."""
-        from .constraints import ConstraintError
-        from .workspace.decisions import record_split
-
         moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
         table = self.identities()
-        ident = table.identity[np.searchsorted(table.image_id, moved)]
+        ident = table.identity[rows_of(table.image_id, moved)]
         if len(set(ident.tolist())) != 1:
-            raise ConstraintError("the sightings to split off belong to different identities: pick them from one")
+            raise C.ConstraintError("the sightings to split off belong to different identities: pick them from one")
         members, _ = self._identity_members(int(ident[0]))
         rest = np.setdiff1d(members, moved)
-        return record_split(self.ws, moved, rest, self._group_keys(moved), self._group_keys(rest))
+        return D.record_split(self.ws, moved, rest, self._group_keys(moved), self._group_keys(rest))
 
     def name_identity(self, identity: int, name: str, note: str = "") -> int:
         """Name and note an identity (anchored to its images, so it survives re-clustering)."""
-        from .workspace.decisions import name_identity
-
         ids, _ = self._identity_members(identity)
-        return name_identity(self.ws, ids, name, note)
+        return D.name_identity(self.ws, ids, name, note)
 
     def identity_names(self) -> dict[int, tuple[str, str]]:
         """``{identity: (name, note)}`` for the current identities."""
-        from .workspace.decisions import identity_names
-
         table = self.identities()
-        return identity_names(self.ws, table.image_id, table.identity)
+        return D.identity_names(self.ws, table.image_id, table.identity)
 
     def confirmed_image_ids(self) -> set[int]:
         """Images that are an end of an active must-link (the operator confirmed them)."""
@@ -454,13 +420,9 @@ class Session:
 
     def review_queue(self, n: int = 100):
         """Pairs to review, nearest the decision boundary first, cross-scenario first."""
-        from .review import review_queue
-
         return review_queue(self, n)
 
     def identity_summary(self, reporter: Reporter | None = None):
-        from .identities import summarize
-
         return summarize(self.identities(reporter), self.images())
 
     def projection(self, reporter: Reporter | None = None, *, compute: bool = True) -> np.ndarray | None:
@@ -468,8 +430,6 @@ class Session:
 
         ``compute=False``: only the cached layout (``None`` when there is none) -- no UMAP import.
         A read-only workspace reads the cache too (it only never writes it)."""
-        from .projection import cached_projection, load_cached_projection
-
         with self._lock:
             if self._projection is None:
                 fs = self.features(reporter=reporter.child(0.0, 0.3) if reporter else None)
@@ -485,8 +445,6 @@ class Session:
 
     def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
         """``evaluation.evaluate_features``: {"headline": ..., "protocols": ...}, or {} without labels."""
-        from .evaluation import evaluate_features
-
         fs = self.features(reporter=reporter.child(0.0, 0.5) if reporter else None)
         images = self.images().subset(self.images().index_of(fs.ids))
         sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]

@@ -15,92 +15,32 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from .atomic import atomic_open
 from .config import Config
-from .workspace.decisions import load_constraints
+from .config_check import ConfigError, validate_config
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError, TrainingDivergedError
-from .features import extract_features, record_failed_images
-from .model.backbone import ITKMModel, build_model
-from .model.checkpoint import (checkpoint_key, latest_round_checkpoint, load_checkpoint, model_from_state,
-                               save_checkpoint)
+from .features import extract_features
+from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from .model.loading import camera_vocabulary, latest_round_checkpoint, load_model, model_from_state, resolve_device
 from .progress import Reporter
+from .records import RoundResult
 from .stages.context import RoundContext
 from .stages.heterogeneous import HeterogeneousStage
+from .stages.hooks import (CheckFinite, EpochHook, LogEpoch, RecordFailedImages, SaveProgress, outputs_from_state,
+                           outputs_to_state, record_failed)
 from .stages.homogeneous import HomogeneousStage
-from .stages.loop import run_stage, seed_everything
+from .stages.loop import run_stage
 from .stages.text import TextStage
-from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE
+from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE, STAGE_LABELS
+from .workspace.decisions import load_constraints
 
 STAGES = (HomogeneousStage, TextStage, HeterogeneousStage)
-#: Share of a round's progress bar per stage (Stage II is cheap: features once, text tower only).
-STAGE_SPAN = {"stage1": (0.0, 0.45), "stage2": (0.45, 0.6), "stage3": (0.6, 1.0)}
-
-
-@dataclass
-class RoundResult:
-    round: int
-    checkpoint: Path
-    seconds: float
-    epochs: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def camera_vocabulary(ws) -> tuple[list[str], list[str]]:
-    """Scenario and group names in use, in a stable order (the model's embedding rows)."""
-    cams = ws.cameras()
-    scenarios = sorted({c.scenario for c in cams})
-    groups = sorted({c.group for c in cams})
-    return scenarios, groups
-
-
-def init_key(cfg: Config, scenarios: list[str], groups: list[str]) -> str:
-    """Feature-cache key of the untrained starting model ("round 0")."""
-    import hashlib
-
-    src = cfg.model.weights or cfg.model.pretrained or "random"
-    h = hashlib.sha256(json.dumps([cfg.model.name, src, cfg.seed, list(cfg.model.image_size), cfg.model.feature,
-                                   scenarios, groups]).encode()).hexdigest()[:12]
-    return f"init-{cfg.model.name}-{h}"
-
-
-def model_key(ws, cfg: Config) -> str:
-    """The feature-cache key :func:`load_model` would return for the workspace's current model,
-    without building the model: a checkpoint's content hash (cached per file), else the key of
-    the untrained starting model."""
-    ckpt = latest_round_checkpoint(ws)
-    if ckpt is not None:
-        return checkpoint_key(ckpt)
-    return init_key(cfg, *camera_vocabulary(ws))
-
-
-def load_model(ws, cfg: Config, device: torch.device, checkpoint: Path | None = None) -> tuple[ITKMModel, str]:
-    """The model of ``checkpoint`` (default: the latest finished round), extended to the current
-    cameras' scenarios and groups; or the initial model before any training.  Returns (model, key)."""
-    scenarios, groups = camera_vocabulary(ws)
-    ckpt = checkpoint if checkpoint is not None else latest_round_checkpoint(ws)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, map_location="cpu")
-        model = model_from_state(state.get("model"), ckpt, device=device)
-        model.extend(scenarios=scenarios, groups=groups)
-        return model, checkpoint_key(ckpt)
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model, scenarios, groups, device=device)
-    return model, init_key(cfg, scenarios, groups)
 
 
 def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None,
@@ -161,11 +101,14 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
         )
     ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist,
                        camera_sites=ws.camera_sites())
-    ctx.constraints = load_constraints(ws)  # must/cannot-links the round obeys (constraints.py)
+    ctx.constraints = load_constraints(ws)  # must/cannot-links the round obeys (workspace/decisions.py)
     if resume is not None:
-        ctx.outputs = _outputs_from_state(resume.get("outputs", {}))
+        ctx.outputs = outputs_from_state(resume.get("outputs", {}))
 
-    last_good = [f"{done_stage_of(resume)}" if resume is not None else "the round's start"]
+    check = CheckFinite(ctx.model, done_stage_of(resume) if resume is not None else "the round's start")
+    hooks: list[EpochHook] = [check]
+    if main:
+        hooks += [SaveProgress(progress_path, round_no, ctx), LogEpoch(ws, round_no), RecordFailedImages(ws, ctx)]
     stage_order = [s.name for s in STAGES]
     done_stage = resume["stage"] if resume is not None else None
     done_epoch = int(resume["epoch"]) if resume is not None else -1
@@ -180,10 +123,9 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
                 stage_resume = resume.get("stage_state") if si == di else None
             else:
                 start, stage_resume = 0, None
-            lo, hi = STAGE_SPAN[stage.name]
+            lo, hi = STAGE_LABELS[stage.name].span
             srep = reporter.child(0.05 + 0.9 * lo, 0.05 + 0.9 * hi)
-            if hasattr(stage, "prepare"):
-                stage.prepare(srep.child(0.0, 0.05), stage_resume)
+            stage.prepare(srep.child(0.0, 0.05), stage_resume)
             if resume is not None and stage_resume is not None and "optimizer" in resume:
                 try:
                     stage.optimizer.load_state_dict(resume["optimizer"])
@@ -191,33 +133,22 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
                     reporter.warning("optimiser state did not fit; continuing with a fresh optimiser")
             if main:
                 ws.update_round(round_no, status="running", stage=stage.name, epoch=start)
-
-            def on_epoch_end(epoch: int, values: dict, stage=stage) -> None:
-                _check_weights(ctx.model, stage.name, epoch)
-                last_good[0] = f"{stage.name} epoch {epoch + 1}"
-                if main:
-                    _save_progress(progress_path, round_no, stage, epoch, ctx, values)
-                    ws.log_epoch(round_no, stage.name, epoch, values)
-                    ws.update_round(round_no, stage=stage.name, epoch=epoch + 1)
-                    _record_failed(ws, ctx)
-
             run_stage(stage, start_epoch=start, seed=cfg.seed, round_no=round_no, device=device, amp=cfg.amp,
-                      reporter=srep.child(0.05, 1.0), on_epoch_end=on_epoch_end)
-            if stage.name == "stage2" and "stage2" not in ctx.outputs:
-                stage.publish()  # zero epochs configured: still hand over the initial prompts
+                      reporter=srep.child(0.05, 1.0), hooks=hooks)
+            stage.publish()
             done_stage = None
     except TrainingDivergedError as exc:
         if main:
             ws.update_round(round_no, status="cancelled")
         raise TrainingDivergedError(
             f"round {round_no} stopped: {exc}. Nothing of that epoch was kept: the round is rolled back to "
-            f"after {last_good[0]} (the last good epoch). Lower the learning rate and start the round again, "
+            f"after {check.last_good} (the last good epoch). Lower the learning rate and start the round again, "
             f"e.g. itkm train WORKSPACE --restart-round --set {exc_stage(exc)}.lr=..."
         ) from None
     except Cancelled:
         if main:
             ws.update_round(round_no, status="cancelled")
-            _record_failed(ws, ctx)
+            record_failed(ws, ctx)
         reporter.log(f"round {round_no} cancelled; run training again to resume from the last completed epoch")
         raise
 
@@ -227,7 +158,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
         _save_final_labels(ws, round_no, ctx)
         ws.update_round(round_no, status="done", checkpoint=str(ckpt), finished=time.time())
         progress_path.unlink(missing_ok=True)
-        _record_failed(ws, ctx)
+        record_failed(ws, ctx)
     dist.barrier()
     # Features of the new checkpoint, cached: the gallery, UMAP and identities need them next, and
     # the next round (e.g. after new cameras) then embeds only images it has not seen.
@@ -245,8 +176,6 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
 def _stored_config(info, cfg: Config) -> Config:
     """The settings an interrupted round started with -- checked, since an older version stored
     them unchecked (``batch_size = 0`` then failed on every resume)."""
-    from .config_check import ConfigError, validate_config
-
     if not info.config_json:
         return cfg
     try:
@@ -263,13 +192,6 @@ def done_stage_of(resume: dict) -> str:
 def exc_stage(exc: Exception) -> str:
     text = str(exc)
     return next((s.name for s in STAGES if text.startswith(s.name)), "stage1")
-
-
-def _check_weights(model, stage: str, epoch: int) -> None:
-    """No epoch whose weights went NaN/inf is ever saved (it would poison every later run)."""
-    for name, p in model.named_parameters():
-        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-            raise TrainingDivergedError(f"{stage} epoch {epoch + 1}: weights became NaN or infinite ({name})")
 
 
 def abandon_interrupted_round(ws, reporter: Reporter | None = None) -> int | None:
@@ -318,40 +240,13 @@ def _resumable(ws, progress_path: Path) -> dict | None:
     return state
 
 
-def _outputs_to_state(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {name: {k: torch.as_tensor(np.asarray(v)) for k, v in out.items()} for name, out in outputs.items()}
-
-
-def _outputs_from_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {name: {k: v.numpy() for k, v in out.items()} for name, out in state.items()}
-
-
-def _save_progress(path: Path, round_no: int, stage, epoch: int, ctx: RoundContext, values: dict) -> None:
-    # The epoch's log values travel with it: a kill between this write and ws.log_epoch() would
-    # otherwise leave a completed epoch missing from the log (resume re-logs it from here).
-    save_checkpoint(
-        path,
-        {
-            "format": "itkm-progress-v1",
-            "round": round_no,
-            "stage": stage.name,
-            "epoch": epoch,
-            "model": ctx.model.state_for_checkpoint(),
-            "optimizer": stage.optimizer.state_dict(),
-            "stage_state": stage.state_dict(),
-            "outputs": _outputs_to_state(ctx.outputs),
-            "values": json.dumps(values, default=float),
-        },
-    )
-
-
 def _final_state(round_no: int, cfg: Config, ctx: RoundContext) -> dict:
     return {
         "format": "itkm-checkpoint-v1",
         "round": round_no,
         "config": json.dumps(cfg.to_dict()),
         "model": ctx.model.state_for_checkpoint(),
-        "outputs": _outputs_to_state(ctx.outputs),
+        "outputs": outputs_to_state(ctx.outputs),
     }
 
 
@@ -361,8 +256,6 @@ def _save_final_labels(ws, round_no: int, ctx: RoundContext) -> None:
     keeps them beside the per-group labels they came from, so the final identities can merge the
     clusters CHM matched (:func:`itkm_engine.identities.round_links`).  A round without Stage III
     output (e.g. zero Stage III epochs) stores Stage II's clusters, as before."""
-    from .atomic import atomic_open
-
     st = ctx.outputs.get("stage3")
     if st is not None and "cross" in st:
         ids, labels, cross = st["ids"], st["labels"], st["cross"]
@@ -377,10 +270,3 @@ def _save_final_labels(ws, round_no: int, ctx: RoundContext) -> None:
         np.savez(fh, ids=np.asarray(ids, np.int64), labels=np.asarray(labels, np.int64),
                  cross=np.asarray(cross, np.int64))
     ws.save_assignments(round_no, ids, cross)
-
-
-def _record_failed(ws, ctx: RoundContext) -> None:
-    """Images that vanished or broke since ingest: marked, so later stages skip them."""
-    if ctx.failed_ids:
-        record_failed_images(ws, sorted(ctx.failed_ids), ctx.images, during="training")
-        ctx.failed_ids.clear()

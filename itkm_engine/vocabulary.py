@@ -1,4 +1,5 @@
-"""The ground floor's names: scenarios, groups, sites, and the workspace's fixed file names.
+"""The ground floor's names: scenarios, groups, sites, the stages of a round, and the workspace's
+fixed file names.
 
 A *scenario* is a set of cameras sharing one kind of heterogeneity; inside it each camera belongs
 to a *group* (a homogeneous subset).  Known from the camera, never from identity labels
@@ -9,6 +10,8 @@ Every layer may import this module; it imports nothing of the engine but :mod:`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from .errors import ItkmError
 
@@ -48,6 +51,28 @@ def group_key(scenario: str, group: str) -> str:
 
 #: The site of a source nobody named (one site for everything).
 DEFAULT_SITE = "default"
+
+@dataclass(frozen=True)
+class StageLabel:
+    """How one stage of a round is named, and its share of the round's progress bar."""
+
+    name: str  # in progress events, the epoch log, checkpoints and config sections ("stage1")
+    numeral: str  # the paper's numbering ("I"), e.g. on the training chart's stage marks
+    title: str  # what it does ("homogeneous learning")
+    span: tuple[float, float]  # (lo, hi) of a round's progress bar
+
+    @property
+    def label(self) -> str:
+        return f"Stage {self.numeral} - {self.title}"
+
+
+#: The stages of a round, in their order.  Stage II is cheap (features once, the text tower only),
+#: so its share of the progress bar is small.
+STAGE_LABELS: dict[str, StageLabel] = {s.name: s for s in (
+    StageLabel("stage1", "I", "homogeneous learning", (0.0, 0.45)),
+    StageLabel("stage2", "II", "text knowledge", (0.45, 0.6)),
+    StageLabel("stage3", "III", "heterogeneous matching", (0.6, 1.0)),
+)}
 
 #: The workspace's settings file (``WS/config.toml``): written only by the training entry point.
 CONFIG_FILE = "config.toml"

@@ -32,9 +32,13 @@ import time
 import traceback
 from typing import Any, Callable
 
+from .atomic import atomic_write_text
 from .child_job import dumps, event_to_json
+from .config import Config
 from .errors import Cancelled, ItkmError
 from .progress import CancelToken, LogMessage, ProgressEvent, Reporter
+from .vocabulary import CONFIG_FILE
+from .workspace import Workspace
 
 #: After a cancel by SIGTERM or by the parent going away, exit hard if the job has not stopped.
 EXIT_GRACE_S = 60.0
@@ -74,9 +78,7 @@ def _limit_threads(device: str) -> None:
 
 
 def job_train(ws, cfg, params: dict, reporter: Reporter) -> list[dict]:
-    from .atomic import atomic_write_text
-    from .vocabulary import CONFIG_FILE
-    from .trainer import train
+    from .trainer import train  # torch: the test-count jobs and the parent's imports of this module stay without it
 
     device = params.get("device") or cfg.device
     cfg.device = device
@@ -88,7 +90,7 @@ def job_train(ws, cfg, params: dict, reporter: Reporter) -> list[dict]:
 
 
 def _session(ws, cfg, params: dict):
-    from .session import Session
+    from .session import Session  # torch (see job_train)
 
     device = params.get("device") or "auto"
     _limit_threads(device)
@@ -172,9 +174,6 @@ def _watch_stdin(token: CancelToken) -> None:
 
 
 def run(request: dict, reporter: Reporter) -> Any:
-    from .config import Config
-    from .workspace import Workspace
-
     kind = request.get("kind")
     job = JOBS.get(kind) or (TEST_JOBS.get(kind) if under_tests() else None)
     if job is None:
@@ -182,7 +181,7 @@ def run(request: dict, reporter: Reporter) -> Any:
     cfg = Config.from_toml(request["config"]) if request.get("config") else None
     if job in TEST_JOBS.values():
         return job(None, cfg, request.get("params") or {}, reporter)
-    from .session import workspace_config
+    from .session import workspace_config  # torch (see job_train)
 
     with Workspace.open(request["workspace"], reporter=reporter) as ws:
         return job(ws, cfg or workspace_config(ws), request.get("params") or {}, reporter)

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from itkm_engine.child_job import ChildDiedError, ChildJobError, RoundSummary, run_child, worker_command
+from itkm_engine.child_job import ChildDiedError, ChildJobError, run_child, worker_command
+from itkm_engine.records import RoundResult
 from itkm_engine.errors import Cancelled
 from itkm_engine.jobs import JobRunner, JobState
 from itkm_engine.progress import Reporter
@@ -136,7 +137,7 @@ def test_training_in_a_child_lends_the_writer_lock_and_takes_it_back(fresh_ws):
         assert not ws.readonly and ws.writer_info().pid == os.getpid()
         assert [r.status for r in ws.rounds()] == ["done"]
     assert all(seen_readonly) and seen_readonly  # the parent read only while the child wrote
-    assert isinstance(results[0], RoundSummary) and results[0].checkpoint.exists()
+    assert isinstance(results[0], RoundResult) and results[0].checkpoint.exists()
     assert {"stage1", "stage2", "stage3"} <= {e.stage for e in events}
 
 

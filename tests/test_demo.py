@@ -12,7 +12,7 @@ from itkm_engine.cv import cv2
 import numpy as np
 import pytest
 
-from itkm_engine.color_baseline import color_histogram, color_histogram_features
+from benchmarks.color_baseline import color_histogram, color_histogram_features
 from itkm_engine.data.demo import (
     DEMO_CAMERAS,
     DEMO_EPOCH,

@@ -141,7 +141,8 @@ def test_a_quick_round_trains_and_reloads_the_cnn_tower(fresh_ws):
     """The quick preset end to end (shortened): Stage I -> II -> III on the CNN tower, a checkpoint
     that rebuilds the same tower, features of the tower's size."""
     from itkm_engine.atomic import atomic_write_text
-    from itkm_engine.trainer import load_model, train
+    from itkm_engine.model.loading import load_model
+    from itkm_engine.trainer import train
     from itkm_engine.workspace import Workspace
 
     cfg = preset("quick").with_overrides(**{

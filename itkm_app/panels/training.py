@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGroup
                                QWidget)
 
 from itkm_engine.progress import ProgressEvent
+from itkm_engine.vocabulary import CONFIG_FILE, STAGE_LABELS
 
 from .. import theme
 from ..widgets import eval_table
@@ -32,7 +33,6 @@ from ..widgets.progress import JobProgress, format_duration
 from .base import Panel
 
 LOSS_SKIP = {"loss", "steps", "seconds"}
-STAGE_LABEL = {"stage1": "I", "stage2": "II", "stage3": "III"}
 
 
 def dev_mode() -> bool:
@@ -181,7 +181,7 @@ class Curves(pg.GraphicsLayoutWidget):
 
     def mark_stage(self, round_no: int | None, stage: str, x: float) -> None:
         key = (round_no or 0, stage)
-        if key in self._stage_marks or stage not in STAGE_LABEL:
+        if key in self._stage_marks or stage not in STAGE_LABELS:
             return
         self._stage_marks.add(key)
         # a stage's loss terms are not comparable with the next stage's: break the lines there
@@ -190,7 +190,8 @@ class Curves(pg.GraphicsLayoutWidget):
                 xs.append(x)
                 ys.append(float("nan"))
                 self._dirty.add((plot_name, k))
-        label = f"R{round_no} {STAGE_LABEL[stage]}" if round_no else STAGE_LABEL[stage]
+        numeral = STAGE_LABELS[stage].numeral
+        label = f"R{round_no} {numeral}" if round_no else numeral
         pen = pg.mkPen(theme.secondary_text_color(), width=1, style=Qt.PenStyle.DotLine)
         line = pg.InfiniteLine(pos=x, angle=90, pen=pen, label=label,
                                labelOpts={"position": 0.92, "color": theme.secondary_text_color()})
@@ -496,7 +497,7 @@ class TrainingPanel(Panel):
 
     def _select_preset(self, ws) -> None:
         name = self.ctx.settings.get("training/preset", "quick", str)
-        cfg_path = ws.path / "config.toml"
+        cfg_path = ws.path / CONFIG_FILE
         if cfg_path.exists():
             try:
                 import tomllib

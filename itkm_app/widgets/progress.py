@@ -8,17 +8,15 @@ from collections import deque
 from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QWidget
 
 from itkm_engine.progress import ProgressEvent
+from itkm_engine.vocabulary import STAGE_LABELS
 
 STAGE_NAMES = {
     "extract": "Extracting features",
-    "cluster": "Clustering",
     "knn": "Neighbour search",
     "encoding": "k-reciprocal encoding",
     "jaccard": "Jaccard distances",
     "dbscan": "DBSCAN",
-    "stage1": "Stage I - homogeneous learning",
-    "stage2": "Stage II - text knowledge",
-    "stage3": "Stage III - heterogeneous matching",
+    **{s.name: s.label for s in STAGE_LABELS.values()},
     "reduce": "Reducing dimensions",
     "neighbors": "Neighbour graph",
     "layout": "UMAP layout",

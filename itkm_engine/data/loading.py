@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .imageio import BadImage, load_rgb
+
 # CLIP's normalisation (open_clip OPENAI_DATASET_MEAN/STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -119,8 +121,6 @@ class CropDataset(Dataset):
         The augmentation RNG is seeded by (dataset seed, index, draw), so an epoch is the same
         whatever the number of loader workers and whether it runs after a resume.
         """
-        from .imageio import BadImage, load_rgb
-
         i, draw = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), 0)
         rng = np.random.default_rng((self.seed, i, draw)) if self.transform.augment else None
         try:

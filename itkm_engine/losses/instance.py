@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ItkmError
+from ..records import rows_of
 
 __all__ = ["instance_pair_loss", "pairs_in_batch", "partner_centroid_loss"]
 
@@ -118,9 +119,8 @@ def pairs_in_batch(pairs: Tensor | np.ndarray, batch_ids: Tensor | np.ndarray) -
     p_np = p.numpy()
     pos = np.full(p_np.shape, -1, dtype=np.int64)
     for col in range(2):
-        loc = np.searchsorted(uniq, p_np[:, col])
-        loc = np.minimum(loc, len(uniq) - 1)
-        hit = uniq[loc] == p_np[:, col]
+        loc = rows_of(uniq, p_np[:, col])
+        hit = loc >= 0
         pos[hit, col] = first[loc[hit]]
     keep = (pos >= 0).all(axis=1) & (pos[:, 0] != pos[:, 1])
     return torch.from_numpy(pos[keep]).to(device)

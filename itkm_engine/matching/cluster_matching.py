@@ -37,6 +37,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..errors import ItkmError
+from ..records import rows_of
 from ._inputs import float_matrix, int_vector
 
 __all__ = [
@@ -265,7 +266,7 @@ def cross_group_labels(
     lb = int_vector(labels_b, "labels_b")
     pairs = [(int(m[0]), int(m[1])) for m in matches]
 
-    def rows_of(lab: np.ndarray, clusters: ArrayLike | None, side: int, name: str) -> np.ndarray:
+    def cluster_ids(lab: np.ndarray, clusters: ArrayLike | None, side: int, name: str) -> np.ndarray:
         if clusters is not None:
             ids = int_vector(clusters, name)
             if len(np.unique(ids)) != len(ids):
@@ -274,8 +275,8 @@ def cross_group_labels(
         top = max([int(lab.max()) if lab.size else -1] + [p[side] for p in pairs])
         return np.arange(top + 1, dtype=np.int64)
 
-    ids_a = rows_of(la, clusters_a, 0, "clusters_a")
-    ids_b = rows_of(lb, clusters_b, 1, "clusters_b")
+    ids_a = cluster_ids(la, clusters_a, 0, "clusters_a")
+    ids_b = cluster_ids(lb, clusters_b, 1, "clusters_b")
     ca, cb = len(ids_a), len(ids_b)
     new_a = np.full(ca, -1, dtype=np.int64)
     new_b = np.full(cb, -1, dtype=np.int64)
@@ -298,12 +299,10 @@ def cross_group_labels(
         valid = lab >= 0
         if not valid.any():
             return out
-        order = np.argsort(ids)
-        pos = np.searchsorted(ids[order], lab[valid])
-        pos = np.minimum(pos, len(ids) - 1) if len(ids) else pos
-        if len(ids) == 0 or not (ids[order][pos] == lab[valid]).all():
+        rows = rows_of(ids, lab[valid])
+        if (rows < 0).any():
             raise ItkmError(f"{name} holds a cluster id that has no row in the matching")
-        out[valid] = new[order[pos]] + offset
+        out[valid] = new[rows] + offset
         return out
 
     return CrossGroupLabels(

@@ -21,12 +21,13 @@ from typing import Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import TextTransformer, text_global_pool
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ItkmError
-from .image_tower import TOWERS, ImageOutput, ImageTower
+from .checkpoint import check_model_config
+from .image_tower import ImageOutput, ImageTower
+from .towers import tower_class
 from .weights import create_clip, get_tokenizer, uses_quick_gelu
 
 __all__ = ["ImageOutput", "ITKMModel", "build_model", "build_tower", "CHECKPOINT_FORMAT", "FEATURES"]
@@ -43,31 +44,9 @@ def build_tower(clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConf
                 load_weights: bool = True) -> ImageTower:
     """The image tower ``cfg.tower`` names.  CLIP's own vision tower is taken off ``clip`` (the
     ViT tower adopts it; other towers drop it), so the text side is all that stays on ``clip``."""
-    visual = getattr(clip, "visual", None)
-    if cfg.tower == "clip":
-        from .clip_vit_tower import ClipViTTower
-
-        tower: ImageTower = ClipViTTower(visual, n_scenarios, n_groups, cfg)
-    elif cfg.tower == "mobilenetv2":
-        from .mobilenet_tower import MobileNetV2Tower
-
-        embed_dim = int(getattr(visual, "output_dim", 0) or _text_embed_dim(clip))
-        tower = MobileNetV2Tower(n_scenarios, n_groups, cfg, embed_dim, load_weights=load_weights)
-    else:
-        raise ItkmError(f"model.tower must be one of {', '.join(TOWERS)}, got {cfg.tower!r}")
+    tower = tower_class(cfg.tower).from_clip(clip, n_scenarios, n_groups, cfg, load_weights=load_weights)
     clip.visual = None
     return tower
-
-
-def _text_embed_dim(clip: nn.Module) -> int:
-    proj = getattr(clip, "text_projection", None)
-    if proj is None and getattr(clip, "text", None) is not None:
-        proj = getattr(clip.text, "text_projection", None)
-    if isinstance(proj, nn.Linear):
-        return int(proj.out_features)
-    if proj is not None:
-        return int(proj.shape[-1])
-    raise ItkmError("cannot tell the text tower's output width")
 
 
 class _TextSide(NamedTuple):
@@ -181,6 +160,8 @@ class ITKMModel(nn.Module):
     # -- text side -------------------------------------------------------------------------
     def text_side(self) -> _TextSide:
         """The modules of CLIP's text tower, wherever this CLIP class keeps them."""
+        from open_clip.transformer import TextTransformer  # open_clip is heavy: imported where a model exists
+
         clip = self.clip
         text = getattr(clip, "text", None)
         if isinstance(text, TextTransformer):
@@ -200,6 +181,8 @@ class ITKMModel(nn.Module):
         ``CLIP.encode_text`` after ``token_embedding``); ``ids [B,L]`` are the token ids the
         embeddings stand for, used only to find the pooling (end-of-text) position.
         Returns unnormalised text features ``[B, embed_dim]``; gradients flow to ``x``."""
+        from open_clip.transformer import text_global_pool
+
         t = self.text_side()
         cast = t.transformer.get_cast_dtype()
         x = x.to(cast) + t.positional_embedding.to(cast)
@@ -304,8 +287,6 @@ class ITKMModel(nn.Module):
         """Rebuild the model a checkpoint was written from (no weights download needed).  The
         checkpoint's model settings are checked before anything is built (a crafted file must
         not make us allocate a giant model)."""
-        from .checkpoint import check_model_config
-
         _check_state(state)
         check_model_config(state["model_config"])
         cfg = _config_from_dict(state["model_config"])
@@ -330,7 +311,7 @@ def build_model(cfg: ModelConfig, scenarios: Sequence[str], groups: Sequence[str
                 device: torch.device | str = "cpu") -> ITKMModel:
     """CLIP from ``cfg`` (weights resolved by :func:`~itkm_engine.model.weights.create_clip`,
     raising :class:`~itkm_engine.errors.WeightsUnavailableError`) wrapped as an ITKM model."""
-    if cfg.tower == "clip":
+    if tower_class(cfg.tower).uses_clip_weights:
         clip, tokenizer = create_clip(cfg, device=device)
     else:
         # ``pretrained`` / ``weights`` name the image tower's weights; CLIP (here only its text

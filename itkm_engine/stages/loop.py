@@ -3,24 +3,26 @@
 A stage is a *strategy* (:class:`Stage`): it says what an epoch starts with (fresh pseudo-labels,
 a sampler), what one batch's loss terms are, what to update after a step, and what to record at
 the end of an epoch.  :func:`run_stage` owns everything else -- seeding, the optimiser step,
-warm-up, cancellation, progress, loss averaging, the epoch log and the per-epoch checkpoint --
-so there is exactly one training loop in the code base.
+warm-up, cancellation, progress, loss averaging -- and runs the epoch-end hooks it is given (the
+trainer's: check the weights, write the per-epoch checkpoint, log the epoch; :mod:`.hooks`), so
+there is exactly one training loop in the code base.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterable, Protocol, Sequence
 
-import numpy as np
 import torch
 
+from ..errors import TrainingDivergedError
 from ..features import autocast
+from ..model.loading import seed_everything
 from ..progress import Reporter
+from .hooks import EpochHook
 
 #: How often (in steps) loss values are pulled to the host for progress events.  Between those
 #: steps the loop never synchronises with the device.
@@ -37,37 +39,46 @@ class EpochPlan:
 
 
 class Stage(Protocol):
+    """What every stage implements; the trainer and the loop call nothing else (a step a stage
+    does not need is a no-op there)."""
+
     name: str  # "stage1" | "stage2" | "stage3"
     epochs: int
     warmup_epochs: int
     optimizer: torch.optim.Optimizer
+
+    def prepare(self, reporter: Reporter, resume: dict[str, Any] | None) -> None:
+        """Before the first epoch run (also when resuming): what the epochs share.  ``resume`` is
+        this stage's :meth:`state_dict` from the progress file when the stage continues, else None."""
 
     def begin_epoch(self, epoch: int, reporter: Reporter) -> EpochPlan: ...
 
     def losses(self, batch: Any) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one batch; the loop back-propagates their sum."""
 
+    def after_backward(self) -> None:
+        """Between the backward pass and the optimiser step (gradient all-reduce for modules
+        outside DDP)."""
+
     def after_step(self) -> None:
         """Non-gradient updates after the optimiser step (memories)."""
 
     def end_epoch(self, epoch: int, reporter: Reporter) -> dict[str, float]: ...
 
-    def state_dict(self) -> dict[str, Any]:
-        """Extra state (beyond model and optimiser) needed to resume after this epoch."""
+    def publish(self) -> None:
+        """After the stage's epochs: make sure its outputs are in ``ctx.outputs`` for the later
+        stages (a stage that hands them over at its last epoch, so that epoch's saved progress
+        carries them, has nothing left to do here)."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        """Extra state (beyond model and optimiser) needed to resume after this epoch; handed back
+        to :meth:`prepare`."""
 
 
 def epoch_seed(seed: int, round_no: int, stage: str, epoch: int) -> int:
     """A seed that depends only on where we are, so a resumed epoch equals the original."""
     h = hashlib.sha256(f"{seed}/{round_no}/{stage}/{epoch}".encode()).digest()
     return int.from_bytes(h[:4], "little")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def warmup_factor(epoch: int, step: int, steps: int, warmup_epochs: int, epochs: int) -> float:
@@ -84,8 +95,6 @@ def check_finite(losses: dict[str, float], stage: str, epoch: int, step: int) ->
     """Stop a diverged stage: a NaN/inf loss term means the weights are no longer trustworthy."""
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
     if bad:
-        from ..errors import TrainingDivergedError
-
         raise TrainingDivergedError(f"{stage} epoch {epoch + 1} step {step + 1}: the loss became NaN or infinite "
                                     f"({', '.join(bad)})")
 
@@ -99,12 +108,13 @@ def run_stage(
     device: torch.device,
     amp: bool,
     reporter: Reporter,
-    on_epoch_end: Callable[[int, dict[str, float]], None],
+    hooks: Sequence[EpochHook] = (),
 ) -> None:
     """Run ``stage`` from ``start_epoch`` to its last epoch.
 
-    ``on_epoch_end(epoch, values)`` is called after each completed epoch with the averaged loss
-    terms and the stage's metrics; the trainer logs them and writes the resumable checkpoint.
+    After each completed epoch every hook's ``after_epoch(stage, epoch, values)`` runs, in order,
+    with the averaged loss terms and the stage's metrics (the trainer's hooks check the weights,
+    write the resumable checkpoint and log the epoch: :mod:`.hooks`).
     """
     opt = stage.optimizer
     # The schedule scales each group's *initial* lr.  It is kept in the group itself, so it travels
@@ -133,8 +143,7 @@ def run_stage(
             opt.zero_grad(set_to_none=True)
             if loss.requires_grad:
                 loss.backward()
-                if hasattr(stage, "after_backward"):
-                    stage.after_backward()  # e.g. gradient all-reduce for modules outside DDP
+                stage.after_backward()
                 opt.step()
             stage.after_step()
             for k, v in terms.items():
@@ -164,7 +173,8 @@ def run_stage(
         values.update(stage.end_epoch(epoch, ep_rep))
         values["steps"] = n
         values["seconds"] = time.monotonic() - t0
-        on_epoch_end(epoch, values)
+        for hook in hooks:
+            hook.after_epoch(stage, epoch, values)
         ep_rep.update(1.0, stage=stage.name, round=round_no, epoch=epoch, epochs=stage.epochs,
                       losses={k: v for k, v in values.items() if k in sums}, metrics=values,
                       message=f"{stage.name} epoch {epoch + 1}/{stage.epochs} done")

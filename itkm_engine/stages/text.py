@@ -23,6 +23,7 @@ from ..losses.image_text import supcon_i2t, supcon_t2i
 from ..losses.separation import multi_scenario_separation_loss
 from ..model.prompts import PromptLearner
 from ..progress import Reporter
+from ..records import rows_of
 from .context import RoundContext
 from .loop import EpochPlan, epoch_seed
 
@@ -66,7 +67,7 @@ class TextStage:
         if resume and "ids" in resume:  # the classes the saved prompts were learned for
             ids, labels = resume["ids"].numpy(), resume["labels"].numpy()
             fs = fs.subset(ids)
-            labels = labels[np.searchsorted(ids, fs.ids, sorter=np.argsort(ids))] if len(ids) else labels
+            labels = labels[rows_of(ids, fs.ids)]
             metrics = {}
         else:
             labels, metrics = ctx.cluster_per_group(fs, reporter.child(0.7, 1.0))
@@ -133,7 +134,11 @@ class TextStage:
         return {}
 
     def publish(self) -> None:
-        """Hand the offline text representations to Stage III."""
+        """Hand the offline text representations to Stage III: at the last epoch, so that epoch's
+        saved progress carries them; with zero epochs configured, the initial prompts when the
+        trainer asks after the (empty) run."""
+        if self.name in self.ctx.outputs:
+            return  # handed over at the last epoch
         with torch.no_grad():
             text = self.learner.all_features().float().cpu().numpy() if self.num_classes else np.zeros((0, 1), np.float32)
         self.ctx.outputs["stage2"] = {
@@ -150,6 +155,3 @@ class TextStage:
             "labels": torch.as_tensor(self.labels),
             "learner": self.learner.state_dict(),
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass  # handled in prepare(), which needs the saved classes before building the learner

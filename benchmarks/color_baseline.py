@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .cv import cv2
 import numpy as np
 
-from .errors import ItkmError
-from .progress import Reporter
+from itkm_engine.cv import cv2
+from itkm_engine.errors import ItkmError
+from itkm_engine.progress import Reporter
 
 __all__ = ["color_histogram_features", "color_histogram", "STANDARD_SIZE"]
 

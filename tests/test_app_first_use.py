@@ -483,7 +483,7 @@ def test_16_group_filter_does_not_say_all_twice(app):
 # -- 17. identities: times and sort arrow ---------------------------------------------------------------
 
 def test_17_frame_times_are_marked_and_the_axis_starts_on_the_day(app):
-    from itkm_app.panels.identities import NAME_EPOCH, fmt_time
+    from itkm_app.widgets.timeline import NAME_EPOCH, fmt_time
 
     w, qtbot = app["window"], app["qtbot"]
     assert fmt_time(NAME_EPOCH + 65).endswith("(from frame numbers)")

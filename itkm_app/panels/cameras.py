@@ -10,20 +10,19 @@ panel; ingestion runs in the background with a progress bar and can be cancelled
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
-
-import html
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSize, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QPainter, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QHeaderView, QLabel, QListWidget, QPushButton, QTableView, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableView,
+                               QVBoxLayout)
 
 from itkm_engine.vocabulary import SCENARIOS, allowed_groups, default_group
 
+from ..dialogs import AddFoldersDialog, RejectsDialog
 from ..widgets.delegates import ComboDelegate
 from ..widgets.model_banner import ModelBanner
 from ..widgets.progress import JobProgress
@@ -227,117 +226,6 @@ def ingest_plan(folders: list[str], layout: str | None) -> list[tuple[str | None
     one = [f for f in folders if LAYOUTS["one-camera"].matches(Path(f))]
     rest = [f for f in folders if f not in one]
     return [(lay, group) for lay, group in (("one-camera", one), (None, rest)) if group]
-
-
-class AddFoldersDialog(QDialog):
-    """Pick camera folders (several), and optionally their layout and scenario."""
-
-    def __init__(self, parent: QWidget | None = None, folders: list[str] | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Add camera folders")
-        self.setMinimumWidth(560)
-        self.list = QListWidget()
-        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        for f in folders or []:
-            self.list.addItem(f)
-        add = QPushButton("Add folder…")
-        add.clicked.connect(self._browse)
-        remove = QPushButton("Remove")
-        remove.clicked.connect(lambda: [self.list.takeItem(self.list.row(i)) for i in self.list.selectedItems()])
-        btns = QVBoxLayout()
-        btns.addWidget(add)
-        btns.addWidget(remove)
-        btns.addStretch(1)
-        top = QHBoxLayout()
-        top.addWidget(self.list, 1)
-        top.addLayout(btns)
-        self.layout_combo = QComboBox()
-        self.layout_combo.addItem("Detect automatically", None)
-        try:
-            from itkm_engine.data.layouts import LAYOUTS
-
-            for name, lay in LAYOUTS.items():
-                self.layout_combo.addItem(name, name)
-                self.layout_combo.setItemData(self.layout_combo.count() - 1, getattr(lay, "description", ""),
-                                              Qt.ItemDataRole.ToolTipRole)
-        except ImportError:
-            pass
-        self.scenario_combo = QComboBox()
-        self.scenario_combo.addItem("Guess per camera", None)
-        for s in SCENARIOS:
-            self.scenario_combo.addItem(s, s)
-        form = QFormLayout()
-        form.addRow("Layout", self.layout_combo)
-        form.addRow("Scenario", self.scenario_combo)
-        hint = QLabel("A folder may be one camera (its crops directly inside: the camera is named after the "
-                      "folder), hold one folder per camera, or follow a known dataset layout. Images are only read, "
-                      "never copied or changed. Adding a folder again updates it.")
-        hint.setWordWrap(True)
-        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        box.button(QDialogButtonBox.StandardButton.Ok).setText("Ingest")
-        box.accepted.connect(self.accept)
-        box.rejected.connect(self.reject)
-        lay = QVBoxLayout(self)
-        lay.addLayout(top)
-        lay.addLayout(form)
-        lay.addWidget(hint)
-        lay.addWidget(box)
-
-    def _browse(self) -> None:
-        d = QFileDialog.getExistingDirectory(self, "Camera folder", str(Path.home()))
-        if d and not self.list.findItems(d, Qt.MatchFlag.MatchExactly):
-            self.list.addItem(d)
-
-    def folders(self) -> list[str]:
-        return [self.list.item(i).text() for i in range(self.list.count())]
-
-    def layout_name(self) -> str | None:
-        return self.layout_combo.currentData()
-
-    def scenario(self) -> str | None:
-        return self.scenario_combo.currentData()
-
-
-class RejectsDialog(QDialog):
-    """Files that ingestion refused, with the reason for each."""
-
-    def __init__(self, rejects: list, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle(f"Rejected files ({len(rejects)})")
-        self.resize(860, 480)
-        from PySide6.QtGui import QStandardItem, QStandardItemModel
-
-        model = QStandardItemModel(0, 3, self)
-        model.setHorizontalHeaderLabels(["Camera", "File", "Reason"])
-        for r in rejects:
-            items = [QStandardItem(r.camera or ""), QStandardItem(r.path or r.relpath), QStandardItem(r.reason)]
-            for it in items:
-                it.setEditable(False)
-                it.setToolTip(it.text())
-            model.appendRow(items)
-        proxy = QSortFilterProxyModel(self)
-        proxy.setSourceModel(model)
-        proxy.setFilterKeyColumn(-1)
-        proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        from PySide6.QtWidgets import QLineEdit
-
-        search = QLineEdit()
-        search.setPlaceholderText("Filter by camera, file or reason")
-        search.setClearButtonEnabled(True)
-        search.textChanged.connect(proxy.setFilterFixedString)
-        self.table = QTableView()
-        self.table.setModel(proxy)
-        self.table.setSortingEnabled(True)
-        self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        box.rejected.connect(self.reject)
-        lay = QVBoxLayout(self)
-        lay.addWidget(search)
-        lay.addWidget(self.table)
-        lay.addWidget(box)
 
 
 class CamerasPanel(Panel):

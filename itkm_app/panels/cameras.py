@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import html
 import os
-from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSize, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QPainter, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableView,
@@ -22,6 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderV
 
 from itkm_engine.vocabulary import SCENARIOS, allowed_groups, default_group
 
+from .. import tasks
 from ..dialogs import AddFoldersDialog, RejectsDialog
 from ..widgets.delegates import ComboDelegate
 from ..widgets.model_banner import ModelBanner
@@ -34,25 +33,6 @@ THUMB = QSize(28, 56)
 SAMPLES = 4
 #: Height of the crops in the Sample column's hover preview.
 PREVIEW_HEIGHT = 160
-
-
-def camera_samples(images, n: int = SAMPLES) -> dict[str, list[str]]:
-    """Up to ``n`` image paths per camera, spread evenly over its images (not only the first)."""
-    out: dict[str, list[str]] = {}
-    cams = np.asarray(images.camera).astype(str)
-    for cam in np.unique(cams):
-        rows = np.flatnonzero(cams == cam)
-        pick = rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)]
-        out[str(cam)] = [str(images.path[r]) for r in pick]
-    return out
-
-
-def read_cameras(ws, *, reporter=None):
-    """The Cameras view's data: cameras, site per source id, sample paths per camera."""
-    cams = ws.cameras()
-    sites = {src.id: src.site for src in ws.sources()}
-    samples = camera_samples(ws.images()) if cams else {}
-    return cams, sites, samples
 
 
 def _fmt_height(h) -> str:
@@ -216,18 +196,6 @@ class CamerasModel(QAbstractTableModel):
                 self.dataChanged.emit(i, i, [Qt.ItemDataRole.DecorationRole])
 
 
-def ingest_plan(folders: list[str], layout: str | None) -> list[tuple[str | None, list[str]]]:
-    """(layout, folders) groups for ``ingest``: with layout detection, a folder of loose crops from
-    one camera is ingested as that camera, named after the folder (the "one-camera" layout)."""
-    if layout is not None:
-        return [(layout, list(folders))]
-    from itkm_engine.data.layouts import LAYOUTS
-
-    one = [f for f in folders if LAYOUTS["one-camera"].matches(Path(f))]
-    rest = [f for f in folders if f not in one]
-    return [(lay, group) for lay, group in (("one-camera", one), (None, rest)) if group]
-
-
 class CamerasPanel(Panel):
     key = "cameras"
     title = "Cameras"
@@ -317,10 +285,7 @@ class CamerasPanel(Panel):
         ws = self.ctx.ws
         if ws is None:
             return
-        def read(reporter):
-            return (*read_cameras(ws), ws.sources())
-
-        self.run("cameras", read, on_done=self._show_cameras)
+        self.run("cameras", tasks.read_cameras, ws, SAMPLES, on_done=self._show_cameras)
 
     def _show_cameras(self, data) -> None:
         cams, sites, samples, self.sources = data
@@ -365,15 +330,8 @@ class CamerasPanel(Panel):
         return [self.model.cameras[r].name for r in sorted(rows)]
 
     def set_site(self, source_id: int, site: str) -> None:
-        ws, session = self.ctx.ws, self.ctx.session
-
-        def write(reporter):
-            ws.set_source_site(source_id, site)
-            if session is not None:
-                session.refresh()
-
-        self.ctx.jobs.submit("set site", write, kind="write", quiet=True,
-                             on_done=lambda _r: self.ctx.imagesChanged.emit())
+        self.ctx.jobs.submit("set site", tasks.set_site, self.ctx.ws, self.ctx.session, source_id, site, kind="write",
+                             quiet=True, on_done=lambda _r: self.ctx.imagesChanged.emit())
 
     def _groups_for(self, index: QModelIndex) -> list[str]:
         src = self.proxy.mapToSource(index)
@@ -381,33 +339,16 @@ class CamerasPanel(Panel):
 
     # -- edits ---------------------------------------------------------------------------------------
     def set_camera(self, name: str, scenario: str, group: str) -> None:
-        ws = self.ctx.ws
-        session = self.ctx.session
-
-        def write(reporter):
-            ws.set_camera(name, scenario=scenario, group=group)
-            if session is not None:
-                session.refresh()
-            return name
-
-        self.ctx.jobs.submit(f"set camera {name}", write, kind="write", quiet=True,
-                             on_done=lambda _n: self.ctx.imagesChanged.emit())
+        self.ctx.jobs.submit(f"set camera {name}", tasks.set_camera, self.ctx.ws, self.ctx.session, name, scenario,
+                             group, kind="write", quiet=True, on_done=lambda _n: self.ctx.imagesChanged.emit())
 
     def _reset_selected(self) -> None:
         rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
         names = [self.model.cameras[r].name for r in sorted(rows)]
         if not names:
             return
-        ws, session = self.ctx.ws, self.ctx.session
-
-        def write(reporter):
-            for n in names:
-                ws.reset_camera(n)
-            if session is not None:
-                session.refresh()
-
-        self.ctx.jobs.submit("reset cameras", write, kind="write", quiet=True,
-                             on_done=lambda _r: self.ctx.imagesChanged.emit())
+        self.ctx.jobs.submit("reset cameras", tasks.reset_cameras, self.ctx.ws, self.ctx.session, names, kind="write",
+                             quiet=True, on_done=lambda _r: self.ctx.imagesChanged.emit())
 
     # -- ingest ---------------------------------------------------------------------------------------
     def add_folders(self, folders: list[str] | None = None) -> None:
@@ -424,32 +365,13 @@ class CamerasPanel(Panel):
 
     def ingest(self, folders: list[str], *, layout: str | None = None, scenario: str | None = None):
         """Ingest ``folders`` into the open workspace in the background."""
-        from itkm_engine.data.ingest import ingest
-
-        ws, session = self.ctx.ws, self.ctx.session
-
-        def work(reporter):
-            plan = ingest_plan(folders, layout)
-            summary = None
-            for i, (lay, group) in enumerate(plan):
-                part = ingest(ws, group, layout=lay, scenario=scenario,
-                              reporter=reporter.child(i / len(plan), (i + 1) / len(plan)))
-                if summary is None:
-                    summary = part
-                else:
-                    summary.cameras.extend(part.cameras)
-                    summary.sources.extend(part.sources)
-                    summary.reject_reasons.update(part.reject_reasons)
-            if session is not None:
-                session.refresh()
-            return summary
-
         self.progress.reset("Ingesting…")
         self.progress.show()
         self.cancel_btn.show()
         self.cancel_btn.setEnabled(True)
         self.add_btn.setEnabled(False)
-        job = self.ctx.jobs.submit("ingest", work, kind="write", on_done=self._ingested)
+        job = self.ctx.jobs.submit("ingest", tasks.ingest_folders, self.ctx.ws, self.ctx.session, folders, layout,
+                                   scenario, kind="write", on_done=self._ingested)
         job.progress.connect(self.progress.show_event)
         job.ended.connect(self._ingest_ended)
         self.ingest_job = job
@@ -480,7 +402,7 @@ class CamerasPanel(Panel):
         ws = self.ctx.ws
         if ws is None:
             return
-        self.run("rejects", lambda reporter: ws.rejects(), on_done=lambda r: RejectsDialog(r, self).exec())
+        self.run("rejects", tasks.read_rejects, ws, on_done=lambda r: RejectsDialog(r, self).exec())
 
     # -- drag and drop ---------------------------------------------------------------------------------
     @staticmethod

@@ -15,7 +15,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QButtonGroup, QComboBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
                                QPushButton, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
-from .. import theme
+from .. import tasks, theme
 from ..widgets.progress import JobProgress
 from ..widgets.scatter import ScatterView
 from .base import Panel
@@ -203,30 +203,12 @@ class ClustersPanel(Panel):
         if session is None or self.job is not None:
             return
         self._wanted = False
-
-        def work(reporter):
-            from ..jobs import compute_in_child, import_projection
-
-            # a map cached for this checkpoint is read without importing UMAP (seconds of numba)
-            xy = session.projection(reporter=reporter, compute=False)
-            if xy is None:
-                # UMAP (and any missing features) in a child process that fills the cache; a
-                # read-only workspace computes here instead
-                if compute_in_child(session, "projection", reporter=reporter.child(0.0, 0.95)):
-                    xy = session.projection(reporter=reporter.child(0.95, 1.0), compute=False)
-                if xy is None:
-                    import_projection()  # umap/numba/faiss: never imported by two threads at once
-                    xy = session.projection(reporter=reporter.child(0.95, 1.0))
-            ids = session.features().ids
-            # the image table of the same state, so point rows never refer to an older table
-            return np.asarray(ids, np.int64), np.asarray(xy, np.float32), session.images()
-
         self.progress.reset("Computing the 2-D map…")
         self.progress.show()
         if len(self.ids):
             self.info.setText(f"{self._map_text()} · computing the new model's map…")
         # the child writes the cache as the workspace's writer: in turn with the other writes
-        job = self.run("projection", work, on_done=self._loaded, kind="read" if session.ws.readonly else "write")
+        job = self.run("projection", tasks.projection, session, on_done=self._loaded, kind="read" if session.ws.readonly else "write")
         job.progress.connect(self.progress.show_event)
         job.ended.connect(self._load_ended)
         self.job = job
@@ -237,13 +219,7 @@ class ClustersPanel(Panel):
         session = self.ctx.session
         if session is None:
             return
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()
-            return session.identities(reporter=reporter)
-
-        self.run("identities", work, on_done=self.ctx.set_identities)
+        self.run("identities", tasks.identities, session, on_done=self.ctx.set_identities)
 
     def _load_ended(self) -> None:
         self.job = None

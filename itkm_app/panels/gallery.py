@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, Q
 
 from itkm_engine.vocabulary import GROUPS, SCENARIOS
 
+from .. import tasks
 from ..widgets.check_menu_button import CheckMenuButton
 from ..widgets.model_banner import ModelBanner
 from ..widgets.thumb_grid import ThumbGrid, ThumbItem, badge_legend
@@ -218,18 +219,11 @@ class GalleryPanel(Panel):
         }
 
     # -- queries -----------------------------------------------------------------------------------------
-    def _submit(self, name: str, fn) -> None:
+    def _submit(self, name: str, fn, *args) -> None:
         if self.job is not None:
             self.job.cancel()
         self.header.setText("Searching…")
-
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()  # faiss (re-ranking, big galleries): imported by one thread at a time
-            return fn(reporter)
-
-        job = self.run(name, work, on_done=self._show_matches)
+        job = self.run(name, fn, *args, on_done=self._show_matches)
         job.ended.connect(lambda j=job: self._job_ended(j))
         job.failed.connect(lambda msg, _tb: self.header.setText(f"The search failed: {msg}"))
         self.job = job
@@ -245,14 +239,8 @@ class GalleryPanel(Panel):
             return
         self.query = ("image", int(image_id))
         self._show_query_image_id(int(image_id))
-        k, rerank, f = self.top_k.value(), self.rerank.isChecked(), self.filters()
-
-        def work(reporter):
-            from itkm_engine.session import QueryFilter
-
-            return session.query_image(int(image_id), k=k, filters=QueryFilter(**f), rerank=rerank)
-
-        self._submit("query image", work)
+        self._submit("query image", tasks.query_image, session, int(image_id), self.top_k.value(), self.filters(),
+                     self.rerank.isChecked())
 
     def query_file(self, path: str) -> None:
         session = self.ctx.session
@@ -262,15 +250,8 @@ class GalleryPanel(Panel):
         self._set_query_pixmap(path)
         self.query_info.setText(f"<b>File</b><br>{os.path.basename(path)}")
         self.query_info.setToolTip(path)
-        k, f = self.top_k.value(), self.filters()
-        f["exclude_same_camera"] = False
-
-        def work(reporter):
-            from itkm_engine.session import QueryFilter
-
-            return session.query_file(path, k=k, filters=QueryFilter(**f), reporter=reporter)
-
-        self._submit("query file", work)
+        f = {**self.filters(), "exclude_same_camera": False}
+        self._submit("query file", tasks.query_file, session, path, self.top_k.value(), f)
 
     def query_text(self, text: str) -> None:
         session = self.ctx.session
@@ -282,15 +263,8 @@ class GalleryPanel(Panel):
         self.query_image.setText(f"“{text}”")
         self.query_image.setWordWrap(True)
         self.query_info.setText("<b>Text search</b><br>ranked through the model's CLIP text encoder")
-        k, f = self.top_k.value(), self.filters()
-        f["exclude_same_camera"] = False
-
-        def work(reporter):
-            from itkm_engine.session import QueryFilter
-
-            return session.query_text(text, k=k, filters=QueryFilter(**f))
-
-        self._submit("query text", work)
+        f = {**self.filters(), "exclude_same_camera": False}
+        self._submit("query text", tasks.query_text, session, text, self.top_k.value(), f)
 
     def rerun(self) -> None:
         q = self.query
@@ -500,12 +474,7 @@ class GalleryPanel(Panel):
 
     def _decisions_changed(self) -> None:
         """Identities obey the decisions at once: recompute them (cheap) and tell the panels."""
-        session = self.ctx.session
-
-        def work(reporter):
-            return session.identities(reporter=reporter)
-
-        self.run("identities", work, on_done=self.ctx.set_identities)
+        self.run("identities", tasks.identities, self.ctx.session, on_done=self.ctx.set_identities)
 
     # review queue
     def start_review(self) -> None:
@@ -513,14 +482,7 @@ class GalleryPanel(Panel):
         if session is None:
             return
         self.decision_info.setText("Finding the pairs nearest the decision boundary…")
-
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()
-            return session.review_queue(200)
-
-        self.run("review queue", work, on_done=self._review_ready)
+        self.run("review queue", tasks.review_queue, session, 200, on_done=self._review_ready)
 
     def _review_ready(self, queue: list) -> None:
         self.review = list(queue)

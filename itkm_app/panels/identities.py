@@ -15,6 +15,7 @@ from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
                                QSplitter, QTableView, QVBoxLayout, QWidget)
 
+from .. import tasks
 from ..widgets.identity_model import IdentityFilter, IdentityModel
 from ..widgets.model_banner import ModelBanner
 from ..widgets.thumb_grid import ThumbGrid, ThumbItem
@@ -128,15 +129,7 @@ class IdentitiesPanel(Panel):
             return
         self._wanted = False
         self.title_label.setText("Finding identities…")
-
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()  # faiss/sklearn: never imported by two threads at once
-            table = session.identities(reporter=reporter)
-            return table, session.identity_summary(), session.identity_names()
-
-        self.job = self.run("identities", work, on_done=self._loaded)
+        self.job = self.run("identities", tasks.identity_overview, session, on_done=self._loaded)
         self.job.ended.connect(self._ended)
 
     def _ended(self) -> None:

@@ -21,7 +21,7 @@ from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QPushButton, QSpinBox, QSplitter, QTableView, QVBoxLayout, QWidget)
 
-from .. import theme
+from .. import tasks, theme
 from ..widgets import eval_table
 from ..widgets.eval_table import EvalTable
 from ..widgets.progress import JobProgress, format_duration
@@ -32,23 +32,6 @@ from .base import Panel
 def dev_mode() -> bool:
     """Developer options (the tiny test preset) when ``ITKM_DEV`` is set."""
     return os.environ.get("ITKM_DEV", "").lower() not in ("", "0", "false", "no")
-
-
-def run_training(session, cfg, rounds: int, device: str, *, reporter):
-    """The training job: rounds in a child process (it writes the config and holds the writer lock
-    meanwhile; see ``itkm_engine.child_job``), then a refreshed session."""
-    from itkm_engine.child_job import run_child
-
-    from ..jobs import CHILD_NICE
-
-    cfg.device = device
-    try:
-        return run_child("train", session.ws, {"rounds": rounds, "device": device}, cfg=cfg, reporter=reporter,
-                         what="training", nice=CHILD_NICE)
-    finally:
-        # whatever happened, the session must not serve a stale model or stale features
-        session.cfg = cfg
-        session.refresh()
 
 
 def active_seconds(started: float, finished: float | None, epochs: list[dict], *, slack_s: float = 600.0) -> float | None:
@@ -230,24 +213,7 @@ class TrainingPanel(Panel):
         ws = self.ctx.ws
         if ws is None:
             return
-
-        def read(reporter):
-            rounds = ws.rounds()
-            keys = {}
-            try:  # evaluation records name the checkpoint by its content key
-                from ..jobs import import_engine
-
-                import_engine()  # torch: never imported by two threads at once
-                from itkm_engine.model.checkpoint import checkpoint_key
-
-                for r in rounds:
-                    if r.checkpoint and os.path.exists(r.checkpoint):
-                        keys[r.number] = checkpoint_key(r.checkpoint)
-            except Exception:  # noqa: BLE001 - the history still shows without scores
-                pass
-            return rounds, ws.epoch_log(), ws.metrics("evaluation"), ws.image_count(), keys
-
-        self.run("training history", read, on_done=self._show_history)
+        self.run("training history", tasks.read_training_history, ws, on_done=self._show_history)
 
     def _show_history(self, data) -> None:
         rounds, epoch_log, evals, n_images, keys = data
@@ -375,7 +341,7 @@ class TrainingPanel(Panel):
         self.state_label.setText(f"Training {plural(n, 'round')} with the {cfg.preset} preset on "
                                  f"{self.device.currentText()}…")
         self.plan_chart(n, cfg)
-        job = self.ctx.jobs.submit("train", run_training, self.ctx.session, cfg, n, device, kind="write",
+        job = self.ctx.jobs.submit("train", tasks.run_training, self.ctx.session, cfg, n, device, kind="write",
                                    on_done=self._trained)
         job.progress.connect(self.progress.show_event)
         job.events.connect(self.curves.add_events)
@@ -429,8 +395,7 @@ class TrainingPanel(Panel):
         session = self.ctx.session
         if session is None:
             return
-        job = self.run("evaluate", lambda reporter: session.evaluate(reporter=reporter), kind="read",
-                       on_done=self._evaluated)
+        job = self.run("evaluate", tasks.evaluate, session, kind="read", on_done=self._evaluated)
         job.progress.connect(self.progress.show_event)
 
     def _evaluated(self, scores: dict) -> None:

@@ -15,7 +15,8 @@ must not overlap), ``read`` (two workers: projection, queries, identities, table
 and ``background`` (one worker: start-up warm-ups such as importing torch and compiling UMAP).
 See ``docs/adr/0002-jobs-and-threads.md``.
 
-The functions jobs run are in ``itkm_app/tasks.py``.
+The functions jobs run are in ``itkm_app/tasks.py``; a panel runs its own work one task at a
+time through ``itkm_app/task_slot.py``.
 """
 
 from __future__ import annotations

@@ -261,7 +261,6 @@ class CamerasPanel(Panel):
         lay.addWidget(self.table, 1)
         lay.addLayout(prog)
         lay.addWidget(hint)
-        self.ingest_job = None
         self._highlight: list[str] = []
         ctx.workspaceChanged.connect(self._on_workspace)
         ctx.imagesChanged.connect(self.reload)
@@ -352,6 +351,8 @@ class CamerasPanel(Panel):
 
     # -- ingest ---------------------------------------------------------------------------------------
     def add_folders(self, folders: list[str] | None = None) -> None:
+        if self.task.busy():  # one ingest at a time (the button beside the table is disabled meanwhile)
+            return
         if self.ctx.ws is None:
             self.window().new_workspace_dialog()
             if self.ctx.ws is None:
@@ -364,18 +365,17 @@ class CamerasPanel(Panel):
         self.ingest(dlg.folders(), layout=dlg.layout_name(), scenario=dlg.scenario())
 
     def ingest(self, folders: list[str], *, layout: str | None = None, scenario: str | None = None):
-        """Ingest ``folders`` into the open workspace in the background."""
+        """Ingest ``folders`` into the open workspace in the background (one ingest at a time)."""
+        if self.task.busy():
+            return None
         self.progress.reset("Ingesting…")
         self.progress.show()
         self.cancel_btn.show()
         self.cancel_btn.setEnabled(True)
         self.add_btn.setEnabled(False)
-        job = self.ctx.jobs.submit("ingest", tasks.ingest_folders, self.ctx.ws, self.ctx.session, folders, layout,
-                                   scenario, kind="write", on_done=self._ingested)
-        job.progress.connect(self.progress.show_event)
-        job.ended.connect(self._ingest_ended)
-        self.ingest_job = job
-        return job
+        return self.task.start("ingest", tasks.ingest_folders, self.ctx.ws, self.ctx.session, folders, layout, scenario,
+                               kind="write", loading=False, on_done=self._ingested,
+                               on_progress=self.progress.show_event, on_end=self._ingest_ended)
 
     def _ingested(self, summary) -> None:
         from itkm_engine.progress import LogMessage
@@ -387,15 +387,14 @@ class CamerasPanel(Panel):
         self.ctx.imagesChanged.emit()
 
     def _ingest_ended(self) -> None:
-        self.ingest_job = None
         self.progress.hide()
         self.cancel_btn.hide()
         self.add_btn.setEnabled(not self.ctx.readonly)
         self.reload()
 
     def cancel_ingest(self) -> None:
-        if self.ingest_job is not None:
-            self.ingest_job.cancel()
+        if self.task.busy():
+            self.task.cancel()
             self.cancel_btn.setEnabled(False)
 
     def show_rejects(self) -> None:
@@ -412,7 +411,7 @@ class CamerasPanel(Panel):
         return [u.toLocalFile() for u in mime.urls() if u.isLocalFile() and os.path.isdir(u.toLocalFile())]
 
     def dragEnterEvent(self, e) -> None:  # noqa: N802
-        if self._dropped_folders(e.mimeData()) and not self.ctx.readonly:
+        if self._dropped_folders(e.mimeData()) and not self.ctx.readonly and not self.task.busy():
             e.acceptProposedAction()
         else:
             e.ignore()

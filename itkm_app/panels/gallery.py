@@ -75,7 +75,6 @@ class GalleryPanel(Panel):
         super().__init__(ctx, parent)
         self.setAcceptDrops(True)
         self.query: tuple | None = None
-        self.job = None
         self.matches: list = []
         # -- query column
         self.query_image = QueryImage(self)
@@ -188,6 +187,7 @@ class GalleryPanel(Panel):
 
     # -- state ---------------------------------------------------------------------------------------
     def _reset(self) -> None:
+        self.task.discard()  # a query of the earlier workspace or session
         self.query = None
         self.matches = []
         self.grid.set_items([])
@@ -220,17 +220,10 @@ class GalleryPanel(Panel):
 
     # -- queries -----------------------------------------------------------------------------------------
     def _submit(self, name: str, fn, *args) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        """Run a query as the panel's task: a newer query supersedes the one in flight."""
         self.header.setText("Searching…")
-        job = self.run(name, fn, *args, on_done=self._show_matches)
-        job.ended.connect(lambda j=job: self._job_ended(j))
-        job.failed.connect(lambda msg, _tb: self.header.setText(f"The search failed: {msg}"))
-        self.job = job
-
-    def _job_ended(self, job) -> None:
-        if self.job is job:
-            self.job = None
+        self.task.start(name, fn, *args, on_done=self._show_matches,
+                        on_error=lambda msg, _tb: self.header.setText(f"The search failed: {msg}"))
 
     def query_image_id(self, image_id: int) -> None:
         """Matches for an image of the workspace (from the 2-D map, a double-click, an identity)."""

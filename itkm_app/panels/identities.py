@@ -32,8 +32,6 @@ class IdentitiesPanel(Panel):
     def __init__(self, ctx, parent=None) -> None:
         super().__init__(ctx, parent)
         self.summary: list = []
-        self.job = None
-        self._wanted = False
         self.model = IdentityModel(self)
         self.proxy = IdentityFilter(self)
         self.proxy.setSourceModel(self.model)
@@ -109,31 +107,22 @@ class IdentitiesPanel(Panel):
 
     # -- loading -------------------------------------------------------------------------------------------
     def _reset(self) -> None:
+        self.task.discard()  # identities of the earlier workspace, session, model or images
         self.summary = []
         self.model.set_rows([])
         self.timeline.clear_sightings()
         self.strip.set_items([])
         if not self.session_ready("Open a workspace to see the identities found in it."):
             return
-        self._wanted = True
-        if self.isVisible():
-            self.load()
-
-    def activate(self) -> None:
-        if self._wanted and self.job is None and not self.summary:
-            self.load()
+        self.task.request(self.load)  # now if this view shows, else when it is next shown
 
     def load(self) -> None:
+        """Read (or compute) the identities in the background (a running read is superseded)."""
         session = self.ctx.session
-        if session is None or self.job is not None:
+        if session is None:
             return
-        self._wanted = False
         self.title_label.setText("Finding identities…")
-        self.job = self.run("identities", tasks.identity_overview, session, on_done=self._loaded)
-        self.job.ended.connect(self._ended)
-
-    def _ended(self) -> None:
-        self.job = None
+        self.task.start("identities", tasks.identity_overview, session, on_done=self._loaded)
 
     def _loaded(self, result) -> None:
         table, summary, names = result
@@ -155,12 +144,10 @@ class IdentitiesPanel(Panel):
             self.table.selectRow(0)
 
     def _identities_arrived(self, table) -> None:
-        if self.summary and table is not None and table is not getattr(self, "_table", table) and self.job is None:
+        if self.summary and table is not None and table is not getattr(self, "_table", table) and not self.task.busy():
             self.summary = []  # a decision elsewhere (the gallery) changed them: reload
-        if not self.summary and self.ctx.session is not None and self.job is None and self.showing_content():
-            self._wanted = True
-            if self.isVisible():
-                self.load()
+        if not self.summary and self.ctx.session is not None and not self.task.busy() and self.showing_content():
+            self.task.request(self.load)
 
     # -- filter ---------------------------------------------------------------------------------------------
     def _filter_text(self, t: str) -> None:

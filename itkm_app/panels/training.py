@@ -68,7 +68,6 @@ class TrainingPanel(Panel):
 
     def __init__(self, ctx, parent=None) -> None:
         super().__init__(ctx, parent)
-        self.job = None
         self._live_complete = False  # set when a run finished: its live curves need no rebuild
         # -- controls
         self.preset = QComboBox()
@@ -219,7 +218,7 @@ class TrainingPanel(Panel):
         rounds, epoch_log, evals, n_images, keys = data
         self._rounds = rounds
         self._n_images = n_images
-        if self.job is None:
+        if not self.task.busy():
             # after a finished run the charts already show this history, in more detail
             if not (self._live_complete and self.curves.base_epoch == len(epoch_log)):
                 self.curves.clear_all()
@@ -275,7 +274,7 @@ class TrainingPanel(Panel):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        running = self.job is not None
+        running = self.task.busy()
         has_ws = self.ctx.ws is not None and not self.ctx.readonly
         has_session = self.ctx.session is not None
         done = [r for r in self._rounds or [] if r.status == "done"]
@@ -313,7 +312,7 @@ class TrainingPanel(Panel):
         rounds change (and when the history loads), so Start itself repaints no axes: a repaint
         of the three linked axes costs ~50 ms of CPU, and on a busy machine that froze the window
         for 130-220 ms right after Start."""
-        if self.job is not None:
+        if self.task.busy():
             return
         cfg = cfg or self.config()
         n = int(rounds or self.rounds.value())
@@ -329,7 +328,7 @@ class TrainingPanel(Panel):
 
     def start(self, rounds: int | None = None) -> None:
         """Start (or resume) training ``rounds`` rounds (default: the spin box)."""
-        if self.job is not None or self.ctx.session is None:
+        if self.task.busy() or self.ctx.session is None:
             return
         n = int(rounds or self.rounds.value())
         cfg = self.config()
@@ -341,14 +340,10 @@ class TrainingPanel(Panel):
         self.state_label.setText(f"Training {plural(n, 'round')} with the {cfg.preset} preset on "
                                  f"{self.device.currentText()}…")
         self.plan_chart(n, cfg)
-        job = self.ctx.jobs.submit("train", tasks.run_training, self.ctx.session, cfg, n, device, kind="write",
-                                   on_done=self._trained)
-        job.progress.connect(self.progress.show_event)
-        job.events.connect(self.curves.add_events)
-        job.ended.connect(self._ended)
-        job.cancelled.connect(self._cancelled)
-        job.failed.connect(lambda msg, _tb: self.state_label.setText(f"Training failed: {msg}"))
-        self.job = job
+        self.task.start("train", tasks.run_training, self.ctx.session, cfg, n, device, kind="write", loading=False,
+                        on_done=self._trained, on_progress=self.progress.show_event,
+                        on_events=self.curves.add_events, on_end=self._ended, on_cancel=self._cancelled,
+                        on_error=lambda msg, _tb: self.state_label.setText(f"Training failed: {msg}"))
         self._update_buttons()
         self.trainingChanged.emit(True)
 
@@ -362,8 +357,8 @@ class TrainingPanel(Panel):
         self.start(rounds=1)
 
     def stop(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        if self.task.busy():
+            self.task.cancel()
             self.stop_btn.setEnabled(False)
             self.progress.stopped("Stopping after the current batch…")
             self.state_label.setText("Stopping after the current batch…")
@@ -372,7 +367,7 @@ class TrainingPanel(Panel):
         self.curves.flush()
 
     def is_training(self) -> bool:
-        return self.job is not None
+        return self.task.busy()
 
     def _trained(self, results) -> None:
         # the live curves hold the history and every finished epoch of this run (finer than the
@@ -386,7 +381,6 @@ class TrainingPanel(Panel):
         self.ctx.modelChanged.emit()
 
     def _ended(self) -> None:
-        self.job = None
         self.reload()
         self._update_buttons()
         self.trainingChanged.emit(False)

@@ -14,6 +14,9 @@ Three runners: ``write`` (one worker: ingest, training -- anything that writes t
 must not overlap), ``read`` (two workers: projection, queries, identities, table reads, export)
 and ``background`` (one worker: start-up warm-ups such as importing torch and compiling UMAP).
 See ``docs/adr/0002-jobs-and-threads.md``.
+
+The functions jobs run are in ``itkm_app/tasks.py``; a panel runs its own work one task at a
+time through ``itkm_app/task_slot.py``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,7 @@ from itkm_engine.errors import ItkmError
 from itkm_engine.jobs import JobHandle, JobRunner, JobState
 from itkm_engine.progress import LogMessage, ProgressEvent
 
-__all__ = ["QtJob", "JobManager", "describe_exception", "failure_details", "import_engine", "import_projection",
-           "MIN_INTERVAL_S", "CHILD_NICE"]
+__all__ = ["QtJob", "JobManager", "describe_exception", "failure_details", "MIN_INTERVAL_S"]
 
 #: Minimum time between two deliveries of a job's progress to the GUI thread (~30 per second).
 MIN_INTERVAL_S = 1.0 / 30.0
@@ -42,60 +44,8 @@ SWITCH_INTERVAL_S = 0.002
 #: preempted worker holding the GIL then waits longer for a core, and the GUI thread waits for
 #: the GIL (priority inversion).  See docs/adr/0002-jobs-and-threads.md.
 WORKER_NICE = 0
-#: Scheduling priority of the child processes that run heavy jobs (training, features, the 2-D
-#: map; ``itkm_engine.child_job``).  Unlike job threads, a child shares no GIL with the GUI
-#: thread, so a lower priority only makes it yield the CPU to the window; kept small so training
-#: on a busy machine is not starved.  See docs/adr/0008-jobs-in-a-child-process.md.
-CHILD_NICE = 3
 #: Events kept between deliveries (a job that outruns the GUI by more than this loses the oldest).
 MAX_PENDING_EVENTS = 5000
-
-
-_IMPORT_LOCK = threading.Lock()
-_imported: set[str] = set()
-
-
-def _import_once(name: str, modules: tuple[str, ...]) -> None:
-    if name in _imported:
-        return
-    import importlib
-
-    with _IMPORT_LOCK:
-        if name in _imported:
-            return
-        for m in modules:
-            importlib.import_module(m)
-        _imported.add(name)
-
-
-def import_engine() -> None:
-    """Import torch and the engine's torch-side modules, once, one thread at a time.
-
-    Importing torch is not thread-safe: two job threads importing parts of it at the same
-    time (say, opening the session while the Training panel reads checkpoint keys) can
-    deadlock inside torch's lazy imports.  Every job that may be the first to touch torch calls
-    this first; after the first call it costs nothing.
-    """
-    _import_once("engine", ("torch", "itkm_engine.model.checkpoint", "itkm_engine.trainer",
-                            "itkm_engine.session"))
-
-
-def import_projection() -> None:
-    """Import UMAP, numba, scikit-learn and faiss once, under the same lock as torch."""
-    import_engine()
-    _import_once("projection", ("faiss", "sklearn.decomposition", "scipy.spatial", "umap",
-                                "itkm_engine.projection"))
-
-
-def compute_in_child(session, kind: str, *, reporter) -> bool:
-    """``itkm_engine.child_job.compute_in_child`` at the app's child priority.  Run it only as a
-    ``write`` job: the child borrows the workspace's writer lock (see ADR 0008)."""
-    from itkm_engine.child_job import compute_in_child as compute
-
-    if session.ws.readonly:  # opened read-only, or lent to a running job: compute here as before
-        return False
-    import_engine()  # the cache check reads the model's checkpoint key
-    return compute(session, kind, reporter=reporter, nice=CHILD_NICE)
 
 
 def describe_exception(exc: BaseException | None) -> str:

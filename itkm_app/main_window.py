@@ -19,10 +19,10 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 
 from itkm_engine.progress import LogMessage
 
-from . import errors, gui_gc, theme
+from . import errors, gui_gc, tasks, theme
 from .gui_gc import GuiThreadCollector
 from .context import AppContext, ModelState
-from .jobs import JobManager, compute_in_child, import_engine, import_projection
+from .jobs import JobManager
 from .panels.cameras import CamerasPanel
 from .panels.clusters import ClustersPanel
 from .panels.gallery import GalleryPanel
@@ -83,90 +83,6 @@ class ShortcutsOverTextBoxes(QObject):
                                          for sc in a.shortcuts()):
                     return True
         return False
-
-
-def describe_device(device) -> str:
-    """"CPU (N cores)" or the GPU's name, for the status bar and the device combo."""
-    import torch
-
-    d = torch.device(device)
-    if d.type == "cuda" and torch.cuda.is_available():
-        return f"GPU: {torch.cuda.get_device_name(d.index or 0)}"
-    if d.type == "mps":
-        return "Apple GPU (MPS)"
-    return f"CPU ({os.cpu_count()} cores)"
-
-
-def probe_devices(*, reporter) -> list[tuple[str, str]]:
-    """Devices the Training panel offers: automatic, the CPU, each CUDA GPU."""
-    import_engine()
-    import torch
-
-    cpu = f"CPU ({os.cpu_count()} cores)"
-    devs = [("cpu", cpu)]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            devs.append((f"cuda:{i}", f"GPU {i}: {torch.cuda.get_device_name(i)}"))
-    auto = devs[1][1] if len(devs) > 1 else cpu
-    return [("auto", f"Automatic ({auto})")] + devs
-
-
-def warm_up(*, reporter) -> None:
-    """Pay the one-time costs in the background: heavy imports and UMAP's numba JIT."""
-    reporter.update(0.0, stage="warm-up", message="loading libraries")
-    import_engine()
-    reporter.check()
-    import_projection()  # scipy.spatial: the scatter's hover index
-    reporter.check()
-    reporter.update(0.3, stage="warm-up", message="compiling UMAP")
-    from itkm_engine.projection import warm_up as umap_warm_up
-
-    umap_warm_up()
-    reporter.update(1.0, stage="warm-up", message="ready")
-
-
-def open_session(ws, device: str = "auto", *, reporter):
-    """The Session over an open Workspace, its images, and a description of its device."""
-    reporter.update(0.0, stage="session", message="loading the model library")
-    import_engine()
-    from itkm_engine.session import Session
-
-    reporter.check()
-    session = Session(ws, device=device)
-    images = session.images()
-    return session, images, describe_device(session.device)
-
-
-def make_demo_workspace(demo_dir: Path, ws_dir: Path, identities: int = 60, *, reporter):
-    """The demo camera set and a workspace holding it (reused when both exist)."""
-    from itkm_engine.data.demo import make_demo
-    from itkm_engine.data.ingest import ingest
-    from itkm_engine.workspace import Workspace
-
-    make_demo(demo_dir, identities=identities, reporter=reporter.child(0.0, 0.6, "demo"))
-    ws = Workspace.open(ws_dir, create=True)
-    try:
-        if ws.image_count() == 0:
-            ingest(ws, [demo_dir], reporter=reporter.child(0.6, 1.0, "ingest"))
-    finally:
-        ws.close()
-    return ws_dir
-
-
-def export_tracks_job(session, out_csv: str, *, reporter) -> int:
-    import_engine()
-    from itkm_engine.export import export_tracks
-
-    n = export_tracks(session, out_csv, reporter=reporter)
-    follow_umask(out_csv)
-    return n
-
-
-def follow_umask(path: str | Path) -> None:
-    """Give a file the permissions a new file gets here (atomic writes create it 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 #: The quiet read job that refreshes the model state while other jobs run (its own end triggers none).
@@ -432,7 +348,7 @@ class MainWindow(QMainWindow):
         if self.jobs.busy("write") or self.jobs.find(MODEL_STATE_JOB) is not None:
             # a writer's transaction, or a model-state read stuck behind one, may hold the
             # workspace's connection lock: the window must never wait for it
-            self.jobs.submit(MODEL_STATE_JOB, lambda *, reporter: ws.rounds(), quiet=True, report_errors=False,
+            self.jobs.submit(MODEL_STATE_JOB, tasks.read_rounds, ws, quiet=True, report_errors=False,
                              on_done=lambda rounds, w=ws: self._set_model_state(w, rounds))
             return
         try:
@@ -469,7 +385,7 @@ class MainWindow(QMainWindow):
         ws = self.ctx.ws
         device = self.settings.get("training/device", "auto", str)
         self.device_label.setText("Device: loading…")
-        job = self.jobs.submit("load model", open_session, ws, device, kind="read", on_done=self._session_loaded)
+        job = self.jobs.submit("load model", tasks.open_session, ws, device, kind="read", on_done=self._session_loaded)
         job.failed.connect(lambda msg, _tb: self.device_label.setText("Device: unavailable"))
 
     def _session_loaded(self, result) -> None:
@@ -487,7 +403,7 @@ class MainWindow(QMainWindow):
         session = self.ctx.session
         if session is None or session.ws.readonly:
             return
-        self.jobs.submit("features", compute_in_child, session, "features", kind="write")
+        self.jobs.submit("features", tasks.extract_features, session, kind="write")
 
     def _refresh_images_on_change(self) -> None:
         # reload the image table when cameras/images change, so panels see new scenarios etc.
@@ -504,15 +420,12 @@ class MainWindow(QMainWindow):
         if session is None:
             return
 
-        def work(reporter):
-            return session.images()
-
         def done(images, s=session):
             if self.ctx.session is s:
                 self.ctx.images = images
                 self.ctx.identities = None
 
-        self.jobs.submit("images", work, on_done=done, quiet=True)
+        self.jobs.submit("images", tasks.read_images, session, on_done=done, quiet=True)
 
     def close_workspace(self) -> None:
         if self.ctx.ws is None:
@@ -548,7 +461,7 @@ class MainWindow(QMainWindow):
             self.open_workspace(ws_dir)
             return
         self.log_view.add(LogMessage("info", f"creating the demo camera set in {demo}"))
-        job = self.jobs.submit("demo", make_demo_workspace, demo, ws_dir, identities, kind="write",
+        job = self.jobs.submit("demo", tasks.make_demo_workspace, demo, ws_dir, identities, kind="write",
                                on_done=lambda p: self.open_workspace(p))
         self._watch(job, "Creating the demo")
         # the centre says what is happening (it said "No workspace open" with an "Open the demo" button)
@@ -587,7 +500,7 @@ class MainWindow(QMainWindow):
         if not path.lower().endswith(".csv"):
             path += ".csv"
         self.settings.set("export/last_dir", str(Path(path).parent))
-        job = self.jobs.submit("export tracks", export_tracks_job, self.ctx.session, path, kind="read",
+        job = self.jobs.submit("export tracks", tasks.export_tracks, self.ctx.session, path, kind="read",
                                on_done=lambda n: self._exported(path, n))
         self._watch(job, "Exporting tracks")
         return job
@@ -664,9 +577,9 @@ class MainWindow(QMainWindow):
 
     # -- background ----------------------------------------------------------------------------------------------
     def _start_background(self) -> None:
-        self.jobs.submit("probe devices", probe_devices, kind="background", quiet=True,
+        self.jobs.submit("probe devices", tasks.probe_devices, kind="background", quiet=True,
                          on_done=self._devices_probed, report_errors=False)
-        self.jobs.submit("warm-up", warm_up, kind="background", quiet=True, report_errors=False,
+        self.jobs.submit("warm-up", tasks.warm_up, kind="background", quiet=True, report_errors=False,
                          on_done=self._warmed_up)
 
     def _warmed_up(self, _result) -> None:

@@ -38,8 +38,8 @@ TRAIN_TIMEOUT_MS = 600_000
 def umap_ready():
     """numba-compile UMAP's kernels and import the heavy libraries once for the session.
 
-    The app does the same at start-up in a background job (``main_window.warm_up``)."""
-    from itkm_app.main_window import warm_up
+    The app does the same at start-up in a background job (``tasks.warm_up``)."""
+    from itkm_app.tasks import warm_up
     from itkm_engine.progress import Reporter
 
     warm_up(reporter=Reporter())

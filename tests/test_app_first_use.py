@@ -114,7 +114,7 @@ def test_1_12_14_untrained_workspace_says_so_and_offers_train(fresh_app):
 # -- 2. a single folder of loose crops ----------------------------------------------------------
 
 def test_2_loose_folder_becomes_one_camera_named_after_it_and_is_selected(fresh_app, demo_dir, tmp_path):
-    from itkm_app.panels.cameras import ingest_plan
+    from itkm_app.tasks import ingest_plan
 
     w, qtbot = fresh_app
     loose = tmp_path / "door-cam"
@@ -358,7 +358,7 @@ def test_11_every_identity_gets_its_own_colour(app):
 def test_12_demo_creation_is_shown_in_the_centre(qapp, recorded, tmp_path, monkeypatch):
     from pytestqt.qtbot import QtBot
 
-    import itkm_app.main_window as mw
+    import itkm_app.tasks as tasks
 
     gate = threading.Event()
 
@@ -367,7 +367,7 @@ def test_12_demo_creation_is_shown_in_the_centre(qapp, recorded, tmp_path, monke
         gate.wait(30)
         raise RuntimeError("stopped by the test")
 
-    monkeypatch.setattr(mw, "make_demo_workspace", slow_demo)
+    monkeypatch.setattr(tasks, "make_demo_workspace", slow_demo)
     monkeypatch.setenv("ITKM_DATA_DIR", str(tmp_path / "data"))
     qtbot = QtBot(None)
     window = MainWindow(Settings(tmp_path / "s.ini"), warm=False)
@@ -483,7 +483,7 @@ def test_16_group_filter_does_not_say_all_twice(app):
 # -- 17. identities: times and sort arrow ---------------------------------------------------------------
 
 def test_17_frame_times_are_marked_and_the_axis_starts_on_the_day(app):
-    from itkm_app.panels.identities import NAME_EPOCH, fmt_time
+    from itkm_app.widgets.timeline import NAME_EPOCH, fmt_time
 
     w, qtbot = app["window"], app["qtbot"]
     assert fmt_time(NAME_EPOCH + 65).endswith("(from frame numbers)")

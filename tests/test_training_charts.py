@@ -14,7 +14,7 @@ pytest.importorskip("pytestqt")
 
 import pyqtgraph as pg  # noqa: E402
 
-from itkm_app.panels.training import Curves  # noqa: E402
+from itkm_app.widgets.training_curves import Curves  # noqa: E402
 from itkm_engine.progress import ProgressEvent  # noqa: E402
 
 

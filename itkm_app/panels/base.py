@@ -1,4 +1,4 @@
-"""What every main panel shares: the context, an empty state, and a "loading" flag."""
+"""What every main panel shares: the context, an empty state, a "loading" flag, and one task slot."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QStackedWidget, QVBoxLayout, QWidget
 
 from ..context import AppContext
+from ..task_slot import TaskSlot
 
 
 class EmptyState(QWidget):
@@ -57,7 +58,9 @@ class Panel(QWidget):
 
     ``key`` names the panel (screenshots, ``showPanel``); ``title`` is its tab label.
     :meth:`loading` is ``True`` while the panel waits for background data (screenshots wait for
-    it); :meth:`activate` is called when the panel becomes visible (lazy loading).
+    it); :meth:`activate` is called when the panel becomes visible (lazy loading).  :attr:`task`
+    runs the panel's own background work, one task at a time (``itkm_app/task_slot.py``);
+    :attr:`job` is its job while one runs.
     """
 
     key = "panel"
@@ -68,6 +71,7 @@ class Panel(QWidget):
         super().__init__(parent)
         self.ctx = ctx
         self._loading = 0
+        self.task = TaskSlot(ctx.jobs, self, begin_loading=self.begin_loading, end_loading=self.end_loading)
         self.stack = QStackedWidget()
         self.empty = EmptyState()
         self.content = QWidget()
@@ -113,15 +117,22 @@ class Panel(QWidget):
         if self._loading == 0:
             self.loadingChanged.emit(False)
 
+    @property
+    def job(self):
+        """The job of the panel's current task, ``None`` when it has none."""
+        return self.task.job
+
     def run(self, name: str, fn, *args, on_done=None, kind: str = "read", **kwargs):
-        """Submit a job that counts as this panel loading until it ends."""
+        """Submit a job beside the panel's task (a table read, a side computation) that counts as
+        this panel loading until it ends."""
         self.begin_loading()
         job = self.ctx.jobs.submit(name, fn, *args, kind=kind, on_done=on_done, **kwargs)
         job.ended.connect(self.end_loading)
         return job
 
     def activate(self) -> None:
-        """The panel became visible."""
+        """The panel became visible: a task it requested meanwhile starts (lazy loading)."""
+        self.task.activate()
 
     def prepare_screenshot(self) -> None:
         """Put something representative on screen for ``--screenshot`` (default: nothing)."""

@@ -10,20 +10,18 @@ panel; ingestion runs in the background with a progress bar and can be cancelled
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import html
+import os
 
-import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, QSize, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QPainter, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QHeaderView, QLabel, QListWidget, QPushButton, QTableView, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableView,
+                               QVBoxLayout)
 
 from itkm_engine.vocabulary import SCENARIOS, allowed_groups, default_group
 
+from .. import tasks
+from ..dialogs import AddFoldersDialog, RejectsDialog
 from ..widgets.delegates import ComboDelegate
 from ..widgets.model_banner import ModelBanner
 from ..widgets.progress import JobProgress
@@ -35,25 +33,6 @@ THUMB = QSize(28, 56)
 SAMPLES = 4
 #: Height of the crops in the Sample column's hover preview.
 PREVIEW_HEIGHT = 160
-
-
-def camera_samples(images, n: int = SAMPLES) -> dict[str, list[str]]:
-    """Up to ``n`` image paths per camera, spread evenly over its images (not only the first)."""
-    out: dict[str, list[str]] = {}
-    cams = np.asarray(images.camera).astype(str)
-    for cam in np.unique(cams):
-        rows = np.flatnonzero(cams == cam)
-        pick = rows[np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)]
-        out[str(cam)] = [str(images.path[r]) for r in pick]
-    return out
-
-
-def read_cameras(ws, *, reporter=None):
-    """The Cameras view's data: cameras, site per source id, sample paths per camera."""
-    cams = ws.cameras()
-    sites = {src.id: src.site for src in ws.sources()}
-    samples = camera_samples(ws.images()) if cams else {}
-    return cams, sites, samples
 
 
 def _fmt_height(h) -> str:
@@ -217,129 +196,6 @@ class CamerasModel(QAbstractTableModel):
                 self.dataChanged.emit(i, i, [Qt.ItemDataRole.DecorationRole])
 
 
-def ingest_plan(folders: list[str], layout: str | None) -> list[tuple[str | None, list[str]]]:
-    """(layout, folders) groups for ``ingest``: with layout detection, a folder of loose crops from
-    one camera is ingested as that camera, named after the folder (the "one-camera" layout)."""
-    if layout is not None:
-        return [(layout, list(folders))]
-    from itkm_engine.data.layouts import LAYOUTS
-
-    one = [f for f in folders if LAYOUTS["one-camera"].matches(Path(f))]
-    rest = [f for f in folders if f not in one]
-    return [(lay, group) for lay, group in (("one-camera", one), (None, rest)) if group]
-
-
-class AddFoldersDialog(QDialog):
-    """Pick camera folders (several), and optionally their layout and scenario."""
-
-    def __init__(self, parent: QWidget | None = None, folders: list[str] | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Add camera folders")
-        self.setMinimumWidth(560)
-        self.list = QListWidget()
-        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        for f in folders or []:
-            self.list.addItem(f)
-        add = QPushButton("Add folder…")
-        add.clicked.connect(self._browse)
-        remove = QPushButton("Remove")
-        remove.clicked.connect(lambda: [self.list.takeItem(self.list.row(i)) for i in self.list.selectedItems()])
-        btns = QVBoxLayout()
-        btns.addWidget(add)
-        btns.addWidget(remove)
-        btns.addStretch(1)
-        top = QHBoxLayout()
-        top.addWidget(self.list, 1)
-        top.addLayout(btns)
-        self.layout_combo = QComboBox()
-        self.layout_combo.addItem("Detect automatically", None)
-        try:
-            from itkm_engine.data.layouts import LAYOUTS
-
-            for name, lay in LAYOUTS.items():
-                self.layout_combo.addItem(name, name)
-                self.layout_combo.setItemData(self.layout_combo.count() - 1, getattr(lay, "description", ""),
-                                              Qt.ItemDataRole.ToolTipRole)
-        except ImportError:
-            pass
-        self.scenario_combo = QComboBox()
-        self.scenario_combo.addItem("Guess per camera", None)
-        for s in SCENARIOS:
-            self.scenario_combo.addItem(s, s)
-        form = QFormLayout()
-        form.addRow("Layout", self.layout_combo)
-        form.addRow("Scenario", self.scenario_combo)
-        hint = QLabel("A folder may be one camera (its crops directly inside: the camera is named after the "
-                      "folder), hold one folder per camera, or follow a known dataset layout. Images are only read, "
-                      "never copied or changed. Adding a folder again updates it.")
-        hint.setWordWrap(True)
-        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        box.button(QDialogButtonBox.StandardButton.Ok).setText("Ingest")
-        box.accepted.connect(self.accept)
-        box.rejected.connect(self.reject)
-        lay = QVBoxLayout(self)
-        lay.addLayout(top)
-        lay.addLayout(form)
-        lay.addWidget(hint)
-        lay.addWidget(box)
-
-    def _browse(self) -> None:
-        d = QFileDialog.getExistingDirectory(self, "Camera folder", str(Path.home()))
-        if d and not self.list.findItems(d, Qt.MatchFlag.MatchExactly):
-            self.list.addItem(d)
-
-    def folders(self) -> list[str]:
-        return [self.list.item(i).text() for i in range(self.list.count())]
-
-    def layout_name(self) -> str | None:
-        return self.layout_combo.currentData()
-
-    def scenario(self) -> str | None:
-        return self.scenario_combo.currentData()
-
-
-class RejectsDialog(QDialog):
-    """Files that ingestion refused, with the reason for each."""
-
-    def __init__(self, rejects: list, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle(f"Rejected files ({len(rejects)})")
-        self.resize(860, 480)
-        from PySide6.QtGui import QStandardItem, QStandardItemModel
-
-        model = QStandardItemModel(0, 3, self)
-        model.setHorizontalHeaderLabels(["Camera", "File", "Reason"])
-        for r in rejects:
-            items = [QStandardItem(r.camera or ""), QStandardItem(r.path or r.relpath), QStandardItem(r.reason)]
-            for it in items:
-                it.setEditable(False)
-                it.setToolTip(it.text())
-            model.appendRow(items)
-        proxy = QSortFilterProxyModel(self)
-        proxy.setSourceModel(model)
-        proxy.setFilterKeyColumn(-1)
-        proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        from PySide6.QtWidgets import QLineEdit
-
-        search = QLineEdit()
-        search.setPlaceholderText("Filter by camera, file or reason")
-        search.setClearButtonEnabled(True)
-        search.textChanged.connect(proxy.setFilterFixedString)
-        self.table = QTableView()
-        self.table.setModel(proxy)
-        self.table.setSortingEnabled(True)
-        self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        box.rejected.connect(self.reject)
-        lay = QVBoxLayout(self)
-        lay.addWidget(search)
-        lay.addWidget(self.table)
-        lay.addWidget(box)
-
-
 class CamerasPanel(Panel):
     key = "cameras"
     title = "Cameras"
@@ -405,7 +261,6 @@ class CamerasPanel(Panel):
         lay.addWidget(self.table, 1)
         lay.addLayout(prog)
         lay.addWidget(hint)
-        self.ingest_job = None
         self._highlight: list[str] = []
         ctx.workspaceChanged.connect(self._on_workspace)
         ctx.imagesChanged.connect(self.reload)
@@ -429,10 +284,7 @@ class CamerasPanel(Panel):
         ws = self.ctx.ws
         if ws is None:
             return
-        def read(reporter):
-            return (*read_cameras(ws), ws.sources())
-
-        self.run("cameras", read, on_done=self._show_cameras)
+        self.run("cameras", tasks.read_cameras, ws, SAMPLES, on_done=self._show_cameras)
 
     def _show_cameras(self, data) -> None:
         cams, sites, samples, self.sources = data
@@ -477,15 +329,8 @@ class CamerasPanel(Panel):
         return [self.model.cameras[r].name for r in sorted(rows)]
 
     def set_site(self, source_id: int, site: str) -> None:
-        ws, session = self.ctx.ws, self.ctx.session
-
-        def write(reporter):
-            ws.set_source_site(source_id, site)
-            if session is not None:
-                session.refresh()
-
-        self.ctx.jobs.submit("set site", write, kind="write", quiet=True,
-                             on_done=lambda _r: self.ctx.imagesChanged.emit())
+        self.ctx.jobs.submit("set site", tasks.set_site, self.ctx.ws, self.ctx.session, source_id, site, kind="write",
+                             quiet=True, on_done=lambda _r: self.ctx.imagesChanged.emit())
 
     def _groups_for(self, index: QModelIndex) -> list[str]:
         src = self.proxy.mapToSource(index)
@@ -493,36 +338,21 @@ class CamerasPanel(Panel):
 
     # -- edits ---------------------------------------------------------------------------------------
     def set_camera(self, name: str, scenario: str, group: str) -> None:
-        ws = self.ctx.ws
-        session = self.ctx.session
-
-        def write(reporter):
-            ws.set_camera(name, scenario=scenario, group=group)
-            if session is not None:
-                session.refresh()
-            return name
-
-        self.ctx.jobs.submit(f"set camera {name}", write, kind="write", quiet=True,
-                             on_done=lambda _n: self.ctx.imagesChanged.emit())
+        self.ctx.jobs.submit(f"set camera {name}", tasks.set_camera, self.ctx.ws, self.ctx.session, name, scenario,
+                             group, kind="write", quiet=True, on_done=lambda _n: self.ctx.imagesChanged.emit())
 
     def _reset_selected(self) -> None:
         rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
         names = [self.model.cameras[r].name for r in sorted(rows)]
         if not names:
             return
-        ws, session = self.ctx.ws, self.ctx.session
-
-        def write(reporter):
-            for n in names:
-                ws.reset_camera(n)
-            if session is not None:
-                session.refresh()
-
-        self.ctx.jobs.submit("reset cameras", write, kind="write", quiet=True,
-                             on_done=lambda _r: self.ctx.imagesChanged.emit())
+        self.ctx.jobs.submit("reset cameras", tasks.reset_cameras, self.ctx.ws, self.ctx.session, names, kind="write",
+                             quiet=True, on_done=lambda _r: self.ctx.imagesChanged.emit())
 
     # -- ingest ---------------------------------------------------------------------------------------
     def add_folders(self, folders: list[str] | None = None) -> None:
+        if self.task.busy():  # one ingest at a time (the button beside the table is disabled meanwhile)
+            return
         if self.ctx.ws is None:
             self.window().new_workspace_dialog()
             if self.ctx.ws is None:
@@ -535,37 +365,17 @@ class CamerasPanel(Panel):
         self.ingest(dlg.folders(), layout=dlg.layout_name(), scenario=dlg.scenario())
 
     def ingest(self, folders: list[str], *, layout: str | None = None, scenario: str | None = None):
-        """Ingest ``folders`` into the open workspace in the background."""
-        from itkm_engine.data.ingest import ingest
-
-        ws, session = self.ctx.ws, self.ctx.session
-
-        def work(reporter):
-            plan = ingest_plan(folders, layout)
-            summary = None
-            for i, (lay, group) in enumerate(plan):
-                part = ingest(ws, group, layout=lay, scenario=scenario,
-                              reporter=reporter.child(i / len(plan), (i + 1) / len(plan)))
-                if summary is None:
-                    summary = part
-                else:
-                    summary.cameras.extend(part.cameras)
-                    summary.sources.extend(part.sources)
-                    summary.reject_reasons.update(part.reject_reasons)
-            if session is not None:
-                session.refresh()
-            return summary
-
+        """Ingest ``folders`` into the open workspace in the background (one ingest at a time)."""
+        if self.task.busy():
+            return None
         self.progress.reset("Ingesting…")
         self.progress.show()
         self.cancel_btn.show()
         self.cancel_btn.setEnabled(True)
         self.add_btn.setEnabled(False)
-        job = self.ctx.jobs.submit("ingest", work, kind="write", on_done=self._ingested)
-        job.progress.connect(self.progress.show_event)
-        job.ended.connect(self._ingest_ended)
-        self.ingest_job = job
-        return job
+        return self.task.start("ingest", tasks.ingest_folders, self.ctx.ws, self.ctx.session, folders, layout, scenario,
+                               kind="write", loading=False, on_done=self._ingested,
+                               on_progress=self.progress.show_event, on_end=self._ingest_ended)
 
     def _ingested(self, summary) -> None:
         from itkm_engine.progress import LogMessage
@@ -577,22 +387,21 @@ class CamerasPanel(Panel):
         self.ctx.imagesChanged.emit()
 
     def _ingest_ended(self) -> None:
-        self.ingest_job = None
         self.progress.hide()
         self.cancel_btn.hide()
         self.add_btn.setEnabled(not self.ctx.readonly)
         self.reload()
 
     def cancel_ingest(self) -> None:
-        if self.ingest_job is not None:
-            self.ingest_job.cancel()
+        if self.task.busy():
+            self.task.cancel()
             self.cancel_btn.setEnabled(False)
 
     def show_rejects(self) -> None:
         ws = self.ctx.ws
         if ws is None:
             return
-        self.run("rejects", lambda reporter: ws.rejects(), on_done=lambda r: RejectsDialog(r, self).exec())
+        self.run("rejects", tasks.read_rejects, ws, on_done=lambda r: RejectsDialog(r, self).exec())
 
     # -- drag and drop ---------------------------------------------------------------------------------
     @staticmethod
@@ -602,7 +411,7 @@ class CamerasPanel(Panel):
         return [u.toLocalFile() for u in mime.urls() if u.isLocalFile() and os.path.isdir(u.toLocalFile())]
 
     def dragEnterEvent(self, e) -> None:  # noqa: N802
-        if self._dropped_folders(e.mimeData()) and not self.ctx.readonly:
+        if self._dropped_folders(e.mimeData()) and not self.ctx.readonly and not self.task.busy():
             e.acceptProposedAction()
         else:
             e.ignore()

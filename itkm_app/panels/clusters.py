@@ -10,12 +10,12 @@ per point) and the scatter draws all points in one item.
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QButtonGroup, QComboBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
                                QPushButton, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
-from .. import theme
+from .. import tasks, theme
 from ..widgets.progress import JobProgress
 from ..widgets.scatter import ScatterView
 from .base import Panel
@@ -64,8 +64,6 @@ class ClustersPanel(Panel):
         self.xy = np.zeros((0, 2), np.float32)
         self.rows = np.zeros(0, np.int64)  # row in ctx.images per point
         self.selected_rows = np.zeros(0, np.int64)
-        self.job = None
-        self._wanted = False
         # -- toolbar
         self.color_by = QComboBox()
         for key, label in COLOR_BY:
@@ -164,8 +162,8 @@ class ClustersPanel(Panel):
 
     # -- loading ---------------------------------------------------------------------------------------
     def _reset(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
+        self.task.discard()  # a map of the earlier workspace, session or images
+        self.progress.hide()
         self.ids = np.zeros(0, np.int64)
         self.xy = np.zeros((0, 2), np.float32)
         self.scatter.clear_points()
@@ -174,62 +172,34 @@ class ClustersPanel(Panel):
         self.clear_selection()
         if not self.session_ready("Open a workspace to see its clusters."):
             return
-        self._wanted = True
-        if self.isVisible():
-            self.load()
+        self.task.request(self.load)  # now if this view shows, else when it is next shown
 
     def _model_changed(self) -> None:
         """A new checkpoint: keep showing the old map (labelled as such) until the new one is
         ready, instead of a blank plot for the length of a UMAP."""
-        if self.job is not None:
-            self.job.cancel()
+        self.task.discard()  # the old model's map
+        self.progress.hide()
         self.clear_selection()
         if not self.session_ready("Open a workspace to see its clusters."):
             return
-        self._wanted = True
         if len(self.ids):
             self.info.setText(f"{self._map_text()} · the model changed: the new map is computed when you "
                               "look at this view")
-        if self.isVisible():
-            self.load()
-
-    def activate(self) -> None:
-        if self._wanted and self.job is None:
-            self.load()
+        self.task.request(self.load)
 
     def load(self) -> None:
-        """Compute (or read from the cache) the projection in the background."""
+        """Compute (or read from the cache) the projection in the background (a running one is
+        superseded)."""
         session = self.ctx.session
-        if session is None or self.job is not None:
+        if session is None:
             return
-        self._wanted = False
-
-        def work(reporter):
-            from ..jobs import compute_in_child, import_projection
-
-            # a map cached for this checkpoint is read without importing UMAP (seconds of numba)
-            xy = session.projection(reporter=reporter, compute=False)
-            if xy is None:
-                # UMAP (and any missing features) in a child process that fills the cache; a
-                # read-only workspace computes here instead
-                if compute_in_child(session, "projection", reporter=reporter.child(0.0, 0.95)):
-                    xy = session.projection(reporter=reporter.child(0.95, 1.0), compute=False)
-                if xy is None:
-                    import_projection()  # umap/numba/faiss: never imported by two threads at once
-                    xy = session.projection(reporter=reporter.child(0.95, 1.0))
-            ids = session.features().ids
-            # the image table of the same state, so point rows never refer to an older table
-            return np.asarray(ids, np.int64), np.asarray(xy, np.float32), session.images()
-
         self.progress.reset("Computing the 2-D map…")
         self.progress.show()
         if len(self.ids):
             self.info.setText(f"{self._map_text()} · computing the new model's map…")
         # the child writes the cache as the workspace's writer: in turn with the other writes
-        job = self.run("projection", work, on_done=self._loaded, kind="read" if session.ws.readonly else "write")
-        job.progress.connect(self.progress.show_event)
-        job.ended.connect(self._load_ended)
-        self.job = job
+        self.task.start("projection", tasks.projection, session, kind="read" if session.ws.readonly else "write",
+                        on_done=self._loaded, on_progress=self.progress.show_event, on_end=self.progress.hide)
         if self.ctx.identities is None:
             self.load_identities()
 
@@ -237,19 +207,7 @@ class ClustersPanel(Panel):
         session = self.ctx.session
         if session is None:
             return
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()
-            return session.identities(reporter=reporter)
-
-        self.run("identities", work, on_done=self.ctx.set_identities)
-
-    def _load_ended(self) -> None:
-        self.job = None
-        self.progress.hide()
-        if self._wanted and self.isVisible():  # the model changed while the old map was computed
-            QTimer.singleShot(0, self.load)
+        self.run("identities", tasks.identities, session, on_done=self.ctx.set_identities)
 
     def _loaded(self, result) -> None:
         ids, xy, images = result

@@ -13,12 +13,13 @@ from collections import Counter
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, QTimer
-from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                               QMenu, QPushButton, QSpinBox, QSplitter, QToolButton, QVBoxLayout, QWidget)
+                               QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget)
 
 from itkm_engine.vocabulary import GROUPS, SCENARIOS
 
+from .. import tasks
+from ..widgets.check_menu_button import CheckMenuButton
 from ..widgets.model_banner import ModelBanner
 from ..widgets.thumb_grid import ThumbGrid, ThumbItem, badge_legend
 from ..widgets.undo_keys import undo_redo_buttons
@@ -29,65 +30,6 @@ QUERY_BOX = QSize(88, 176)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: A selection larger than this is shown in part (the grid stays quick to scroll and filter).
 MAX_SET = 20_000
-
-
-class CheckMenuButton(QToolButton):
-    """A drop-down of checkable values; nothing checked = no filter ("All")."""
-
-    def __init__(self, label: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.label = label
-        self.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        self.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        # the menu arrow gets its own room (it was drawn over the text's end)
-        self.setStyleSheet("QToolButton { padding-right: 18px; text-align: left; }")
-        from PySide6.QtWidgets import QSizePolicy
-
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.menu_ = QMenu(self)
-        self.setMenu(self.menu_)
-        self._actions: dict[str, QAction] = {}
-        self.on_change = None
-        self._refresh_text()
-
-    def set_values(self, values: list[str]) -> None:
-        checked = self.checked()
-        self.menu_.clear()
-        self._actions = {}
-        # "any", not "All": a group is literally named "all" (a camera that is its scenario's only group)
-        clear = self.menu_.addAction(f"Any {self.label.lower().rstrip('s')} (clear the filter)")
-        clear.triggered.connect(self.clear)
-        self.menu_.addSeparator()
-        for v in values:
-            a = self.menu_.addAction(v)
-            a.setCheckable(True)
-            a.setChecked(v in checked)
-            a.toggled.connect(self._changed)
-            self._actions[v] = a
-        self._refresh_text()
-
-    def checked(self) -> set[str]:
-        return {v for v, a in self._actions.items() if a.isChecked()}
-
-    def set_checked(self, values: set[str]) -> None:
-        for v, a in self._actions.items():
-            a.blockSignals(True)
-            a.setChecked(v in values)
-            a.blockSignals(False)
-        self._changed()
-
-    def clear(self) -> None:
-        self.set_checked(set())
-
-    def _changed(self, *_a) -> None:
-        self._refresh_text()
-        if self.on_change is not None:
-            self.on_change()
-
-    def _refresh_text(self) -> None:
-        c = self.checked()
-        self.setText(f"{self.label}: any" if not c else f"{self.label}: {len(c)}" if len(c) > 1 else
-                     f"{self.label}: {next(iter(c))}")
 
 
 class QueryImage(QLabel):
@@ -133,7 +75,6 @@ class GalleryPanel(Panel):
         super().__init__(ctx, parent)
         self.setAcceptDrops(True)
         self.query: tuple | None = None
-        self.job = None
         self.matches: list = []
         # -- query column
         self.query_image = QueryImage(self)
@@ -246,6 +187,7 @@ class GalleryPanel(Panel):
 
     # -- state ---------------------------------------------------------------------------------------
     def _reset(self) -> None:
+        self.task.discard()  # a query of the earlier workspace or session
         self.query = None
         self.matches = []
         self.grid.set_items([])
@@ -277,25 +219,11 @@ class GalleryPanel(Panel):
         }
 
     # -- queries -----------------------------------------------------------------------------------------
-    def _submit(self, name: str, fn) -> None:
-        if self.job is not None:
-            self.job.cancel()
+    def _submit(self, name: str, fn, *args) -> None:
+        """Run a query as the panel's task: a newer query supersedes the one in flight."""
         self.header.setText("Searching…")
-
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()  # faiss (re-ranking, big galleries): imported by one thread at a time
-            return fn(reporter)
-
-        job = self.run(name, work, on_done=self._show_matches)
-        job.ended.connect(lambda j=job: self._job_ended(j))
-        job.failed.connect(lambda msg, _tb: self.header.setText(f"The search failed: {msg}"))
-        self.job = job
-
-    def _job_ended(self, job) -> None:
-        if self.job is job:
-            self.job = None
+        self.task.start(name, fn, *args, on_done=self._show_matches,
+                        on_error=lambda msg, _tb: self.header.setText(f"The search failed: {msg}"))
 
     def query_image_id(self, image_id: int) -> None:
         """Matches for an image of the workspace (from the 2-D map, a double-click, an identity)."""
@@ -304,14 +232,8 @@ class GalleryPanel(Panel):
             return
         self.query = ("image", int(image_id))
         self._show_query_image_id(int(image_id))
-        k, rerank, f = self.top_k.value(), self.rerank.isChecked(), self.filters()
-
-        def work(reporter):
-            from itkm_engine.session import QueryFilter
-
-            return session.query_image(int(image_id), k=k, filters=QueryFilter(**f), rerank=rerank)
-
-        self._submit("query image", work)
+        self._submit("query image", tasks.query_image, session, int(image_id), self.top_k.value(), self.filters(),
+                     self.rerank.isChecked())
 
     def query_file(self, path: str) -> None:
         session = self.ctx.session
@@ -321,15 +243,8 @@ class GalleryPanel(Panel):
         self._set_query_pixmap(path)
         self.query_info.setText(f"<b>File</b><br>{os.path.basename(path)}")
         self.query_info.setToolTip(path)
-        k, f = self.top_k.value(), self.filters()
-        f["exclude_same_camera"] = False
-
-        def work(reporter):
-            from itkm_engine.session import QueryFilter
-
-            return session.query_file(path, k=k, filters=QueryFilter(**f), reporter=reporter)
-
-        self._submit("query file", work)
+        f = {**self.filters(), "exclude_same_camera": False}
+        self._submit("query file", tasks.query_file, session, path, self.top_k.value(), f)
 
     def query_text(self, text: str) -> None:
         session = self.ctx.session
@@ -341,15 +256,8 @@ class GalleryPanel(Panel):
         self.query_image.setText(f"“{text}”")
         self.query_image.setWordWrap(True)
         self.query_info.setText("<b>Text search</b><br>ranked through the model's CLIP text encoder")
-        k, f = self.top_k.value(), self.filters()
-        f["exclude_same_camera"] = False
-
-        def work(reporter):
-            from itkm_engine.session import QueryFilter
-
-            return session.query_text(text, k=k, filters=QueryFilter(**f))
-
-        self._submit("query text", work)
+        f = {**self.filters(), "exclude_same_camera": False}
+        self._submit("query text", tasks.query_text, session, text, self.top_k.value(), f)
 
     def rerun(self) -> None:
         q = self.query
@@ -559,12 +467,7 @@ class GalleryPanel(Panel):
 
     def _decisions_changed(self) -> None:
         """Identities obey the decisions at once: recompute them (cheap) and tell the panels."""
-        session = self.ctx.session
-
-        def work(reporter):
-            return session.identities(reporter=reporter)
-
-        self.run("identities", work, on_done=self.ctx.set_identities)
+        self.run("identities", tasks.identities, self.ctx.session, on_done=self.ctx.set_identities)
 
     # review queue
     def start_review(self) -> None:
@@ -572,14 +475,7 @@ class GalleryPanel(Panel):
         if session is None:
             return
         self.decision_info.setText("Finding the pairs nearest the decision boundary…")
-
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()
-            return session.review_queue(200)
-
-        self.run("review queue", work, on_done=self._review_ready)
+        self.run("review queue", tasks.review_queue, session, 200, on_done=self._review_ready)
 
     def _review_ready(self, queue: list) -> None:
         self.review = list(queue)

@@ -11,187 +11,18 @@ import datetime as dt
 import math
 
 import numpy as np
-import pyqtgraph as pg
-from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
                                QSplitter, QTableView, QVBoxLayout, QWidget)
 
-from .. import theme
+from .. import tasks
+from ..widgets.identity_model import IdentityFilter, IdentityModel
 from ..widgets.model_banner import ModelBanner
-from ..widgets.table_model import RowsTableModel
+from ..widgets.thumb_grid import ThumbGrid, ThumbItem
+from ..widgets.timeline import Timeline, fmt_derived, fmt_time, is_derived
 from ..widgets.undo_keys import undo_redo_buttons
 from ..wording import plural
-from ..widgets.thumb_grid import SCENARIO_COLORS, SCENARIO_SHORT, ThumbGrid, ThumbItem
 from .base import Panel
-
-
-#: Time stamps derived from frame numbers start at this instant (``itkm_engine.data.layouts``:
-#: 2000-01-01 UTC + (sequence - 1) days + frame / fps).  They order sightings but carry no date.
-NAME_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-DERIVED_SPAN_S = 400 * 86400.0
-
-
-def is_derived(ts) -> bool:
-    """True for a time stamp made from frame numbers (no real date)."""
-    return ts is not None and math.isfinite(ts) and NAME_EPOCH <= ts < NAME_EPOCH + DERIVED_SPAN_S
-
-
-def fmt_derived(ts: float) -> str:
-    """A frame-number time: "day 1, 00:02:15" (the day is the recording sequence)."""
-    s = int(ts - NAME_EPOCH)
-    day, s = divmod(s, 86400)
-    return f"day {day + 1}, {s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def fmt_time(ts: float) -> str:
-    if ts is None or not math.isfinite(ts):
-        return ""
-    if is_derived(ts):
-        return fmt_derived(ts) + " (from frame numbers)"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-class FrameTimeAxis(pg.AxisItem):
-    """Axis for frame-number times: "day 1 00:02:15", never a made-up calendar date."""
-
-    def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph API
-        out = []
-        for v in values:
-            if v < NAME_EPOCH:
-                out.append("")
-                continue
-            day, clock = fmt_derived(v).split(", ")
-            out.append(clock if day == "day 1" else f"{day.replace('day ', 'd')} {clock}")
-        return out
-
-
-class IdentityModel(RowsTableModel):
-    COLUMNS = ("Identity", "Sightings", "Cameras", "Scenarios", "Seen", "Conf.")
-
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self.rows: list = []
-        self.names: dict[int, tuple[str, str]] = {}  # the operator's {identity: (name, note)}
-        self.time_format = "%Y-%m-%d %H:%M"
-
-    def set_rows(self, rows: list) -> None:
-        self.beginResetModel()
-        self.rows = list(rows)
-        # times of day only when every sighting falls on one day (short columns stay readable)
-        t = [x for s in rows for x in (s.t_first, s.t_last) if x is not None and math.isfinite(x)]
-        same_day = bool(t) and dt.datetime.fromtimestamp(min(t)).date() == dt.datetime.fromtimestamp(max(t)).date()
-        if t and is_derived(min(t)) and is_derived(max(t)):  # frame-number days, not the local calendar's
-            same_day = (min(t) - NAME_EPOCH) // 86400 == (max(t) - NAME_EPOCH) // 86400
-        self.time_format = "%H:%M:%S" if same_day else "%Y-%m-%d %H:%M"
-        self.endResetModel()
-
-    def _span(self, s) -> str:
-        if s.t_first is None or not math.isfinite(s.t_first):
-            return ""
-        if is_derived(s.t_first):
-            a, b = fmt_derived(s.t_first), fmt_derived(s.t_last)
-            if self.time_format == "%H:%M:%S":  # every sighting on one day: the times say enough
-                a, b = a.split(", ")[1], b.split(", ")[1]
-            elif a[:6] == b[:6]:
-                b = b.split(", ")[1]
-            return (a if a == b else f"{a} – {b}") + " *"
-        a = dt.datetime.fromtimestamp(s.t_first).strftime(self.time_format)
-        b = dt.datetime.fromtimestamp(s.t_last).strftime(self.time_format)
-        return a if a == b else f"{a} – {b}"
-
-    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        s = self.rows[index.row()]
-        c = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            name = self.names.get(s.identity, ("", ""))[0]
-            return [f"#{s.identity} {name}".rstrip(), s.size, ", ".join(s.cameras),
-                    ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios), self._span(s),
-                    f"{s.mean_confidence:.2f}"][c]
-        if role == Qt.ItemDataRole.UserRole:
-            return [s.identity, s.size, len(s.cameras), len(s.scenarios), s.t_first, s.mean_confidence][c]
-        if role == Qt.ItemDataRole.TextAlignmentRole and c in (1, 5):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return (f"identity #{s.identity}: {s.size} sightings\ncameras: {', '.join(s.cameras)}\n"
-                    f"scenarios: {', '.join(s.scenarios)}\nfirst seen {fmt_time(s.t_first)}\n"
-                    f"last seen {fmt_time(s.t_last)}\nmean confidence {s.mean_confidence:.3f}")
-        return None
-
-
-class IdentityFilter(QSortFilterProxyModel):
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self.min_size = 2
-        self.text = ""
-        self.setSortRole(Qt.ItemDataRole.UserRole)
-
-    def filterAcceptsRow(self, row: int, parent: QModelIndex) -> bool:  # noqa: N802
-        s = self.sourceModel().rows[row]
-        if s.size < self.min_size:
-            return False
-        if self.text:
-            t = self.text.lower()
-            name = self.sourceModel().names.get(s.identity, ("", ""))[0].lower()
-            return t in f"#{s.identity}" or t in name or any(t in c.lower() for c in s.cameras) or any(t in x for x in s.scenarios)
-        return True
-
-
-class Timeline(pg.PlotWidget):
-    """One row per camera; one point per sighting at its time stamp.  ``pointClicked(image_id)``."""
-
-    def __init__(self, parent=None) -> None:
-        self.derived = False
-        super().__init__(parent, axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
-        theme.style_plot_widget(self)
-        theme.style_plot(self.plotItem)
-        self.plotItem.setMenuEnabled(False)
-        self.plotItem.showGrid(x=True, y=True, alpha=0.15)
-        self.plotItem.setMouseEnabled(y=False)
-        self.scatter = pg.ScatterPlotItem(size=10, pxMode=True, hoverable=True, tip=None)
-        self.addItem(self.scatter)
-        self.image_ids = np.zeros(0, np.int64)
-        self.clicked_cb = None
-        self.scatter.sigClicked.connect(self._clicked)
-
-    def set_sightings(self, cameras: list[str], cam_rows: np.ndarray, times: np.ndarray, image_ids: np.ndarray,
-                      scenarios_of_cam: dict[str, str]) -> None:
-        ok_t = times[np.isfinite(times)]
-        derived = bool(len(ok_t)) and all(is_derived(t) for t in (ok_t.min(), ok_t.max()))
-        if derived != self.derived:  # a fresh axis item each switch (pyqtgraph removes the old one)
-            axis = FrameTimeAxis(orientation="bottom") if derived else pg.DateAxisItem(orientation="bottom")
-            self.setAxisItems({"bottom": axis})
-            theme.style_plot(self.plotItem)
-            axis.setLabel("time from frame numbers (the files carry no date)" if derived else "")
-            self.derived = derived
-        ax = self.getAxis("left")
-        ax.setTicks([[(i, c) for i, c in enumerate(cameras)]])
-        ok = np.isfinite(times)
-        self.image_ids = image_ids[ok]
-        brushes = [pg.mkBrush(QColor(SCENARIO_COLORS.get(scenarios_of_cam.get(cameras[r], ""), theme.MUTED)))
-                   for r in cam_rows[ok]]
-        self.scatter.setData(x=times[ok], y=cam_rows[ok].astype(float), brush=brushes,
-                             pen=pg.mkPen(theme.palette().color(QPalette.ColorRole.Text), width=0.5),
-                             data=np.arange(int(ok.sum())))
-        self.setYRange(-0.6, max(len(cameras) - 0.4, 0.6), padding=0)
-        if ok.any():
-            t0, t1 = float(times[ok].min()), float(times[ok].max())
-            pad = max((t1 - t0) * 0.05, 5.0)
-            # never before the first sighting's day (or the frame clock's zero): the axis started
-            # at 23:59:45 of the day before
-            floor = NAME_EPOCH if self.derived else dt.datetime.fromtimestamp(t0).replace(
-                hour=0, minute=0, second=0, microsecond=0).timestamp()
-            self.setXRange(max(t0 - pad, floor), t1 + pad, padding=0)
-
-    def _clicked(self, _item, points, _ev=None) -> None:
-        if len(points) and self.clicked_cb is not None:
-            self.clicked_cb(int(self.image_ids[int(points[0].data())]))
-
-    def clear_sightings(self) -> None:
-        self.scatter.clear()
-        self.image_ids = np.zeros(0, np.int64)
 
 
 class IdentitiesPanel(Panel):
@@ -201,8 +32,6 @@ class IdentitiesPanel(Panel):
     def __init__(self, ctx, parent=None) -> None:
         super().__init__(ctx, parent)
         self.summary: list = []
-        self.job = None
-        self._wanted = False
         self.model = IdentityModel(self)
         self.proxy = IdentityFilter(self)
         self.proxy.setSourceModel(self.model)
@@ -278,39 +107,22 @@ class IdentitiesPanel(Panel):
 
     # -- loading -------------------------------------------------------------------------------------------
     def _reset(self) -> None:
+        self.task.discard()  # identities of the earlier workspace, session, model or images
         self.summary = []
         self.model.set_rows([])
         self.timeline.clear_sightings()
         self.strip.set_items([])
         if not self.session_ready("Open a workspace to see the identities found in it."):
             return
-        self._wanted = True
-        if self.isVisible():
-            self.load()
-
-    def activate(self) -> None:
-        if self._wanted and self.job is None and not self.summary:
-            self.load()
+        self.task.request(self.load)  # now if this view shows, else when it is next shown
 
     def load(self) -> None:
+        """Read (or compute) the identities in the background (a running read is superseded)."""
         session = self.ctx.session
-        if session is None or self.job is not None:
+        if session is None:
             return
-        self._wanted = False
         self.title_label.setText("Finding identities…")
-
-        def work(reporter):
-            from ..jobs import import_projection
-
-            import_projection()  # faiss/sklearn: never imported by two threads at once
-            table = session.identities(reporter=reporter)
-            return table, session.identity_summary(), session.identity_names()
-
-        self.job = self.run("identities", work, on_done=self._loaded)
-        self.job.ended.connect(self._ended)
-
-    def _ended(self) -> None:
-        self.job = None
+        self.task.start("identities", tasks.identity_overview, session, on_done=self._loaded)
 
     def _loaded(self, result) -> None:
         table, summary, names = result
@@ -332,12 +144,10 @@ class IdentitiesPanel(Panel):
             self.table.selectRow(0)
 
     def _identities_arrived(self, table) -> None:
-        if self.summary and table is not None and table is not getattr(self, "_table", table) and self.job is None:
+        if self.summary and table is not None and table is not getattr(self, "_table", table) and not self.task.busy():
             self.summary = []  # a decision elsewhere (the gallery) changed them: reload
-        if not self.summary and self.ctx.session is not None and self.job is None and self.showing_content():
-            self._wanted = True
-            if self.isVisible():
-                self.load()
+        if not self.summary and self.ctx.session is not None and not self.task.busy() and self.showing_content():
+            self.task.request(self.load)
 
     # -- filter ---------------------------------------------------------------------------------------------
     def _filter_text(self, t: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_reliability import one_line, run_cli
+from helpers.reliability import one_line, run_cli
 
 
 def cli_inproc(*args) -> tuple[int, str, str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_reliability import (
+from helpers.reliability import (
     CLI_ENV,
     REPO,
     assert_workspace_whole,

@@ -26,7 +26,7 @@ from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.responsiveness import GapSampler, StallMeter, busy_processes  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
-from helpers_app import recording_errors  # noqa: E402
+from helpers.app import recording_errors  # noqa: E402
 
 #: The event loop may never stall longer than this while a job runs beside two busy processes
 #: (issue 11's bound, on the single worst gap between two 10 ms timer ticks).

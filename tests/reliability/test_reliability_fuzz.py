@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_reliability import run_cli, snapshot
+from helpers.reliability import run_cli, snapshot
 
 WS, DEMO, OUT = "{ws}", "{demo}", "{out}"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_reliability import file_digest, one_line, run_cli
+from helpers.reliability import file_digest, one_line, run_cli
 
 
 def cli_inproc(*args) -> tuple[int, str]:

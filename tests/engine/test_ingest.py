@@ -24,7 +24,7 @@ from itkm_engine.errors import Cancelled, ItkmError, LayoutError
 from itkm_engine.progress import CancelToken, Reporter
 from itkm_engine.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # -- image makers -----------------------------------------------------------------------------

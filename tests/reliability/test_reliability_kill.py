@@ -5,7 +5,7 @@ subprocess, waits for a point in its run (a line on its stderr progress output, 
 in the workspace database -- what the app's read-only views see), sleeps a seeded random delay and
 sends SIGKILL.  Then:
 
-* the workspace is whole (:func:`helpers_reliability.assert_workspace_whole`): integrity check,
+* the workspace is whole (:func:`helpers.reliability.assert_workspace_whole`): integrity check,
   no duplicate rows, opens read-only and for writing (the dead process's lock is taken over), no
   ``.tmp-*`` survivor after that writer open, every checkpoint / feature chunk / CSV loads;
 * files written before the killed command are byte-identical (earlier checkpoint, earlier export);
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_reliability import (
+from helpers.reliability import (
     assert_workspace_whole,
     file_digest,
     read_csv,
@@ -267,7 +267,7 @@ sys.exit(main(sys.argv[1:]))
 def test_kill_between_progress_file_and_epoch_log_leaves_no_gap(ingested_ws, tmp_path):
     import subprocess
 
-    from helpers_reliability import CLI_ENV, REPO
+    from helpers.reliability import CLI_ENV, REPO
 
     ws = copy_ws(ingested_ws, tmp_path / "ws")
     args = ["train", str(ws), *TINY, "--set", "stage1.epochs=3", "--set", "stage2.epochs=1"]

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers_reliability import assert_workspace_whole, read_csv, run_cli, snapshot
+from helpers.reliability import assert_workspace_whole, read_csv, run_cli, snapshot
 from itkm_engine.model.checkpoint import checkpoint_key
 
 FORMULA = ("=", "+", "-", "@", "\t", "\r")

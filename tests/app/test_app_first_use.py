@@ -27,7 +27,7 @@ from itkm_app.context import ModelState  # noqa: E402
 from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
-from helpers_app import recording_errors  # noqa: E402
+from helpers.app import recording_errors  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_reliability import file_digest, run_cli, snapshot
+from helpers.reliability import file_digest, run_cli, snapshot
 
 
 def cli_inproc(*args) -> tuple[int, str, str]:

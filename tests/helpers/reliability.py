@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: Environment of every CLI subprocess: offline, unbuffered (markers arrive as they are printed),
 #: a fixed hash seed (deterministic runs), the repository importable without installing.

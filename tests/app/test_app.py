@@ -10,7 +10,6 @@ session (``umap_ready``).
 from __future__ import annotations
 
 import csv
-import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from itkm_app.responsiveness import GapSampler, StallMeter, busy_processes  # no
 from itkm_app.settings import Settings  # noqa: E402
 
 from helpers.app import recording_errors  # noqa: E402
+from helpers.workspaces import copy_ws  # noqa: E402
 
 #: The event loop may never stall longer than this while a job runs beside two busy processes
 #: (issue 11's bound, on the single worst gap between two 10 ms timer ticks).
@@ -73,7 +73,7 @@ def flow(qapp, umap_ready, recorded_errors, ingested_ws_template, tmp_path_facto
 
     base = tmp_path_factory.mktemp("app")
     ws_path = base / "ws"
-    shutil.copytree(ingested_ws_template, ws_path, ignore=shutil.ignore_patterns("workspace.lock"))
+    copy_ws(ingested_ws_template, ws_path)
     settings = Settings(base / "settings.ini")
     settings.set("training/preset", "tiny")
     window = MainWindow(settings, dev=True, warm=False)

@@ -28,6 +28,7 @@ from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
 from helpers.app import recording_errors  # noqa: E402
+from helpers.workspaces import copy_ws  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def app(qapp, recorded, trained_ws_template, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("firstuse")
     ws_path = base / "ws"
-    shutil.copytree(trained_ws_template, ws_path, ignore=shutil.ignore_patterns("workspace.lock"))
+    copy_ws(trained_ws_template, ws_path)
     with Session.open(ws_path, device="cpu") as s:
         fs = s.features()
         path = projection_path(s.ws.cache_dir, s.checkpoint_key())

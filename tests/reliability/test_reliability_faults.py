@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import pickle
@@ -25,54 +24,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.cli import CLI_ENV, REPO, cli_inproc, one_line, run_cli, spawn_cli
 from helpers.reliability import (
-    CLI_ENV,
-    REPO,
     assert_workspace_whole,
     file_digest,
-    run_cli,
     snapshot,
-    spawn_cli,
     sqlite_checks,
     tmp_leftovers,
     wait_db,
 )
-
-
-def copy_ws(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("workspace.lock"))
-    return dst
+from helpers.workspaces import copy_ws
 
 
 def one_line_error(p, command: str) -> str:
-    """The CLI's answer to a user-caused failure: exit 2, no traceback, one line naming the command."""
-    assert p.returncode == 2, (p.returncode, p.stderr[-3000:])
-    assert "Traceback" not in p.stderr, p.stderr
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith(f"itkm {command}: ")]
-    assert len(lines) == 1, p.stderr
-    return lines[0]
-
-
-def cli_inproc(*args) -> tuple[int, str]:
-    from itkm_engine.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main([os.fspath(a) for a in args])
-    return rc, err.getvalue()
-
-
-@pytest.fixture(scope="module")
-def small_ws(demo_dir, tmp_path_factory) -> Path:
-    """One scenario of the demo set (3 cameras, ~80 crops) ingested: what the tests that run a
-    trainer or a read-only query beside it can afford on a shared 2-core machine."""
-    from itkm_engine.data.ingest import ingest
-    from itkm_engine.workspace import Workspace
-
-    path = tmp_path_factory.mktemp("small") / "ws"
-    with Workspace.open(path, create=True) as ws:
-        ingest(ws, [demo_dir / "visible-infrared"], scenario="visible-infrared")
-    return path
+    """:func:`one_line` of a subprocess's answer."""
+    return one_line(p.returncode, p.stderr, command)
 
 
 # -- a checkpoint that would run code --------------------------------------------------------------
@@ -97,11 +63,11 @@ def fake_finished_round(ws_path: Path, ckpt: Path) -> None:
 
 
 @pytest.mark.parametrize("writer,command", [("torch.save", "extract"), ("pickle.dump", "train")])
-def test_crafted_pickle_checkpoint_is_refused_and_its_code_never_runs(small_ws, tmp_path, writer, command):
+def test_crafted_pickle_checkpoint_is_refused_and_its_code_never_runs(small_ws_template, tmp_path, writer, command):
     """The crafted file, written with torch.save or plain pickle, as the workspace's latest
     checkpoint (what `itkm extract` loads) or as the progress of an interrupted round (what
     `itkm train` resumes from)."""
-    ws = copy_ws(small_ws, tmp_path / "ws")
+    ws = copy_ws(small_ws_template, tmp_path / "ws")
     marker = tmp_path / "code-ran"
     evil = {"format": "itkm-checkpoint-v1", "round": 1, "model": Payload(marker)}
     name = "round_0001.pt" if command == "extract" else "progress.pt"
@@ -308,7 +274,7 @@ def test_injected_enospc_on_export_keeps_the_earlier_file(trained_ws_template, t
 
     ws = copy_ws(trained_ws_template, tmp_path / "ws")
     out = ws / "exports" / "tracks.csv"
-    rc, err = cli_inproc("export-tracks", ws, out)
+    rc, _, err = cli_inproc("export-tracks", ws, out)
     assert rc == 0, err
     old = out.read_bytes()
     real_open = export.atomic_open
@@ -321,7 +287,7 @@ def test_injected_enospc_on_export_keeps_the_earlier_file(trained_ws_template, t
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(export, "atomic_open", full)
-    rc, err = cli_inproc("export-tracks", ws, out)
+    rc, _, err = cli_inproc("export-tracks", ws, out)
     monkeypatch.undo()
     assert rc == 2 and "Traceback" not in err, err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("itkm export-tracks: ")]
@@ -366,21 +332,21 @@ def test_injected_sqlite_full_during_ingest_rolls_back_the_batch(ingested_ws_tem
         con.execute(f"PRAGMA max_page_count = {pages + 8}")  # room for a few pages, not a batch
 
     monkeypatch.setattr(Workspace, "_pragmas", staticmethod(small_disk))
-    rc, err = cli_inproc("ingest", ws, more)
+    rc, _, err = cli_inproc("ingest", ws, more)
     monkeypatch.undo()
     assert rc == 2 and "Traceback" not in err, err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("itkm ingest: ")]
     assert "disk full" in line and "unchanged" in line, line
     after = assert_workspace_whole(ws)
     assert after["images"] == before["images"]
-    rc, err = cli_inproc("ingest", ws, more)  # with room again the same command completes
+    rc, _, err = cli_inproc("ingest", ws, more)  # with room again the same command completes
     assert rc == 0, err
     assert sqlite_checks(ws)["images"] == before["images"] + 2500
 
 
 # -- two writers -----------------------------------------------------------------------------------
-def test_second_writer_refused_naming_the_holder_while_readers_work(small_ws, demo_dir, tmp_path):
-    ws = copy_ws(small_ws, tmp_path / "ws")
+def test_second_writer_refused_naming_the_holder_while_readers_work(small_ws_template, demo_dir, tmp_path):
+    ws = copy_ws(small_ws_template, tmp_path / "ws")
     # One Stage I epoch far longer than the test: the trainer is still writing when the others try
     # (killed in `finally`); a count of epochs would finish early on a fast machine.
     run = spawn_cli("train", ws, "--preset", "tiny", "--set", "stage1.iters_per_epoch=1000000")

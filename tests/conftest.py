@@ -65,6 +65,13 @@ def trained_ws(trained_ws_template, tmp_path) -> Path:
     return copy_ws(trained_ws_template, tmp_path / "ws")
 
 
+@pytest.fixture
+def small_ws(small_ws_template, tmp_path) -> Path:
+    """A private copy of the small (one-scenario) ingested workspace: for a test that trains
+    and needs a model, not the whole demo set."""
+    return copy_ws(small_ws_template, tmp_path / "ws")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _automatic_gc_after_each_module():
     """A window turns Python's automatic garbage collection off (``itkm_app.gui_gc``) and back on

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.workspaces import copy_ws, ingested, trained
+from helpers.workspaces import copy_ws, embedded, ingested, trained
 
 #: Size of the shared demo camera set (people); small so the session fixture trains in seconds.
 DEMO_IDENTITIES = 6
@@ -45,6 +45,14 @@ def trained_ws_template(ingested_ws_template, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedded_ws_template(ingested_ws_template, tmp_path_factory) -> Path:
+    """The untrained demo workspace with its initial model's features cached: the app opens it
+    without starting a child process to embed every crop (a torch import and the embedding,
+    seconds each time; once here).  Copy it before writing (``fresh_embedded_ws``)."""
+    return embedded(copy_ws(ingested_ws_template, tmp_path_factory.mktemp("ws") / "embedded"))
+
+
+@pytest.fixture(scope="session")
 def small_ws_template(demo_dir, tmp_path_factory) -> Path:
     """One scenario of the demo set (visible-infrared: 3 cameras, ~80 crops) ingested, not
     trained: for the tests that run many rounds, or a trainer beside other commands, and can
@@ -57,6 +65,12 @@ def small_ws_template(demo_dir, tmp_path_factory) -> Path:
 def fresh_ws(ingested_ws_template, tmp_path) -> Path:
     """A private copy of the ingested (untrained) demo workspace."""
     return copy_ws(ingested_ws_template, tmp_path / "ws")
+
+
+@pytest.fixture
+def fresh_embedded_ws(embedded_ws_template, tmp_path) -> Path:
+    """A private copy of the untrained demo workspace with its initial features cached."""
+    return copy_ws(embedded_ws_template, tmp_path / "ws")
 
 
 @pytest.fixture

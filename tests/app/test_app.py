@@ -69,13 +69,13 @@ def _wait_idle(qtbot, window, timeout_ms=300_000):
 
 
 @pytest.fixture(scope="module")
-def flow(qapp, umap_ready, recorded_errors, ingested_ws_template, tmp_path_factory):
+def flow(qapp, umap_ready, recorded_errors, embedded_ws_template, tmp_path_factory):
     """A window that opened a copy of the demo workspace and trained one tiny round from the UI."""
     from pytestqt.qtbot import QtBot
 
     base = tmp_path_factory.mktemp("app")
     ws_path = base / "ws"
-    copy_ws(ingested_ws_template, ws_path)
+    copy_ws(embedded_ws_template, ws_path)
     settings = Settings(base / "settings.ini")
     settings.set("training/preset", "tiny")
     window = MainWindow(settings, dev=True, warm=False)
@@ -385,10 +385,11 @@ def test_settings_persist(flow, tmp_path):
         w2.close()
 
 
-def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, recorded_errors, fresh_ws, tmp_path):
+def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, recorded_errors, fresh_embedded_ws,
+                                                 tmp_path):
     """Closing while training: the question is asked; yes cancels cleanly, the round is resumable."""
     errors_before = len(recorded_errors.calls)
-    window = _window_on(qtbot, fresh_ws, tmp_path)
+    window = _window_on(qtbot, fresh_embedded_ws, tmp_path)
     training = window.panel("training")
     training.preset.setCurrentIndex(training.preset.findData("tiny"))
     asked = []
@@ -409,7 +410,7 @@ def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, record
     assert cancelled == [1]
     from itkm_engine.workspace import Workspace
 
-    with Workspace.open(fresh_ws, readonly=True) as ws:
+    with Workspace.open(fresh_embedded_ws, readonly=True) as ws:
         rounds = ws.rounds()
     assert rounds and rounds[-1].status in ("cancelled", "running")
     assert recorded_errors.calls[errors_before:] == []  # a cancel is not an error
@@ -447,14 +448,14 @@ def test_demo_is_made_once_then_reused(qapp, qtbot, umap_ready, recorded_errors,
 @pytest.mark.parametrize("fault, words", [("kill@stage1", "SIGKILL"), ("oom@stage1", "out of memory"),
                                           ("cuda@stage1", "GPU failed")])
 def test_a_dying_training_process_is_one_dialog_and_the_app_stays_up(qapp, qtbot, umap_ready, recorded_errors,
-                                                                     fresh_ws, tmp_path, monkeypatch, fault,
+                                                                     fresh_embedded_ws, tmp_path, monkeypatch, fault,
                                                                      words):
     """Training runs in a child process: when it dies (kill -9 / the OOM killer, a MemoryError, a
     CUDA error) the user gets one dialog with its last log lines, the window stays up, the
     workspace is writable again and the round resumes."""
     monkeypatch.setenv("ITKM_WORKER_FAULT", fault)
     before = len(recorded_errors.calls)
-    window = _window_on(qtbot, fresh_ws, tmp_path)
+    window = _window_on(qtbot, fresh_embedded_ws, tmp_path)
     _wait_idle(qtbot, window)
     training = window.panel("training")
     training.preset.setCurrentIndex(training.preset.findData("tiny"))

@@ -2,7 +2,7 @@
 
 One module-scoped window over a copy of the trained demo workspace (no training here); its UMAP
 cache is written beforehand so the Clusters view never computes a layout.  Items that need an
-untrained workspace open a second window on ``fresh_ws``.
+untrained workspace open a second window on ``fresh_embedded_ws``.
 """
 
 from __future__ import annotations
@@ -80,11 +80,11 @@ def app(qapp, recorded, trained_ws_template, tmp_path_factory):
 
 
 @pytest.fixture
-def fresh_app(qapp, recorded, fresh_ws, tmp_path):
+def fresh_app(qapp, recorded, fresh_embedded_ws, tmp_path):
     from pytestqt.qtbot import QtBot
 
     qtbot = QtBot(None)
-    window = _open(qtbot, fresh_ws, tmp_path / "settings.ini")
+    window = _open(qtbot, fresh_embedded_ws, tmp_path / "settings.ini")
     yield window, qtbot
     window.jobs.cancel_all()
     window.jobs.wait_idle(120)  # a job still ending would make close() ask (a modal dialog)

@@ -41,3 +41,14 @@ def trained(path: Path, rounds: int = 1, preset_name: str = "tiny") -> Path:
         cfg.save(ws.path / "config.toml")
         train(ws, cfg, rounds=rounds)
     return path
+
+
+def embedded(path: Path) -> Path:
+    """The workspace at ``path`` with its current model's features cached (the ``quick`` preset's
+    initial model where nothing was trained): what opening it in the app computes first, in a
+    child process, unless the cache is complete."""
+    from itkm_engine.session import Session
+
+    with Session.open(path, device="cpu") as session:
+        session.features()
+    return path

@@ -1,10 +1,16 @@
 """Measuring how responsive the window stays: the event loop's gaps, beside busy processes.
 
-Used by the stall test (``tests/test_app.py``) and ``benchmarks/bench_responsiveness.py``.  A
+Used by the stall test (``tests/app/test_app.py``) and ``benchmarks/bench_responsiveness.py``.  A
 :class:`StallMeter` is a 10 ms ``QTimer``; every gap between two of its ticks longer than 10 ms is
 time the event loop could not answer input or repaint.  :func:`busy_processes` starts processes
 that each keep a core busy: another user's work on the machine, the condition that matters
 (an idle machine hides every stall).
+
+A gap is the sum of what the app did on the GUI thread (its CPU time), what it waited for (the
+interpreter lock, I/O) and the time the thread was ready but had no CPU (Linux schedstat's
+run-queue wait).  On a busy machine the last part measures the scheduler, not the app, so the
+meter keeps, per gap, the GUI thread's CPU time and the gap less its run-queue wait beside the
+wall-clock gap: the worst of each is in :meth:`StallMeter.summary`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ class StallMeter:
         self.worst_runqueue_ms = None  # ... and its time ready to run but without a CPU (Linux)
         self.last_wait = None
         self.gaps: list[float] = []
+        #: per gap: the GUI thread's own CPU time (ms), and the gap less its run-queue wait (ms;
+        #: empty where the kernel does not report that wait)
+        self.gap_cpu: list[float] = []
+        self.gap_less_wait: list[float] = []
 
     def start(self) -> None:
         self.last = time.perf_counter()
@@ -58,30 +68,54 @@ class StallMeter:
     def _tick(self) -> None:
         now, cpu, wait = time.perf_counter(), time.thread_time(), _runqueue_wait_s()
         gap = (now - self.last) * 1000
+        gap_cpu = (cpu - self.last_cpu) * 1000
+        waited = (wait - self.last_wait) * 1000 if wait is not None and self.last_wait is not None else None
         self.gaps.append(gap)
+        self.gap_cpu.append(gap_cpu)
+        if waited is not None:
+            self.gap_less_wait.append(gap - waited)
         if gap > self.max_gap_ms:
             self.max_gap_ms = gap
             self.worst_at = self.ticks
-            self.worst_cpu_ms = (cpu - self.last_cpu) * 1000
-            self.worst_runqueue_ms = (wait - self.last_wait) * 1000 if wait is not None else None
+            self.worst_cpu_ms = gap_cpu
+            self.worst_runqueue_ms = waited
         self.last, self.last_cpu, self.last_wait = now, cpu, wait
         self.ticks += 1
 
+    @property
+    def max_gui_cpu_ms(self) -> float:
+        """The most CPU time the GUI thread spent between two ticks: the app's own work in one
+        event-loop turn, whatever else the machine runs."""
+        return max(self.gap_cpu, default=0.0)
+
+    @property
+    def max_gap_less_wait_ms(self) -> float | None:
+        """The longest gap less the time the GUI thread waited for a CPU in it (its own work plus
+        what it was blocked on: the interpreter lock, I/O); None where the kernel does not say."""
+        return max(self.gap_less_wait) if self.gap_less_wait else None
+
     def summary(self) -> dict:
-        """Tick count, median / 99th percentile / worst gap (ms), gaps over 100 ms, and in the
-        worst gap the GUI thread's own CPU time and its time waiting for a CPU (the rest of the
-        gap it was blocked: the interpreter lock, I/O)."""
+        """Tick count, median / 99th percentile / worst gap (ms), gaps over 100 ms, in the worst
+        gap the GUI thread's own CPU time and its time waiting for a CPU (the rest of the gap it
+        was blocked: the interpreter lock, I/O); then over all gaps the most GUI-thread CPU time
+        in one and the longest gap less its run-queue wait (what the app controls)."""
         g = np.asarray(self.gaps or [0.0])
+        less_wait = self.max_gap_less_wait_ms
         return {"ticks": self.ticks, "p50_ms": round(float(np.median(g)), 1),
                 "p99_ms": round(float(np.percentile(g, 99)), 1), "worst_ms": round(self.max_gap_ms, 1),
                 "gaps_over_100ms": int((g > 100).sum()), "worst_gui_cpu_ms": round(self.worst_cpu_ms, 1),
-                "worst_no_cpu_ms": None if self.worst_runqueue_ms is None else round(self.worst_runqueue_ms, 1)}
+                "worst_no_cpu_ms": None if self.worst_runqueue_ms is None else round(self.worst_runqueue_ms, 1),
+                "max_gui_cpu_ms": round(self.max_gui_cpu_ms, 1),
+                "max_gap_less_wait_ms": None if less_wait is None else round(less_wait, 1)}
 
     def describe(self) -> str:
         s = self.summary()
         waited = "" if s["worst_no_cpu_ms"] is None else f" and waited {s['worst_no_cpu_ms']:.0f} ms for a CPU"
+        less_wait = "" if s["max_gap_less_wait_ms"] is None else \
+            f", longest gap less its wait for a CPU {s['max_gap_less_wait_ms']:.0f} ms"
         return (f"worst {s['worst_ms']:.0f} ms at tick {self.worst_at} of {self.ticks} (the GUI thread ran "
-                f"{s['worst_gui_cpu_ms']:.0f} ms of it{waited}), p99 {s['p99_ms']:.0f} ms")
+                f"{s['worst_gui_cpu_ms']:.0f} ms of it{waited}), p99 {s['p99_ms']:.0f} ms; "
+                f"most GUI-thread CPU in one gap {s['max_gui_cpu_ms']:.0f} ms{less_wait}")
 
 
 class GapSampler(threading.Thread):

@@ -1,4 +1,9 @@
-"""Test-wide settings: no display, no network, small threads."""
+"""Test-wide settings (no display, no network) and the session's prepared data: the demo camera
+set and workspaces built from it once, lazily (the first test that asks pays), then copied per
+test (a copy takes milliseconds, a training round tens of seconds).
+
+This folder is on ``sys.path`` (pytest puts the folder of a conftest.py outside any package
+there), so every test imports the shared helpers as ``helpers.*`` (``tests/helpers/``)."""
 
 import os
 
@@ -7,10 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
-import shutil
 from pathlib import Path
 
 import pytest
+
+from helpers.workspaces import copy_ws, embedded, ingested, trained
 
 #: Size of the shared demo camera set (people); small so the session fixture trains in seconds.
 DEMO_IDENTITIES = 6
@@ -29,47 +35,55 @@ def demo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ingested_ws_template(demo_dir, tmp_path_factory) -> Path:
     """A workspace holding the demo set, not trained.  Copy it before writing (``fresh_ws``)."""
-    from itkm_engine.data.ingest import ingest
-    from itkm_engine.workspace import Workspace
-
-    path = tmp_path_factory.mktemp("ws") / "ingested"
-    with Workspace.open(path, create=True) as ws:
-        ingest(ws, [demo_dir])
-    return path
+    return ingested(tmp_path_factory.mktemp("ws") / "ingested", [demo_dir])
 
 
 @pytest.fixture(scope="session")
 def trained_ws_template(ingested_ws_template, tmp_path_factory) -> Path:
     """The demo workspace after one round of the tiny preset.  Read-only use, or copy it."""
-    from itkm_engine.atomic import atomic_write_text
-    from itkm_engine.config import preset
-    from itkm_engine.trainer import train
-    from itkm_engine.workspace import Workspace
-
-    path = tmp_path_factory.mktemp("ws") / "trained"
-    shutil.copytree(ingested_ws_template, path)
-    cfg = preset("tiny")
-    with Workspace.open(path) as ws:
-        atomic_write_text(ws.path / "config.toml", cfg.to_toml())
-        train(ws, cfg, rounds=1)
-    return path
+    return trained(copy_ws(ingested_ws_template, tmp_path_factory.mktemp("ws") / "trained"))
 
 
-def _copy_ws(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("workspace.lock"))
-    return dst
+@pytest.fixture(scope="session")
+def embedded_ws_template(ingested_ws_template, tmp_path_factory) -> Path:
+    """The untrained demo workspace with its initial model's features cached: the app opens it
+    without starting a child process to embed every crop (a torch import and the embedding,
+    seconds each time; once here).  Copy it before writing (``fresh_embedded_ws``)."""
+    return embedded(copy_ws(ingested_ws_template, tmp_path_factory.mktemp("ws") / "embedded"))
+
+
+@pytest.fixture(scope="session")
+def small_ws_template(demo_dir, tmp_path_factory) -> Path:
+    """One scenario of the demo set (visible-infrared: 3 cameras, ~80 crops) ingested, not
+    trained: for the tests that run many rounds, or a trainer beside other commands, and can
+    afford only seconds each.  Copy it before writing."""
+    return ingested(tmp_path_factory.mktemp("ws") / "small", [demo_dir / "visible-infrared"],
+                    scenario="visible-infrared")
 
 
 @pytest.fixture
 def fresh_ws(ingested_ws_template, tmp_path) -> Path:
     """A private copy of the ingested (untrained) demo workspace."""
-    return _copy_ws(ingested_ws_template, tmp_path / "ws")
+    return copy_ws(ingested_ws_template, tmp_path / "ws")
+
+
+@pytest.fixture
+def fresh_embedded_ws(embedded_ws_template, tmp_path) -> Path:
+    """A private copy of the untrained demo workspace with its initial features cached."""
+    return copy_ws(embedded_ws_template, tmp_path / "ws")
 
 
 @pytest.fixture
 def trained_ws(trained_ws_template, tmp_path) -> Path:
     """A private copy of the trained demo workspace."""
-    return _copy_ws(trained_ws_template, tmp_path / "ws")
+    return copy_ws(trained_ws_template, tmp_path / "ws")
+
+
+@pytest.fixture
+def small_ws(small_ws_template, tmp_path) -> Path:
+    """A private copy of the small (one-scenario) ingested workspace: for a test that trains
+    and needs a model, not the whole demo set."""
+    return copy_ws(small_ws_template, tmp_path / "ws")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -122,7 +122,7 @@ def test_a_dying_child_is_one_clear_error_with_its_last_log_lines(monkeypatch, f
 def _root():
     from pathlib import Path
 
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def test_training_in_a_child_lends_the_writer_lock_and_takes_it_back(fresh_ws):

@@ -18,7 +18,7 @@ from itkm_engine.errors import WorkspaceError, WorkspaceLockedError
 from itkm_engine.lock import LOCK_NAME, WriterLock, pid_alive, read_lock_info
 from itkm_engine.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = textwrap.dedent(
     """

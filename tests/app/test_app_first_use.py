@@ -2,7 +2,7 @@
 
 One module-scoped window over a copy of the trained demo workspace (no training here); its UMAP
 cache is written beforehand so the Clusters view never computes a layout.  Items that need an
-untrained workspace open a second window on ``fresh_ws``.
+untrained workspace open a second window on ``fresh_embedded_ws``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from itkm_app.context import ModelState  # noqa: E402
 from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
-from helpers_app import recording_errors  # noqa: E402
+from helpers.app import recording_errors  # noqa: E402
+from helpers.workspaces import copy_ws  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def app(qapp, recorded, trained_ws_template, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("firstuse")
     ws_path = base / "ws"
-    shutil.copytree(trained_ws_template, ws_path, ignore=shutil.ignore_patterns("workspace.lock"))
+    copy_ws(trained_ws_template, ws_path)
     with Session.open(ws_path, device="cpu") as s:
         fs = s.features()
         path = projection_path(s.ws.cache_dir, s.checkpoint_key())
@@ -79,11 +80,11 @@ def app(qapp, recorded, trained_ws_template, tmp_path_factory):
 
 
 @pytest.fixture
-def fresh_app(qapp, recorded, fresh_ws, tmp_path):
+def fresh_app(qapp, recorded, fresh_embedded_ws, tmp_path):
     from pytestqt.qtbot import QtBot
 
     qtbot = QtBot(None)
-    window = _open(qtbot, fresh_ws, tmp_path / "settings.ini")
+    window = _open(qtbot, fresh_embedded_ws, tmp_path / "settings.ini")
     yield window, qtbot
     window.jobs.cancel_all()
     window.jobs.wait_idle(120)  # a job still ending would make close() ask (a modal dialog)

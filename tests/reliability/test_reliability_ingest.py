@@ -4,8 +4,6 @@ the way it stops on Ctrl-C."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import signal
@@ -13,14 +11,7 @@ from pathlib import Path
 
 import pytest
 
-
-def cli_inproc(*args) -> tuple[int, str, str]:
-    from itkm_engine.cli import main
-
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        rc = main([os.fspath(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+from helpers.cli import cli_inproc
 
 
 @pytest.fixture

@@ -169,13 +169,12 @@ def test_readonly_session_reuses_the_feature_cache_and_writes_nothing(trained_ws
     assert not changed
 
 
-def test_a_complete_feature_cache_is_read_without_building_the_model(trained_ws_template, tmp_path):
+def test_a_complete_feature_cache_is_read_without_building_the_model(trained_ws):
     """The app asks for the model's key and cached features in its own process, beside the
     window: neither may build the model (a second of work holding the interpreter lock)."""
     import shutil
 
-    ws = tmp_path / "ws"
-    shutil.copytree(trained_ws_template, ws, ignore=shutil.ignore_patterns("workspace.lock"))
+    ws = trained_ws
     with Session.open(ws, device="cpu") as first:
         shutil.rmtree(first.ws.features_dir, ignore_errors=True)  # training left it filled
         built = first.features()

@@ -4,8 +4,6 @@ name in the identities view -- each stored as constraints the identities obey at
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -17,12 +15,11 @@ from itkm_engine.workspace import decisions as D  # noqa: E402
 
 
 @pytest.fixture
-def window(qtbot, trained_ws_template, tmp_path):
+def window(qtbot, trained_ws, tmp_path):
     from itkm_app.main_window import MainWindow
     from itkm_app.settings import Settings
 
-    ws_path = tmp_path / "ws"
-    shutil.copytree(trained_ws_template, ws_path, ignore=shutil.ignore_patterns("workspace.lock"))
+    ws_path = trained_ws
     w = MainWindow(Settings(tmp_path / "settings.ini"), dev=True, warm=False)
     qtbot.addWidget(w)
     w.resize(1280, 800)

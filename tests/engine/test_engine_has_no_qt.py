@@ -11,7 +11,7 @@ from pathlib import Path
 
 import itkm_engine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = r"""
 import importlib, json, pkgutil, sys

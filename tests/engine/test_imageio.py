@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,31 +14,11 @@ from itkm_engine.data import imageio
 from itkm_engine.data.imageio import BadImage, load_rgb, probe, read_header, relpath_to_text, text_to_relpath
 from itkm_engine.errors import ItkmError
 
+from helpers.images import jpeg_bytes as _jpeg_bytes
+from helpers.images import noisy_png_bytes as _noisy_png_bytes
+from helpers.images import png_claiming as _png_claiming
+
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _jpeg_bytes(w=32, h=64, color=(200, 40, 40), mode="RGB", **save) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, (w, h), color).save(buf, "JPEG", quality=90, **save)
-    return buf.getvalue()
-
-
-def _noisy_png_bytes(w=48, h=96) -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose IHDR (valid CRC) claims a huge size: a decompression bomb's header."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -4,25 +4,13 @@ damaged feature chunk is recomputed and logged."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers_reliability import one_line, run_cli
-
-
-def cli_inproc(*args) -> tuple[int, str, str]:
-    from itkm_engine.cli import main
-
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        rc = main([os.fspath(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+from helpers.cli import cli_inproc, one_line, run_cli
 
 
 def ckpt_of(ws: Path) -> Path:

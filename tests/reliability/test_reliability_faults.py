@@ -1,5 +1,10 @@
-"""Faults around the workspace, through the real ``itkm`` CLI: a checkpoint that would run code, a
+"""Faults around the workspace, through the ``itkm`` CLI: a checkpoint that would run code, a
 full disk, a read-only workspace, a second writer, a workspace from another schema version.
+
+The CLI runs in a process of its own where the fault is about processes (the writer holding the
+workspace, an upgrading CLI) and where a test is about the real command line; elsewhere its
+``main`` runs in the test's process (or in the mount namespace's one process), saving the
+seconds each fresh interpreter spends importing torch.
 
 Full disk and read-only are real where the kernel lets an unprivileged user make a mount namespace
 (``unshare --user --map-root-user --mount``): a small tmpfs that fills up, and a read-only bind
@@ -11,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import pickle
@@ -25,54 +29,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_reliability import (
-    CLI_ENV,
-    REPO,
+from helpers.cli import CLI_ENV, REPO, cli_inproc, one_line, spawn_cli
+from helpers.reliability import (
     assert_workspace_whole,
     file_digest,
-    run_cli,
     snapshot,
-    spawn_cli,
     sqlite_checks,
     tmp_leftovers,
     wait_db,
 )
-
-
-def copy_ws(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("workspace.lock"))
-    return dst
+from helpers.workspaces import copy_ws
 
 
 def one_line_error(p, command: str) -> str:
-    """The CLI's answer to a user-caused failure: exit 2, no traceback, one line naming the command."""
-    assert p.returncode == 2, (p.returncode, p.stderr[-3000:])
-    assert "Traceback" not in p.stderr, p.stderr
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith(f"itkm {command}: ")]
-    assert len(lines) == 1, p.stderr
-    return lines[0]
-
-
-def cli_inproc(*args) -> tuple[int, str]:
-    from itkm_engine.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main([os.fspath(a) for a in args])
-    return rc, err.getvalue()
-
-
-@pytest.fixture(scope="module")
-def small_ws(demo_dir, tmp_path_factory) -> Path:
-    """One scenario of the demo set (3 cameras, ~80 crops) ingested: what the tests that run a
-    trainer or a read-only query beside it can afford on a shared 2-core machine."""
-    from itkm_engine.data.ingest import ingest
-    from itkm_engine.workspace import Workspace
-
-    path = tmp_path_factory.mktemp("small") / "ws"
-    with Workspace.open(path, create=True) as ws:
-        ingest(ws, [demo_dir / "visible-infrared"], scenario="visible-infrared")
-    return path
+    """:func:`one_line` of a subprocess's answer."""
+    return one_line(p.returncode, p.stderr, command)
 
 
 # -- a checkpoint that would run code --------------------------------------------------------------
@@ -97,11 +68,11 @@ def fake_finished_round(ws_path: Path, ckpt: Path) -> None:
 
 
 @pytest.mark.parametrize("writer,command", [("torch.save", "extract"), ("pickle.dump", "train")])
-def test_crafted_pickle_checkpoint_is_refused_and_its_code_never_runs(small_ws, tmp_path, writer, command):
+def test_crafted_pickle_checkpoint_is_refused_and_its_code_never_runs(small_ws_template, tmp_path, writer, command):
     """The crafted file, written with torch.save or plain pickle, as the workspace's latest
     checkpoint (what `itkm extract` loads) or as the progress of an interrupted round (what
     `itkm train` resumes from)."""
-    ws = copy_ws(small_ws, tmp_path / "ws")
+    ws = copy_ws(small_ws_template, tmp_path / "ws")
     marker = tmp_path / "code-ran"
     evil = {"format": "itkm-checkpoint-v1", "round": 1, "model": Payload(marker)}
     name = "round_0001.pt" if command == "extract" else "progress.pt"
@@ -114,10 +85,10 @@ def test_crafted_pickle_checkpoint_is_refused_and_its_code_never_runs(small_ws, 
         db.execute("UPDATE rounds SET status = 'running', checkpoint = NULL")  # interrupted: resume it
         db.commit()
         db.close()
-        p = run_cli("train", ws, "--preset", "tiny", check=False)
+        p = cli_inproc("train", ws, "--preset", "tiny")
     else:
-        p = run_cli("extract", ws, check=False)
-    line = one_line_error(p, command)
+        p = cli_inproc("extract", ws)
+    line = one_line(p.rc, p.err, command)
     assert name in line and "refused" in line and "trust" in line, line
     assert not marker.exists(), "loading the crafted file ran its code"
 
@@ -144,18 +115,30 @@ needs_mounts = pytest.mark.skipif(not _can_unshare(), reason="no unprivileged mo
                                   "(the injected-ENOSPC tests below cover the same code paths)")
 
 #: Runs inside the namespace: mounts, runs CLI steps, records what each returned, copies the
-#: workspace back out (the mount disappears with the namespace).
+#: workspace back out (the mount disappears with the namespace).  The steps run the CLI's
+#: ``main`` one after another in this one process (a fresh interpreter per step cost a torch
+#: import each: 2-4 s, far more on a busy machine); the disk and the mounts are real.
 DRIVER = textwrap.dedent(r"""
-    import json, os, shutil, subprocess, sys
+    import contextlib, io, json, os, shutil, subprocess, sys, traceback
     cfg = json.loads(sys.argv[1])
-    env = cfg["env"]
+    os.environ.update(cfg["env"])
+    os.chdir(cfg["repo"])
+    sys.path.insert(0, cfg["repo"])
     results = {}
 
     def cli(args):
-        p = subprocess.run([sys.executable, "-m", "itkm_engine.cli", *args], env=env, cwd=cfg["repo"],
-                           capture_output=True)
-        return {"rc": p.returncode, "stdout": p.stdout.decode("utf-8", "replace")[-3000:],
-                "stderr": p.stderr.decode("utf-8", "replace")[-6000:]}
+        from itkm_engine.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(args)
+            except SystemExit as exc:  # argparse
+                rc = exc.code
+            except BaseException:  # what an uncaught error would print, exit 1
+                traceback.print_exc()
+                rc = 1
+        return {"rc": rc, "stdout": out.getvalue()[-3000:], "stderr": err.getvalue()[-6000:]}
 
     def fill(mnt, free_kb):
         # Leave about free_kb KiB free: reserve it, fill the rest, release the reserve.
@@ -308,7 +291,7 @@ def test_injected_enospc_on_export_keeps_the_earlier_file(trained_ws_template, t
 
     ws = copy_ws(trained_ws_template, tmp_path / "ws")
     out = ws / "exports" / "tracks.csv"
-    rc, err = cli_inproc("export-tracks", ws, out)
+    rc, _, err = cli_inproc("export-tracks", ws, out)
     assert rc == 0, err
     old = out.read_bytes()
     real_open = export.atomic_open
@@ -321,7 +304,7 @@ def test_injected_enospc_on_export_keeps_the_earlier_file(trained_ws_template, t
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(export, "atomic_open", full)
-    rc, err = cli_inproc("export-tracks", ws, out)
+    rc, _, err = cli_inproc("export-tracks", ws, out)
     monkeypatch.undo()
     assert rc == 2 and "Traceback" not in err, err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("itkm export-tracks: ")]
@@ -366,21 +349,23 @@ def test_injected_sqlite_full_during_ingest_rolls_back_the_batch(ingested_ws_tem
         con.execute(f"PRAGMA max_page_count = {pages + 8}")  # room for a few pages, not a batch
 
     monkeypatch.setattr(Workspace, "_pragmas", staticmethod(small_disk))
-    rc, err = cli_inproc("ingest", ws, more)
+    rc, _, err = cli_inproc("ingest", ws, more)
     monkeypatch.undo()
     assert rc == 2 and "Traceback" not in err, err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("itkm ingest: ")]
     assert "disk full" in line and "unchanged" in line, line
     after = assert_workspace_whole(ws)
     assert after["images"] == before["images"]
-    rc, err = cli_inproc("ingest", ws, more)  # with room again the same command completes
+    rc, _, err = cli_inproc("ingest", ws, more)  # with room again the same command completes
     assert rc == 0, err
     assert sqlite_checks(ws)["images"] == before["images"] + 2500
 
 
 # -- two writers -----------------------------------------------------------------------------------
-def test_second_writer_refused_naming_the_holder_while_readers_work(small_ws, demo_dir, tmp_path):
-    ws = copy_ws(small_ws, tmp_path / "ws")
+def test_second_writer_refused_naming_the_holder_while_readers_work(small_ws_template, demo_dir, tmp_path):
+    """The writer is a real ``itkm train`` process; the second writers and the readers are this
+    test's process, another process to the trainer as any second ``itkm`` is."""
+    ws = copy_ws(small_ws_template, tmp_path / "ws")
     # One Stage I epoch far longer than the test: the trainer is still writing when the others try
     # (killed in `finally`); a count of epochs would finish early on a fast machine.
     run = spawn_cli("train", ws, "--preset", "tiny", "--set", "stage1.iters_per_epoch=1000000")
@@ -392,19 +377,19 @@ def test_second_writer_refused_naming_the_holder_while_readers_work(small_ws, de
             (["train", ws, "--preset", "tiny"], "train"),
             (["cameras", ws, "--set", "vis-a", "group=infrared"], "cameras"),
         ):
-            line = one_line_error(run_cli(*args, check=False), cmd)
+            line = one_line(*cli_inproc(*args)[::2], cmd)
             assert f"pid {pid}" in line and "read-only" in line, line
-        st = run_cli("status", ws, "--json")
-        status = json.loads(st.stdout)
+        st = cli_inproc("status", ws, "--json", expect=0)
+        status = json.loads(st.out)
         assert status["rounds"][0]["status"] == "running" and status["images"] > 0
-        q = run_cli("query", ws, "1", "--top-k", "3", "--json")
-        assert len(json.loads(q.stdout)) == 3
+        q = cli_inproc("query", ws, "1", "--top-k", "3", "--json", expect=0)
+        assert len(json.loads(q.out)) == 3
         assert run.proc.poll() is None, "training stopped while others read the workspace"
     finally:
         run.kill9()
     # The killed trainer's lock is stale now: the next writer takes it over and says so.
-    p = run_cli("cameras", ws, "--set", "vis-a", "group=infrared")
-    assert "took over a stale workspace lock" in p.stderr and str(pid) in p.stderr, p.stderr
+    p = cli_inproc("cameras", ws, "--set", "vis-a", "group=infrared", expect=0)
+    assert "took over a stale workspace lock" in p.err and str(pid) in p.err, p.err
     assert_workspace_whole(ws)
 
 
@@ -418,7 +403,7 @@ def test_newer_schema_refused_by_every_command_and_left_untouched(ingested_ws_te
     before = snapshot(ws)
     for args, cmd in ((["status", ws], "status"), (["ingest", ws, demo_dir], "ingest"),
                       (["cameras", ws], "cameras")):
-        line = one_line_error(run_cli(*args, check=False), cmd)
+        line = one_line(*cli_inproc(*args)[::2], cmd)
         assert "newer ITKM Studio" in line and "999" in line, line
     # Untouched: SQLite's own (empty) WAL side files aside, which any reader may create.
     after = {k: v for k, v in snapshot(ws).items() if not k.endswith((b"-shm", b"-wal"))}
@@ -447,8 +432,8 @@ def test_older_schema_is_backed_up_then_migrated_by_the_cli(ingested_ws_template
     con.commit()
     n_cams = con.execute("SELECT count(*) FROM cameras").fetchone()[0]
     con.close()
-    p = run_cli("status", ws, check=False)  # a reader upgrades first; this CLI has no 0 -> 1 step
-    assert "cannot upgrade" in one_line_error(p, "status")
+    p = cli_inproc("status", ws)  # a reader upgrades first; this CLI has no 0 -> 1 step
+    assert "cannot upgrade" in one_line(p.rc, p.err, "status")
 
     p = subprocess.run([sys.executable, "-c", MIGRATING_CLI, "ingest", str(ws), str(demo_dir)], env=CLI_ENV, cwd=REPO,
                        capture_output=True)
@@ -463,5 +448,5 @@ def test_older_schema_is_backed_up_then_migrated_by_the_cli(ingested_ws_template
     from itkm_engine.workspace import SCHEMA_VERSION
 
     assert info["version"] == str(SCHEMA_VERSION)
-    p = run_cli("status", ws, "--json")
-    assert json.loads(p.stdout)["cameras"] == n_cams
+    p = cli_inproc("status", ws, "--json", expect=0)
+    assert json.loads(p.out)["cameras"] == n_cams

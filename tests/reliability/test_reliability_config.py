@@ -4,24 +4,13 @@ step rolls back to the last good epoch; --restart-round abandons an interrupted 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers_reliability import file_digest, one_line, run_cli
-
-
-def cli_inproc(*args) -> tuple[int, str]:
-    from itkm_engine.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main([os.fspath(a) for a in args])
-    return rc, err.getvalue()
+from helpers.cli import cli_inproc, one_line, run_cli
+from helpers.reliability import file_digest
 
 
 def rounds_of(ws: Path) -> list[tuple[int, str]]:
@@ -46,7 +35,7 @@ def rounds_of(ws: Path) -> list[tuple[int, str]]:
     ("device=gpu7", "device"),
 ])
 def test_bad_set_values_are_refused_before_anything_is_written(fresh_ws, item, words):
-    line = one_line(*cli_inproc("train", fresh_ws, "--preset", "tiny", "--set", item), "train")
+    line = one_line(*cli_inproc("train", fresh_ws, "--preset", "tiny", "--set", item)[::2], "train")
     assert words in line and item.split("=")[0] in line
     assert not (fresh_ws / "config.toml").exists()
     assert rounds_of(fresh_ws) == []  # no round was started, so a corrected command starts afresh
@@ -58,7 +47,7 @@ def test_bad_set_values_are_refused_before_anything_is_written(fresh_ws, item, w
 def test_a_damaged_config_toml_is_one_line_for_every_command(trained_ws, tmp_path, content, command):
     (trained_ws / "config.toml").write_bytes(content)
     args = {"train": [], "query": ["1"], "export-tracks": [tmp_path / "t.csv"]}[command]
-    line = one_line(*cli_inproc(command, trained_ws, *args), command)
+    line = one_line(*cli_inproc(command, trained_ws, *args)[::2], command)
     assert "config" in line
     assert (trained_ws / "config.toml").read_bytes() == content
     assert not (tmp_path / "t.csv").exists()
@@ -143,13 +132,13 @@ def test_restart_round_flag_through_the_cli_and_nan_weights_in_progress_are_refu
         state["state_dict"][first] = state["state_dict"][first].clone().fill_(float("nan"))
         save_checkpoint(ws.checkpoints_dir / PROGRESS_FILE, {"format": "itkm-progress-v1", "round": n,
                                                               "stage": "stage1", "epoch": 0, "model": state})
-    line = one_line(*cli_inproc("train", fresh_ws), "train")
+    line = one_line(*cli_inproc("train", fresh_ws)[::2], "train")
     assert "NaN" in line and "--restart-round" in line
     # a bad --set with --restart-round changes nothing
-    one_line(*cli_inproc("train", fresh_ws, "--restart-round", "--set", "stage1.lr=-1"), "train")
+    one_line(*cli_inproc("train", fresh_ws, "--restart-round", "--set", "stage1.lr=-1")[::2], "train")
     assert rounds_of(fresh_ws) == [(1, "cancelled")]
     assert (fresh_ws / "checkpoints" / PROGRESS_FILE).exists()
-    rc, err = cli_inproc("train", fresh_ws, "--restart-round", "-q")
+    rc, _, err = cli_inproc("train", fresh_ws, "--restart-round", "-q")
     assert rc == 0, err
     assert rounds_of(fresh_ws) == [(1, "failed"), (2, "done")]
 
@@ -174,5 +163,5 @@ def test_a_round_stored_with_impossible_settings_says_to_restart_it(fresh_ws):
         save_checkpoint(ws.checkpoints_dir / PROGRESS_FILE, {"format": "itkm-progress-v1", "round": n,
                                                               "stage": "stage1", "epoch": 0,
                                                               "model": model.state_for_checkpoint()})
-    line = one_line(*cli_inproc("train", fresh_ws, "--set", "stage2.batch_size=16"), "train")
+    line = one_line(*cli_inproc("train", fresh_ws, "--set", "stage2.batch_size=16")[::2], "train")
     assert "stage2.batch_size" in line and "--restart-round" in line

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from itkm_engine.data.imageio import text_to_relpath
 from itkm_engine.data.layouts import (
@@ -22,16 +20,12 @@ from itkm_engine.data.layouts import (
 from itkm_engine.data.walk import Rejected
 from itkm_engine.errors import LayoutError
 
+from helpers.images import jpeg_bytes
+
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 32), (90, 120, 30)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-JPEG = _jpeg()
+JPEG = jpeg_bytes(16, 32, (90, 120, 30))
 
 
 def _put(root: Path, *relpaths: str) -> None:

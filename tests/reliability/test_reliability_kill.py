@@ -5,7 +5,7 @@ subprocess, waits for a point in its run (a line on its stderr progress output, 
 in the workspace database -- what the app's read-only views see), sleeps a seeded random delay and
 sends SIGKILL.  Then:
 
-* the workspace is whole (:func:`helpers_reliability.assert_workspace_whole`): integrity check,
+* the workspace is whole (:func:`helpers.reliability.assert_workspace_whole`): integrity check,
   no duplicate rows, opens read-only and for writing (the dead process's lock is taken over), no
   ``.tmp-*`` survivor after that writer open, every checkpoint / feature chunk / CSV loads;
 * files written before the killed command are byte-identical (earlier checkpoint, earlier export);
@@ -18,7 +18,6 @@ The runs: 3 ingest + 5 train + 2 extract + 2 export = 12 kills.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import random
@@ -31,17 +30,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_reliability import (
+from helpers.cli import CLI_ENV, REPO, cli_inproc, run_cli, spawn_cli
+from helpers.reliability import (
     assert_workspace_whole,
     file_digest,
     read_csv,
-    run_cli,
     snapshot,
-    spawn_cli,
     sqlite_checks,
     tmp_leftovers,
     wait_db,
 )
+from helpers.workspaces import copy_ws
 
 TINY = ["--preset", "tiny"]
 
@@ -66,52 +65,23 @@ def inputs(demo_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ingested_ws(demo_dir, tmp_path_factory) -> Path:
-    """One scenario of the demo set (visible-infrared: 3 cameras, ~80 crops), ingested: small, so
-    each of the many training runs below takes seconds."""
-    from itkm_engine.data.ingest import ingest
-    from itkm_engine.workspace import Workspace
-
-    path = tmp_path_factory.mktemp("ingested") / "ws"
-    with Workspace.open(path, create=True) as ws:
-        ingest(ws, [demo_dir / "visible-infrared"], scenario="visible-infrared")
+def small_trained_ws(small_ws_template, tmp_path_factory) -> Path:
+    """The small workspace (one scenario; each of the many training runs below takes seconds)
+    after one round of ``itkm train --preset tiny``.  Not the demo workspace of ``trained_ws``."""
+    path = copy_ws(small_ws_template, tmp_path_factory.mktemp("trained") / "ws")
+    cli_inproc("train", path, *TINY, expect=0)
     return path
 
 
 @pytest.fixture(scope="module")
-def trained_ws(ingested_ws, tmp_path_factory) -> Path:
-    """``ingested_ws`` after one round of ``itkm train --preset tiny``."""
-    path = copy_ws(ingested_ws, tmp_path_factory.mktemp("trained") / "ws")
-    cli_inproc("train", path, *TINY)
-    return path
-
-
-@pytest.fixture(scope="module")
-def exported_ws(trained_ws, tmp_path_factory):
+def exported_ws(small_trained_ws, tmp_path_factory):
     """The trained demo workspace after ``export-tracks`` and ``export-features`` (so its
     features of the round-1 checkpoint are cached): the base of the kill scenarios that must
     leave an earlier checkpoint and an earlier export intact."""
-    path = copy_ws(trained_ws, tmp_path_factory.mktemp("exported") / "ws")
-    cli_inproc("export-tracks", path, path / "exports" / "tracks.csv")
-    cli_inproc("export-features", path, path / "exports" / "features.npz")
+    path = copy_ws(small_trained_ws, tmp_path_factory.mktemp("exported") / "ws")
+    cli_inproc("export-tracks", path, path / "exports" / "tracks.csv", expect=0)
+    cli_inproc("export-features", path, path / "exports" / "features.npz", expect=0)
     return path
-
-
-def cli_inproc(*args) -> str:
-    """Run the same ``itkm`` command in this process (the CLI's own ``main``; saves the seconds a
-    fresh interpreter spends importing torch).  Returns its stderr; fails unless it exits 0."""
-    from itkm_engine.cli import main
-
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        rc = main([os.fspath(a) for a in args])
-    assert rc == 0, f"itkm {args} exited {rc}\n{out.getvalue()}\n{err.getvalue()}"
-    return err.getvalue() + out.getvalue()
-
-
-def copy_ws(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("workspace.lock"))
-    return dst
 
 
 def db_rows(ws: Path, sql: str, params=()) -> list[tuple]:
@@ -201,9 +171,8 @@ def test_kill_ingest_then_rerun_completes_without_duplicates(inputs, ingest_span
         n = sqlite_checks(ws)["images"]
         # Batches are whole transactions: a kill leaves whole batches of 2,000, never part of one.
         assert n % 2000 == 0 or n == inputs["n_bulk"], n
-    # Rerun the same command: it takes over the dead process's lock and completes.
-    p = run_cli("ingest", ws, inputs["bulk"])
-    assert "Traceback" not in p.stderr
+    # Rerun the same command (in this process): it takes over the dead process's lock and completes.
+    cli_inproc("ingest", ws, inputs["bulk"], expect=0)
     info = assert_workspace_whole(ws)
     assert info["images"] == inputs["n_bulk"], info  # one row per file on disk, no more
     assert info["rejects"] == 0
@@ -214,9 +183,9 @@ def test_kill_ingest_then_rerun_completes_without_duplicates(inputs, ingest_span
 
 
 # -- training -------------------------------------------------------------------------------------
-def test_kill_train_after_first_epoch_resumes_at_the_second(ingested_ws, inputs, tmp_path):
+def test_kill_train_after_first_epoch_resumes_at_the_second(small_ws_template, inputs, tmp_path):
     """A round with stage1.epochs=3 killed after epoch 1 of Stage I resumes at epoch 2."""
-    ws = copy_ws(ingested_ws, tmp_path / "ws")
+    ws = copy_ws(small_ws_template, tmp_path / "ws")
     args = ["train", ws, *TINY, "--set", "stage1.epochs=3", "--set", "stage2.epochs=1"]
     run = spawn_cli(*args)
     assert wait_db(ws, "SELECT count(*) FROM epochs WHERE round = 1 AND stage = 'stage1' AND epoch = 0",
@@ -233,7 +202,7 @@ def test_kill_train_after_first_epoch_resumes_at_the_second(ingested_ws, inputs,
     assert (progress["round"], progress["stage"], progress["epoch"]) == (1, "stage1", done)
     assert not (ws / "checkpoints" / "round_0001.pt").exists()
 
-    log = cli_inproc(*args)
+    log = cli_inproc(*args, expect=0).text
     assert f"resuming round 1 after stage1 epoch {done + 1}" in log, log
     after = db_rows(ws, "SELECT stage, epoch, finished FROM epochs WHERE round = 1 ORDER BY stage, epoch")
     before_t = {(s, e): t for s, e, t in logged}
@@ -264,12 +233,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_kill_between_progress_file_and_epoch_log_leaves_no_gap(ingested_ws, tmp_path):
+def test_kill_between_progress_file_and_epoch_log_leaves_no_gap(small_ws_template, tmp_path):
     import subprocess
 
-    from helpers_reliability import CLI_ENV, REPO
-
-    ws = copy_ws(ingested_ws, tmp_path / "ws")
+    ws = copy_ws(small_ws_template, tmp_path / "ws")
     args = ["train", str(ws), *TINY, "--set", "stage1.epochs=3", "--set", "stage2.epochs=1"]
     p = subprocess.run([__import__("sys").executable, "-c", KILL_BEFORE_LOG, *args], env=CLI_ENV, cwd=REPO,
                        capture_output=True, timeout=600)
@@ -279,7 +246,7 @@ def test_kill_between_progress_file_and_epoch_log_leaves_no_gap(ingested_ws, tmp
     progress = load_checkpoint(ws / "checkpoints" / "progress.pt")
     assert (progress["stage"], progress["epoch"]) == ("stage1", 1)
     assert db_rows(ws, "SELECT stage, epoch FROM epochs ORDER BY epoch") == [("stage1", 0)]  # epoch 1 unlogged
-    log = cli_inproc(*args)
+    log = cli_inproc(*args, expect=0).text
     assert "resuming round 1 after stage1 epoch 2" in log, log
     per = assert_epoch_log_contiguous(ws)
     assert per[(1, "stage1")] == [0, 1, 2], per
@@ -320,7 +287,7 @@ def test_kill_train_round_keeps_earlier_checkpoint_and_export(exported_ws, tmp_p
     # A kill can land after round 2 was recorded done (while the command embeds with the new
     # checkpoint); then `itkm train` rightly runs one more round.  Otherwise it must finish round 2.
     finished_before_kill = db_rows(ws, "SELECT status FROM rounds WHERE number = 2") == [("done",)]
-    log = cli_inproc("train", ws, *TINY)
+    log = cli_inproc("train", ws, *TINY, expect=0).text
     if resumable:
         assert "resuming round 2" in log, log
     rounds = db_rows(ws, "SELECT number, status FROM rounds ORDER BY number")
@@ -337,9 +304,9 @@ def test_kill_train_round_keeps_earlier_checkpoint_and_export(exported_ws, tmp_p
 
 # -- extraction -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kill_extract_then_rerun_matches_a_clean_extraction(trained_ws, exported_ws, tmp_path, seed):
+def test_kill_extract_then_rerun_matches_a_clean_extraction(small_trained_ws, exported_ws, tmp_path, seed):
     rng = random.Random(3000 + seed)
-    ws = copy_ws(trained_ws, tmp_path / "ws")
+    ws = copy_ws(small_trained_ws, tmp_path / "ws")
     from itkm_engine.model.checkpoint import checkpoint_key
 
     key = checkpoint_key(ws / "checkpoints" / "round_0001.pt")
@@ -349,7 +316,7 @@ def test_kill_extract_then_rerun_matches_a_clean_extraction(trained_ws, exported
     # The embedding of this small workspace lasts ~1.3 s on an idle machine: kill inside it.
     time.sleep(rng.uniform(0.0, 0.5))
     kill_and_check(run, ws)
-    out = cli_inproc("extract", ws)
+    out = cli_inproc("extract", ws, expect=0).text
     n_images = sqlite_checks(ws)["images"]
     assert re.search(rf"^{n_images} features", out, re.M), out
     assert_workspace_whole(ws)
@@ -385,7 +352,7 @@ def test_kill_export_keeps_the_earlier_file_whole(exported_ws, tmp_path, which):
     command, name = EXPORTS[which]
     base = copy_ws(exported_ws, tmp_path / "base")
     cam = db_rows(base, "SELECT name FROM cameras ORDER BY name")[0][0]
-    cli_inproc("cameras", base, "--set", cam, "scenario=cross-camera")
+    cli_inproc("cameras", base, "--set", cam, "scenario=cross-camera", expect=0)
     ws = tmp_path / "ws"
     out = ws / "exports" / name
     old = (base / "exports" / name).read_bytes()
@@ -407,7 +374,7 @@ def test_kill_export_keeps_the_earlier_file_whole(exported_ws, tmp_path, which):
     kill_and_check(run, ws)
     assert same_export(out, old) or same_export(out, new), "the export file is half-written"
     assert file_digest(other) == other_digest
-    cli_inproc(command, ws, out)
+    cli_inproc(command, ws, out, expect=0)
     assert same_export(out, new)
     assert file_digest(other) == other_digest
     assert tmp_leftovers(ws) == []

@@ -19,45 +19,22 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import io
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers_reliability import assert_workspace_whole, read_csv, run_cli, snapshot
+from helpers.cli import cli_inproc, run_cli
+from helpers.images import png_claiming
+from helpers.reliability import assert_workspace_whole, read_csv, snapshot
+from helpers.workspaces import use_preset
 from itkm_engine.model.checkpoint import checkpoint_key
 
 FORMULA = ("=", "+", "-", "@", "\t", "\r")
 TEXT_COLUMNS = ("camera", "scenario", "group", "image_path")
-
-
-def cli_inproc(*args, expect: int = 0) -> str:
-    """The CLI's own ``main`` in this process (no second torch import); returns stderr+stdout."""
-    from itkm_engine.cli import main
-
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        rc = main([os.fspath(a) for a in args])
-    text = err.getvalue() + out.getvalue()
-    assert rc == expect, f"itkm {args} exited {rc}, expected {expect}\n{text}"
-    assert "Traceback" not in text, text
-    return text
-
-
-def use_tiny(ws: Path) -> None:
-    from itkm_engine.config import preset
-
-    preset("tiny").save(ws / "config.toml")
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 # -- hostile camera folder --------------------------------------------------------------------------
@@ -91,9 +68,7 @@ def make_hostile(cam: Path, good: Path) -> None:
     (cam / "trunc_body.jpg").write_bytes(raw[: len(raw) // 2])  # header fine: found when decoded
     (cam / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2)
     (cam / "text.jpg").write_bytes(b"this is a text file with an image name\n" * 20)
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)  # 10 gigapixels declared
-    (cam / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-                                   + _png_chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + _png_chunk(b"IEND", b""))
+    (cam / "bomb.png").write_bytes(png_claiming(100_000, 100_000))  # 10 gigapixels declared
     Image.new("RGB", (1, 1)).save(cam / "one_pixel.png")
     os.mkfifo(cam / "fifo.jpg")
     os.symlink("nowhere.jpg", cam / "broken_link.jpg")
@@ -145,8 +120,8 @@ def pipeline(demo_dir, tmp_path_factory):
     ws = base / "ws"
     res: dict = {"ws": ws, "hostile": hostile, "changing": changing}
     with permission_denied("noperm.jpg"):
-        res["ingest"] = cli_inproc("ingest", ws, hostile, changing)
-    use_tiny(ws)
+        res["ingest"] = cli_inproc("ingest", ws, hostile, changing, expect=0).text
+    use_preset(ws, "tiny")
 
     from itkm_engine.workspace import Workspace
 
@@ -162,7 +137,7 @@ def pipeline(demo_dir, tmp_path_factory):
     hr[0].unlink()
     hr[1].write_bytes(hr[1].read_bytes()[:300])
     with permission_denied(hr[2].name):
-        res["train"] = cli_inproc("train", ws, "--preset", "tiny")
+        res["train"] = cli_inproc("train", ws, "--preset", "tiny", expect=0).text
     with Workspace.open(ws, readonly=True) as w:
         res["after_train"] = w.images(include_missing=True)
         res["rounds"] = w.rounds()
@@ -170,17 +145,17 @@ def pipeline(demo_dir, tmp_path_factory):
     shutil.rmtree(key_dir)  # training cached these; make extract read every image again
     lr[0].unlink()
     lr[1].write_bytes(lr[1].read_bytes()[:300])
-    res["extract"] = cli_inproc("extract", ws)
+    res["extract"] = cli_inproc("extract", ws, expect=0).text
     with Workspace.open(ws, readonly=True) as w:
         res["after_extract"] = w.images(include_missing=True)
     res["csv"] = base / "tracks.csv"
     res["npz"] = base / "features.npz"
-    cli_inproc("export-tracks", ws, res["csv"])
-    cli_inproc("export-features", ws, res["npz"])
+    cli_inproc("export-tracks", ws, res["csv"], expect=0)
+    cli_inproc("export-features", ws, res["npz"], expect=0)
     # Query by an outside image file: one CLI run, then every hostile file through one Session
     # (a read-only query session embeds the whole gallery first; once is enough here).
     cam = hostile / "vis-a"
-    res["query_cli"] = cli_inproc("query", ws, cam / "bomb.png", "--top-k", "3", expect=2)
+    res["query_cli"] = cli_inproc("query", ws, cam / "bomb.png", "--top-k", "3", expect=2).text
     res["queries"] = {}
     from itkm_engine.errors import ItkmError
     from itkm_engine.session import Session
@@ -292,8 +267,8 @@ def test_csv_export_escapes_formulas_and_round_trips_every_path(demo_dir, tmp_pa
             expected.add((cam, relpath_to_text(os.fsdecode(dst))))
     before = snapshot(root)
     ws = tmp_path / "ws"
-    cli_inproc("ingest", ws, root, "--scenario", "cross-camera")
-    use_tiny(ws)  # no training needed: the untrained model gives features and identities
+    cli_inproc("ingest", ws, root, "--scenario", "cross-camera", expect=0)
+    use_preset(ws, "tiny")  # no training needed: the untrained model gives features and identities
     out = tmp_path / "tracks.csv"
     p = run_cli("export-tracks", ws, out)  # the real CLI process
     assert "Traceback" not in p.stderr
@@ -318,7 +293,7 @@ def test_csv_export_escapes_formulas_and_round_trips_every_path(demo_dir, tmp_pa
     with open(out, encoding="utf-8", newline="") as fh:
         assert sum(1 for _ in csv.DictReader(fh)) == len(expected)
 
-    cli_inproc("export-features", ws, tmp_path / "f.npz")
+    cli_inproc("export-features", ws, tmp_path / "f.npz", expect=0)
     with np.load(tmp_path / "f.npz", allow_pickle=False) as z:
         assert {(c, relpath_to_text(pth)) for c, pth in zip(z["camera"].tolist(), z["path"].tolist())} == expected
     assert snapshot(root) == before

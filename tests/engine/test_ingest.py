@@ -6,11 +6,9 @@ from __future__ import annotations
 import io
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,33 +22,15 @@ from itkm_engine.errors import Cancelled, ItkmError, LayoutError
 from itkm_engine.progress import CancelToken, Reporter
 from itkm_engine.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers.images import jpeg_of as _jpeg
+from helpers.images import person_crop as _person
+from helpers.images import png_claiming as _png_claiming
+from helpers.images import put as _put
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 # -- image makers -----------------------------------------------------------------------------
-
-
-def _person(h: int, w: int, rng: np.random.Generator, *, grey: bool = False) -> np.ndarray:
-    """A crude person crop: coloured shirt/trousers on a coloured background (or all grey)."""
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = rng.integers(40, 200, 3)
-    img[h // 5 : h // 2, w // 4 : 3 * w // 4] = rng.integers(0, 255, 3)
-    img[h // 2 :, w // 4 : 3 * w // 4] = rng.integers(0, 255, 3)
-    img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
-    if grey:
-        img[:] = img.mean(axis=2, keepdims=True).astype(np.uint8)
-    return img
-
-
-def _jpeg(arr: np.ndarray, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _put(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
 
 
 def _camera(root: Path, name: str, n: int, *, h: int = 128, w: int = 64, grey: bool = False, seed: int = 0,
@@ -59,14 +39,6 @@ def _camera(root: Path, name: str, n: int, *, h: int = 128, w: int = 64, grey: b
     for i in range(start, start + n):
         pid = 1 + i % 5
         _put(root / name / f"{pid:04d}_c1s1_{i * 10:06d}_00.jpg", _jpeg(_person(h, w, rng, grey=grey)))
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _snapshot(root: Path) -> dict[bytes, tuple]:

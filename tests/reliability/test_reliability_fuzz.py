@@ -5,16 +5,14 @@ through the real ``itkm`` command."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from helpers_reliability import run_cli, snapshot
+from helpers.cli import cli_inproc, run_cli
+from helpers.reliability import snapshot
+from helpers.workspaces import copy_ws
 
 WS, DEMO, OUT = "{ws}", "{demo}", "{out}"
 
@@ -113,8 +111,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def world(trained_ws_template, demo_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
-    ws = base / "ws"
-    shutil.copytree(trained_ws_template, ws, ignore=shutil.ignore_patterns("workspace.lock"))
+    ws = copy_ws(trained_ws_template, base / "ws")
     out = base / "out"
     out.mkdir()
     return {"ws": ws, "demo": demo_dir, "out": out, "img": _image(demo_dir), "cam": _camera(demo_dir)}
@@ -138,18 +135,6 @@ def state(world: dict) -> tuple:
     return files, dump, snapshot(world["demo"]), snapshot(world["out"])
 
 
-def run_inproc(args: list[str]) -> tuple[int, str]:
-    from itkm_engine.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main(args)
-        except SystemExit as exc:  # argparse: usage + one error line, exit 2
-            rc = exc.code
-    return rc, err.getvalue()
-
-
 def check_refusal(rc: int, err: str, command: str) -> None:
     assert rc == 2, (rc, err[-2000:])
     assert "Traceback" not in err, err
@@ -161,7 +146,7 @@ def check_refusal(rc: int, err: str, command: str) -> None:
 @pytest.mark.parametrize("command,args", CASES, ids=[" ".join(a)[:60] or "(none)" for _, a in CASES])
 def test_malformed_input_exits_2_without_traceback_and_writes_nothing(world, command, args):
     before = state(world)
-    rc, err = run_inproc(fill(args, world))
+    rc, _, err = cli_inproc(*fill(args, world))
     check_refusal(rc, err, command)
     assert state(world) == before
 

@@ -34,6 +34,12 @@ class ConsoleReporter(Reporter):
         super().__init__(self._event, self._log, job=job)
 
     def _event(self, e: ProgressEvent) -> None:
+        # Progress and messages never stop the work: a closed log pipe (itkm train 2>&1 | head)
+        # only ends the log.
+        with contextlib.suppress(BrokenPipeError):
+            self._show_event(e)
+
+    def _show_event(self, e: ProgressEvent) -> None:
         if self._quiet:
             return
         now = time.monotonic()
@@ -63,6 +69,10 @@ class ConsoleReporter(Reporter):
             print(line, file=sys.stderr, flush=True)
 
     def _log(self, m: LogMessage) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._show_log(m)
+
+    def _show_log(self, m: LogMessage) -> None:
         if self._quiet and m.level in ("debug", "info"):
             return
         if self._tty:
@@ -72,8 +82,9 @@ class ConsoleReporter(Reporter):
 
     def done(self) -> None:
         if self._tty and not self._quiet:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+            with contextlib.suppress(BrokenPipeError):
+                sys.stderr.write("\r\033[K")
+                sys.stderr.flush()
 
 
 def _duration(s: float) -> str:
@@ -81,12 +92,41 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+#: Characters that would steer the terminal or hide text: bidirectional overrides and isolates.
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(value, limit: int | None = None) -> str:
+    """``value`` as text that is safe to print to a terminal on one line: control characters
+    (ESC, newline, ...), bidirectional overrides and the bytes of a non-UTF-8 name (surrogate
+    escapes) become visible escapes (``\\x1b``, ``\\n``, ``\\xff``); everything else is kept.
+    ``limit``: at most that many characters (a 5,000-digit argument is not echoed whole)."""
+    text = str(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0xD800 <= o <= 0xDFFF or ch in _BIDI:
+            out.append(f"\\u{o:04x}")
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(_NAMED.get(ch, f"\\x{o:02x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def print_table(rows: list[dict], cols: list[str] | None = None) -> None:
     if not rows:
         print("(none)")
         return
     cols = cols or list(rows[0].keys())
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    cells = [[("" if r.get(c) is None else shown(r.get(c))) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     print("  ".join("-" * w for w in widths))
@@ -114,6 +154,7 @@ def cmd_ingest(a) -> int:
     from .data.ingest import ingest
     from .workspace import Workspace
 
+    _text_arg(a.site, "--site")
     rep = ConsoleReporter("ingest", a.quiet)
     with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
         try:
@@ -130,6 +171,7 @@ def cmd_ingest(a) -> int:
 
 
 def cmd_cameras(a) -> int:
+    from .data.imageio import relpath_to_text
     from .workspace import Workspace
 
     with Workspace.open(a.workspace, readonly=not a.set, reporter=ConsoleReporter("cameras")) as ws:
@@ -145,7 +187,9 @@ def cmd_cameras(a) -> int:
                 if k not in ("scenario", "group"):
                     raise ItkmError(f"unknown camera setting {k!r}; use scenario=... and/or group=...")
                 kw[k] = v
-            ws.set_camera(cam, **kw)
+            # A camera named after a folder whose name is not UTF-8 is stored in its text form
+            # (relpath_to_text); typed as the folder's raw bytes it finds that camera.
+            ws.set_camera(relpath_to_text(cam), **kw)
         rows = [
             {"camera": c.name, "images": c.n_images, "missing": c.n_missing, "rejected": c.n_rejected,
              "scenario": c.scenario, "group": c.group, "site": sites.get(c.name, ""),
@@ -287,7 +331,7 @@ def cmd_extract(a) -> int:
 
 
 def cmd_query(a) -> int:
-    from .session import QueryFilter
+    from .session import QueryFilter, image_id_of
 
     rep = ConsoleReporter("query", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:
@@ -298,8 +342,8 @@ def cmd_query(a) -> int:
         s.features(reporter=rep)
         if a.text:
             matches = s.query_text(a.image, k=a.top_k, filters=filters)
-        elif a.image.isdigit() and not Path(a.image).exists():
-            matches = s.query_image(int(a.image), k=a.top_k, filters=filters, rerank=a.rerank)
+        elif image_id_of(a.image) is not None and not Path(a.image).exists():
+            matches = s.query_image(image_id_of(a.image), k=a.top_k, filters=filters, rerank=a.rerank)
         else:
             matches = s.query_file(a.image, k=a.top_k, filters=filters)
         rep.done()
@@ -364,6 +408,10 @@ def cmd_reject(a) -> int:
 
 
 def cmd_identities(a) -> int:
+    if a.note is not None and not a.name:
+        raise ItkmError("--note goes with --name: itkm identities WORKSPACE --name X NAME --note TEXT")
+    if a.name:
+        name = (_identity_number(a.name[0], "--name"), _text_arg(a.name[1], "the name"), _text_arg(a.note or "", "--note"))
     rep = ConsoleReporter("identities", a.quiet)
     with _session(a, readonly=False, reporter=rep) as s:
         if a.undo or a.redo:
@@ -378,8 +426,8 @@ def cmd_identities(a) -> int:
             print(f"{len(a.split)} sightings split off into a new identity (step {s.split_identity(a.split)})")
             return 0
         if a.name:
-            ident, name = int(a.name[0]), a.name[1]
-            print(f"identity {ident} named {name!r} (step {s.name_identity(ident, name, a.note or '')})")
+            ident, text, note = name
+            print(f"identity {ident} named {shown(repr(text))} (step {s.name_identity(ident, text, note)})")
             return 0
         if a.review:
             q = s.review_queue(a.review)
@@ -513,14 +561,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("identities", cmd_identities, "list identities; merge, split, name them; undo/redo decisions; review queue")
     act = sp.add_mutually_exclusive_group()
-    act.add_argument("--merge", nargs=2, type=int, metavar=("X", "Y"), help="identities X and Y are one person")
+    act.add_argument("--merge", nargs=2, type=_identity_type, metavar=("X", "Y"), help="identities X and Y are one person")
     act.add_argument("--split", nargs="+", metavar="IMAGE", help="these sightings (ids or paths) become a new identity")
-    act.add_argument("--name", nargs=2, metavar=("X", "NAME"), help="name identity X (use --note for a note)")
+    act.add_argument("--name", nargs=2, metavar=("X", "NAME"), help="name identity X (use --note for a note; "
+                     "a name that starts with '-': --name X -- -NAME)")
     act.add_argument("--undo", action="store_true", help="undo the last decision (a merge/split/selection is one)")
     act.add_argument("--redo", action="store_true", help="redo the last undone decision")
-    act.add_argument("--review", type=int, metavar="N", help="the N pairs nearest the decision boundary")
-    sp.add_argument("--note", help="note stored with --name")
-    sp.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs nearest the decision boundary")
+    sp.add_argument("--note", help="note stored with --name (only with --name; one starting with '-': --note=-TEXT)")
+    sp.add_argument("--limit", type=_positive_int, default=50, help="rows to list (default 50)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--device")
 
@@ -551,6 +600,53 @@ def _positive_int(text: str) -> int:
 def _non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0."""
     return _whole_number(text, 0)
+
+
+def _identity_number(text: str, what: str = "an identity") -> int:
+    """An identity number as typed (plain ASCII digits, at most 18 of them); else one line."""
+    from .session import image_id_of
+
+    value = image_id_of(text)
+    if value is None:
+        raise ItkmError(f"{what}: {shown(repr(text), 60)} is not an identity number (a whole number from "
+                        "'itkm identities WORKSPACE')")
+    return value
+
+
+def _identity_type(text: str) -> int:
+    """argparse type of ``--merge``'s identity numbers."""
+    try:
+        return _identity_number(text)
+    except ItkmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _text_arg(value: str | None, what: str) -> str | None:
+    """A text argument (a name, a note, a site) that must be UTF-8 text: bytes that are not (a
+    Latin-1 terminal, a script) come in as surrogate escapes and are refused in one line before
+    anything is written (SQLite would refuse them half-way through)."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ItkmError(f"{what} {shown(repr(value), 80)} is not UTF-8 text; type it again in a UTF-8 terminal") from None
+    return value
+
+
+def _dashed_name(argv: list[str]) -> list[str]:
+    """``identities ... --name X -- -NAME``: a name that starts with ``-`` (argparse would take it
+    for an option).  The ``--`` and the name become one value argparse keeps as it is."""
+    out, i = list(argv), 0
+    while i < len(out) - 3:
+        if out[i] == "--name" and out[i + 2] == "--":
+            out[i + 2 : i + 4] = [_DASHED + out[i + 3]]
+        i += 1
+    return out
+
+
+#: Marks a value that followed ``--`` (argv can never hold a NUL character).
+_DASHED = "\0"
 
 
 #: Positional path arguments; an empty one would otherwise mean the current folder ("" -> ".").
@@ -592,17 +688,32 @@ def _terminate_as_interrupt():
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(_dashed_name(sys.argv[1:] if argv is None else list(argv)))
+    if getattr(a, "name", None):
+        a.name = [v.removeprefix(_DASHED) for v in a.name]
     try:
         _refuse_empty_paths(a)
         with _terminate_as_interrupt():
-            return a.func(a)
+            rc = a.func(a)
+        sys.stdout.flush()  # a closed pipe (itkm status | head) is met here, not at exit
+        return rc
     except ItkmError as exc:
-        print(f"itkm {a.command}: {exc}", file=sys.stderr)
+        print(f"itkm {a.command}: {shown(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _output_closed()
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        from .errors import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"itkm {a.command}: out of memory ({shown(exc, 200)}); lower data.extract_batch_size (and for "
+              "training the batch sizes: data.num_identities x data.num_instances, stage2.batch_size) in the "
+              "workspace's config.toml or with --set, or close other programs, then run it again", file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
@@ -616,6 +727,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"itkm {a.command}: cannot write{where}: {exc.strerror or exc} ({advice}; "
               "files that were being written are unchanged)", file=sys.stderr)
         return 2
+
+
+def _output_closed() -> int:
+    """The reader of our standard output went away (``itkm status | head``): like other command
+    line tools, stop quietly with status 141 (128 + SIGPIPE).  Standard output is pointed at
+    /dev/null so the interpreter's last flush does not fail again with a second message."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141
 
 
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,

@@ -8,6 +8,7 @@ about Qt.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,16 @@ class Match:
     similarity: float
     person_id: int
     identity: int
+
+
+def image_id_of(text) -> int | None:
+    """The number ``text`` spells when it can be an image (or identity) id: plain ASCII digits,
+    at most 18 of them (a database integer); ``None`` otherwise -- ``'²'`` is a digit to
+    ``str.isdigit`` but no number, and ``99999999999999999999`` fits no id."""
+    text = str(text)
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 18:
+        return None
+    return int(text)
 
 
 def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
@@ -243,11 +254,12 @@ class Session:
         if not len(ok):
             from .data.imageio import BadImage, load_rgb
 
+            shown = str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
             try:  # the loader only says "failed"; decode once more for the reason to show
                 load_rgb(path)
             except BadImage as exc:
-                raise ItkmError(f"cannot read {path}: {exc.reason}") from None
-            raise ItkmError(f"cannot read {path}: not an image, or damaged")
+                raise ItkmError(f"cannot read {shown}: {exc.reason}") from None
+            raise ItkmError(f"cannot read {shown}: not an image, or damaged")
         return feats[0], proj[0]
 
     def _known_row(self, path) -> int | None:
@@ -256,7 +268,10 @@ class Session:
         with self._lock:
             if getattr(self, "_path_rows", None) is None or len(self._path_rows) != len(images):
                 self._path_rows = {p: i for i, p in enumerate(images.path)}
-        r = self._path_rows.get(str(Path(path).resolve())) if Path(path).exists() else None
+        r = None
+        if os.path.exists(path):  # False for any OSError (a name too long to be a file, ...)
+            with contextlib.suppress(OSError, RuntimeError):
+                r = self._path_rows.get(str(Path(path).resolve()))
         if r is None:
             r = self._path_rows.get(str(path))
         return r
@@ -347,8 +362,9 @@ class Session:
 
         images = self.images()
         text = str(token)
-        if text.isdigit() and images.index_of([int(text)])[0] >= 0:
-            return int(text)
+        number = image_id_of(text)
+        if number is not None and images.index_of([number])[0] >= 0:
+            return number
         cache = getattr(self, "_token_rows", None)
         if cache is None or cache[0] is not images:
             rows: dict[str, int] = {}
@@ -362,7 +378,8 @@ class Session:
         for c in cand:
             if c in cache[1]:
                 return int(images.id[cache[1][c]])
-        raise ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
+        shown = repr(text if len(text) <= 80 else text[:77] + "...")
+        raise ConstraintError(f"{shown} is not an image of this workspace: give an image id or the path of an ingested image")
 
     def constraints(self):
         from .workspace.decisions import load_constraints
@@ -427,7 +444,12 @@ class Session:
 
         moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
         table = self.identities()
-        ident = table.identity[np.searchsorted(table.image_id, moved)]
+        rows = rows_of(table.image_id, moved)
+        if (rows < 0).any():
+            raise ConstraintError(
+                f"image(s) {', '.join(map(str, moved[rows < 0][:5].tolist()))} are in no identity yet (added after the "
+                "last training round, or unreadable then); train a round first, or confirm/reject them one by one")
+        ident = table.identity[rows]
         if len(set(ident.tolist())) != 1:
             raise ConstraintError("the sightings to split off belong to different identities: pick them from one")
         members, _ = self._identity_members(int(ident[0]))

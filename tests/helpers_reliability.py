@@ -289,3 +289,19 @@ def one_line(rc: int, err: str, command: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.startswith(f"itkm {command}: ")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def cli_inproc(*args: str | os.PathLike) -> tuple[int, str, str]:
+    """``itkm ARGS`` in this process (a subprocess costs 1-2 s): (exit status, stdout, stderr).
+    A usage error (argparse's ``SystemExit``) comes back as its status like any other."""
+    import contextlib
+
+    from itkm_engine.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = main([os.fspath(a) for a in args])
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()

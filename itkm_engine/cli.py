@@ -269,7 +269,8 @@ def cmd_train(a) -> int:
 def cmd_status(a) -> int:
     from .workspace import Workspace
 
-    with Workspace.open(a.workspace, readonly=True) as ws:
+    # The reporter shows what opening does: an older workspace is upgraded (after a backup, named).
+    with Workspace.open(a.workspace, readonly=True, reporter=ConsoleReporter("status")) as ws:
         cams = ws.cameras()
         rounds = ws.rounds()
         latest = ws.latest_checkpoint()

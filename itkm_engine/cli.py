@@ -354,16 +354,44 @@ def cmd_query(a) -> int:
     return 0
 
 
+def _store_after_read(a, rep: Reporter, what: str, write) -> None:
+    """Keep what a read computed (the identities of the current model, an evaluation) with one
+    short writer open -- a read holds no writer lock while it works, so it runs beside the app or a
+    training run and on a read-only disk.  Where the workspace cannot be written now, say so and
+    go on: the answer printed is the same."""
+    from .errors import WorkspaceError, WorkspaceLockedError
+    from .workspace import Workspace
+
+    try:
+        with Workspace.open(a.workspace, reporter=rep) as ws:
+            write(ws)
+    except WorkspaceLockedError as exc:
+        holder = getattr(exc, "holder", None)
+        who = f" (pid {holder.pid})" if holder is not None else ""
+        rep.log(f"note: {what} not stored: another process{who} is writing the workspace; computed for this run only")
+    except WorkspaceError:
+        rep.log(f"note: {what} not stored: the workspace cannot be written here; computed for this run only")
+
+
+def _keep_identities(a, rep: Reporter, s) -> None:
+    table = s.unsaved_identities()
+    if table is not None:
+        _store_after_read(a, rep, "the identities",
+                          lambda ws: ws.save_identities(table.checkpoint, table.image_id, table.identity, table.confidence))
+
+
 def cmd_evaluate(a) -> int:
     from .evaluation import format_scores
 
     rep = ConsoleReporter("evaluate", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    with _session(a, readonly=True, reporter=rep) as s:  # a read: no writer lock (see _store_after_read)
         scores = s.evaluate(reporter=rep)
+        key = s.checkpoint_key()
     rep.done()
     if not scores:
         raise ItkmError("nothing to evaluate: no person with a known id is seen by two cameras (ids come from "
                         "the folder layout, e.g. market or sysu; ingest such a folder to score the model)")
+    _store_after_read(a, rep, "the evaluation", lambda ws: ws.save_metrics("evaluation", None, key, scores))
     _json_out(scores) if a.json else print(format_scores(scores))
     return 0
 
@@ -372,9 +400,10 @@ def cmd_export_tracks(a) -> int:
     from .export import export_tracks
 
     rep = ConsoleReporter("export", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_tracks(s, a.out, reporter=rep)
     rep.done()
+    _keep_identities(a, rep, s)
     print(f"{n} sightings written to {a.out}")
     return 0
 
@@ -383,9 +412,10 @@ def cmd_export_features(a) -> int:
     from .export import export_features
 
     rep = ConsoleReporter("export", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_features(s, a.out, reporter=rep)
     rep.done()
+    _keep_identities(a, rep, s)
     print(f"{n} feature rows written to {a.out}")
     return 0
 
@@ -414,7 +444,10 @@ def cmd_identities(a) -> int:
     if a.name:
         name = (_identity_number(a.name[0], "--name"), _text_arg(a.name[1], "the name"), _text_arg(a.note or "", "--note"))
     rep = ConsoleReporter("identities", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    # Listing and --review are reads: no writer lock (they work beside the app or a training run,
+    # and on a read-only disk); undo/redo/merge/split/name write.
+    reading = not (a.undo or a.redo or a.merge or a.split or a.name)
+    with _session(a, readonly=reading, reporter=rep) as s:
         if a.undo or a.redo:
             step = s.undo() if a.undo else s.redo()
             what = "undo" if a.undo else "redo"
@@ -438,6 +471,7 @@ def cmd_identities(a) -> int:
                      "path_a": images.path[images.index_of([p.image_a])[0]],
                      "path_b": images.path[images.index_of([p.image_b])[0]]} for p in q]
             _json_out(rows) if a.json else print_table(rows)
+            _keep_identities(a, rep, s)
             return 0
         summary = s.identity_summary(reporter=rep)
         names = s.identity_names()
@@ -447,6 +481,7 @@ def cmd_identities(a) -> int:
         for i, ident in zip(table.image_id.tolist(), table.identity.tolist()):
             n_conf[ident] = n_conf.get(ident, 0) + (i in confirmed)
         rep.done()
+    _keep_identities(a, rep, s)
     rows = [{"identity": x.identity, "name": names.get(x.identity, ("", ""))[0], "sightings": x.size,
              "confirmed": n_conf.get(x.identity, 0), "cameras": ",".join(x.cameras),
              "note": names.get(x.identity, ("", ""))[1]} for x in summary[: a.limit]]

@@ -99,6 +99,7 @@ class Session:
             self._features: FeatureSet | None = None
             self._index = None
             self._identities: IdentityTable | None = None
+            self._unsaved_identities: IdentityTable | None = None
             self._projection = None
             self._path_rows = None
 
@@ -333,8 +334,16 @@ class Session:
                     )
                     if not self.ws.readonly:
                         self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
+                    else:
+                        self._unsaved_identities = table
                     self._identities = table
             return self._obeying_decisions(self._identities)
+
+    def unsaved_identities(self) -> IdentityTable | None:
+        """The identities a read-only session computed in memory because the workspace had none
+        stored for its model (``None`` otherwise): a writer may keep them with
+        ``ws.save_identities(table.checkpoint, ...)`` so the next read does not compute them again."""
+        return self._unsaved_identities
 
     # -- the operator's decisions (itkm_engine/workspace/decisions.py, constraints.py, review.py) --
     def _obeying_decisions(self, table: IdentityTable) -> IdentityTable:

@@ -746,9 +746,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_out_of_memory(exc):
             raise
-        print(f"itkm {a.command}: out of memory ({shown(exc, 200)}); lower data.extract_batch_size (and for "
-              "training the batch sizes: data.num_identities x data.num_instances, stage2.batch_size) in the "
-              "workspace's config.toml or with --set, or close other programs, then run it again", file=sys.stderr)
+        # Training explains its own (trainer.train); this is extraction, a query, an export.
+        print(f"itkm {a.command}: out of memory ({shown(exc, 200)}); lower data.extract_batch_size in the "
+              "workspace's config.toml (the images embedded at once), or close other programs, then run it again; "
+              "nothing was changed", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:

@@ -156,3 +156,18 @@ def test_out_of_memory_before_the_first_epoch_restarts_the_same_round(fresh_ws, 
     rc, _, err = cli_inproc("train", fresh_ws)
     assert rc == 0, err
     assert _db(fresh_ws).execute("SELECT number, status FROM rounds").fetchall() == [(1, "done")]
+
+
+def test_out_of_memory_outside_training_is_one_line(trained_ws, monkeypatch):
+    """Extraction on a GPU too small for data.extract_batch_size: torch's OutOfMemoryError."""
+    import torch
+
+    from itkm_engine.session import Session
+
+    def too_big(self, reporter=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Session, "features", too_big)
+    rc, _, err = cli_inproc("extract", trained_ws)
+    line = one_line(rc, err, "extract")
+    assert "out of memory" in line and "data.extract_batch_size" in line, line

@@ -169,11 +169,11 @@ def _out_of_memory(ws, cfg: Config, device: torch.device, exc: BaseException, di
     what = " ".join(str(exc).split())[:160] or type(exc).__name__
     on = f"the {device.type.upper()}" if device.type != "cpu" else "the computer"
     if last is not None and last.status == "running":
-        after = (f"round {last.number} stopped in {where} and is kept: run the same command with a lower "
-                 f"{setting}, e.g. itkm train WORKSPACE {example} -- the round resumes after its last completed "
-                 "epoch with the smaller batch")
+        after = (f"round {last.number} stopped in {where} and is kept: lower {setting} and start training again "
+                 f"(itkm train WORKSPACE {example}) -- the round resumes after its last completed epoch with the "
+                 "smaller batch")
     else:
-        after = f"lower {setting}, e.g. itkm train WORKSPACE {example}, and run it again"
+        after = f"lower {setting} and start training again (itkm train WORKSPACE {example})"
     return NotEnoughMemoryError(f"{on} ran out of memory ({what}); {after}. Closing other programs also helps.")
 
 

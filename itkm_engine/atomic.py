@@ -75,7 +75,12 @@ def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = No
         with _atomic_open_by_path(path, mode, encoding, newline, folder) as fh:
             yield fh
         return
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        if folder is None:
+            raise
+        raise FolderChangedError(f"the folder {path.parent} is gone since it was checked; nothing was written") from None
     try:
         if folder is not None:
             st = os.fstat(dfd)

@@ -278,18 +278,27 @@ def ingest_folders(ws, session, folders: list[str], layout: str | None = None, s
 
 # -- Training ------------------------------------------------------------------------------------------
 
-def run_training(session, cfg, rounds: int, device: str, *, reporter):
-    """The training job: rounds in a child process (it writes the config and holds the writer lock
-    meanwhile; see ``itkm_engine.child_job``), then a refreshed session."""
+def run_training(session, request, *, reporter):
+    """The training job: ``request`` (an ``itkm_engine.train_request.TrainRequest``: what the user
+    chose) goes to the one training entry point in a child process, as ``itkm train`` would run
+    it -- the workspace's saved settings, checked with the lineage before config.toml is written;
+    the child holds the writer lock meanwhile (``itkm_engine.child_job``).  Then a refreshed
+    session with the settings the run saved."""
     from itkm_engine.child_job import run_child
+    from itkm_engine.errors import ItkmError
 
-    cfg.device = device
     try:
-        return run_child("train", session.ws, {"rounds": rounds, "device": device}, cfg=cfg, reporter=reporter,
-                         what="training", nice=CHILD_NICE)
+        return run_child("train", session.ws, {"request": request.to_json()}, reporter=reporter, what="training",
+                         nice=CHILD_NICE)
     finally:
         # whatever happened, the session must not serve a stale model or stale features
-        session.cfg = cfg
+        import_engine()
+        from itkm_engine.session import workspace_config
+
+        try:
+            session.cfg = workspace_config(session.ws)
+        except ItkmError:
+            pass  # a damaged config.toml: the session keeps its settings; training said why
         session.refresh()
 
 

@@ -24,7 +24,8 @@ import numpy as np
 __all__ = ["CHILD_NICE", "import_engine", "import_projection",
            # the window
            "warm_up", "probe_devices", "describe_device", "open_session", "make_demo_workspace", "read_rounds",
-           "read_images", "compute_in_child", "extract_features", "export_tracks", "follow_umask",
+           "read_images", "compute_in_child", "extract_features", "export_tracks", "follow_umask", "APP_OWNER",
+           "workspace_changes",
            # Cameras
            "camera_samples", "read_cameras", "read_rejects", "set_camera", "reset_cameras", "set_site",
            "ingest_plan", "ingest_folders",
@@ -147,6 +148,23 @@ def make_demo_workspace(demo_dir: Path, ws_dir: Path, identities: int = 60, *, r
     finally:
         ws.close()
     return ws_dir
+
+
+#: How the app names itself in a workspace's lock file while it writes (what a refused ``itkm``
+#: command says: "being written by pid N (itkm-app: adding camera folders)").
+APP_OWNER = "itkm-app"
+
+
+def workspace_changes(ws, session, since: dict | None, *, reporter):
+    """What another process changed since the stamp ``since`` (``Workspace.change_stamp``):
+    (the stamp now, the parts that changed, the process writing the workspace now or None).  The
+    session forgets what it derived from a changed part (off the GUI thread: it may wait for a
+    computation in progress)."""
+    stamp = ws.change_stamp()
+    changed = [] if since is None else [k for k in stamp if stamp[k] != since.get(k)]
+    if session is not None and {"images", "model"} & set(changed):
+        session.refresh()
+    return stamp, changed, ws.other_writer()
 
 
 def read_rounds(ws, *, reporter):

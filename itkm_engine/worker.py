@@ -184,7 +184,7 @@ def run(request: dict, reporter: Reporter) -> Any:
         return job(None, cfg, request.get("params") or {}, reporter)
     from .session import workspace_config  # torch (see job_train)
 
-    with Workspace.open(request["workspace"], reporter=reporter) as ws:
+    with Workspace.open(request["workspace"], reporter=reporter, owner=request.get("owner")) as ws:
         return job(ws, cfg or workspace_config(ws), request.get("params") or {}, reporter)
 
 

@@ -326,6 +326,19 @@ def cmd_query(a) -> int:
     return 0
 
 
+def _check_destination_first(a) -> None:
+    """An export's destination (and ``--device``) checked before the session loads torch: a folder,
+    a link or a user's image as OUT is refused at once, not after seconds of imports.  The export
+    checks it again where it writes."""
+    from .config_check import check_device_present
+    from .export import check_export_destination
+    from .workspace import Workspace
+
+    check_device_present(getattr(a, "device", None))
+    with Workspace.open(a.workspace, readonly=True) as ws:
+        check_export_destination(ws, a.out)
+
+
 def _store_after_read(a, rep: Reporter, what: str, write) -> None:
     """Keep what a read computed (the identities of the current model, an evaluation) with one
     short writer open -- a read holds no writer lock while it works, so it runs beside the app or a
@@ -371,6 +384,7 @@ def cmd_evaluate(a) -> int:
 def cmd_export_tracks(a) -> int:
     from .export import export_tracks
 
+    _check_destination_first(a)
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_tracks(s, a.out, reporter=rep)
@@ -383,6 +397,7 @@ def cmd_export_tracks(a) -> int:
 def cmd_export_features(a) -> int:
     from .export import export_features
 
+    _check_destination_first(a)
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_features(s, a.out, reporter=rep)
@@ -462,6 +477,7 @@ def cmd_identities(a) -> int:
 
 
 def cmd_export_onnx(a) -> int:
+    _check_destination_first(a)  # before onnx_export imports torch
     from .onnx_export import check_destination, check_onnx, export_onnx
 
     rep = ConsoleReporter("export", a.quiet)

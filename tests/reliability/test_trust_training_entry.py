@@ -83,14 +83,17 @@ def test_a_workspace_trained_on_a_gpu_works_on_a_computer_without_one(trained_ws
 
 
 # -- refusals are fast: no torch ------------------------------------------------------------------
-def test_a_bad_request_is_refused_without_importing_torch(trained_ws):
-    """A bad --set or another preset's model is answered before torch loads (it took the whole
-    torch import -- seconds, several on a busy machine -- to say 'stage1.epochs must be a whole
-    number')."""
+def test_a_bad_request_is_refused_without_importing_torch(trained_ws, demo_dir, tmp_path):
+    """A bad --set, another preset's model or an export over a folder or a user's image is
+    answered before torch loads (it took the whole torch import -- seconds, several on a busy
+    machine -- to say 'stage1.epochs must be a whole number')."""
     code = ("import sys; from itkm_engine.cli import main; "
             "rc = main(sys.argv[1:]); print('torch loaded' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
-    for args in (["--set", "stage1.epochs=two"], ["--preset", "quick"], ["--config", "/nonexistent.toml"]):
-        p = subprocess.run([sys.executable, "-c", code, "train", str(trained_ws), *args], env=CLI_ENV, cwd=REPO,
+    crop = next(demo_dir.rglob("*.jpg"))
+    for args in (["train", trained_ws, "--set", "stage1.epochs=two"], ["train", trained_ws, "--preset", "quick"],
+                 ["train", trained_ws, "--config", "/nonexistent.toml"], ["export-tracks", trained_ws, tmp_path],
+                 ["export-features", trained_ws, crop], ["export-onnx", trained_ws, crop]):
+        p = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=CLI_ENV, cwd=REPO,
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert p.stdout.strip() == "no torch", (args, p.stdout, p.stderr)

@@ -39,6 +39,7 @@ class ModelState:
     preset: str | None = None
     unfinished: int | None = None  # a stopped / interrupted round that can be resumed
     training: bool = False
+    text_off: str | None = None  # why this model cannot search by description (None: it can)
 
     @property
     def trained(self) -> bool:

@@ -153,12 +153,12 @@ class MainWindow(QMainWindow):
         self.ctx.deviceChanged.connect(lambda d: self.device_label.setText(f"Device: {d}"))
         self.ctx.workspaceChanged.connect(self._workspace_changed)
         self.ctx.sessionChanged.connect(lambda _s: self._update_actions())
+        self.ctx.sessionChanged.connect(lambda _s: self.refresh_model_state())  # text search needs its config
         self.ctx.modelStateChanged.connect(self._model_state_changed)
         self.ctx.modelChanged.connect(self.refresh_model_state)
         self.jobs.jobEnded.connect(lambda j: j.name == MODEL_STATE_JOB or self.refresh_model_state())
         self.panel("training").trainingChanged.connect(lambda _on: (self.refresh_model_state(),
                                                                      self._update_actions()))
-        self._etas: dict = {}
         self.panel("training").evaluated.connect(self._evaluated)
         self._make_actions()
         self._shortcut_filter = ShortcutsOverTextBoxes(
@@ -360,9 +360,13 @@ class MainWindow(QMainWindow):
     def _set_model_state(self, ws, rounds) -> None:
         if self.ctx.ws is not ws:
             return
+        from itkm_engine.text_search import workspace_reason
+
         state = ModelState.of(rounds)
         training = self.panel("training").is_training()
-        self.ctx.set_model_state(ModelState(state.round, state.preset, state.unfinished, training))
+        session = self.ctx.session
+        text_off = workspace_reason(rounds, session.cfg) if session is not None else None
+        self.ctx.set_model_state(ModelState(state.round, state.preset, state.unfinished, training, text_off))
 
     def _evaluated(self, scores: dict) -> None:
         from .widgets.eval_table import headline, pct
@@ -528,20 +532,19 @@ class MainWindow(QMainWindow):
         self._update_job_status()
 
     def _job_progress(self, job, e) -> None:
-        from .widgets.progress import EtaEstimator, format_eta
+        from .widgets.progress import PART_NAMES, format_eta
 
         if e.fraction is not None:
             self.job_bar.setValue(int(1000 * e.fraction))
-        label = job.name + (f": {e.stage}" if e.stage else "")
-        left = self._etas.setdefault(id(job), EtaEstimator()).update(e.fraction)
-        if left is not None and e.fraction is not None and e.fraction < 1:
-            label += f" · {format_eta(left)} left"
+        what = PART_NAMES.get(e.part, e.part) if e.part else e.stage
+        label = job.name + (f": {what}" if what else "")
+        # the engine's time left (itkm_engine/eta.py), the same the Training view and the CLI show
+        if e.eta_s is not None and e.fraction is not None and e.fraction < 1:
+            label += f" · {format_eta(e.eta_s)} left"
         self.job_label.setText(label)
 
     def _update_job_status(self) -> None:
         active = [j for j in self.jobs.active() if not getattr(j, "_quiet", False) and j.kind != "background"]
-        live = {id(j) for j in active}
-        self._etas = {k: v for k, v in self._etas.items() if k in live}
         if not active:
             self.job_label.setText("Idle")
             self.job_bar.hide()

@@ -293,11 +293,14 @@ def run_training(session, cfg, rounds: int, device: str, *, reporter):
         session.refresh()
 
 
-def read_training_history(ws, *, reporter):
-    """Rounds, epoch log, evaluation records, image count, and each round's checkpoint key
-    (evaluation records name the checkpoint by its content key)."""
+def read_training_history(ws, session=None, *, reporter):
+    """Rounds, epoch log, evaluation records, image count, each round's checkpoint key
+    (evaluation records name the checkpoint by its content key), each round's measured duration
+    (``{round: seconds}``, the trainer's ``round_time`` record) and the current model's key
+    (``None`` without a session): the untrained model's evaluation is shown too."""
     rounds = ws.rounds()
     keys = {}
+    current = None
     try:
         import_engine()  # torch: never imported by two threads at once
         from itkm_engine.model.checkpoint import checkpoint_key
@@ -305,9 +308,13 @@ def read_training_history(ws, *, reporter):
         for r in rounds:
             if r.checkpoint and os.path.exists(r.checkpoint):
                 keys[r.number] = checkpoint_key(r.checkpoint)
+        if session is not None:
+            current = session.checkpoint_key()
     except Exception:  # noqa: BLE001 - the history still shows without scores
         pass
-    return rounds, ws.epoch_log(), ws.metrics("evaluation"), ws.image_count(), keys
+    times = {int(m["round"]): float(m["values"]["seconds"]) for m in ws.metrics("round_time")
+             if m.get("round") is not None and isinstance(m.get("values"), dict) and "seconds" in m["values"]}
+    return rounds, ws.epoch_log(), ws.metrics("evaluation"), ws.image_count(), keys, times, current
 
 
 def evaluate(session, *, reporter) -> dict:

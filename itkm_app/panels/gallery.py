@@ -102,10 +102,18 @@ class GalleryPanel(Panel):
         self.text.returnPressed.connect(lambda: self.query_text(self.text.text()))
         search = QPushButton("Search")
         search.clicked.connect(lambda: self.query_text(self.text.text()))
+        self.search_btn = search
         tbox = QGroupBox("Describe a person")
-        tl = QHBoxLayout(tbox)
+        tcol = QVBoxLayout(tbox)
+        tl = QHBoxLayout()
         tl.addWidget(self.text, 1)
         tl.addWidget(search)
+        tcol.addLayout(tl)
+        # where the model's text tower is random, text search is off and this says why and how to get it
+        self.text_off = QLabel("")
+        self.text_off.setWordWrap(True)
+        self.text_off.hide()
+        tcol.addWidget(self.text_off)
         self.top_k = QSpinBox()
         self.top_k.setRange(5, 1000)
         self.top_k.setSingleStep(10)
@@ -183,7 +191,17 @@ class GalleryPanel(Panel):
         ctx.sessionChanged.connect(lambda _s: self._reset())
         ctx.modelChanged.connect(self.rerun)
         ctx.identitiesChanged.connect(lambda _t: self._refresh_identity_badges())
+        ctx.modelStateChanged.connect(self._model_state_changed)
         self._reset()
+
+    def _model_state_changed(self, state) -> None:
+        """Text search on or off, with the reason (``itkm_engine/text_search.py``)."""
+        reason = state.text_off if state is not None else None
+        for w in (self.text, self.search_btn):
+            w.setEnabled(reason is None)
+        self.text_off.setText(reason or "")
+        self.text_off.setVisible(reason is not None)
+        self.text.setPlaceholderText("text search is off (see below)" if reason else "e.g. a person in a red jacket")
 
     # -- state ---------------------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -249,7 +267,8 @@ class GalleryPanel(Panel):
     def query_text(self, text: str) -> None:
         session = self.ctx.session
         text = (text or "").strip()
-        if session is None or not text:
+        state = self.ctx.model_state
+        if session is None or not text or (state is not None and state.text_off):
             return
         self.query = ("text", text)
         self.query_image.clear()

@@ -411,7 +411,7 @@ def cmd_identities(a) -> int:
         if a.undo or a.redo:
             step = s.undo() if a.undo else s.redo()
             what = "undo" if a.undo else "redo"
-            print(f"{what}: step {step}" if step is not None else f"nothing to {what}")
+            print(f"{what}: {s.describe_step(step)} (step {step})" if step is not None else f"nothing to {what}")
             return 0
         if a.merge:
             print(f"identities {a.merge[0]} and {a.merge[1]} merged (step {s.merge_identities(*a.merge)})")

@@ -146,7 +146,7 @@ class Eta:
             while len(self.samples) > 2 and self.samples[1][0] < now - self.WINDOW_S:
                 self.samples.popleft()
             if self.parts:
-                cur = self._advance(fraction, now)
+                cur = self._advance(fraction, now, key)
                 value = self._planned(fraction, now, cur)
                 key = ("part", cur)
             else:
@@ -174,13 +174,17 @@ class Eta:
         return (1.0 - f) / ((f - f_a) / (now - t_a))
 
     # -- with a plan -----------------------------------------------------------------------------
-    def _advance(self, f: float, now: float) -> int:
-        """Index of the part ``f`` lies in; parts passed meanwhile end now (skipped ones: at once)."""
+    def _advance(self, f: float, now: float, name: object = None) -> int:
+        """Index of the part ``f`` lies in (at a boundary: the one the event names, ``name``);
+        parts passed meanwhile end now (skipped ones: at once)."""
         cur = len(self.parts) - 1
         for i, p in enumerate(self.parts):
             if f < p.hi:
                 cur = i
                 break
+        if cur > 0 and name is not None and self.parts[cur].name != name and self.parts[cur - 1].name == name \
+                and abs(f - self.parts[cur - 1].hi) < 1e-9 and (cur - 1) not in self._end:
+            cur -= 1  # the last event of a part ends exactly where the next one starts
         for i in range(cur):
             if i not in self._end:
                 self._start.setdefault(i, now)

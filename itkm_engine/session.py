@@ -396,6 +396,10 @@ class Session:
     def redo(self) -> int | None:
         return D.redo(self.ws)
 
+    def describe_step(self, step: int | None) -> str:
+        """What an undo step holds, in words (``workspace/decisions.describe_step``)."""
+        return D.describe_step(self.ws, step)
+
     def _identity_members(self, identity: int) -> tuple[np.ndarray, np.ndarray]:
         table = self.identities()
         ids = table.image_id[table.identity == int(identity)]

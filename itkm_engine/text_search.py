@@ -22,16 +22,18 @@ from dataclasses import asdict, is_dataclass
 from .errors import ItkmError
 
 __all__ = ["TextSearchUnavailable", "CLIP_WEIGHT_TOWERS", "text_tower_pretrained", "unavailable_reason",
-           "workspace_reason", "OFF_SENTENCE"]
+           "workspace_reason", "OFF_SENTENCE", "HOW_CLI", "HOW_APP"]
 
 #: ``ModelConfig.tower`` values whose model loads CLIP's pretrained weights, text tower included.
 CLIP_WEIGHT_TOWERS = ("clip",)
 
 #: The one sentence the app and the CLI show when text search is off.
 OFF_SENTENCE = ("Text search is off: this model's CLIP text tower has no pretrained weights ({why}), so a "
-                "description would rank the images at random; to search by description, train a workspace "
-                "with --preset full (ViT-B-16 with OpenAI's CLIP weights: downloaded once, or a local file "
-                "given with --weights PATH).")
+                "description would rank the images at random; to search by description, {how}.")
+HOW_CLI = ("train a workspace with --preset full (ViT-B-16 with OpenAI's CLIP weights: downloaded once, or a "
+           "local file given with --weights PATH)")
+HOW_APP = ("train a workspace with the Full preset (ViT-B-16 with OpenAI's CLIP weights, downloaded once; "
+           "itkm train --preset full --weights PATH takes a local file)")
 
 
 class TextSearchUnavailable(ItkmError):
@@ -53,8 +55,9 @@ def text_tower_pretrained(model_cfg) -> bool:
     return d.get("tower", "clip") in CLIP_WEIGHT_TOWERS and bool(d.get("weights") or d.get("pretrained"))
 
 
-def unavailable_reason(model_cfg, preset: str | None = None) -> str | None:
-    """``None`` when text search works with this model, else the sentence that says why not."""
+def unavailable_reason(model_cfg, preset: str | None = None, *, app: bool = False) -> str | None:
+    """``None`` when text search works with this model, else the sentence that says why not (and
+    how to get it: worded for the command line, or with ``app`` for the desktop app)."""
     if text_tower_pretrained(model_cfg):
         return None
     d = _as_dict(model_cfg)
@@ -62,17 +65,17 @@ def unavailable_reason(model_cfg, preset: str | None = None) -> str | None:
         why = f"the {preset} preset's is random" if preset else "its image tower is not CLIP's, its text tower random"
     else:
         why = f"the {preset} preset starts from random weights" if preset else "it starts from random weights"
-    return OFF_SENTENCE.format(why=why)
+    return OFF_SENTENCE.format(why=why, how=HOW_APP if app else HOW_CLI)
 
 
-def workspace_reason(rounds, cfg) -> str | None:
+def workspace_reason(rounds, cfg, *, app: bool = False) -> str | None:
     """:func:`unavailable_reason` for the model a workspace serves: the last finished round's
     (its stored settings), else the untrained model of ``cfg`` (a ``Config``)."""
     done = [r for r in rounds if r.status == "done" and r.config_json]
     if done:
         try:
             stored = json.loads(done[-1].config_json)
-            return unavailable_reason(stored.get("model", {}), stored.get("preset"))
+            return unavailable_reason(stored.get("model", {}), stored.get("preset"), app=app)
         except (ValueError, AttributeError, TypeError):
             pass
-    return unavailable_reason(getattr(cfg, "model", None), getattr(cfg, "preset", None))
+    return unavailable_reason(getattr(cfg, "model", None), getattr(cfg, "preset", None), app=app)

@@ -154,7 +154,7 @@ class TrainingPanel(Panel):
         split.addWidget(self.curves)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([560, 1040])
+        split.setSizes([500, 1100])  # the charts get the room: at 1024 px the column keeps its minimum
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
         self._rounds: list | None = None  # None until the workspace's history has been read
@@ -243,12 +243,11 @@ class TrainingPanel(Panel):
         m = self.history_model
         m.clear()
         # the scores first: they are what the table is read for (they hid behind a scrollbar)
-        cols = ["Round", "Status", "mAP %", "R1 %", "Scored on", "Took", "Clusters", "Precision", "ARI"]
+        cols = ["Round", "Status", "mAP %", "R1 %", "Took", "Clusters", "Precision", "ARI"]
         m.setHorizontalHeaderLabels(cols)
-        m.horizontalHeaderItem(2).setToolTip("Headline evaluation: cross-camera protocol, all queries")
-        m.horizontalHeaderItem(4).setToolTip("Images with a person id the scores were computed on; scores of "
-                                             "rounds scored on different sets (†) do not compare")
-        m.horizontalHeaderItem(5).setToolTip("Time the round ran (time the app was closed is not counted): "
+        m.horizontalHeaderItem(2).setToolTip("Headline evaluation: cross-camera protocol, all queries. † scored on "
+                                             "another image set than the round above: the scores do not compare")
+        m.horizontalHeaderItem(4).setToolTip("Time the round ran (time the app was closed is not counted): "
                                              "the duration the log's 'round N done in ...' says")
         # the current model's evaluation: the last finished round's, or the untrained model's
         latest_eval = eval_by_ckpt.get(current_key, {}) if current_key else {}
@@ -280,7 +279,6 @@ class TrainingPanel(Panel):
                 r.status + (f" ({r.stage} {r.epoch})" if r.status != "done" and r.stage else ""),
                 _num(ev.get("mAP"), 1, pct=True) + mark if ev else "",
                 _num(ev.get("rank1"), 1, pct=True) + mark if ev else "",
-                f"{int(scored):,}{mark}" if isinstance(scored, (int, float)) else "",
                 took,
                 _num(v.get("n_clusters"), 0),
                 _num(v.get("precision"), 3),
@@ -291,6 +289,8 @@ class TrainingPanel(Panel):
                    f"\noutliers {_num(v.get('n_outliers'), 0)}\ncheckpoint {ckpt_name or '-'}")
             if ev:
                 tip += f"\nevaluation: {eval_table.headline_text(rec)}"
+                if isinstance(scored, (int, float)):
+                    tip += f"\nscored on {int(scored):,} images with a person id"
             for i, it in enumerate(items):
                 it.setToolTip(tip)
                 if i >= 2:

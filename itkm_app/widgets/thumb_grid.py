@@ -31,7 +31,7 @@ SAME_PERSON_COLOR = "#2ca02c"
 def badge_legend() -> str:
     """What the tiles' marks mean, for a line under a grid (rich text)."""
     scen = " · ".join(f"<b>{short}</b> {name}" for name, short in SCENARIO_SHORT.items())
-    groups = " ".join(f"<b>{short}</b>" for short in GROUP_SHORT.values() if short)
+    groups = ", ".join(f"<b>{short}</b> {name}" for name, short in GROUP_SHORT.items() if short)
     must, cannot = DECISION_MARKS["must"], DECISION_MARKS["cannot"]
     return (f"{scen}; groups {groups} · <b>#N</b> identity (and its name) · "
             f"<span style='color:{SAME_PERSON_COLOR}'><b>green frame ✓</b></span> the query's person by the labels · "

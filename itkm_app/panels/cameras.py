@@ -222,7 +222,7 @@ class CamerasPanel(Panel):
     def _update_hint(self) -> None:
         block = self.edit_block()
         self.hint.setText(block or self.HINT)
-        self.hint.setEnabled(not block)  # a reason reads in full colour, the usual hint greyed
+        self.hint.setEnabled(bool(block))  # a reason reads in full colour, the usual hint greyed
 
     def _double_clicked(self, index) -> None:
         col = self.proxy.mapToSource(index).column()

@@ -98,7 +98,7 @@ class IdentitiesPanel(Panel):
         split.addWidget(left)
         split.addWidget(right)
         split.setStretchFactor(1, 1)
-        split.setSizes([540, 740])
+        split.setSizes([620, 980])
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
         ctx.workspaceChanged.connect(lambda _w: self._reset())

@@ -154,7 +154,7 @@ class TrainingPanel(Panel):
         split.addWidget(self.curves)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([500, 1100])  # the charts get the room: at 1024 px the column keeps its minimum
+        split.setSizes([620, 980])  # at 1024 px the column keeps its minimum and the charts get the rest
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
         self._rounds: list | None = None  # None until the workspace's history has been read

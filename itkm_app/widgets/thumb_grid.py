@@ -37,7 +37,7 @@ def badge_legend() -> str:
             f"<span style='color:{SAME_PERSON_COLOR}'><b>green frame ✓</b></span> the query's person by the labels · "
             f"<span style='background:{must[1]};color:white'>&nbsp;<b>{must[0]} {must[2]}</b>&nbsp;</span> "
             f"<span style='background:{cannot[1]};color:white'>&nbsp;<b>{cannot[0]} {cannot[2]}</b>&nbsp;</span> "
-            "your decisions")
+            "your decisions (a band across the crop)")
 
 
 @dataclass
@@ -230,7 +230,7 @@ class ThumbDelegate(QStyledItemDelegate):
 
 #: The operator's decisions: (mark, colour, words).  Drawn as a solid band across the crop's foot,
 #: unlike the labels' small round tick in the top-right corner (the two were the same mark there).
-DECISION_MARKS = {"must": ("\u2713", "#2e7d32", "you: same"), "cannot": ("\u2717", "#c62828", "you: not")}
+DECISION_MARKS = {"must": ("\u2713", "#2e7d32", "same"), "cannot": ("\u2717", "#c62828", "not")}
 
 
 def decision_rect(img_rect: QRect, fm) -> QRect:
@@ -246,6 +246,8 @@ def paint_decision(painter: QPainter, img_rect: QRect, decision: str, fm=None) -
     mark, colour, words = DECISION_MARKS.get(decision, ("?", theme.MUTED, "?"))
     f = QFont(painter.font())
     f.setBold(True)
+    if f.pointSizeF() > 0:
+        f.setPointSizeF(f.pointSizeF() * 0.9)
     painter.setFont(f)
     fm = QFontMetrics(f)
     rect = decision_rect(img_rect, fm)

@@ -48,6 +48,12 @@ class ConsoleReporter(Reporter):
         super().__init__(self._event, self._log, job=job)
 
     def _event(self, e: ProgressEvent) -> None:
+        # Progress and messages never stop the work: a closed log pipe (itkm train 2>&1 | head)
+        # only ends the log.
+        with contextlib.suppress(BrokenPipeError):
+            self._show_event(e)
+
+    def _show_event(self, e: ProgressEvent) -> None:
         if self._quiet:
             return
         now = time.monotonic()
@@ -82,6 +88,10 @@ class ConsoleReporter(Reporter):
             print(line, file=sys.stderr, flush=True)
 
     def _log(self, m: LogMessage) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._show_log(m)
+
+    def _show_log(self, m: LogMessage) -> None:
         if self._quiet and m.level in ("debug", "info"):
             return
         if self._tty:
@@ -91,8 +101,38 @@ class ConsoleReporter(Reporter):
 
     def done(self) -> None:
         if self._tty and not self._quiet:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+            with contextlib.suppress(BrokenPipeError):
+                sys.stderr.write("\r\033[K")
+                sys.stderr.flush()
+
+
+#: Characters that would steer the terminal or hide text: bidirectional overrides and isolates.
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(value, limit: int | None = None) -> str:
+    """``value`` as text that is safe to print to a terminal on one line: control characters
+    (ESC, newline, ...), bidirectional overrides and the bytes of a non-UTF-8 name (surrogate
+    escapes) become visible escapes (``\\x1b``, ``\\n``, ``\\xff``); everything else is kept.
+    ``limit``: at most that many characters (a 5,000-digit argument is not echoed whole)."""
+    text = str(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0xD800 <= o <= 0xDFFF or ch in _BIDI:
+            out.append(f"\\u{o:04x}")
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(_NAMED.get(ch, f"\\x{o:02x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def print_table(rows: list[dict], cols: list[str] | None = None) -> None:
@@ -100,7 +140,7 @@ def print_table(rows: list[dict], cols: list[str] | None = None) -> None:
         print("(none)")
         return
     cols = cols or list(rows[0].keys())
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    cells = [[("" if r.get(c) is None else shown(r.get(c))) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     print("  ".join("-" * w for w in widths))
@@ -128,6 +168,7 @@ def cmd_ingest(a) -> int:
     from .data.ingest import ingest
     from .workspace import Workspace
 
+    _text_arg(a.site, "--site")
     rep = ConsoleReporter("ingest", a.quiet)
     with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
         try:
@@ -144,6 +185,7 @@ def cmd_ingest(a) -> int:
 
 
 def cmd_cameras(a) -> int:
+    from .data.imageio import relpath_to_text
     from .workspace import Workspace
 
     with Workspace.open(a.workspace, readonly=not a.set, reporter=ConsoleReporter("cameras")) as ws:
@@ -160,10 +202,12 @@ def cmd_cameras(a) -> int:
                     raise ItkmError(f"unknown camera setting {k!r}; use scenario=..., group=... and/or site=...")
                 kw[k] = v
             site = kw.pop("site", None)
+            # A camera named after a folder whose name is not UTF-8 is stored in its text form
+            # (relpath_to_text); typed as the folder's raw bytes it finds that camera.
             if kw:
-                ws.set_camera(cam, **kw)
+                ws.set_camera(relpath_to_text(cam), **kw)
             if site is not None:
-                _set_camera_site(ws, cam, site)
+                _set_camera_site(ws, relpath_to_text(cam), site)
         rows = [
             {"camera": c.name, "images": c.n_images, "missing": c.n_missing, "rejected": c.n_rejected,
              "scenario": c.scenario, "group": c.group, "site": sites.get(c.name, ""),
@@ -188,8 +232,8 @@ def _set_camera_site(ws, cam: str, site: str) -> None:
     ws.set_source_site(me.source_id, site)
     others = sorted(c.name for c in cams if c.source_id == me.source_id and c.name != cam)
     root = next((str(s.root) for s in ws.sources() if s.id == me.source_id), "?")
-    print(f"site of {root} set to {site!r}" + (f" (its cameras {', '.join([cam] + others)})" if others else
-                                                 f" (camera {cam})"))
+    print(f"site of {shown(root)} set to {shown(repr(site))}" + (
+        f" (its cameras {shown(', '.join([cam] + others))})" if others else f" (camera {shown(cam)})"))
 
 
 def _config_for(ws, a):
@@ -252,7 +296,8 @@ def cmd_train(a) -> int:
 def cmd_status(a) -> int:
     from .workspace import Workspace
 
-    with Workspace.open(a.workspace, readonly=True) as ws:
+    # The reporter shows what opening does: an older workspace is upgraded (after a backup, named).
+    with Workspace.open(a.workspace, readonly=True, reporter=ConsoleReporter("status")) as ws:
         cams = ws.cameras()
         rounds = ws.rounds()
         latest = ws.latest_checkpoint()
@@ -314,7 +359,7 @@ def cmd_extract(a) -> int:
 
 
 def cmd_query(a) -> int:
-    from .session import QueryFilter
+    from .session import QueryFilter, image_id_of
 
     rep = ConsoleReporter("query", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:
@@ -332,8 +377,8 @@ def cmd_query(a) -> int:
         s.features(reporter=rep)
         if a.text:
             matches = s.query_text(a.image, k=a.top_k, filters=filters)
-        elif a.image.isdigit() and not Path(a.image).exists():
-            matches = s.query_image(int(a.image), k=a.top_k, filters=filters, rerank=a.rerank)
+        elif image_id_of(a.image) is not None and not Path(a.image).exists():
+            matches = s.query_image(image_id_of(a.image), k=a.top_k, filters=filters, rerank=a.rerank)
         else:
             matches = s.query_file(a.image, k=a.top_k, filters=filters, rerank=a.rerank)
         rep.done()
@@ -351,16 +396,44 @@ def cmd_query(a) -> int:
     return 0
 
 
+def _store_after_read(a, rep: Reporter, what: str, write) -> None:
+    """Keep what a read computed (the identities of the current model, an evaluation) with one
+    short writer open -- a read holds no writer lock while it works, so it runs beside the app or a
+    training run and on a read-only disk.  Where the workspace cannot be written now, say so and
+    go on: the answer printed is the same."""
+    from .errors import WorkspaceError, WorkspaceLockedError
+    from .workspace import Workspace
+
+    try:
+        with Workspace.open(a.workspace, reporter=rep) as ws:
+            write(ws)
+    except WorkspaceLockedError as exc:
+        holder = getattr(exc, "holder", None)
+        who = f" (pid {holder.pid})" if holder is not None else ""
+        rep.log(f"note: {what} not stored: another process{who} is writing the workspace; computed for this run only")
+    except WorkspaceError:
+        rep.log(f"note: {what} not stored: the workspace cannot be written here; computed for this run only")
+
+
+def _keep_identities(a, rep: Reporter, s) -> None:
+    table = s.unsaved_identities()
+    if table is not None:
+        _store_after_read(a, rep, "the identities",
+                          lambda ws: ws.save_identities(table.checkpoint, table.image_id, table.identity, table.confidence))
+
+
 def cmd_evaluate(a) -> int:
     from .evaluation import format_scores
 
     rep = ConsoleReporter("evaluate", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    with _session(a, readonly=True, reporter=rep) as s:  # a read: no writer lock (see _store_after_read)
         scores = s.evaluate(reporter=rep)
+        key = s.checkpoint_key()
     rep.done()
     if not scores:
         raise ItkmError("nothing to evaluate: no person with a known id is seen by two cameras (ids come from "
                         "the folder layout, e.g. market or sysu; ingest such a folder to score the model)")
+    _store_after_read(a, rep, "the evaluation", lambda ws: ws.save_metrics("evaluation", None, key, scores))
     _json_out(scores) if a.json else print(format_scores(scores))
     return 0
 
@@ -369,9 +442,10 @@ def cmd_export_tracks(a) -> int:
     from .export import export_tracks
 
     rep = ConsoleReporter("export", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_tracks(s, a.out, reporter=rep)
     rep.done()
+    _keep_identities(a, rep, s)
     print(f"{n} sightings written to {a.out}")
     return 0
 
@@ -380,9 +454,10 @@ def cmd_export_features(a) -> int:
     from .export import export_features
 
     rep = ConsoleReporter("export", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_features(s, a.out, reporter=rep)
     rep.done()
+    _keep_identities(a, rep, s)
     print(f"{n} feature rows written to {a.out}")
     return 0
 
@@ -406,8 +481,15 @@ def cmd_reject(a) -> int:
 
 
 def cmd_identities(a) -> int:
+    if a.note is not None and not a.name:
+        raise ItkmError("--note goes with --name: itkm identities WORKSPACE --name X NAME --note TEXT")
+    if a.name:
+        name = (_identity_number(a.name[0], "--name"), _text_arg(a.name[1], "the name"), _text_arg(a.note or "", "--note"))
     rep = ConsoleReporter("identities", a.quiet)
-    with _session(a, readonly=False, reporter=rep) as s:
+    # Listing and --review are reads: no writer lock (they work beside the app or a training run,
+    # and on a read-only disk); undo/redo/merge/split/name write.
+    reading = not (a.undo or a.redo or a.merge or a.split or a.name)
+    with _session(a, readonly=reading, reporter=rep) as s:
         if a.undo or a.redo:
             step = s.undo() if a.undo else s.redo()
             what = "undo" if a.undo else "redo"
@@ -420,8 +502,8 @@ def cmd_identities(a) -> int:
             print(f"{len(a.split)} sightings split off into a new identity (step {s.split_identity(a.split)})")
             return 0
         if a.name:
-            ident, name = int(a.name[0]), a.name[1]
-            print(f"identity {ident} named {name!r} (step {s.name_identity(ident, name, a.note or '')})")
+            ident, text, note = name
+            print(f"identity {ident} named {shown(repr(text))} (step {s.name_identity(ident, text, note)})")
             return 0
         if a.review:
             q = s.review_queue(a.review)
@@ -432,8 +514,9 @@ def cmd_identities(a) -> int:
                             "cross_scenario": p.cross_scenario,
                             "path_a": images.path[images.index_of([p.image_a])[0]],
                             "path_b": images.path[images.index_of([p.image_b])[0]]} for p in q])
-                return 0
-            _print_review(a.workspace, q, images)
+            else:
+                _print_review(a.workspace, q, images)
+            _keep_identities(a, rep, s)
             return 0
         summary = s.identity_summary(reporter=rep)
         names = s.identity_names()
@@ -443,6 +526,7 @@ def cmd_identities(a) -> int:
         for i, ident in zip(table.image_id.tolist(), table.identity.tolist()):
             n_conf[ident] = n_conf.get(ident, 0) + (i in confirmed)
         rep.done()
+    _keep_identities(a, rep, s)
     rows = [{"identity": x.identity, "name": names.get(x.identity, ("", ""))[0], "sightings": x.size,
              "confirmed": n_conf.get(x.identity, 0), "cameras": ",".join(x.cameras),
              "note": names.get(x.identity, ("", ""))[1]} for x in summary[: a.limit]]
@@ -458,7 +542,7 @@ def _print_review(workspace: str, queue, images) -> None:
     if not queue:
         print("nothing to review: every candidate pair has been decided")
         return
-    cam = dict(zip(images.id.tolist(), (str(c) for c in images.camera)))
+    cam = dict(zip(images.id.tolist(), (shown(c, 40) for c in images.camera)))
     boundary = queue[0].boundary
     print(f"{len(queue)} pairs nearest the decision boundary (similarity {boundary:.3f}, midway between pairs the "
           "identities put together and pairs they keep apart), pairs across scenarios first:")
@@ -594,15 +678,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("identities", cmd_identities, "list identities; merge, split, name them; undo/redo decisions; review queue")
     act = sp.add_mutually_exclusive_group()
-    act.add_argument("--merge", nargs=2, type=int, metavar=("X", "Y"), help="identities X and Y are one person")
+    act.add_argument("--merge", nargs=2, type=_identity_type, metavar=("X", "Y"), help="identities X and Y are one person")
     act.add_argument("--split", nargs="+", metavar="IMAGE", help="these sightings (ids or paths) become a new identity")
-    act.add_argument("--name", nargs=2, metavar=("X", "NAME"), help="name identity X (use --note for a note)")
+    act.add_argument("--name", nargs=2, metavar=("X", "NAME"), help="name identity X (use --note for a note; "
+                     "a name that starts with '-': --name X -- -NAME)")
     act.add_argument("--undo", action="store_true", help="undo the last decision (a merge/split/selection is one)")
     act.add_argument("--redo", action="store_true", help="redo the last undone decision")
-    act.add_argument("--review", type=int, metavar="N", help="the N pairs nearest the decision boundary (across "
-                     "scenarios first), with the itkm confirm / reject command that decides one")
-    sp.add_argument("--note", help="note stored with --name")
-    sp.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs nearest the decision boundary "
+                     "(across scenarios first), with the itkm confirm / reject command that decides one")
+    sp.add_argument("--note", help="note stored with --name (only with --name; one starting with '-': --note=-TEXT)")
+    sp.add_argument("--limit", type=_positive_int, default=50, help="rows to list (default 50)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--device")
 
@@ -633,6 +718,53 @@ def _positive_int(text: str) -> int:
 def _non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0."""
     return _whole_number(text, 0)
+
+
+def _identity_number(text: str, what: str = "an identity") -> int:
+    """An identity number as typed (plain ASCII digits, at most 18 of them); else one line."""
+    from .session import image_id_of
+
+    value = image_id_of(text)
+    if value is None:
+        raise ItkmError(f"{what}: {shown(repr(text), 60)} is not an identity number (a whole number from "
+                        "'itkm identities WORKSPACE')")
+    return value
+
+
+def _identity_type(text: str) -> int:
+    """argparse type of ``--merge``'s identity numbers."""
+    try:
+        return _identity_number(text)
+    except ItkmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _text_arg(value: str | None, what: str) -> str | None:
+    """A text argument (a name, a note, a site) that must be UTF-8 text: bytes that are not (a
+    Latin-1 terminal, a script) come in as surrogate escapes and are refused in one line before
+    anything is written (SQLite would refuse them half-way through)."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ItkmError(f"{what} {shown(repr(value), 80)} is not UTF-8 text; type it again in a UTF-8 terminal") from None
+    return value
+
+
+def _dashed_name(argv: list[str]) -> list[str]:
+    """``identities ... --name X -- -NAME``: a name that starts with ``-`` (argparse would take it
+    for an option).  The ``--`` and the name become one value argparse keeps as it is."""
+    out, i = list(argv), 0
+    while i < len(out) - 3:
+        if out[i] == "--name" and out[i + 2] == "--":
+            out[i + 2 : i + 4] = [_DASHED + out[i + 3]]
+        i += 1
+    return out
+
+
+#: Marks a value that followed ``--`` (argv can never hold a NUL character).
+_DASHED = "\0"
 
 
 #: Positional path arguments; an empty one would otherwise mean the current folder ("" -> ".").
@@ -674,17 +806,33 @@ def _terminate_as_interrupt():
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(_dashed_name(sys.argv[1:] if argv is None else list(argv)))
+    if getattr(a, "name", None):
+        a.name = [v.removeprefix(_DASHED) for v in a.name]
     try:
         _refuse_empty_paths(a)
         with _terminate_as_interrupt():
-            return a.func(a)
+            rc = a.func(a)
+        sys.stdout.flush()  # a closed pipe (itkm status | head) is met here, not at exit
+        return rc
     except ItkmError as exc:
-        print(f"itkm {a.command}: {exc}", file=sys.stderr)
+        print(f"itkm {a.command}: {shown(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _output_closed()
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        from .errors import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        # Training explains its own (trainer.train); this is extraction, a query, an export.
+        print(f"itkm {a.command}: out of memory ({shown(exc, 200)}); lower data.extract_batch_size in the "
+              "workspace's config.toml (the images embedded at once), or close other programs, then run it again; "
+              "nothing was changed", file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
@@ -698,6 +846,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"itkm {a.command}: cannot write{where}: {exc.strerror or exc} ({advice}; "
               "files that were being written are unchanged)", file=sys.stderr)
         return 2
+
+
+def _output_closed() -> int:
+    """The reader of our standard output went away (``itkm status | head``): like other command
+    line tools, stop quietly with status 141 (128 + SIGPIPE).  Standard output is pointed at
+    /dev/null so the interpreter's last flush does not fail again with a second message."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 141
 
 
 _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,

@@ -49,5 +49,24 @@ class TrainingDivergedError(ItkmError):
     its last good epoch."""
 
 
+class NotEnoughMemoryError(ItkmError):
+    """A job ran out of memory; the message names the setting to lower (and, for training, that
+    the round resumes from its last completed epoch)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the allocator giving up: ``MemoryError``, torch's (CUDA)
+    ``OutOfMemoryError``, or the ``RuntimeError`` torch's CPU allocator raises ("can't allocate
+    memory").  Looked at by name and text, so nothing here imports torch."""
+    if isinstance(exc, NotEnoughMemoryError):
+        return False  # already explained
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(exc, RuntimeError):
+        low = str(exc).lower()
+        return "out of memory" in low or "can't allocate memory" in low or "cannot allocate memory" in low
+    return False
+
+
 class Cancelled(Exception):
     """A job stopped because its cancel token was set. Not an error: state is resumable."""

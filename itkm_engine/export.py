@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_open
+from .atomic import TMP_PREFIX, atomic_open, folder_id
 from .data.imageio import relpath_to_text
 from .data.timestamps import is_derived, seconds_from_start, time_source
 from .errors import ItkmError
@@ -74,8 +74,17 @@ def check_export_destination(ws, out: str | os.PathLike) -> Path:
     Allowed: a new name, or an existing *regular* file (replaced atomically, keeping its mode).
     Refused with :class:`ExportDestinationError`: an empty name; folders, symbolic links, FIFOs,
     devices, sockets; anything inside a folder the workspace ingested (the user's images); anything
-    inside the workspace folder except its ``exports/`` folder.
+    inside the workspace folder except its ``exports/`` folder, which must be a real folder (not a
+    link), and there no name starting ``.tmp-`` (the workspace's temporaries).
     """
+    return export_destination(ws, out)[0]
+
+
+def export_destination(ws, out: str | os.PathLike) -> tuple[Path, tuple[int, int]]:
+    """:func:`check_export_destination`, and the identity of the folder it checked
+    (:func:`~itkm_engine.atomic.folder_id`): pass it to ``atomic_open(..., folder=...)``, which
+    writes into that folder only, so a folder swapped for a link after the check is refused
+    instead of followed.  The workspace's ``exports/`` is created here when missing."""
     text = os.fspath(out) if out is not None else ""
     if not str(text).strip():
         raise ExportDestinationError("no output file given; name a new file, e.g. tracks.csv")
@@ -89,24 +98,42 @@ def check_export_destination(ws, out: str | os.PathLike) -> Path:
     if st is not None and not stat.S_ISREG(st.st_mode):
         what = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
         raise ExportDestinationError(f"{path} is {what}; write the export to a new file name or over a regular file")
+    ws_root = Path(os.path.realpath(ws.path))
+    exports = ws_root / ws.exports_dir.name  # the real folder exports/ of the real workspace, never a link
+    through_exports = _inside(path, Path(os.path.abspath(ws.exports_dir))) or _inside(path, exports)
+    if through_exports and os.path.islink(ws.exports_dir):
+        raise ExportDestinationError(
+            f"{ws.exports_dir} is a symbolic link (to {os.readlink(ws.exports_dir)}), not a folder: exports inside "
+            "the workspace go only to its real exports/ folder. Remove the link (ITKM Studio makes the folder), or "
+            "write the export outside the workspace")
     parent = Path(os.path.realpath(path.parent))
-    exports = Path(os.path.realpath(ws.exports_dir))
-    if not parent.is_dir() and parent != exports:  # the workspace's exports/ is made on first use
+    if not parent.is_dir() and parent == exports and not os.path.lexists(exports):
+        try:  # the workspace's exports/ is made on first use
+            exports.mkdir()
+        except OSError as exc:
+            raise ExportDestinationError(f"cannot create {exports}: {exc.strerror or exc}") from None
+    if not parent.is_dir():
         raise ExportDestinationError(f"the folder {path.parent} does not exist (or is not a folder); create it "
                                      "first, or choose a file in an existing folder")
     real = parent / path.name
-    ws_root = Path(os.path.realpath(ws.path))
     if _inside(real, ws_root) and not _inside(real, exports):
         raise ExportDestinationError(
             f"{path} is inside the workspace, whose files only ITKM Studio writes; "
             f"write exports to {ws.exports_dir} or outside the workspace")
+    if _inside(real, exports) and path.name.startswith(TMP_PREFIX):
+        raise ExportDestinationError(
+            f"{path.name}: names starting with {TMP_PREFIX!r} inside the workspace are its temporary files; "
+            "choose another name")
     for src in ws.sources():
         root = Path(os.path.realpath(src.root))
         if _inside(real, root):
             raise ExportDestinationError(
                 f"{path} is inside the ingested camera folder {src.root}; exports never write among the "
                 "user's images -- choose a file outside it")
-    return path
+    try:
+        return path, folder_id(parent)
+    except OSError as exc:
+        raise ExportDestinationError(f"cannot use the folder {path.parent}: {exc.strerror or exc}") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -116,7 +143,7 @@ def _inside(path: Path, folder: Path) -> bool:
 def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None) -> int:
     """One row per sighting, grouped by identity (largest first), each identity's sightings in
     time order.  Returns rows."""
-    out_csv = check_export_destination(session.ws, out_csv)
+    out_csv, folder = export_destination(session.ws, out_csv)
     reporter = reporter or Reporter(job="export")
     images = session.images()
     table = session.identities(reporter=reporter.child(0.0, 0.7))
@@ -129,7 +156,7 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
     n = len(order)
     names, confirmed = session.identity_names(), session.confirmed_image_ids()
     img_ids = table.image_id[keep]
-    with atomic_open(Path(out_csv), "w", encoding="utf-8", newline="") as fh:
+    with atomic_open(Path(out_csv), "w", encoding="utf-8", newline="", folder=folder) as fh:
         w = csv.writer(fh)
         w.writerow(TRACK_COLUMNS)
         for i, o in enumerate(order):
@@ -156,7 +183,7 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
 def export_features(session, out_npz: str | Path, reporter: Reporter | None = None) -> int:
     """Features with their metadata: features, image_id, path, camera, scenario, group,
     person_id (-1 unknown), identity_id.  Returns rows."""
-    out_npz = check_export_destination(session.ws, out_npz)
+    out_npz, folder = export_destination(session.ws, out_npz)
     reporter = reporter or Reporter(job="export")
     images = session.images()
     fs = session.features(reporter=reporter.child(0.0, 0.6))
@@ -164,7 +191,7 @@ def export_features(session, out_npz: str | Path, reporter: Reporter | None = No
     rows = images.index_of(fs.ids)
     ident_rows = rows_of(table.image_id, fs.ids)
     identity = np.where(ident_rows >= 0, table.identity[ident_rows], -1) if len(table) else np.full(len(fs.ids), -1)
-    with atomic_open(Path(out_npz), "wb") as fh:
+    with atomic_open(Path(out_npz), "wb", folder=folder) as fh:
         np.savez_compressed(
             fh,
             features=fs.feats.astype(np.float32),

@@ -121,15 +121,25 @@ class FeatureCache:
             np.savez(fh, ids=ids.astype(np.int64), feats=feats.astype(np.float16), proj=proj.astype(np.float16))
 
 
+#: How far a stored feature's length may be from 1 (they are L2-normalised, then kept as float16:
+#: rounding moves a length by ~1e-4).
+UNIT_TOLERANCE = 0.01
+
+
 def chunk_problem(ids: np.ndarray, feats: np.ndarray, proj: np.ndarray, dims: tuple[int, int] | None) -> str | None:
     """Why a cache chunk cannot be trusted (``None``: it can): shapes that disagree, a width other
-    than the model's, NaN or infinite values."""
+    than the model's, NaN or infinite values, vectors that are not unit length (all zeros, say:
+    every similarity to them would be 0.0)."""
     if ids.ndim != 1 or feats.ndim != 2 or proj.ndim != 2 or not len(ids) == len(feats) == len(proj):
         return "its arrays do not line up"
     if dims is not None and (feats.shape[1], proj.shape[1]) != tuple(dims):
         return f"{feats.shape[1]}-d features where the model gives {dims[0]}-d"
     if not (np.isfinite(feats).all() and np.isfinite(proj).all()):
         return "NaN or infinite values"
+    for what, a in (("features", feats), ("projections", proj)):
+        off = np.abs(np.linalg.norm(a.astype(np.float32), axis=1) - 1.0) > UNIT_TOLERANCE
+        if off.any():
+            return f"{int(off.sum())} of {len(a)} {what} are not unit length (e.g. all zeros)"
     return None
 
 

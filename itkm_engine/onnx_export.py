@@ -32,7 +32,7 @@ from .atomic import atomic_write_bytes
 from .data.imageio import BadImage, load_rgb
 from .data.loading import CLIP_MEAN, CLIP_STD, CropTransform
 from .errors import ItkmError
-from .export import check_export_destination
+from .export import export_destination
 from .progress import Reporter
 
 __all__ = ["OnnxExportError", "export_onnx", "check_onnx", "check_destination", "OnnxCheck", "trained_round",
@@ -91,9 +91,13 @@ def check_destination(ws, out: str | Path) -> Path:
     """Where the ONNX file goes: a ``.onnx`` name that passes the check every export makes
     (:func:`itkm_engine.export.check_export_destination`: no folders, links, devices, user images
     or workspace files)."""
+    return _destination(ws, out)[0]
+
+
+def _destination(ws, out: str | Path) -> tuple[Path, tuple[int, int]]:
     if Path(os.fspath(out)).suffix.lower() != ".onnx":
         raise OnnxExportError(f"{out} does not end in .onnx: give a file name such as encoder.onnx")
-    return check_export_destination(ws, out)
+    return export_destination(ws, out)
 
 
 def export_onnx(session, out: str | Path, *, group: str | None = None, opset: int = 17,
@@ -107,7 +111,9 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
 
     onnx = _require("onnx")
     reporter = reporter or Reporter(job="export")
-    out = check_destination(session.ws, out)
+    # The folder checked now is the folder written at the end (minutes later for a large model):
+    # one swapped for a link meanwhile is refused, never followed.
+    out, folder = _destination(session.ws, out)
     trained = trained_round(session)
     if trained is None:
         reporter.warning(UNTRAINED_NOTE)
@@ -157,7 +163,7 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
     for k, v in meta.items():
         p = proto.metadata_props.add()
         p.key, p.value = k, v
-    atomic_write_bytes(out, proto.SerializeToString())
+    atomic_write_bytes(out, proto.SerializeToString(), folder=folder)
     reporter.update(1.0, stage="export", message=f"encoder written to {out}")
     return out
 

@@ -8,6 +8,7 @@ about Qt.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from . import constraints as C
+from .constraints import ConstraintError
 from .review import review_queue
 from .workspace import decisions as D
 from .config import Config, preset
@@ -58,6 +60,16 @@ class Match:
     identity: int
 
 
+def image_id_of(text) -> int | None:
+    """The number ``text`` spells when it can be an image (or identity) id: plain ASCII digits,
+    at most 18 of them (a database integer); ``None`` otherwise -- ``'²'`` is a digit to
+    ``str.isdigit`` but no number, and ``99999999999999999999`` fits no id."""
+    text = str(text)
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 18:
+        return None
+    return int(text)
+
+
 def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
     """The workspace's ``config.toml`` (written by training), else a preset."""
     path = ws.path / CONFIG_FILE
@@ -94,6 +106,7 @@ class Session:
             self._features: FeatureSet | None = None
             self._index = None
             self._identities: IdentityTable | None = None
+            self._unsaved_identities: IdentityTable | None = None
             self._projection = None
             self._path_rows = None
 
@@ -239,11 +252,12 @@ class Session:
         ok, feats, proj = embed(model, [str(path)], [scenario], [group], device=self.device, batch_size=1,
                                 amp=self.cfg.amp)
         if not len(ok):
+            shown = str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
             try:  # the loader only says "failed"; decode once more for the reason to show
                 load_rgb(path)
             except BadImage as exc:
-                raise ItkmError(f"cannot read {path}: {exc.reason}") from None
-            raise ItkmError(f"cannot read {path}: not an image, or damaged")
+                raise ItkmError(f"cannot read {shown}: {exc.reason}") from None
+            raise ItkmError(f"cannot read {shown}: not an image, or damaged")
         return feats[0], proj[0]
 
     def _known_row(self, path) -> int | None:
@@ -252,7 +266,10 @@ class Session:
         with self._lock:
             if getattr(self, "_path_rows", None) is None or len(self._path_rows) != len(images):
                 self._path_rows = {p: i for i, p in enumerate(images.path)}
-        r = self._path_rows.get(str(Path(path).resolve())) if Path(path).exists() else None
+        r = None
+        if os.path.exists(path):  # False for any OSError (a name too long to be a file, ...)
+            with contextlib.suppress(OSError, RuntimeError):
+                r = self._path_rows.get(str(Path(path).resolve()))
         if r is None:
             r = self._path_rows.get(str(path))
         return r
@@ -332,8 +349,16 @@ class Session:
                     )
                     if not self.ws.readonly:
                         self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
+                    else:
+                        self._unsaved_identities = table
                     self._identities = table
             return self._obeying_decisions(self._identities)
+
+    def unsaved_identities(self) -> IdentityTable | None:
+        """The identities a read-only session computed in memory because the workspace had none
+        stored for its model (``None`` otherwise): a writer may keep them with
+        ``ws.save_identities(table.checkpoint, ...)`` so the next read does not compute them again."""
+        return self._unsaved_identities
 
     # -- the operator's decisions (itkm_engine/workspace/decisions.py, constraints.py, review.py) --
     def _obeying_decisions(self, table: IdentityTable) -> IdentityTable:
@@ -356,8 +381,9 @@ class Session:
         """Image id of ``token``: an id, or the path (absolute or relative to its source) of an image."""
         images = self.images()
         text = str(token)
-        if text.isdigit() and images.index_of([int(text)])[0] >= 0:
-            return int(text)
+        number = image_id_of(text)
+        if number is not None and images.index_of([number])[0] >= 0:
+            return number
         cache = getattr(self, "_token_rows", None)
         if cache is None or cache[0] is not images:
             rows: dict[str, int] = {}
@@ -371,7 +397,8 @@ class Session:
         for c in cand:
             if c in cache[1]:
                 return int(images.id[cache[1][c]])
-        raise C.ConstraintError(f"{text!r} is not an image of this workspace: give an image id or the path of an ingested image")
+        shown = repr(text if len(text) <= 80 else text[:77] + "...")
+        raise ConstraintError(f"{shown} is not an image of this workspace: give an image id or the path of an ingested image")
 
     def constraints(self):
         return D.load_constraints(self.ws)
@@ -404,7 +431,7 @@ class Session:
         table = self.identities()
         ids = table.image_id[table.identity == int(identity)]
         if not len(ids):
-            raise C.ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
+            raise ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
         return ids, self._group_keys(ids)
 
     def _group_keys(self, image_ids) -> np.ndarray:
@@ -415,16 +442,21 @@ class Session:
         """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step)."""
         wanted = [int(i) for i in (x, y, *more)]
         if len(set(wanted)) != len(wanted):
-            raise C.ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
+            raise ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
         return D.confirm(self.ws, C.merge_pairs([self._identity_members(i) for i in wanted]))
 
     def split_identity(self, image_ids) -> int:
         """The given sightings (ids or paths, all of one identity) become a new identity."""
         moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
         table = self.identities()
-        ident = table.identity[rows_of(table.image_id, moved)]
+        rows = rows_of(table.image_id, moved)
+        if (rows < 0).any():
+            raise ConstraintError(
+                f"image(s) {', '.join(map(str, moved[rows < 0][:5].tolist()))} are in no identity yet (added after the "
+                "last training round, or unreadable then); train a round first, or confirm/reject them one by one")
+        ident = table.identity[rows]
         if len(set(ident.tolist())) != 1:
-            raise C.ConstraintError("the sightings to split off belong to different identities: pick them from one")
+            raise ConstraintError("the sightings to split off belong to different identities: pick them from one")
         members, _ = self._identity_members(int(ident[0]))
         rest = np.setdiff1d(members, moved)
         return D.record_split(self.ws, moved, rest, self._group_keys(moved), self._group_keys(rest))

@@ -24,7 +24,7 @@ from .atomic import atomic_open
 from .config import Config
 from .config_check import ConfigError, validate_config
 from .distributed import SINGLE, DistContext
-from .errors import Cancelled, NothingToDoError, TrainingDivergedError
+from .errors import Cancelled, NotEnoughMemoryError, NothingToDoError, TrainingDivergedError, is_out_of_memory
 from .eta import format_duration, round_plan
 from .features import extract_features
 from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
@@ -69,7 +69,12 @@ def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter |
     results = []
     for i in range(rounds):
         rep = reporter.child(i / rounds, (i + 1) / rounds)
-        results.append(_run_round(ws, cfg, device, rep, dist))
+        try:
+            results.append(_run_round(ws, cfg, device, rep, dist))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise _out_of_memory(ws, cfg, device, exc, dist) from exc
     return results
 
 
@@ -86,6 +91,55 @@ def _time_plan(ws, cfg: Config, rounds: int, n_images: int):
     return round_plan(rounds, epochs, ROUND_SPANS, history, n_images, resumed=resumed)
 
 
+#: Settings that only bound how much memory is used at once.  An interrupted round resumes with
+#: the rerun's values of these (the rest of its settings stay those it started with), so a round
+#: that ran out of memory continues after its last epoch with a smaller batch.
+MEMORY_SETTINGS = (("data", "extract_batch_size"), ("data", "workers"), ("data", "num_identities"),
+                   ("data", "num_instances"), ("stage2", "batch_size"))
+
+
+def _take_memory_settings(stored: Config, requested: Config) -> list[str]:
+    """Copy :data:`MEMORY_SETTINGS` from ``requested`` into ``stored``; returns what changed."""
+    changed = []
+    for part, key in MEMORY_SETTINGS:
+        old, new = getattr(getattr(stored, part), key), getattr(getattr(requested, part), key)
+        if old != new:
+            setattr(getattr(stored, part), key, new)
+            changed.append(f"{part}.{key} {old} -> {new}")
+    return changed
+
+
+def _out_of_memory(ws, cfg: Config, device: torch.device, exc: BaseException, dist: DistContext) -> NotEnoughMemoryError:
+    """One message for a round that ran out of memory: where, which setting to lower, and that
+    the round resumes (it is marked ``cancelled``, not left ``running``)."""
+    rounds = ws.rounds()
+    last = rounds[-1] if rounds else None
+    where = "extract"
+    if last is not None and last.status == "running":
+        where = last.stage or "extract"
+        if dist.main:
+            ws.update_round(last.number, status="cancelled")
+    if where == "stage2":
+        setting = f"stage2.batch_size (now {cfg.stage2.batch_size})"
+        example = f"--set stage2.batch_size={max(1, cfg.stage2.batch_size // 2)}"
+    elif where in ("stage1", "stage3"):
+        setting = (f"the batch, data.num_identities x data.num_instances (now {cfg.data.num_identities} x "
+                   f"{cfg.data.num_instances})")
+        example = f"--set data.num_identities={max(2, cfg.data.num_identities // 2)}"
+    else:
+        setting = f"data.extract_batch_size (now {cfg.data.extract_batch_size})"
+        example = f"--set data.extract_batch_size={max(1, cfg.data.extract_batch_size // 2)}"
+    what = " ".join(str(exc).split())[:160] or type(exc).__name__
+    on = f"the {device.type.upper()}" if device.type != "cpu" else "the computer"
+    if last is not None and last.status == "running":
+        after = (f"round {last.number} stopped in {where} and is kept: lower {setting} and start training again "
+                 f"(itkm train WORKSPACE {example}) -- the round resumes after its last completed epoch with the "
+                 "smaller batch")
+    else:
+        after = f"lower {setting} and start training again (itkm train WORKSPACE {example})"
+    return NotEnoughMemoryError(f"{on} ran out of memory ({what}); {after}. Closing other programs also helps.")
+
+
 def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: DistContext) -> RoundResult:
     t0 = time.monotonic()
     timing: dict[str, float] = {}  # seconds per part; "_before": the time earlier runs spent on this round
@@ -99,6 +153,9 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
         round_no = int(resume["round"])
         info = next(r for r in ws.rounds() if r.number == round_no)
         stored = _stored_config(info, cfg)
+        lowered = _take_memory_settings(stored, cfg)
+        if lowered:
+            reporter.log(f"round {round_no} continues with the rerun's memory settings: {'; '.join(lowered)}")
         if stored.to_dict() | {"device": None} != cfg.to_dict() | {"device": None}:
             reporter.warning(f"round {round_no} continues with the settings it started with; to use the new "
                              "ones, abandon it: itkm train WORKSPACE --restart-round ...")

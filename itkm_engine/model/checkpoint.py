@@ -5,7 +5,9 @@
 * :func:`load_checkpoint` uses ``torch.load(weights_only=True)``: tensors, numbers, strings,
   lists and dicts only.  A checkpoint is a file users pass around; one whose pickle would
   import and call code (a crafted ``__reduce__``) is refused with :class:`UnsafeCheckpointError`
-  before anything runs.
+  before anything runs.  Before any tensor is read, :func:`check_archive` compares the zip
+  archive's sizes with what its tensors (and the model's architecture) need, so a file re-zipped
+  with gigabytes of deflated zeros is refused instead of decompressed.
 * :func:`checkpoint_key` names a checkpoint by its content, so cached features follow the
   weights, not the file name; hashing is cached by (path, size, mtime) because checkpoints of a
   ViT-B are hundreds of MB.
@@ -32,7 +34,7 @@ from ..vocabulary import GROUPS, SCENARIOS
 from .towers import TOWERS
 from .weights import register_configs
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH", "CheckpointWriteError",
+__all__ = ["save_checkpoint", "load_checkpoint", "check_archive", "checkpoint_key", "KEY_LENGTH", "CheckpointWriteError",
            "check_model_config", "check_model_state", "MAX_PARAMETERS"]
 
 #: Rough parameter count above which a checkpoint's architecture is refused before it is built
@@ -40,6 +42,16 @@ __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_key", "KEY_LENGTH",
 MAX_PARAMETERS = 1.2e9
 #: Most scenarios / groups a checkpoint may list (each one is an embedding row or a stem copy).
 MAX_NAMES = 64
+
+#: Largest pickle (``data.pkl``: the structure, names, settings) a checkpoint may hold; ITKM's
+#: are well under a megabyte.
+MAX_PICKLE_BYTES = 64 << 20
+#: Largest archive entry that is neither the pickle nor a tensor (version and byte-order marks).
+_SMALL_ENTRY = 64 << 10
+#: How much an entry may expand beyond its size in the file: torch.save stores entries as they
+#: are, and weights barely compress, so anything more is a decompression bomb.
+_MAX_EXPANSION = 4
+_EXPANSION_SLACK = 1 << 20
 
 #: Hex digits of the sha256 kept in :func:`checkpoint_key`.
 KEY_LENGTH = 16
@@ -94,6 +106,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not path.is_file():
         raise ItkmError(f"checkpoint {path} does not exist" if not path.exists() else f"checkpoint {path} is not a file")
     try:
+        check_archive(path)  # sizes first: nothing of a bomb is decompressed
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
@@ -118,6 +131,188 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not isinstance(state, dict):
         raise ItkmError(f"checkpoint {path} holds a {type(state).__name__}, not an ITKM checkpoint dict")
     return state
+
+
+def check_archive(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint archive whose content is larger than what it holds needs, before any
+    tensor is read (:class:`ItkmError` naming the file and the entry):
+
+    * the pickle (``data.pkl``) above :data:`MAX_PICKLE_BYTES`; any entry that expands more than
+      a few times its stored size (``torch.save`` stores entries uncompressed) -- from the zip's
+      directory alone;
+    * a tensor's entry (``data/<key>``) larger than the bytes the pickle declares for that key,
+      another entry above a few KB -- the declarations are read from the pickle's opcodes
+      (:func:`_declared_storages`: nothing is unpickled);
+    * model weights (``model.state_dict``) larger than twice what the architecture named in
+      ``model.model_config`` has (:func:`_estimated_parameters`, float32) -- the tensors' sizes
+      come from a ``map_location="meta"`` load, which reads no tensor data.
+
+    A file that is not a zip archive is left to ``torch.load`` (an old format, or damaged)."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    with zf:
+        infos = zf.infolist()
+        pickles = [i for i in infos if i.filename.endswith("data.pkl")]
+        for info in infos:
+            name = info.filename
+            if info in pickles and info.file_size > MAX_PICKLE_BYTES:
+                raise ItkmError(f"checkpoint {path} was refused: its pickle {name} would expand to "
+                                f"{_mb(info.file_size)}; ITKM checkpoints hold well under {_mb(MAX_PICKLE_BYTES)}")
+            if info.file_size > _MAX_EXPANSION * info.compress_size + _EXPANSION_SLACK:
+                raise ItkmError(f"checkpoint {path} was refused: its entry {name} would expand from "
+                                f"{_mb(info.compress_size)} to {_mb(info.file_size)} (a decompression bomb; "
+                                "checkpoints store their tensors uncompressed). Use a checkpoint from a source you "
+                                "trust, or train the round again.")
+        if len(pickles) != 1:
+            return  # not torch's layout: torch.load says what is wrong with it
+        prefix = pickles[0].filename[: -len("data.pkl")]
+        declared = _declared_storages(zf.read(pickles[0]))
+    for info in infos:
+        name = info.filename
+        if info in pickles:
+            continue
+        key = name[len(prefix) + len("data/"):] if name.startswith(prefix + "data/") else None
+        if declared is not None and key is not None:
+            allowed, what = declared.get(key, 0), "its tensor needs"
+        elif key is None:
+            allowed, what = _SMALL_ENTRY, "such an entry needs at most"
+        else:
+            continue  # opcodes this check does not follow: the expansion check above still holds
+        if info.file_size > max(allowed, 0):
+            raise ItkmError(f"checkpoint {path} was refused: its entry {name} holds {_mb(info.file_size)} where "
+                            f"{what} {_mb(allowed)}; it was not written by ITKM Studio")
+    skeleton = torch.load(path, map_location="meta", weights_only=True)
+    model = skeleton.get("model") if isinstance(skeleton, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("state_dict"), dict) and isinstance(model.get("model_config"), dict):
+        name = model["model_config"].get("name")
+        if isinstance(name, str) and name in _known_architectures():
+            weights = sum(int(t.untyped_storage().nbytes()) for t in _unique_storages(model["state_dict"]))
+            budget = 2 * 4 * _estimated_parameters(name) + (16 << 20)
+            if weights > budget:
+                raise ItkmError(f"checkpoint {path} was refused: its weights take {_mb(weights)}, more than the "
+                                f"model {name!r} needs (about {_mb(budget // 2)}); it was not written by ITKM Studio")
+
+
+#: Bytes per element of the storage types torch.save names in a checkpoint's pickle.
+_STORAGE_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1,
+                  "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1}
+
+
+def _declared_storages(data: bytes) -> dict[str, int] | None:
+    """``{key: bytes}`` of every storage a torch.save pickle refers to (its persistent ids
+    ``('storage', <type>, key, location, numel)``), found by following the pickle's opcodes on a
+    small stack of plain values -- nothing is built or imported.  ``None`` for opcodes this does
+    not follow (the size checks that need it are then skipped)."""
+    import pickletools
+
+    mark = object()
+    stack: list = []
+    memo: dict = {}
+    out: dict[str, int] = {}
+
+    def pop_mark() -> list:
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is mark:
+                items = stack[i + 1:]
+                del stack[i:]
+                return items
+        raise ValueError("no mark")
+
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            code = op.name
+            if code in ("PROTO", "FRAME"):
+                continue
+            if code == "STOP":
+                break
+            if code == "MARK":
+                stack.append(mark)
+            elif code in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1",
+                          "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT", "SHORT_BINSTRING",
+                          "BINSTRING", "STRING", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8"):
+                stack.append(arg)
+            elif code == "GLOBAL":
+                stack.append(("global", arg))
+            elif code == "STACK_GLOBAL":
+                name, module = stack.pop(), stack.pop()
+                stack.append(("global", f"{module} {name}"))
+            elif code in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[arg] = stack[-1]
+            elif code == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif code in ("BINGET", "LONG_BINGET", "GET"):
+                stack.append(memo[arg])
+            elif code == "TUPLE":
+                stack.append(tuple(pop_mark()))
+            elif code in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(code[-1])
+                items = stack[-n:]
+                del stack[-n:]
+                stack.append(tuple(items))
+            elif code in ("EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "NONE", "NEWTRUE", "NEWFALSE"):
+                stack.append(None if code != "EMPTY_TUPLE" else ())
+            elif code == "BINPERSID":
+                pid = stack.pop()
+                if (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[4], int)
+                        and isinstance(pid[2], str)):
+                    kind = pid[1][1].split(" ")[-1] if isinstance(pid[1], tuple) else ""
+                    size = _STORAGE_BYTES.get(kind.removesuffix("Storage"), 16)
+                    out[pid[2]] = max(out.get(pid[2], 0), pid[4] * size)
+                else:
+                    return None
+                stack.append(None)
+            elif code in ("REDUCE", "NEWOBJ"):
+                del stack[-2:]
+                stack.append(None)
+            elif code in ("BUILD", "APPEND", "POP"):
+                stack.pop()
+            elif code == "SETITEM":
+                del stack[-2:]
+            elif code in ("SETITEMS", "APPENDS", "ADDITEMS", "POP_MARK"):
+                pop_mark()
+            elif code in ("DICT", "LIST", "FROZENSET"):
+                pop_mark()
+                stack.append(None)
+            elif code == "DUP":
+                stack.append(stack[-1])
+            else:
+                return None
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
+    return out
+
+
+def _unique_storages(obj):
+    seen = set()
+    for t in _tensors(obj):
+        key = getattr(t.untyped_storage(), "_checkpoint_offset", None)
+        key = id(t) if key is None else key
+        if key not in seen:
+            seen.add(key)
+            yield t
+
+
+def _tensors(obj, depth: int = 0):
+    """Every tensor inside nested dicts / lists / tuples."""
+    if depth > 32:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v, depth + 1)
+
+
+def _mb(n: float) -> str:
+    return f"{n / (1 << 20):,.1f} MB" if n < (1 << 30) else f"{n / (1 << 30):,.2f} GB"
 
 
 def check_model_config(d: dict) -> None:

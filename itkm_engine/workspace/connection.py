@@ -179,6 +179,13 @@ class Connection:
                 "open it read-only (Workspace.open(..., readonly=True); itkm status / query / cameras without --set read it without a lock)"
             )
         self._lock = WriterLock(path / LOCK_NAME, on_message=self._reporter.warning).acquire()
+        # Before anything is written (the schema upgrade's backup included): stale temporaries
+        # go, and a folder of the workspace that is a link stops the writer -- it would write
+        # wherever the link points.
+        n = remove_stale_temporaries(path)
+        if n:
+            self._reporter.log(f"removed {n} unfinished temporary file(s) left by an interrupted write")
+        self._refuse_folder_links()
         new = not db.exists() or db.stat().st_size == 0
         self._con = self._connect_writer(db)
         if not new and self._is_empty_database():
@@ -192,9 +199,27 @@ class Connection:
                 (path / name).mkdir(exist_ok=True)
             except OSError as exc:
                 raise WorkspaceError(f"cannot create {path / name}: {exc.strerror or exc}") from exc
-        n = remove_stale_temporaries(path)
-        if n:
-            self._reporter.log(f"removed {n} unfinished temporary file(s) left by an interrupted write")
+
+    def _refuse_folder_links(self) -> None:
+        """The workspace's own folders (and the folders in them, such as ``features/<key>``) must
+        be real folders: a workspace someone sent may hold links to anywhere (``checkpoints ->
+        ~/other-project``), and a writer would replace files there.  Readers are unaffected."""
+        for name in FOLDERS:
+            top = self.path / name
+            links = [top] if top.is_symlink() else []
+            if not links and name != "exports" and top.is_dir():  # exports/ is the user's: only itself
+                with contextlib.suppress(OSError), os.scandir(top) as it:
+                    links = [Path(e.path) for e in it if e.is_symlink() and e.is_dir()]
+            if links:
+                try:
+                    where = f" (to {os.readlink(links[0])})"
+                except OSError:
+                    where = ""
+                raise WorkspaceError(
+                    f"{links[0]} is a symbolic link{where}, not a folder: ITKM Studio never writes through a link "
+                    "inside a workspace (it would change files elsewhere). Replace the link by a real folder (move "
+                    "what it points to there), then run the command again; reading the workspace (status, query, "
+                    "identities, exports) works meanwhile")
 
     def _is_empty_database(self) -> bool:
         try:

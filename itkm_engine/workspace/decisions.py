@@ -204,17 +204,45 @@ def name_identity(ws, anchor_ids, name: str, note: str = "", *, user: str | None
 def identity_names(ws, image_ids: np.ndarray, identity: np.ndarray) -> dict[int, tuple[str, str]]:
     """``{identity: (name, note)}`` for the current identities: a name goes to the identity holding
     most of its anchor images; where two names land on one identity, the newer wins."""
-    rows = ws.query("SELECT anchors, name, note FROM identity_names WHERE state = 0 ORDER BY id")
+    rows = ws.query("SELECT id, anchors, name, note FROM identity_names WHERE state = 0 ORDER BY id")
     out: dict[int, tuple[str, str]] = {}
     ids = np.asarray(image_ids, np.int64)
-    for anchors, name, note in rows:
-        hit = rows_of(ids, np.asarray(json.loads(anchors), np.int64))
+    for row_id, anchors, name, note in rows:
+        anchor_ids = _anchor_ids(anchors)
+        if anchor_ids is None:  # edited outside ITKM Studio: left out, said once, never a crash
+            _warn_damaged_name(ws, row_id, name)
+            continue
+        hit = rows_of(ids, anchor_ids)
         hit = hit[hit >= 0]
         if not len(hit):
             continue
         vals, counts = np.unique(np.asarray(identity)[hit], return_counts=True)
         out[int(vals[np.argmax(counts)])] = (name, note)
     return out
+
+
+def _anchor_ids(text) -> np.ndarray | None:
+    """A stored name's anchor image ids, or ``None`` when the text is not a JSON list of ids."""
+    try:
+        values = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in values):
+        return None
+    return np.asarray(values, np.int64)
+
+
+def _warn_damaged_name(ws, row_id: int, name) -> None:
+    warned = ws.__dict__.setdefault("_damaged_names_warned", set())
+    if row_id in warned:
+        return
+    warned.add(row_id)
+    reporter = getattr(ws, "_reporter", None)
+    if reporter is not None:
+        reporter.warning(f"the identity name {str(name)!r} (identity_names row {row_id}) has damaged anchors (not a "
+                         "list of image ids: the database was edited outside ITKM Studio); it is left out -- name "
+                         "the identity again")
 
 
 def describe_step(ws, batch: int | None) -> str:

@@ -8,14 +8,14 @@ writer upgrade it first.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..atomic import TMP_PREFIX
+from ..atomic import fsync_folder, private_folder
 from ..errors import ItkmError, SchemaTooNewError, WorkspaceError
 from ..vocabulary import DEFAULT_SITE
 from .connection import DB_NAME, WorkspaceOlderError, _error_name
@@ -266,7 +266,7 @@ class SchemaMixin:
                 f"(no migration from version {missing[0]}); use the version that wrote it"
             )
         backup = self._backup(version)
-        self._reporter.log(f"upgrading workspace schema from version {version} to {self.SCHEMA_VERSION} (backup: {backup.name})")
+        self._reporter.log(f"upgrading workspace schema from version {version} to {self.SCHEMA_VERSION} (backup: {backup})")
         for v in range(version, self.SCHEMA_VERSION):
             try:
                 with self.transaction() as con:
@@ -287,22 +287,31 @@ class SchemaMixin:
                 ) from exc
 
     def _backup(self, version: int) -> Path:
-        """Copy the database (WAL included, consistent) to ``itkm.sqlite.bak-v<version>``."""
+        """Copy the database (WAL included, consistent) to ``itkm.sqlite.bak-v<version>``.
+
+        Never through a link: SQLite writes the copy inside a new private folder
+        (:func:`~itkm_engine.atomic.private_folder`: nothing can have been planted in it), which
+        is then renamed onto the backup's name -- replacing whatever has that name (a link to
+        another project's database, a dangling link) instead of writing where it points."""
         target = self.path / f"{DB_NAME}.bak-v{version}"
-        if target.exists():
-            return target  # a previous upgrade attempt already saved this version
-        tmp = self.path / f"{TMP_PREFIX}{target.name}"
         try:
-            dst = sqlite3.connect(str(tmp))
-            try:
-                with self._rlock:
-                    self._conn().backup(dst)
-            finally:
-                dst.close()
-            os.replace(tmp, target)
+            st = os.lstat(target)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return target  # a previous upgrade attempt already saved this version
+        try:
+            with private_folder(self.path) as folder:
+                tmp = folder / DB_NAME
+                dst = sqlite3.connect(str(tmp))
+                try:
+                    with self._rlock:
+                        self._conn().backup(dst)
+                finally:
+                    dst.close()
+                os.replace(tmp, target)
+            fsync_folder(self.path)
         except (sqlite3.Error, OSError) as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             reason = "disk full" if isinstance(exc, sqlite3.Error) and _error_name(exc).startswith("SQLITE_FULL") else str(exc)
             raise WorkspaceError(
                 f"cannot back up the workspace before upgrading it ({reason}); nothing was changed"

@@ -273,13 +273,24 @@ def test_read_only_workspace_reads_work_writes_refused_clearly(trained_ws_templa
         {"name": "query", "args": ["query", "{ws}", "1", "--top-k", "3", "--json"]},
         {"name": "ingest", "args": ["ingest", "{ws}", str(tmp_path)]},
         {"name": "train", "args": ["train", "{ws}", "--preset", "tiny"]},
+        {"name": "merge", "args": ["identities", "{ws}", "--merge", "0", "1"]},
+        # Reads (issue 16, section 5): they failed here, asking for a writer.
         {"name": "export", "args": ["export-tracks", "{ws}", str(tmp_path / "tracks.csv")]},
+        {"name": "identities", "args": ["identities", "{ws}", "--json"]},
+        {"name": "review", "args": ["identities", "{ws}", "--review", "3", "--json"]},
+        {"name": "evaluate", "args": ["evaluate", "{ws}"]},
     ]
     res = in_namespace({"mode": "ro", "ws": str(ws), "steps": steps}, tmp_path)
-    for name in ("status", "cameras", "query"):
+    for name in ("status", "cameras", "query", "export", "identities", "review", "evaluate"):
         assert res[name]["rc"] == 0, res[name]
     assert len(json.loads(res["query"]["stdout"])) == 3
-    for name, cmd in (("ingest", "ingest"), ("train", "train"), ("export", "export-tracks")):
+    assert len(json.loads(res["review"]["stdout"])) == 3 and json.loads(res["identities"]["stdout"])
+    assert "mAP" in res["evaluate"]["stdout"], res["evaluate"]
+    # computed in memory, and said so
+    assert "identities not stored: the workspace cannot be written here" in res["identities"]["stderr"]
+    assert "evaluation not stored" in res["evaluate"]["stderr"]
+    assert (tmp_path / "tracks.csv").is_file()
+    for name, cmd in (("ingest", "ingest"), ("train", "train"), ("merge", "identities")):
         line = one_line_error(_P(res[name]), cmd)
         assert "read-only" in line or "cannot write" in line, line
     assert snapshot(ws) == before, "a refused write changed the read-only workspace"

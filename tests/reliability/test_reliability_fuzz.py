@@ -5,6 +5,7 @@ through the real ``itkm`` command."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -105,6 +106,58 @@ CASES = [
     ("export-features", ["export-features", "{ws}", "{demo}"]),
     ("export-features", ["export-features", "{ws}", "{ws}/config.toml"]),
     ("export-features", ["export-features", "{out}/missing", "{out}/f.npz"]),
+    # Trust (issue 16, section 4): the sub-commands added since, and ids that are no numbers.
+    ("confirm", ["confirm", "{ws}", "²", "1"]),
+    ("confirm", ["confirm", "{ws}", "1"]),
+    ("confirm", ["confirm", "{ws}", "1", "1"]),
+    ("confirm", ["confirm", "{ws}", "1", "99999999"]),
+    ("confirm", ["confirm", "{ws}", "1", "9" * 5000]),
+    ("confirm", ["confirm", "{ws}", "", "1"]),
+    ("confirm", ["confirm", "{ws}", "{out}/missing.jpg", "1"]),
+    ("confirm", ["confirm", "{out}/missing", "1", "2"]),
+    ("reject", ["reject", "{ws}", "1", "99999999999999999999"]),
+    ("reject", ["reject", "{ws}", "1", "-3"]),
+    ("reject", ["reject", "{ws}", "1", "1.5"]),
+    ("reject", ["reject", "{ws}", "1", "{img}x"]),
+    ("query", ["query", "{ws}", "²"]),
+    ("query", ["query", "{ws}", "9" * 5000]),
+    ("identities", ["identities", "{ws}", "--name", "abc", "Alice"]),
+    ("identities", ["identities", "{ws}", "--name", "99999999999999999999", "Alice"]),
+    ("identities", ["identities", "{ws}", "--name", "999999", "Alice"]),
+    ("identities", ["identities", "{ws}", "--name", "1"]),
+    ("identities", ["identities", "{ws}", "--note", "seen twice"]),
+    ("identities", ["identities", "{ws}", "--review", "0"]),
+    ("identities", ["identities", "{ws}", "--review", "-1"]),
+    ("identities", ["identities", "{ws}", "--review", "many"]),
+    ("identities", ["identities", "{ws}", "--limit", "0"]),
+    ("identities", ["identities", "{ws}", "--limit", "-1"]),
+    ("identities", ["identities", "{ws}", "--merge", "1", "1"]),
+    ("identities", ["identities", "{ws}", "--merge", "1", "²"]),
+    ("identities", ["identities", "{ws}", "--merge", "1", "99999"]),
+    ("identities", ["identities", "{ws}", "--merge", "1", "-2"]),
+    ("identities", ["identities", "{ws}", "--split", "99999999"]),
+    ("identities", ["identities", "{ws}", "--split", "²"]),
+    ("identities", ["identities", "{ws}", "--merge", "1", "2", "--undo"]),
+    ("identities", ["identities", "{out}/missing"]),
+    ("identities", ["identities", "{ws}", "--device", "quantum"]),
+    ("export-onnx", ["export-onnx", "{ws}", "{out}/enc.txt"]),
+    ("export-onnx", ["export-onnx", "{ws}", ""]),
+    ("export-onnx", ["export-onnx", "{ws}", "{ws}/checkpoints/enc.onnx"]),
+    ("export-onnx", ["export-onnx", "{ws}", "{out}/no/such/enc.onnx"]),
+    ("export-onnx", ["export-onnx", "{ws}", "{demo}/enc.onnx"]),
+    ("export-onnx", ["export-onnx", "{ws}", "{ws}/exports/.tmp-enc.onnx"]),
+    ("export-onnx", ["export-onnx", "{ws}", "{out}/enc.onnx", "--group", "purple"]),
+    ("export-onnx", ["export-onnx", "{ws}", "{out}/enc.onnx", "--device", "cuda:x"]),
+    ("export-onnx", ["export-onnx", "{out}/missing", "{out}/enc.onnx"]),
+    # Bytes that are not UTF-8 (Python hands them over as surrogate escapes, as here).
+    ("identities", ["identities", "{ws}", "--name", "1", "a\udcffb"]),
+    ("identities", ["identities", "{ws}", "--name", "1", "Alice", "--note", "n\udcfe"]),
+    ("identities", ["identities", "{ws}", "--split", "\udcff"]),
+    ("confirm", ["confirm", "{ws}", "\udcff", "1"]),
+    ("ingest", ["ingest", "{ws}", "{demo}", "--site", "s\udcff"]),
+    ("cameras", ["cameras", "{ws}", "--set", "{cam}", "scenario=\udcff"]),
+    ("cameras", ["cameras", "{ws}", "--set", "cam\udcff", "scenario=visible-infrared"]),
+    ("export-tracks", ["export-tracks", "{ws}", "{ws}/exports/.tmp-tracks.csv"]),
 ]
 
 
@@ -114,6 +167,10 @@ def world(trained_ws_template, demo_dir, tmp_path_factory):
     ws = copy_ws(trained_ws_template, base / "ws")
     out = base / "out"
     out.mkdir()
+    # The identities of the round, computed once and cached (a derived cache the first
+    # `identities` command would otherwise write while refusing a later argument).
+    rc, _, err = cli_inproc("identities", ws)
+    assert rc == 0, err
     return {"ws": ws, "demo": demo_dir, "out": out, "img": _image(demo_dir), "cam": _camera(demo_dir)}
 
 
@@ -160,4 +217,29 @@ def test_a_few_through_the_real_command(world, args):
     before = state(world)
     p = run_cli(*fill(args, world), check=False)
     check_refusal(p.returncode, p.stderr, args[0])
+    assert state(world) == before
+
+
+@pytest.mark.parametrize("args", [
+    [b"identities", b"{ws}", b"--name", b"1", b"a\xffb"],
+    [b"identities", b"{ws}", b"--name", b"1", b"Alice", b"--note", b"\xfe"],
+    [b"ingest", b"{ws}", b"{demo}", b"--site", b"s\xff"],
+    [b"cameras", b"{ws}", b"--set", b"cam\xff", b"scenario=visible-infrared"],
+    [b"confirm", b"{ws}", "²".encode(), b"1"],
+    [b"reject", b"{ws}", b"1", b"99999999999999999999"],
+], ids=["name", "note", "site", "camera", "superscript-two", "huge-id"])
+def test_bytes_that_are_not_utf8_and_ids_that_are_no_numbers_through_the_real_command(world, args):
+    """Issue 16, section 4: a Latin-1 terminal's bytes (UnicodeEncodeError deep in SQLite) and
+    ids such as '²' (ValueError) or 20 digits (OverflowError) were tracebacks, exit 1."""
+    import subprocess
+    import sys
+
+    from helpers.cli import CLI_ENV, REPO
+
+    argv = [a.replace(b"{ws}", os.fsencode(world["ws"])).replace(b"{demo}", os.fsencode(world["demo"])) for a in args]
+    before = state(world)
+    p = subprocess.run([os.fsencode(sys.executable), b"-m", b"itkm_engine.cli", *argv], env=CLI_ENV, cwd=REPO,
+                       capture_output=True, timeout=300)
+    err = p.stderr.decode("utf-8", "replace")
+    check_refusal(p.returncode, err, args[0].decode())
     assert state(world) == before

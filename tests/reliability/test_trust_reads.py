@@ -1,0 +1,78 @@
+"""Trust (issue 16), section 5, the CLI half: listing, reviewing, evaluating and exporting are
+reads.  They hold no writer lock, so they work while another process writes the workspace (the
+app, a training run) -- they failed with "workspace is being written by pid ..." -- and what they
+computed is stored afterwards in one short writer open when that is possible, else they say it
+was not.  (On a read-only mount: tests/reliability/test_reliability_faults.py::test_read_only_workspace_...)"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+from helpers.cli import CLI_ENV, REPO, run_cli
+from helpers.reliability import read_csv
+
+HOLDER = """
+import sys, time
+from itkm_engine.workspace import Workspace
+ws = Workspace.open(sys.argv[1])  # the writer lock, held while idle (what the app does today)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def _metrics(ws) -> int:
+    con = sqlite3.connect(ws / "itkm.sqlite")
+    try:
+        return con.execute("SELECT count(*) FROM metrics WHERE key = 'evaluation'").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _stored_identities(ws) -> int:
+    con = sqlite3.connect(ws / "itkm.sqlite")
+    try:
+        return con.execute("SELECT count(*) FROM identities").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_reads_work_while_another_process_holds_the_writer_lock(trained_ws, tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(trained_ws)], env=CLI_ENV, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"holding", holder.stderr.read()
+        pid = holder.pid
+
+        p = run_cli("identities", trained_ws, "--json")
+        rows = json.loads(p.stdout)
+        assert rows and sum(r["sightings"] for r in rows) > 0
+        assert f"identities not stored: another process (pid {pid}) is writing" in p.stderr, p.stderr
+
+        p = run_cli("identities", trained_ws, "--review", "5", "--json")
+        assert len(json.loads(p.stdout)) == 5
+
+        p = run_cli("evaluate", trained_ws, "--json")
+        assert "headline" in json.loads(p.stdout)
+        assert "evaluation not stored" in p.stderr and f"pid {pid}" in p.stderr, p.stderr
+
+        out = tmp_path / "tracks.csv"
+        run_cli("export-tracks", trained_ws, out)
+        assert len(read_csv(out)) == sum(r["sightings"] for r in rows) + 1
+
+        # A change is still a write: refused, naming the holder.
+        p = run_cli("identities", trained_ws, "--merge", str(rows[0]["identity"]), str(rows[1]["identity"]), check=False)
+        assert p.returncode == 2 and f"pid {pid}" in p.stderr, p.stderr
+        assert _metrics(trained_ws) == 0 and _stored_identities(trained_ws) == 0
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+    # Nobody writes now: what the reads compute is kept, and said nothing about.
+    p = run_cli("evaluate", trained_ws)
+    assert "not stored" not in p.stderr, p.stderr
+    p = run_cli("identities", trained_ws)
+    assert "not stored" not in p.stderr, p.stderr
+    assert _metrics(trained_ws) == 1 and _stored_identities(trained_ws) > 0

@@ -32,8 +32,8 @@ AXIS_WIDTH = 46
 LEGEND_LINE = 19
 #: Size of the charts' titles.
 TITLE_SIZE = "9pt"
-#: The longest name a legend shows: legends are this wide (they cut "homogeneous" to "homog").
-LEGEND_SAMPLE = "homogeneous"
+#: The longest name a legend shows (a Stage III loss term): legends are this wide ("homog", "instance_centr" were cut).
+LEGEND_SAMPLE = "instance_centroid"
 #: Heights (fraction of the plot, from the bottom) of the stage marks' labels, taken in turn so
 #: neighbouring marks ("R1 III" and "R2 I" two epochs apart) never share a line.
 MARK_HEIGHTS = (0.93, 0.78)
@@ -160,7 +160,8 @@ class Curves(pg.GraphicsLayoutWidget):
                 ys.append(float("nan"))
                 self._dirty.add((plot_name, k))
         numeral = STAGE_LABELS[stage].numeral
-        label = f"R{round_no} {numeral}" if round_no else numeral
+        # the round only where it starts: "R2 I", then "II", "III" (full labels overlapped at 1024 px)
+        label = f"R{round_no} {numeral}" if round_no and stage == "stage1" else numeral
         pen = pg.mkPen(theme.secondary_text_color(), width=1, style=Qt.PenStyle.DotLine)
         height = MARK_HEIGHTS[(len(self._stage_marks) - 1) % len(MARK_HEIGHTS)]
         line = pg.InfiniteLine(pos=x, angle=90, pen=pen, label=label,

@@ -162,7 +162,9 @@ def test_stage_marks_take_turns_in_height(qapp):
     for i, (r, st) in enumerate([(1, "stage1"), (1, "stage2"), (1, "stage3"), (2, "stage1")]):
         c.mark_stage(r, st, float(i))
     heights = [m.label.orthoPos for m in c.loss_plot._markers]
-    assert heights == [MARK_HEIGHTS[i % 2] for i in range(4)]  # "R1 III" and "R2 I" never share a line
+    assert heights == [MARK_HEIGHTS[i % 2] for i in range(4)]  # "III" and "R2 I" never share a line
+    # the round is named where it starts only: short labels that fit a narrow chart
+    assert [m.label.toPlainText() for m in c.loss_plot._markers] == ["R1 I", "II", "III", "R2 I"]
 
 
 # -- 3. marks, names, words -----------------------------------------------------------------------------------
@@ -375,7 +377,7 @@ def test_small_window_keeps_fields_columns_and_labels_readable(app):
     assert grid.gridSize().width() >= min(fm.horizontalAdvance(longest), grid.delegate.MAX_TEXT_W)
     curves = w.panel("training").curves
     for legend in curves.legends.values():
-        assert legend.width() >= QFontMetrics(curves.font()).horizontalAdvance("homogeneous")
+        assert legend.width() >= QFontMetrics(curves.font()).horizontalAdvance("instance_centroid")
     w.resize(1600, 1000)
 
 

@@ -39,6 +39,7 @@ class ModelState:
     preset: str | None = None
     unfinished: int | None = None  # a stopped / interrupted round that can be resumed
     training: bool = False
+    text_off: str | None = None  # why this model cannot search by description (None: it can)
 
     @property
     def trained(self) -> bool:
@@ -88,6 +89,7 @@ class AppContext(QObject):
     showPanel(str): bring a panel to the front (its key)
     deviceChanged(str): the device description for the status bar
     modelStateChanged(object): the ModelState (which round's model is served) changed
+    sitesChanged(): ``camera_sites`` was (re)read
     """
 
     workspaceChanged = Signal(object)
@@ -100,6 +102,7 @@ class AppContext(QObject):
     showPanel = Signal(str)
     deviceChanged = Signal(str)
     modelStateChanged = Signal(object)
+    sitesChanged = Signal()
 
     def __init__(self, settings: Settings, jobs: JobManager, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -111,6 +114,8 @@ class AppContext(QObject):
         self.dev = False  # developer options (the tiny preset)
         self.images: Any = None  # the session's ImageTable, once loaded (read on the GUI thread)
         self.identities: Any = None  # IdentityTable of the current checkpoint, once computed
+        self.identity_names: dict[int, tuple[str, str]] = {}  # {identity: (name, note)} of those identities
+        self.camera_sites: dict[str, str] = {}  # camera -> site (Workspace.camera_sites), once read
         self.devices: list[tuple[str, str]] = [("auto", "Automatic"), ("cpu", "CPU")]
         self.thumbs = ThumbnailCache(QSize(64, 128), parent=self)
         self.model_state: ModelState | None = None  # None while unknown (no workspace, or being read)
@@ -126,6 +131,8 @@ class AppContext(QObject):
         self.session = None
         self.images = None
         self.identities = None
+        self.identity_names = {}
+        self.camera_sites = {}
         self.workspaceChanged.emit(ws)
 
     def set_model_state(self, state: "ModelState | None") -> None:
@@ -137,11 +144,20 @@ class AppContext(QObject):
         self.session = session
         self.images = images
         self.identities = None
+        self.identity_names = {}
         self.sessionChanged.emit(session)
 
-    def set_identities(self, table: Any) -> None:
+    def set_identities(self, table: Any, names: dict | None = None) -> None:
+        """The current identities and (when given) the operator's names of them."""
         self.identities = table
+        if names is not None:
+            self.identity_names = dict(names)
         self.identitiesChanged.emit(table)
+
+    def identity_label(self, identity: int) -> str:
+        """"#12" or "#12 Visitor 7": an identity as every view names it."""
+        name = self.identity_names.get(int(identity), ("", ""))[0]
+        return f"#{int(identity)} {name}".rstrip()
 
     def image_rows(self, image_ids: np.ndarray) -> np.ndarray:
         """Rows of ``image_ids`` in :attr:`images` (-1 where absent)."""

@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         w, _, h = args.size.partition("x")
         window.resize(int(w), int(h))
     window.show()
+    if not args.screenshot:
+        # on the screen, status bar included, whatever the saved size and the screen (1024x640 too)
+        window.fit_to_screen()
+        QTimer.singleShot(0, window.fit_to_screen)  # again once the window system has sized its frame
     if args.exit_after_show:
         app.processEvents()
         print(f"window shown after {time.monotonic() - _T0:.2f} s", flush=True)

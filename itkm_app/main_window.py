@@ -35,6 +35,9 @@ from .settings import Settings
 from .widgets.log_view import LogView
 
 APP_NAME = "ITKM Studio"
+#: A usual window frame before the window system has told us its own: title bar and border, px.
+FRAME_TITLE = 32
+FRAME_BORDER = 4
 
 
 def data_dir() -> Path:
@@ -107,7 +110,9 @@ class MainWindow(QMainWindow):
         self.ctx = AppContext(self.settings, self.jobs, self)
         self.ctx.dev = dev
         self.setWindowTitle(APP_NAME)
-        self.setMinimumSize(1024, 640)
+        # small enough for any screen the window may open on: fit_to_screen() keeps it (and its
+        # status bar) on the screen; at 1024x640 a 1024x640 minimum pushed the status bar off it
+        self.setMinimumSize(800, 480)
         self.setDocumentMode(True)
         # -- panels
         self.tabs = QTabWidget()
@@ -160,6 +165,7 @@ class MainWindow(QMainWindow):
         self.ctx.deviceChanged.connect(lambda d: self.device_label.setText(f"Device: {d}"))
         self.ctx.workspaceChanged.connect(self._workspace_changed)
         self.ctx.sessionChanged.connect(lambda _s: self._update_actions())
+        self.ctx.sessionChanged.connect(lambda _s: self.refresh_model_state())  # text search needs its config
         self.ctx.modelStateChanged.connect(self._model_state_changed)
         self.ctx.modelChanged.connect(self.refresh_model_state)
         self.jobs.jobEnded.connect(lambda j: j.name in (MODEL_STATE_JOB, WATCH_JOB) or self.refresh_model_state())
@@ -173,7 +179,6 @@ class MainWindow(QMainWindow):
         self.jobs.jobEnded.connect(lambda j: j.kind == "write" and self._own_write_ended())
         self.panel("training").trainingChanged.connect(lambda _on: (self.refresh_model_state(),
                                                                      self._update_actions()))
-        self._etas: dict = {}
         self.panel("training").evaluated.connect(self._evaluated)
         self._make_actions()
         self._shortcut_filter = ShortcutsOverTextBoxes(
@@ -184,6 +189,7 @@ class MainWindow(QMainWindow):
         self._restore()
         self._update_actions()
         self._closing = False
+        self._watching = None  # the job whose progress the status bar message follows (_watch)
         self._watched: list = []
         if warm:
             QTimer.singleShot(0, self._start_background)
@@ -218,6 +224,8 @@ class MainWindow(QMainWindow):
         self.act_stop = act("&Stop", self.stop_jobs, "Ctrl+.", "stop", "Stop training and other running jobs")
         self.act_export = act("&Export tracks…", self.export_tracks_dialog, "Ctrl+E", "export",
                               "Export identity tracks to CSV")
+        self.act_export_onnx = act("Export &encoder (ONNX)…", self.export_onnx_dialog, "Ctrl+Shift+E", "export",
+                                   "Export the fine-tuned image encoder as ONNX, for trackers")
         self.act_close = act("&Close workspace", self.close_workspace, QKeySequence.StandardKey.Close, None,
                              "Close the workspace")
         self.act_quit = act("&Quit", self.close, QKeySequence.StandardKey.Quit, "quit", "Quit ITKM Studio")
@@ -231,6 +239,7 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         m.addAction(self.act_add)
         m.addAction(self.act_export)
+        m.addAction(self.act_export_onnx)
         m.addSeparator()
         m.addAction(self.act_close)
         m.addAction(self.act_quit)
@@ -262,7 +271,7 @@ class MainWindow(QMainWindow):
         tb.setObjectName("main-toolbar")
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         for a in (self.act_open, self.act_add, None, self.act_train, self.act_retrain, self.act_stop, None,
-                  self.act_export):
+                  self.act_export, self.act_export_onnx):
             tb.addSeparator() if a is None else tb.addAction(a)
 
     def _update_actions(self) -> None:
@@ -277,9 +286,11 @@ class MainWindow(QMainWindow):
         self.act_retrain.setEnabled(writable and has_session and not training and trained)
         self.act_stop.setEnabled(self.jobs.busy("write") or self.jobs.busy("read"))
         self.act_export.setEnabled(has_session and trained)
+        self.act_export_onnx.setEnabled(has_session and trained)
         for a, why in ((self.act_train, "training is running" if training else "open a workspace first"),
                        (self.act_retrain, "training is running" if training else "train a first round first"),
-                       (self.act_export, "train a first round first")):
+                       (self.act_export, "train a first round first"),
+                       (self.act_export_onnx, "train a first round first")):
             tip = a.statusTip()
             a.setToolTip(tip if a.isEnabled() else f"{tip} — not now: {why}")
         self.act_close.setEnabled(has_ws)
@@ -377,9 +388,13 @@ class MainWindow(QMainWindow):
     def _set_model_state(self, ws, rounds) -> None:
         if self.ctx.ws is not ws:
             return
+        from itkm_engine.text_search import workspace_reason
+
         state = ModelState.of(rounds)
         training = self.panel("training").is_training()
-        self.ctx.set_model_state(ModelState(state.round, state.preset, state.unfinished, training))
+        session = self.ctx.session
+        text_off = workspace_reason(rounds, session.cfg, app=True) if session is not None else None
+        self.ctx.set_model_state(ModelState(state.round, state.preset, state.unfinished, training, text_off))
 
     def _evaluated(self, scores: dict) -> None:
         from .widgets.eval_table import headline, pct
@@ -412,6 +427,7 @@ class MainWindow(QMainWindow):
         self.ctx.set_session(session, images)
         self.ctx.deviceChanged.emit(device_text)
         self._refresh_images_on_change()
+        self.read_camera_sites()
         self.extract_features()
 
     def extract_features(self) -> None:
@@ -443,6 +459,20 @@ class MainWindow(QMainWindow):
                 self.ctx.identities = None
 
         self.jobs.submit("images", tasks.read_images, session, on_done=done, quiet=True)
+        self.read_camera_sites()
+
+    def read_camera_sites(self) -> None:
+        """Camera -> site for the views (colour by site, the Gallery's site filter), off the GUI thread."""
+        ws = self.ctx.ws
+        if ws is None:
+            return
+
+        def done(sites, w=ws):
+            if self.ctx.ws is w:
+                self.ctx.camera_sites = dict(sites)
+                self.ctx.sitesChanged.emit()
+
+        self.jobs.submit("camera sites", tasks.read_camera_sites, ws, on_done=done, quiet=True, report_errors=False)
 
     def close_workspace(self) -> None:
         if self.ctx.ws is None:
@@ -587,11 +617,40 @@ class MainWindow(QMainWindow):
         self._watch(job, "Exporting tracks")
         return job
 
-    def _exported(self, path: str, n: int) -> None:
-        from .wording import plural
+    def export_onnx_dialog(self) -> None:
+        if self.ctx.session is None:
+            return
+        default = export_dir(self.settings) / f"{self.ctx.ws.path.name}-encoder.onnx"
+        path, _ = QFileDialog.getSaveFileName(self, "Export the image encoder (ONNX)", str(default),
+                                              "ONNX files (*.onnx)")
+        if path:
+            self.export_onnx(path)
 
-        self.log_view.add(LogMessage("info", f"exported {plural(n, 'sighting')} to {path}"))
-        self.statusBar().showMessage(f"Exported {plural(n, 'sighting')} to {path}", 15000)
+    def export_onnx(self, path: str):
+        """The current model's image encoder to ``path`` as ONNX, written and checked with
+        onnxruntime in a job (``tasks.export_onnx``), never on the GUI thread."""
+        if not path.lower().endswith(".onnx"):
+            path += ".onnx"
+        self.settings.set("export/last_dir", str(Path(path).parent))
+        job = self.jobs.submit("export encoder", tasks.export_onnx, self.ctx.session, path, kind="read",
+                               on_done=lambda r: self._onnx_exported(path, r))
+        self._watch(job, "Exporting the encoder")
+        return job
+
+    def _onnx_exported(self, path: str, result) -> None:
+        rnd, chk = result
+        which = f"the round {rnd} encoder" if rnd is not None else "the initial (untrained) encoder"
+        check = f"; onnxruntime matches torch on {chk.n} crops (largest difference {chk.max_abs_diff:.1g})" \
+            if chk is not None else ""
+        self.log_view.add(LogMessage("info", f"exported {which} to {path}{check}"))
+        self._show_export(f"Exported {which} to {path}", path)
+
+    def _show_export(self, text: str, path: str) -> None:
+        """One message for a finished export, and the "Show in folder" button beside it.  The
+        export's progress messages stop first: they were drawn over this one."""
+        self._watching = None
+        self.statusBar().clearMessage()
+        self.statusBar().showMessage(text, 15000)
         if getattr(self, "_show_btn", None) is None:
             self._show_btn = QPushButton("Show in folder")
             self._show_btn.setFlat(True)
@@ -602,6 +661,12 @@ class MainWindow(QMainWindow):
         self._show_btn.show()
         QTimer.singleShot(30000, self._show_btn.hide)
 
+    def _exported(self, path: str, n: int) -> None:
+        from .wording import plural
+
+        self.log_view.add(LogMessage("info", f"exported {plural(n, 'sighting')} to {path}"))
+        self._show_export(f"Exported {plural(n, 'sighting')} to {path}", path)
+
     # -- jobs in the status bar -------------------------------------------------------------------------------
     def _job_started(self, job) -> None:
         if getattr(job, "_quiet", False) or job.kind == "background":
@@ -610,20 +675,19 @@ class MainWindow(QMainWindow):
         self._update_job_status()
 
     def _job_progress(self, job, e) -> None:
-        from .widgets.progress import EtaEstimator, format_eta
+        from .widgets.progress import PART_NAMES, format_eta
 
         if e.fraction is not None:
             self.job_bar.setValue(int(1000 * e.fraction))
-        label = job.name + (f": {e.stage}" if e.stage else "")
-        left = self._etas.setdefault(id(job), EtaEstimator()).update(e.fraction)
-        if left is not None and e.fraction is not None and e.fraction < 1:
-            label += f" · {format_eta(left)} left"
+        what = PART_NAMES.get(e.part, e.part) if e.part else e.stage
+        label = job.name + (f": {what}" if what else "")
+        # the engine's time left (itkm_engine/eta.py), the same the Training view and the CLI show
+        if e.eta_s is not None and e.fraction is not None and e.fraction < 1:
+            label += f" · {format_eta(e.eta_s)} left"
         self.job_label.setText(label)
 
     def _update_job_status(self) -> None:
         active = [j for j in self.jobs.active() if not getattr(j, "_quiet", False) and j.kind != "background"]
-        live = {id(j) for j in active}
-        self._etas = {k: v for k, v in self._etas.items() if k in live}
         if not active:
             self.job_label.setText("Idle")
             self.job_bar.hide()
@@ -639,9 +703,15 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _watch(self, job, what: str) -> None:
-        """Show a job's progress in the status bar message too."""
-        job.progress.connect(lambda e: self.statusBar().showMessage(
-            f"{what}: {int(100 * (e.fraction or 0))}% {e.message}", 3000))
+        """Show a job's progress in the status bar message too (until it ends: a late progress
+        message must not cover the "Exported ..." that follows)."""
+        self._watching = job
+
+        def show(e, j=job):
+            if self._watching is j:
+                self.statusBar().showMessage(f"{what}: {int(100 * (e.fraction or 0))}% {e.message}", 3000)
+
+        job.progress.connect(show)
 
     def stop_jobs(self) -> None:
         self.panel("training").stop()
@@ -679,14 +749,32 @@ class MainWindow(QMainWindow):
         theme.apply_theme(QApplication.instance(), name)
         QMessageBox.information(self, "Appearance", "The new appearance applies fully after a restart.")
 
-    def show_shortcuts(self) -> None:
-        rows = []
+    def shortcut_rows(self) -> list[tuple[str, str, str]]:
+        """(where, what, keys) of every keyboard shortcut: the window's actions, then the keys the
+        views handle themselves (the Gallery's Y / N and arrows, undo / redo, the map's tools)."""
+        native = QKeySequence.SequenceFormat.NativeText
+        rows = set()
         for a in self.findChildren(QAction):
             if not a.shortcut().isEmpty() and a.text():
-                rows.append((a.text().replace("&", ""), a.shortcut().toString(QKeySequence.SequenceFormat.NativeText)))
-        rows = sorted(set(rows), key=lambda r: r[0])
-        html = "<table>" + "".join(f"<tr><td>{t}</td><td>&nbsp;&nbsp;<b>{k}</b></td></tr>" for t, k in rows) + \
-            "</table><p>Clusters view: <b>P</b> pan, <b>R</b> rectangle, <b>L</b> lasso.</p>"
+                rows.add(("Window", a.text().replace("&", ""), a.shortcut().toString(native)))
+        undo = QKeySequence(QKeySequence.StandardKey.Undo).toString(native) or "Ctrl+Z"
+        redo = QKeySequence("Ctrl+Shift+Z").toString(native)
+        rows = sorted(rows, key=lambda r: r[1]) + [
+            ("Gallery", "Same person: confirm the current (or selected) match", "Y"),
+            ("Gallery", "Not this person: reject the current (or selected) match", "N"),
+            ("Gallery", "Move between matches; past the last one: the next review pair", "Arrow keys"),
+            ("Gallery", "Search for the current match", "Enter / double-click"),
+            ("Gallery, Identities", "Undo the last decision (says what it undid)", undo),
+            ("Gallery, Identities", "Redo", redo),
+            ("Identities", "Select several identities (to merge) or sightings (to split)", "Ctrl+click"),
+            ("Clusters", "Pan and zoom / rectangle selection / lasso selection", "P / R / L"),
+            ("Help", "This list", "F1"),
+        ]
+        return rows
+
+    def show_shortcuts(self) -> None:
+        html = "<table>" + "".join(f"<tr><td><i>{w}</i>&nbsp;&nbsp;</td><td>{t}</td><td>&nbsp;&nbsp;<b>{k}</b></td></tr>"
+                                   for w, t, k in self.shortcut_rows()) + "</table>"
         QMessageBox.information(self, "Keyboard shortcuts", html)
 
     def show_about(self) -> None:
@@ -695,6 +783,27 @@ class MainWindow(QMainWindow):
                           "with the ITKM method (Image-Text Knowledge Modeling, AAAI 2026).</p>")
 
     # -- persistence ------------------------------------------------------------------------------------------------
+    def fit_to_screen(self, available=None) -> None:
+        """Keep the whole window, frame and status bar included, on the screen's free area
+        (``available``: a QRect, default the window's screen's available geometry)."""
+        if available is None:
+            screen = self.screen() or QApplication.primaryScreen()
+            if screen is None:
+                return
+            available = screen.availableGeometry()
+        frame, inner = self.frameGeometry(), self.geometry()
+        # the window system's frame (title bar, borders); before the first show assume a usual one
+        dw = max(frame.width() - inner.width(), 0) or 2 * FRAME_BORDER
+        dh = max(frame.height() - inner.height(), 0) or FRAME_TITLE + FRAME_BORDER
+        w = min(self.width(), available.width() - dw)
+        h = min(self.height(), available.height() - dh)
+        if (w, h) != (self.width(), self.height()):
+            self.resize(max(w, self.minimumWidth()), max(h, self.minimumHeight()))
+        x = min(max(frame.x(), available.x()), available.x() + available.width() - self.width() - dw)
+        y = min(max(frame.y(), available.y()), available.y() + available.height() - self.height() - dh)
+        if (x, y) != (frame.x(), frame.y()):
+            self.move(max(x, available.x()), max(y, available.y()))
+
     def _restore(self) -> None:
         g = self.settings.geometry()
         if g is not None:
@@ -705,7 +814,8 @@ class MainWindow(QMainWindow):
         if s is not None:
             self.restoreState(s)
         else:
-            self.resizeDocks([self.log_dock], [150], Qt.Orientation.Vertical)
+            # a small window keeps most of its height for the views (the log took a quarter of 640 px)
+            self.resizeDocks([self.log_dock], [max(80, min(150, self.height() // 6))], Qt.Orientation.Vertical)
         self.tabs.setCurrentIndex(min(max(self.settings.tab(), 0), self.tabs.count() - 1))
 
     def save_settings(self) -> None:

@@ -24,15 +24,15 @@ import numpy as np
 __all__ = ["CHILD_NICE", "import_engine", "import_projection",
            # the window
            "warm_up", "probe_devices", "describe_device", "open_session", "make_demo_workspace", "read_rounds",
-           "read_images", "compute_in_child", "extract_features", "export_tracks", "follow_umask", "APP_OWNER",
-           "workspace_changes",
+           "read_images", "read_camera_sites", "compute_in_child", "extract_features", "export_tracks", "export_onnx",
+           "follow_umask", "APP_OWNER", "workspace_changes",
            # Cameras
            "camera_samples", "read_cameras", "read_rejects", "set_camera", "reset_cameras", "set_site",
            "ingest_plan", "ingest_folders",
            # Training
            "run_training", "read_training_history", "evaluate",
            # Clusters, Identities, Gallery
-           "projection", "identities", "identity_overview", "query_image", "query_file", "query_text",
+           "projection", "cached_projection", "identities", "named_identities", "identity_overview", "query_image", "query_file", "query_text",
            "review_queue"]
 
 #: Scheduling priority of the child processes that run heavy jobs (training, features, the 2-D
@@ -204,6 +204,19 @@ def export_tracks(session, out_csv: str, *, reporter) -> int:
     return n
 
 
+def export_onnx(session, out: str, *, reporter):
+    """The current image encoder to ONNX, checked with onnxruntime on 32 crops: ``(round or None,
+    OnnxCheck)``.  The file gets the permissions a new file gets here."""
+    import_engine()
+    from itkm_engine.onnx_export import check_onnx, export_onnx as export, trained_round
+
+    export(session, out, reporter=reporter.child(0.0, 0.8))
+    reporter.update(0.85, stage="export", message="checking the file with onnxruntime")
+    chk = check_onnx(session, out, n=32)
+    follow_umask(out)
+    return trained_round(session), chk
+
+
 def follow_umask(path: str | Path) -> None:
     """Give a file the permissions a new file gets here (atomic writes create it 0600)."""
     mask = os.umask(0)
@@ -273,15 +286,15 @@ def ingest_plan(folders: list[str], layout: str | None) -> list[tuple[str | None
     return [(lay, group) for lay, group in (("one-camera", one), (None, rest)) if group]
 
 
-def ingest_folders(ws, session, folders: list[str], layout: str | None = None, scenario: str | None = None, *,
-                   reporter):
+def ingest_folders(ws, session, folders: list[str], layout: str | None = None, scenario: str | None = None,
+                   site: str | None = None, *, reporter):
     """Ingest ``folders`` into the workspace (see :func:`ingest_plan`); one summary for all."""
     from itkm_engine.data.ingest import ingest
 
     plan = ingest_plan(folders, layout)
     summary = None
     for i, (lay, group) in enumerate(plan):
-        part = ingest(ws, group, layout=lay, scenario=scenario,
+        part = ingest(ws, group, layout=lay, scenario=scenario, site=site,
                       reporter=reporter.child(i / len(plan), (i + 1) / len(plan)))
         if summary is None:
             summary = part
@@ -320,11 +333,14 @@ def run_training(session, request, *, reporter):
         session.refresh()
 
 
-def read_training_history(ws, *, reporter):
-    """Rounds, epoch log, evaluation records, image count, and each round's checkpoint key
-    (evaluation records name the checkpoint by its content key)."""
+def read_training_history(ws, session=None, *, reporter):
+    """Rounds, epoch log, evaluation records, image count, each round's checkpoint key
+    (evaluation records name the checkpoint by its content key), each round's measured duration
+    (``{round: seconds}``, the trainer's ``round_time`` record) and the current model's key
+    (``None`` without a session): the untrained model's evaluation is shown too."""
     rounds = ws.rounds()
     keys = {}
+    current = None
     try:
         import_engine()  # torch: never imported by two threads at once
         from itkm_engine.model.checkpoint import checkpoint_key
@@ -332,9 +348,13 @@ def read_training_history(ws, *, reporter):
         for r in rounds:
             if r.checkpoint and os.path.exists(r.checkpoint):
                 keys[r.number] = checkpoint_key(r.checkpoint)
+        if session is not None:
+            current = session.checkpoint_key()
     except Exception:  # noqa: BLE001 - the history still shows without scores
         pass
-    return rounds, ws.epoch_log(), ws.metrics("evaluation"), ws.image_count(), keys
+    times = {int(m["round"]): float(m["values"]["seconds"]) for m in ws.metrics("round_time")
+             if m.get("round") is not None and isinstance(m.get("values"), dict) and "seconds" in m["values"]}
+    return rounds, ws.epoch_log(), ws.metrics("evaluation"), ws.image_count(), keys, times, current
 
 
 def evaluate(session, *, reporter) -> dict:
@@ -361,10 +381,30 @@ def projection(session, *, reporter):
     return np.asarray(ids, np.int64), np.asarray(xy, np.float32), session.images()
 
 
+def cached_projection(session, *, reporter):
+    """The 2-D map when the cache holds it (nothing is computed), else ``None``: what the
+    Clusters view shows while training runs."""
+    xy = session.projection(reporter=reporter, compute=False)
+    if xy is None:
+        return None
+    return np.asarray(session.features().ids, np.int64), np.asarray(xy, np.float32), session.images()
+
+
 def identities(session, *, reporter):
     """The current model's identities (computed once per checkpoint and the decisions)."""
     import_projection()  # faiss/sklearn: never imported by two threads at once
     return session.identities(reporter=reporter)
+
+
+def named_identities(session, *, reporter):
+    """The current identities and the operator's names of them: ``(table, {identity: (name, note)})``."""
+    table = identities(session, reporter=reporter)
+    return table, session.identity_names()
+
+
+def read_camera_sites(ws, *, reporter) -> dict[str, str]:
+    """Camera -> site (the Clusters view colours by it, the Gallery filters by it)."""
+    return ws.camera_sites()
 
 
 def identity_overview(session, *, reporter):

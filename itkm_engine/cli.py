@@ -23,9 +23,16 @@ import time
 from pathlib import Path
 
 from .errors import Cancelled, ItkmError
+from .eta import format_duration, format_eta
 from .progress import LogMessage, ProgressEvent, Reporter
 
 EPILOG = "Run 'itkm COMMAND --help' for the options of one command."
+
+#: How the progress line names a job's part (``ProgressEvent.part``) and its sub-step (``stage``).
+PART_NAMES = {"extract": "features", "stage1": "Stage I", "stage2": "Stage II", "stage3": "Stage III",
+              "final": "new model's features"}
+STEP_NAMES = {"extract": "embedding", "knn": "clustering: neighbours", "encoding": "clustering: k-reciprocal",
+              "jaccard": "clustering: Jaccard", "dbscan": "clustering: DBSCAN"}
 
 
 # -- printing -------------------------------------------------------------------------------------
@@ -54,16 +61,21 @@ class ConsoleReporter(Reporter):
         parts = [f"{100 * e.fraction:5.1f}%" if e.fraction is not None else "     "]
         if e.round is not None:
             parts.append(f"round {e.round}")
-        if e.stage:
-            parts.append(e.stage)
+        part = PART_NAMES.get(e.part, e.part)
+        step = STEP_NAMES.get(e.stage, "" if e.stage in (e.part, "done") else e.stage)
+        if part:
+            parts.append(part)
         if e.epoch is not None and e.epochs:
             parts.append(f"epoch {e.epoch + 1}/{e.epochs}")
+        if step:
+            parts.append(step)
         if e.step is not None and e.steps:
             parts.append(f"{e.step}/{e.steps}")
         if e.losses:
             parts.append(" ".join(f"{k}={v:.3f}" for k, v in list(e.losses.items())[:4]))
-        if e.eta_s is not None and e.fraction and e.fraction < 1:
-            parts.append(f"ETA {_duration(e.eta_s)}")
+        if e.fraction is not None and e.fraction < 1:
+            # itkm_engine/eta.py: the same estimate the app shows; none until it has a basis
+            parts.append(f"{format_eta(e.eta_s)} left" if e.eta_s is not None else "time left: not known yet")
         if e.message:
             parts.append(e.message)
         line = "  ".join(parts)
@@ -90,11 +102,6 @@ class ConsoleReporter(Reporter):
             with contextlib.suppress(BrokenPipeError):
                 sys.stderr.write("\r\033[K")
                 sys.stderr.flush()
-
-
-def _duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 #: Characters that would steer the terminal or hide text: bidirectional overrides and isolates.
@@ -189,12 +196,16 @@ def cmd_cameras(a) -> int:
                 if "=" not in item:
                     raise ItkmError(f"expected KEY=VALUE after the camera name, got {item!r} (keys: scenario, group)")
                 k, v = item.split("=", 1)
-                if k not in ("scenario", "group"):
-                    raise ItkmError(f"unknown camera setting {k!r}; use scenario=... and/or group=...")
+                if k not in ("scenario", "group", "site"):
+                    raise ItkmError(f"unknown camera setting {k!r}; use scenario=..., group=... and/or site=...")
                 kw[k] = v
+            site = kw.pop("site", None)
             # A camera named after a folder whose name is not UTF-8 is stored in its text form
             # (relpath_to_text); typed as the folder's raw bytes it finds that camera.
-            ws.set_camera(relpath_to_text(cam), **kw)
+            if kw:
+                ws.set_camera(relpath_to_text(cam), **kw)
+            if site is not None:
+                _set_camera_site(ws, relpath_to_text(cam), site)
         rows = [
             {"camera": c.name, "images": c.n_images, "missing": c.n_missing, "rejected": c.n_rejected,
              "scenario": c.scenario, "group": c.group, "site": sites.get(c.name, ""),
@@ -207,6 +218,20 @@ def cmd_cameras(a) -> int:
     else:
         print_table(rows)
     return 0
+
+
+def _set_camera_site(ws, cam: str, site: str) -> None:
+    """``cameras --set CAM site=X``: the site belongs to the folder the camera was ingested from, so
+    every camera of that folder moves with it (said on the output)."""
+    cams = ws.cameras()
+    me = next((c for c in cams if c.name == cam), None)
+    if me is None:
+        raise ItkmError(f"no camera {cam!r} in this workspace (itkm cameras WORKSPACE lists them)")
+    ws.set_source_site(me.source_id, site)
+    others = sorted(c.name for c in cams if c.source_id == me.source_id and c.name != cam)
+    root = next((str(s.root) for s in ws.sources() if s.id == me.source_id), "?")
+    print(f"site of {shown(root)} set to {shown(repr(site))}" + (
+        f" (its cameras {shown(', '.join([cam] + others))})" if others else f" (camera {shown(cam)})"))
 
 
 def cmd_train(a) -> int:
@@ -229,7 +254,7 @@ def cmd_train(a) -> int:
         rep.done()
         for r in results:
             last = {e["stage"]: e for e in r.epochs}
-            print(f"round {r.round} done in {r.seconds:.0f} s -> {r.checkpoint}")
+            print(f"round {r.round} done in {format_duration(r.seconds)} -> {r.checkpoint}")
             rows = [{"stage": s, "epochs": sum(1 for e in r.epochs if e["stage"] == s),
                      **{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in e.get("values", e).items()
                         if k in ("loss", "n_clusters", "n_outliers", "chm_pairs", "ihm_pairs", "precision", "ari")}}
@@ -312,17 +337,32 @@ def cmd_query(a) -> int:
         if a.scenario or a.camera or a.group or a.other_cameras:
             filters = QueryFilter(frozenset(a.scenario) if a.scenario else None, frozenset(a.group) if a.group else None,
                                   frozenset(a.camera) if a.camera else None, a.other_cameras)
+        if a.text:
+            if a.rerank:
+                raise ItkmError("--rerank re-ranks image queries only (it compares image neighbourhoods); "
+                                "leave it out with --text")
+            reason = s.text_search_unavailable()
+            if reason is not None:  # before any features are computed
+                raise ItkmError(reason)
         s.features(reporter=rep)
         if a.text:
             matches = s.query_text(a.image, k=a.top_k, filters=filters)
         elif image_id_of(a.image) is not None and not Path(a.image).exists():
             matches = s.query_image(image_id_of(a.image), k=a.top_k, filters=filters, rerank=a.rerank)
         else:
-            matches = s.query_file(a.image, k=a.top_k, filters=filters)
+            matches = s.query_file(a.image, k=a.top_k, filters=filters, rerank=a.rerank)
         rep.done()
-    rows = [{"rank": i + 1, "similarity": round(m.similarity, 4), "camera": m.camera, "scenario": m.scenario,
-             "group": m.group, "path": m.path} for i, m in enumerate(matches)]
-    _json_out(rows) if a.json else print_table(rows)
+    # the score column says what the number is: a cosine, a re-ranked score (not a cosine), or an
+    # image-text cosine; three decimals everywhere in the table (JSON: the number)
+    score = "text_cosine" if a.text else "rerank_score" if a.rerank else "cosine"
+    if a.json:
+        _json_out([{"rank": i + 1, score: round(m.similarity, 4), "image_id": m.image_id, "camera": m.camera,
+                    "scenario": m.scenario, "group": m.group, "path": m.path} for i, m in enumerate(matches)])
+        return 0
+    print_table([{"rank": i + 1, score: f"{m.similarity:.3f}", "image": m.image_id, "camera": m.camera,
+                  "scenario": m.scenario, "group": m.group, "path": m.path} for i, m in enumerate(matches)])
+    if a.rerank:
+        print("rerank_score: 1 - the k-reciprocal re-ranked distance (compare it only within this list)")
     return 0
 
 
@@ -438,7 +478,7 @@ def cmd_identities(a) -> int:
         if a.undo or a.redo:
             step = s.undo() if a.undo else s.redo()
             what = "undo" if a.undo else "redo"
-            print(f"{what}: step {step}" if step is not None else f"nothing to {what}")
+            print(f"{what}: {s.describe_step(step)} (step {step})" if step is not None else f"nothing to {what}")
             return 0
         if a.merge:
             print(f"identities {a.merge[0]} and {a.merge[1]} merged (step {s.merge_identities(*a.merge)})")
@@ -453,11 +493,14 @@ def cmd_identities(a) -> int:
         if a.review:
             q = s.review_queue(a.review)
             images = s.images()
-            rows = [{"a": p.image_a, "b": p.image_b, "similarity": round(p.similarity, 4),
-                     "same_identity": p.same_identity, "cross_scenario": p.cross_scenario,
-                     "path_a": images.path[images.index_of([p.image_a])[0]],
-                     "path_b": images.path[images.index_of([p.image_b])[0]]} for p in q]
-            _json_out(rows) if a.json else print_table(rows)
+            if a.json:
+                _json_out([{"a": p.image_a, "b": p.image_b, "similarity": round(p.similarity, 4),
+                            "boundary": round(p.boundary, 4), "same_identity": p.same_identity,
+                            "cross_scenario": p.cross_scenario,
+                            "path_a": images.path[images.index_of([p.image_a])[0]],
+                            "path_b": images.path[images.index_of([p.image_b])[0]]} for p in q])
+            else:
+                _print_review(a.workspace, q, images)
             _keep_identities(a, rep, s)
             return 0
         summary = s.identity_summary(reporter=rep)
@@ -476,18 +519,45 @@ def cmd_identities(a) -> int:
     return 0
 
 
+def _print_review(workspace: str, queue, images) -> None:
+    """``identities --review``: the pairs in the queue's order (across scenarios first, then the
+    nearest the boundary), narrow, and the commands that decide one."""
+    import shlex
+
+    if not queue:
+        print("nothing to review: every candidate pair has been decided")
+        return
+    cam = dict(zip(images.id.tolist(), (shown(c, 40) for c in images.camera)))
+    boundary = queue[0].boundary
+    print(f"{len(queue)} pairs nearest the decision boundary (similarity {boundary:.3f}, midway between pairs the "
+          "identities put together and pairs they keep apart), pairs across scenarios first:")
+    rows = [{"#": i + 1, "a": p.image_a, "b": p.image_b, "cameras": f"{cam.get(p.image_a, '?')}/{cam.get(p.image_b, '?')}",
+             "similarity": f"{p.similarity:.3f}", "from_boundary": f"{p.similarity - p.boundary:+.3f}",
+             "identities": "same" if p.same_identity else "different",
+             "scenarios": "across" if p.cross_scenario else "within"} for i, p in enumerate(queue)]
+    print_table(rows)
+    ws, first = shlex.quote(str(workspace)), queue[0]
+    print("decide a pair (A and B from the table):")
+    print(f"  itkm confirm {ws} A B    # same person")
+    print(f"  itkm reject {ws} A B     # different people")
+    print(f"e.g. pair 1: itkm confirm {ws} {first.image_a} {first.image_b}")
+
+
 def cmd_export_onnx(a) -> int:
     _check_destination_first(a)  # before onnx_export imports torch
-    from .onnx_export import check_destination, check_onnx, export_onnx
+    from .onnx_export import check_destination, check_onnx, export_onnx, trained_round
 
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:
         out = check_destination(s.ws, a.out)
         export_onnx(s, out, group=a.group, reporter=rep)
         chk = None if a.no_check else check_onnx(s, out, n=32)
+        done = trained_round(s)
     rep.done()
     inputs = "images, scenario_idx" + ("" if a.group else ", group_idx")
-    print(f"image encoder written to {out} (inputs: {inputs}; output: embedding)")
+    which = f"round {done}'s fine-tuned image encoder" if done is not None else \
+        "the INITIAL image encoder (not trained yet: train a round first for the fine-tuned one)"
+    print(f"{which} written to {out} (inputs: {inputs}; output: embedding)")
     if chk is not None:
         print(f"onnxruntime vs torch on {chk.n} crops: largest difference {chk.max_abs_diff:.3g}")
     return 0
@@ -515,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo-data", cmd_demo_data, "write the built-in multi-scenario demo camera set", ws=False)
     sp.add_argument("dir", metavar="DIR", help="output folder (created; must be empty or an earlier demo)")
     sp.add_argument("--identities", type=_positive_int, default=60, help="number of people (default 60, ~2,000 crops)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed of the drawn people, clothes and cameras "
+                    "(default 0: the same set every time; another seed draws another set)")
     sp.add_argument("--id-offset", type=_non_negative_int, default=0, help="person ids start after this (a second demo set with "
                     "other people, e.g. for a second site: --id-offset 60)")
 
@@ -527,15 +598,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--site", help="where these folders were filmed; people are shared only within a site, and "
                     "Stage II keeps different sites' identities apart (default: one site for everything)")
 
-    sp = add("cameras", cmd_cameras, "list cameras; correct a camera's scenario or group")
+    sp = add("cameras", cmd_cameras, "list cameras; correct a camera's scenario, group or site")
     sp.add_argument("--set", nargs="+", action="append", metavar=("CAMERA", "KEY=VALUE"),
-                    type=str, help="e.g. --set cam3 scenario=visible-infrared group=infrared")
+                    type=str, help="e.g. --set cam3 scenario=visible-infrared group=infrared, or --set cam3 "
+                    "site=depot (a site belongs to the folder the camera came from: its other cameras move too)")
     sp.add_argument("--json", action="store_true")
 
     sp = add("train", cmd_train, "run training rounds (Stage I -> II -> III); re-run to resume an interrupted one")
-    sp.add_argument("--rounds", type=_positive_int, default=1)
+    sp.add_argument("--rounds", type=_positive_int, default=1,
+                    help="training rounds to run, each Stage I -> II -> III starting from the last one's model "
+                    "(default 1; an interrupted round is finished first and counts as one)")
     sp.add_argument("--preset", choices=["tiny", "quick", "full"],
-                    help="quick: small model for CPUs/demo; full: ViT-B-16 + OpenAI weights for a GPU "
+                    help="quick: an ImageNet MobileNetV2 tower for CPUs and the demo (text search off: its text "
+                    "tower is random); full: ViT-B-16 + OpenAI CLIP weights for a GPU; tiny: a tiny random model "
+                    "for tests, trains in seconds and learns nothing useful "
                     "(default: the workspace's config.toml, else quick)")
     sp.add_argument("--config", help="a TOML config file (overrides --preset)")
     sp.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -554,9 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("query", cmd_query, "rank the workspace's images against a query image, image id or text")
     sp.add_argument("image", metavar="IMAGE", help="an image file, a workspace image id, or text with --text")
-    sp.add_argument("--text", action="store_true", help="IMAGE is a description, ranked with the CLIP text tower")
-    sp.add_argument("--top-k", type=_positive_int, default=20)
-    sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    sp.add_argument("--text", action="store_true", help="IMAGE is a description, ranked with the CLIP text tower "
+                    "(only where it has CLIP's pretrained weights: --preset full; off, with the reason, otherwise)")
+    sp.add_argument("--top-k", type=_positive_int, default=20, help="number of matches to list (default 20)")
+    sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of an image query (an id or "
+                    "an ingested file); the score column is then rerank_score, not a cosine")
     sp.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     sp.add_argument("--group", action="append", help="only these groups (repeatable)")
     sp.add_argument("--camera", action="append", help="only these cameras (repeatable)")
@@ -569,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--device")
 
-    sp = add("export-tracks", cmd_export_tracks, "identity tracks to CSV, one row per sighting, ordered by time")
+    sp = add("export-tracks", cmd_export_tracks, "identity tracks to CSV, one row per sighting, grouped by identity "
+             "(largest first), each identity's sightings in time order; time_source says where a time comes from")
     sp.add_argument("out", metavar="OUT.csv")
     sp.add_argument("--device")
 
@@ -591,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "a name that starts with '-': --name X -- -NAME)")
     act.add_argument("--undo", action="store_true", help="undo the last decision (a merge/split/selection is one)")
     act.add_argument("--redo", action="store_true", help="redo the last undone decision")
-    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs nearest the decision boundary")
+    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs nearest the decision boundary "
+                     "(across scenarios first), with the itkm confirm / reject command that decides one")
     sp.add_argument("--note", help="note stored with --name (only with --name; one starting with '-': --note=-TEXT)")
     sp.add_argument("--limit", type=_positive_int, default=50, help="rows to list (default 50)")
     sp.add_argument("--json", action="store_true")

@@ -18,12 +18,15 @@ import numpy as np
 
 from .atomic import TMP_PREFIX, atomic_open, folder_id
 from .data.imageio import relpath_to_text
+from .data.timestamps import is_derived, seconds_from_start, time_source
 from .errors import ItkmError
 from .progress import Reporter
 from .records import rows_of
 
-TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence",
+TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "time_source", "image_path", "confidence",
                  "identity_name", "confirmed")  # name: the operator's; confirmed: 1 if in a confirmed pair
+# timestamp: an ISO date-time (time_source "file_mtime"), or -- for a time made from frame numbers
+# (time_source "frame_number") -- seconds from the recording's start, never a made-up date
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -46,8 +49,12 @@ def path_text(path: str) -> str:
 
 
 def iso_time(ts: float) -> str:
+    """The CSV's timestamp cell: an ISO date-time, or seconds from the recording's start for a time
+    made from frame numbers (it has no date: see ``data/timestamps.py``)."""
     if ts is None or not math.isfinite(ts):
         return ""
+    if is_derived(ts):
+        return f"{seconds_from_start(ts):.2f}"
     return dt.datetime.fromtimestamp(float(ts), tz=dt.timezone.utc).isoformat()
 
 
@@ -134,7 +141,8 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None) -> int:
-    """One row per sighting, grouped by identity (largest first), ordered by time.  Returns rows."""
+    """One row per sighting, grouped by identity (largest first), each identity's sightings in
+    time order.  Returns rows."""
     out_csv, folder = export_destination(session.ws, out_csv)
     reporter = reporter or Reporter(job="export")
     images = session.images()
@@ -159,6 +167,7 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
                 escape_cell(images.scenario[r]),
                 escape_cell(images.group[r]),
                 iso_time(images.timestamp[r]),
+                time_source(images.timestamp[r]),
                 escape_cell(path_text(images.path[r])),
                 f"{float(conf[o]):.4f}",
                 escape_cell(names.get(int(ident[o]), ("", ""))[0]),

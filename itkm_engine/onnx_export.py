@@ -35,11 +35,34 @@ from .errors import ItkmError
 from .export import export_destination
 from .progress import Reporter
 
-__all__ = ["OnnxExportError", "export_onnx", "check_onnx", "check_destination", "OnnxCheck"]
+__all__ = ["OnnxExportError", "export_onnx", "check_onnx", "check_destination", "OnnxCheck", "trained_round",
+           "UNTRAINED_NOTE"]
 
 
 class OnnxExportError(ItkmError):
     """The encoder could not be exported or the export does not match the model."""
+
+
+#: What an export of a workspace without a finished round says (the CLI prints it, the app shows it).
+UNTRAINED_NOTE = ("this workspace has no trained round yet: the file holds the initial encoder (pretrained "
+                  "weights, before any ITKM training); train a round first for the fine-tuned one")
+
+
+def trained_round(session) -> int | None:
+    """The round whose encoder the session serves (``None``: the initial, untrained one)."""
+    done = [r.number for r in session.ws.rounds() if r.status == "done" and r.checkpoint]
+    return done[-1] if done else None
+
+
+def _require(module: str):
+    """``onnx`` / ``onnxruntime`` (dependencies of the package); one line if an install lacks them."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise OnnxExportError(f"ONNX export needs the {module} package, which this installation lacks: "
+                              "pip install onnx onnxruntime (or reinstall itkm-studio)") from None
 
 
 class _Encoder(torch.nn.Module):
@@ -86,12 +109,14 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
     import io
     import warnings
 
-    import onnx
-
+    onnx = _require("onnx")
     reporter = reporter or Reporter(job="export")
     # The folder checked now is the folder written at the end (minutes later for a large model):
     # one swapped for a link meanwhile is refused, never followed.
     out, folder = _destination(session.ws, out)
+    trained = trained_round(session)
+    if trained is None:
+        reporter.warning(UNTRAINED_NOTE)
     model = session.model()
     model.eval()
     h, w = session.cfg.model.image_size
@@ -133,6 +158,7 @@ def export_onnx(session, out: str | Path, *, group: str | None = None, opset: in
         "itkm.mean": json.dumps(list(CLIP_MEAN)),
         "itkm.std": json.dumps(list(CLIP_STD)),
         "itkm.checkpoint": session.checkpoint_key(),
+        "itkm.round": json.dumps(trained),  # null: the initial encoder, before any training
     }
     for k, v in meta.items():
         p = proto.metadata_props.add()
@@ -155,8 +181,7 @@ class OnnxCheck:
 def check_onnx(session, path: str | Path, n: int = 32, seed: int = 0) -> OnnxCheck:
     """Run ``n`` of the workspace's crops (drawn across cameras, so several groups mix in one
     batch) through onnxruntime and through torch; compare."""
-    import onnxruntime as ort
-
+    ort = _require("onnxruntime")
     model = session.model()
     images = session.images()
     tf = CropTransform(session.cfg.model.image_size)

@@ -7,7 +7,11 @@ requested.  The CLI subscribes with a printing callback, the app with a Qt signa
 with a list.
 
 ``Reporter.child(lo, hi)`` maps a sub-job's own 0..1 fraction into ``lo..hi`` of the parent's,
-so nested steps (round -> stage -> epoch) report one overall fraction and one ETA.
+so nested steps (round -> stage -> epoch) report one overall fraction and one time left: every
+reporter of a job shares the job's :class:`~itkm_engine.eta.Eta` (``Reporter.plan`` gives it the
+job's parts and their measured costs).  ``child(..., part=NAME)`` opens a *part* (a stage of a
+round, an extraction): events from inside it carry ``part`` and ``part_fraction`` (0..1 of that
+part, never going back), so a stage bar follows its own part and not the sub-steps' own counts.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from .errors import Cancelled
+from .eta import Eta, Part
 
 __all__ = ["ProgressEvent", "CancelToken", "Reporter", "Cancelled", "LogMessage"]
 
@@ -35,7 +40,9 @@ class ProgressEvent:
     step: int | None = None
     steps: int | None = None
     fraction: float | None = None  # overall 0..1 for the whole job
-    eta_s: float | None = None
+    eta_s: float | None = None  # seconds left of the whole job (itkm_engine/eta.py); None: no basis yet
+    part: str = ""  # the part of the job this event is inside ("stage1", "extract", ...; Reporter.child)
+    part_fraction: float | None = None  # 0..1 of that part
     losses: Mapping[str, float] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
@@ -82,41 +89,54 @@ class Reporter:
         *,
         _lo: float = 0.0,
         _hi: float = 1.0,
-        _t0: float | None = None,
+        _eta: Eta | None = None,
+        _part: tuple[str, float, float] | None = None,
     ) -> None:
         self.on_event = on_event
         self.on_log = on_log
         self.cancel = cancel or CancelToken()
         self.job = job
         self._lo, self._hi = _lo, _hi
-        self._t0 = time.monotonic() if _t0 is None else _t0
+        self.eta = _eta if _eta is not None else Eta()
+        self._part = _part
 
     # -- structure -------------------------------------------------------------------------
-    def child(self, lo: float, hi: float, job: str | None = None) -> "Reporter":
-        """A reporter whose fraction 0..1 maps to ``lo..hi`` of this one's."""
+    def child(self, lo: float, hi: float, job: str | None = None, *, part: str | None = None) -> "Reporter":
+        """A reporter whose fraction 0..1 maps to ``lo..hi`` of this one's; with ``part``, the
+        span is a part of the job of that name (events inside it say so)."""
         span = self._hi - self._lo
+        a, b = self._lo + span * lo, self._lo + span * hi
         return Reporter(
             self.on_event,
             self.on_log,
             self.cancel,
             job or self.job,
-            _lo=self._lo + span * lo,
-            _hi=self._lo + span * hi,
-            _t0=self._t0,
+            _lo=a,
+            _hi=b,
+            _eta=self.eta,
+            _part=(part, a, b) if part else self._part,
         )
+
+    def plan(self, parts: list[Part]) -> None:
+        """Give the job's time-left estimator its parts, spans in this reporter's own 0..1."""
+        span = self._hi - self._lo
+        self.eta.set_plan([Part(p.name, self._lo + span * p.lo, self._lo + span * p.hi, p.units, p.expected_s,
+                                p.like, p.ratio) for p in parts])
 
     # -- reporting -------------------------------------------------------------------------
     def update(self, fraction: float | None = None, **fields) -> None:
         """Emit a :class:`ProgressEvent`; ``fraction`` is local (0..1 of this reporter's span)."""
         overall = None
         eta = None
+        part = self._part
         if fraction is not None:
             fraction = min(max(float(fraction), 0.0), 1.0)
             overall = self._lo + (self._hi - self._lo) * fraction
-            elapsed = time.monotonic() - self._t0
-            if overall > 1e-3:
-                eta = max(elapsed / overall - elapsed, 0.0)
+            eta = self.eta.update(overall, part[0] if part else None)
         if self.on_event is not None:
+            if part is not None and overall is not None:
+                fields.setdefault("part", part[0])
+                fields.setdefault("part_fraction", min(max((overall - part[1]) / max(part[2] - part[1], 1e-12), 0.0), 1.0))
             self.on_event(ProgressEvent(job=self.job, fraction=overall, eta_s=eta, **fields))
 
     def forward(self, event: ProgressEvent) -> None:

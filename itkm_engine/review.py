@@ -27,6 +27,7 @@ class ReviewPair:
     same_identity: bool
     cross_scenario: bool
     margin: float  # |similarity - boundary|
+    boundary: float = float("nan")  # the similarity midway between same- and different-identity pairs
 
 
 def review_queue(session, n: int = 100, *, k: int = 10) -> list[ReviewPair]:
@@ -63,7 +64,7 @@ def review_queue(session, n: int = 100, *, k: int = 10) -> list[ReviewPair]:
         ia, ib = int(fs.ids[a[i]]), int(fs.ids[b[i]])
         if (min(ia, ib), max(ia, ib)) in decided:
             continue
-        out.append(ReviewPair(ia, ib, float(s[i]), bool(same[i]), bool(cross[i]), float(margin[i])))
+        out.append(ReviewPair(ia, ib, float(s[i]), bool(same[i]), bool(cross[i]), float(margin[i]), float(boundary)))
         if len(out) >= n:
             break
     return out

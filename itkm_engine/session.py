@@ -32,6 +32,7 @@ from .model.loading import load_model, model_key, resolve_device
 from .progress import Reporter
 from .projection import cached_projection, load_cached_projection
 from .records import IdentityTable, rows_of
+from .text_search import TextSearchUnavailable, unavailable_reason, workspace_reason
 from .vocabulary import CONFIG_FILE
 from .workspace import Workspace
 
@@ -307,19 +308,39 @@ class Session:
         gv, gc = np.unique(images.group[m], return_counts=True)
         return sc, str(gv[np.argmax(gc)]) if len(gv) else model.groups[0]
 
-    def query_file(self, path, k: int = 50, filters: QueryFilter | None = None, reporter=None) -> list[Match]:
+    def query_file(self, path, k: int = 50, filters: QueryFilter | None = None, reporter=None,
+                   rerank: bool = False) -> list[Match]:
+        """Matches for an image file.  ``rerank``: only for a file of the workspace (re-ranking
+        compares the query's neighbourhood with theirs: an outside file has none stored)."""
+        if rerank:
+            r = self._known_row(path)
+            if r is None:
+                raise ItkmError(f"re-ranking needs a query among the workspace's images (an image id or the path "
+                                f"of an ingested file); {path} is not one of them: leave out --rerank")
+            return self.query_image(int(self.images().id[r]), k=k, filters=filters, rerank=True)
         feat, _ = self.embed_file(path)
         # an ingested image queried by its path has a camera: "other cameras" must leave it out
         r = self._known_row(path)
         cam = str(self.images().camera[r]) if r is not None else None
         return self._matches(self._rank(feat, k, self._allowed(filters, cam), None))
 
+    def text_search_unavailable(self) -> str | None:
+        """``None`` when the current model can search by description, else the one sentence that
+        says why not and how to get it (``itkm_engine/text_search.py``).  Reads the rounds only."""
+        return workspace_reason(self.ws.rounds(), self.cfg)
+
     def query_text(self, text: str, k: int = 50, filters: QueryFilter | None = None) -> list[Match]:
-        """Rank the gallery by a description, through the model's CLIP text tower."""
+        """Rank the gallery by a description, through the model's CLIP text tower -- only when that
+        tower has CLIP's pretrained weights (else :class:`TextSearchUnavailable`)."""
+        reason = self.text_search_unavailable()
+        if reason is not None:
+            raise TextSearchUnavailable(reason)
         text = (text or "").strip()
         if not text:
             raise ItkmError("type a description first, e.g. 'a person in a red jacket'")
         model = self.model()
+        if not getattr(model, "text_pretrained", False):  # the checkpoint's own record wins
+            raise TextSearchUnavailable(unavailable_reason({}, None) or "")
         with torch.no_grad():
             t = model.encode_text([text]).float().cpu().numpy()[0]
         return self._matches(self._rank(t, k, self._allowed(filters, None), None, space="proj"))
@@ -416,6 +437,10 @@ class Session:
 
     def redo(self) -> int | None:
         return D.redo(self.ws)
+
+    def describe_step(self, step: int | None) -> str:
+        """What an undo step holds, in words (``workspace/decisions.describe_step``)."""
+        return D.describe_step(self.ws, step)
 
     def _identity_members(self, identity: int) -> tuple[np.ndarray, np.ndarray]:
         table = self.identities()

@@ -29,6 +29,7 @@ from .config import Config
 from .config_check import resumed_config
 from .distributed import SINGLE, DistContext
 from .errors import Cancelled, NothingToDoError, TrainingDivergedError
+from .eta import format_duration, round_plan
 from .features import extract_features
 from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .model.loading import camera_vocabulary, latest_round_checkpoint, load_model, model_from_state, resolve_device
@@ -36,8 +37,8 @@ from .progress import Reporter
 from .records import RoundResult
 from .stages.context import RoundContext
 from .stages.heterogeneous import HeterogeneousStage
-from .stages.hooks import (CheckFinite, EpochHook, LogEpoch, RecordFailedImages, SaveProgress, outputs_from_state,
-                           outputs_to_state, record_failed)
+from .stages.hooks import (CheckFinite, EpochHook, LogEpoch, RecordFailedImages, SaveProgress, StageClock,
+                           outputs_from_state, outputs_to_state, record_failed)
 from .stages.homogeneous import HomogeneousStage
 from .stages.loop import run_stage
 from .stages.text import TextStage
@@ -45,6 +46,14 @@ from .vocabulary import FINAL_LABELS_FILE, PROGRESS_FILE, STAGE_LABELS
 from .workspace.decisions import load_constraints
 
 STAGES = (HomogeneousStage, TextStage, HeterogeneousStage)
+
+#: A round's parts and their spans of its progress: the first extraction, the stages (their
+#: STAGE_LABELS spans inside 0.05..0.95) and the new checkpoint's features.
+ROUND_SPANS = {"extract": (0.0, 0.05), **{name: (round(0.05 + 0.9 * s.span[0], 9), round(0.05 + 0.9 * s.span[1], 9))
+                                          for name, s in STAGE_LABELS.items()}, "final": (0.95, 1.0)}
+#: ``ws.metrics(ROUND_TIME)``: per finished round, the seconds it ran ("seconds"), per part
+#: ("parts"), its epochs per stage and its image count -- the next round's time-left basis.
+ROUND_TIME = "round_time"
 
 
 def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter | None = None,
@@ -60,6 +69,7 @@ def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter |
     images = ws.images()
     if len(images) == 0:
         raise NothingToDoError("the workspace has no images yet: ingest camera folders first (itkm ingest)")
+    reporter.plan(_time_plan(ws, cfg, rounds, len(images)))
     results = []
     for i in range(rounds):
         rep = reporter.child(i / rounds, (i + 1) / rounds)
@@ -67,8 +77,22 @@ def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter |
     return results
 
 
+def _time_plan(ws, cfg: Config, rounds: int, n_images: int):
+    """The job's parts for the time-left estimate, costs from the last finished round's times."""
+    history = None
+    records = [m for m in ws.metrics(ROUND_TIME) if isinstance(m.get("values"), dict)]
+    if records:
+        history = records[-1]["values"]
+    else:
+        history = _history_from_epoch_log(ws)
+    resumed = (ws.checkpoints_dir / PROGRESS_FILE).exists()
+    epochs = {"stage1": cfg.stage1.epochs, "stage2": cfg.stage2.epochs, "stage3": cfg.stage3.epochs}
+    return round_plan(rounds, epochs, ROUND_SPANS, history, n_images, resumed=resumed)
+
+
 def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: DistContext) -> RoundResult:
     t0 = time.monotonic()
+    timing: dict[str, float] = {}  # seconds per part; "_before": the time earlier runs spent on this round
     main = dist.main
     progress_path = ws.checkpoints_dir / PROGRESS_FILE
     resume = _resumable(ws, progress_path) if main else None
@@ -86,6 +110,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
         model.extend(scenarios=scenarios, groups=groups)
         base_fs = None
         reporter.log(f"resuming round {round_no} after {resume['stage']} epoch {int(resume['epoch']) + 1}")
+        timing.update(_stored_timing(resume))
         done_at = (resume["stage"], int(resume["epoch"]))
         if "values" in resume and not any((e["stage"], e["epoch"]) == done_at for e in ws.epoch_log(round_no)):
             ws.log_epoch(round_no, *done_at, json.loads(resume["values"]))  # killed before it was logged
@@ -95,19 +120,24 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
         round_no = _start_or_restart_round(ws, cfg, base_ckpt, reporter) if main else None
         round_no = dist.broadcast_object(round_no)
         reporter.log(f"round {round_no}: starting from {base_ckpt.name if base_ckpt else 'the initial model'}")
+        t_extract = time.monotonic()
         base_fs = extract_features(
             model, images, cache_dir=ws.features_dir / key, key=key, device=device,
             batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
-            reporter=reporter.child(0.0, 0.05), stage="extract", dist=dist,
+            reporter=reporter.child(*ROUND_SPANS["extract"], part="extract"), stage="extract", dist=dist,
         )
+        timing["extract"] = time.monotonic() - t_extract
     ctx = RoundContext(cfg, model, images, device, round_no, base_features=base_fs, dist=dist,
                        camera_sites=ws.camera_sites())
+    ctx.timing = timing
+    ctx.elapsed_s = lambda: timing.get("_before", 0.0) + (time.monotonic() - t0)
     ctx.constraints = load_constraints(ws)  # must/cannot-links the round obeys (workspace/decisions.py)
     if resume is not None:
         ctx.outputs = outputs_from_state(resume.get("outputs", {}))
 
     check = CheckFinite(ctx.model, done_stage_of(resume) if resume is not None else "the round's start")
-    hooks: list[EpochHook] = [check]
+    clock = StageClock(timing)
+    hooks: list[EpochHook] = [check, clock]
     if main:
         hooks += [SaveProgress(progress_path, round_no, ctx), LogEpoch(ws, round_no), RecordFailedImages(ws, ctx)]
     stage_order = [s.name for s in STAGES]
@@ -124,8 +154,8 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
                 stage_resume = resume.get("stage_state") if si == di else None
             else:
                 start, stage_resume = 0, None
-            lo, hi = STAGE_LABELS[stage.name].span
-            srep = reporter.child(0.05 + 0.9 * lo, 0.05 + 0.9 * hi)
+            srep = reporter.child(*ROUND_SPANS[stage.name], part=stage.name)
+            clock.start()
             stage.prepare(srep.child(0.0, 0.05), stage_resume)
             if resume is not None and stage_resume is not None and "optimizer" in resume:
                 try:
@@ -137,6 +167,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
             run_stage(stage, start_epoch=start, seed=cfg.seed, round_no=round_no, device=device, amp=cfg.amp,
                       reporter=srep.child(0.05, 1.0), hooks=hooks)
             stage.publish()
+            clock.stop(stage.name)
             done_stage = None
     except TrainingDivergedError as exc:
         if main:
@@ -164,14 +195,56 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     # Features of the new checkpoint, cached: the gallery, UMAP and identities need them next, and
     # the next round (e.g. after new cameras) then embeds only images it has not seen.
     key = checkpoint_key(ckpt)
+    t_final = time.monotonic()
+    final_images = ws.images()
     extract_features(
-        ctx.model, ws.images(), cache_dir=ws.features_dir / key, key=key, device=device,
+        ctx.model, final_images, cache_dir=ws.features_dir / key, key=key, device=device,
         batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
-        reporter=reporter.child(0.95, 1.0), stage="extract", dist=dist,
+        reporter=reporter.child(*ROUND_SPANS["final"], part="final"), stage="extract", dist=dist,
     )
+    timing["final"] = time.monotonic() - t_final
+    seconds = ctx.elapsed_s()
+    if main:
+        # the one duration of the round: the log line below, `itkm train`'s summary and the app's
+        # Rounds table all show this number (and the next round's time left starts from its parts)
+        ws.save_metrics(ROUND_TIME, round_no, str(ckpt), {
+            "seconds": seconds, "parts": {k: v for k, v in timing.items() if not k.startswith("_")},
+            "epochs": {"stage1": cfg.stage1.epochs, "stage2": cfg.stage2.epochs, "stage3": cfg.stage3.epochs},
+            "images": len(final_images)})
     reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
-    reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")
-    return RoundResult(round_no, ckpt, time.monotonic() - t0, ws.epoch_log(round_no))
+    reporter.log(f"round {round_no} done in {format_duration(seconds)}")
+    return RoundResult(round_no, ckpt, seconds, ws.epoch_log(round_no))
+
+
+def _history_from_epoch_log(ws) -> dict | None:
+    """A round trained before durations were recorded: each stage's seconds from its epochs' end
+    times (the first stage's from the round's start), when the round ran without a pause."""
+    done = [r for r in ws.rounds() if r.status == "done"]
+    if not done:
+        return None
+    last = done[-1]
+    log = ws.epoch_log(last.number)
+    parts: dict[str, float] = {}
+    epochs: dict[str, int] = {}
+    t = last.started
+    for row in log:
+        end = row.get("finished")
+        secs = float(row.get("values", {}).get("seconds") or 0.0)
+        if not end or end < t or end - t > 3 * secs + 600:  # a pause (stopped, resumed later): no basis
+            return None
+        parts[row["stage"]] = parts.get(row["stage"], 0.0) + (end - t)
+        epochs[row["stage"]] = epochs.get(row["stage"], 0) + 1
+        t = end
+    return {"parts": parts, "epochs": epochs, "images": ws.image_count()} if parts else None
+
+
+def _stored_timing(resume: dict) -> dict[str, float]:
+    """The parts' seconds an interrupted round had spent up to its last saved epoch."""
+    try:
+        stored = json.loads(resume.get("timing") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in stored.items() if isinstance(v, (int, float)) and v >= 0}
 
 
 def done_stage_of(resume: dict) -> str:
@@ -191,8 +264,12 @@ def _start_or_restart_round(ws, cfg: Config, base_ckpt: Path | None, reporter: R
     rounds = ws.rounds()
     config_json = json.dumps(cfg.to_dict())
     base = str(base_ckpt) if base_ckpt else None
-    if rounds and rounds[-1].status in ("running", "cancelled"):  # cancelled: stopped (Ctrl-C, out of
-        number = rounds[-1].number  # memory) before its first epoch completed -- nothing of it was kept
+    if rounds and rounds[-1].status in ("running", "cancelled"):
+        # stopped (Stop in the app, Ctrl-C) or killed before its first epoch was saved: "Resume
+        # round N" starts round N again instead of a round N+1 beside a cancelled N
+        number = rounds[-1].number
+        with ws.transaction() as con:  # epochs it may have logged belong to no saved state any more
+            con.execute("DELETE FROM epochs WHERE round = ?", (number,))
         ws.update_round(number, status="running", stage=None, epoch=None, config_json=config_json,
                         base_checkpoint=base)
         reporter.log(f"round {number} was stopped before its first epoch completed; starting it again")

@@ -16,7 +16,8 @@ __all__ = ["AddFoldersDialog"]
 class AddFoldersDialog(QDialog):
     """Pick camera folders (several), and optionally their layout and scenario."""
 
-    def __init__(self, parent: QWidget | None = None, folders: list[str] | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, folders: list[str] | None = None,
+                 sites: list[str] | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Add camera folders")
         self.setMinimumWidth(560)
@@ -50,9 +51,21 @@ class AddFoldersDialog(QDialog):
         self.scenario_combo.addItem("Guess per camera", None)
         for s in SCENARIOS:
             self.scenario_combo.addItem(s, s)
+        # the site: where these folders were filmed (people are matched only within one site)
+        self.site_combo = QComboBox()
+        self.site_combo.setEditable(True)
+        self.site_combo.addItem("")
+        for site in sites or []:
+            if site:
+                self.site_combo.addItem(site)
+        self.site_combo.lineEdit().setPlaceholderText("default (one site for everything), or type a name")
+        self.site_combo.setToolTip("<qt>Where these folders were filmed. People are matched only within one "
+                                   "site: give another site's folders another name. Leave empty for the default "
+                                   "site (a folder added again keeps its site).</qt>")
         form = QFormLayout()
         form.addRow("Layout", self.layout_combo)
         form.addRow("Scenario", self.scenario_combo)
+        form.addRow("Site", self.site_combo)
         hint = QLabel("A folder may be one camera (its crops directly inside: the camera is named after the "
                       "folder), hold one folder per camera, or follow a known dataset layout. Images are only read, "
                       "never copied or changed. Adding a folder again updates it.")
@@ -80,3 +93,7 @@ class AddFoldersDialog(QDialog):
 
     def scenario(self) -> str | None:
         return self.scenario_combo.currentData()
+
+    def site(self) -> str | None:
+        """The site typed or picked, ``None`` for the default (a known folder keeps its own)."""
+        return self.site_combo.currentText().strip() or None

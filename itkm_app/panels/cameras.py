@@ -107,9 +107,8 @@ class CamerasModel(QAbstractTableModel):
                     0: "Sample crops spread over the camera's images; hover for a larger view",
                     5: "Scenario of the camera (double-click to change)",
                     6: "Group inside the scenario (double-click to change)",
-                    7: "Where the camera's source folder was filmed (double-click to change). Stage II separates "
-                       "scenarios across sites only. The site belongs to the folder the camera was ingested "
-                       "from: editing it changes it for every camera of that folder",
+                    7: "<qt>Where the camera's folder was filmed. People are matched only within one site. "
+                       "Double-click to change it: every camera of the same folder changes with it.</qt>",
                     8: "Median crop height: low-resolution cameras stand out here",
                     9: "Warnings from ingestion, e.g. 'mixed' when both infrared and colour images were seen",
                     10: "'guess' when ingestion guessed scenario/group, 'you' once you changed them",
@@ -118,7 +117,7 @@ class CamerasModel(QAbstractTableModel):
 
     def flags(self, index: QModelIndex):
         f = super().flags(index)
-        if index.column() in (self.SCENARIO, self.GROUP, self.SITE) and not self.panel.ctx.readonly:
+        if index.column() in (self.SCENARIO, self.GROUP, self.SITE) and not self.panel.edit_block():
             f |= Qt.ItemFlag.ItemIsEditable
         return f
 
@@ -150,10 +149,12 @@ class CamerasModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == 0:
                 return self.preview_html(c)
+            if col in (self.SCENARIO, self.GROUP, self.SITE) and self.panel.edit_block():
+                return f"<qt>{self.panel.edit_block()}</qt>"
             if col == self.SITE:
                 src = next((s for s in getattr(self.panel, "sources", []) if s.id == c.source_id), None)
-                return (f"site of the folder {src.root} (double-click to change; it applies to every camera "
-                        "ingested from that folder)" if src is not None else "double-click to change")
+                return (f"<qt>Site of the folder {html.escape(str(src.root))}. Double-click to change it (for every "
+                        "camera of that folder).</qt>" if src is not None else "double-click to change")
             if col == self.SCENARIO and c.guessed_scenario and c.guessed_scenario != c.scenario:
                 return f"guessed: {c.guessed_scenario}"
             if col == self.GROUP and c.guessed_group and c.guessed_group != c.group:
@@ -199,6 +200,34 @@ class CamerasModel(QAbstractTableModel):
 class CamerasPanel(Panel):
     key = "cameras"
     title = "Cameras"
+    HINT = ("Double-click a scenario, group or site to correct it. Drop camera folders here to add them; "
+            "a folder of loose crops becomes one camera named after the folder.")
+
+    # -- why a cell cannot be edited now ----------------------------------------------------------
+    def edit_block(self) -> str:
+        """Why scenario, group and site cannot be edited now ("" when they can)."""
+        ctx = self.ctx
+        if ctx.ws is None:
+            return ""
+        if ctx.jobs.busy("write"):
+            names = sorted({j.name for j in ctx.jobs.active() if j.kind == "write"})
+            # the running job holds the workspace's writer lock (a child process for training and
+            # features) and uses these settings: the cells are editable again when it ends
+            return (f"Scenario, group and site can be changed when {', '.join(names) or 'the running job'} has "
+                    "finished: it holds the workspace and uses them.")
+        if ctx.readonly:
+            return "The workspace is open read-only: scenario, group and site cannot be changed."
+        return ""
+
+    def _update_hint(self) -> None:
+        block = self.edit_block()
+        self.hint.setText(block or self.HINT)
+        self.hint.setEnabled(bool(block))  # a reason reads in full colour, the usual hint greyed
+
+    def _double_clicked(self, index) -> None:
+        col = self.proxy.mapToSource(index).column()
+        if col in (CamerasModel.SCENARIO, CamerasModel.GROUP, CamerasModel.SITE):
+            self._update_hint()
 
     def __init__(self, ctx, parent=None) -> None:
         super().__init__(ctx, parent)
@@ -251,10 +280,10 @@ class CamerasPanel(Panel):
         prog = QHBoxLayout()
         prog.addWidget(self.progress, 1)
         prog.addWidget(self.cancel_btn)
-        hint = QLabel("Double-click a scenario, group or site to correct it. Drop camera folders here to add them; "
-                      "a folder of loose crops becomes one camera named after the folder.")
+        hint = QLabel(self.HINT)
         hint.setWordWrap(True)
         hint.setEnabled(False)
+        self.hint = hint
         lay = QVBoxLayout(self.content)
         lay.addWidget(self.banner)
         lay.addLayout(top)
@@ -262,6 +291,9 @@ class CamerasPanel(Panel):
         lay.addLayout(prog)
         lay.addWidget(hint)
         self._highlight: list[str] = []
+        ctx.jobs.jobStarted.connect(lambda _j: self._update_hint())
+        ctx.jobs.jobEnded.connect(lambda _j: self._update_hint())
+        self.table.doubleClicked.connect(self._double_clicked)
         ctx.workspaceChanged.connect(self._on_workspace)
         ctx.imagesChanged.connect(self.reload)
         self._on_workspace(ctx.ws)
@@ -357,14 +389,15 @@ class CamerasPanel(Panel):
             self.window().new_workspace_dialog()
             if self.ctx.ws is None:
                 return
-        dlg = AddFoldersDialog(self, folders)
+        dlg = AddFoldersDialog(self, folders, sorted(set(self.model.sites.values())))
         if not folders:
             dlg._browse()
         if not dlg.folders() or dlg.exec() != QDialog.DialogCode.Accepted or not dlg.folders():
             return
-        self.ingest(dlg.folders(), layout=dlg.layout_name(), scenario=dlg.scenario())
+        self.ingest(dlg.folders(), layout=dlg.layout_name(), scenario=dlg.scenario(), site=dlg.site())
 
-    def ingest(self, folders: list[str], *, layout: str | None = None, scenario: str | None = None):
+    def ingest(self, folders: list[str], *, layout: str | None = None, scenario: str | None = None,
+               site: str | None = None):
         """Ingest ``folders`` into the open workspace in the background (one ingest at a time)."""
         if self.task.busy():
             return None
@@ -374,7 +407,7 @@ class CamerasPanel(Panel):
         self.cancel_btn.setEnabled(True)
         self.add_btn.setEnabled(False)
         return self.task.start("ingest", tasks.ingest_folders, self.ctx.ws, self.ctx.session, folders, layout, scenario,
-                               kind="write", loading=False, on_done=self._ingested,
+                               site, kind="write", loading=False, on_done=self._ingested,
                                on_progress=self.progress.show_event, on_end=self._ingest_ended)
 
     def _ingested(self, summary) -> None:

@@ -22,7 +22,7 @@ from .base import Panel
 
 PREVIEW = QSize(96, 192)
 COLOR_BY = (("identity", "Identity"), ("scenario", "Scenario"), ("group", "Group"), ("camera", "Camera"),
-            ("person", "Person id (labels)"))
+            ("site", "Site"), ("person", "Person id (labels)"))
 #: Categories that get their own colour; the rest share "other" (grey).  Identities and person
 #: ids are not capped: every one gets its own colour (golden-ratio hues).
 MAX_COLORS = 20
@@ -96,6 +96,11 @@ class ClustersPanel(Panel):
         self.fit_btn.setToolTip("Show all points")
         self.fit_btn.clicked.connect(lambda: self.scatter.vb.autoRange(padding=0.04))
         self.info = QLabel("")
+        self.compute_now = QPushButton("Compute the map now")
+        self.compute_now.setToolTip("Computing the 2-D map takes CPU time that training is using: it slows training down")
+        self.compute_now.clicked.connect(lambda: self.load(force=True))
+        self.compute_now.hide()
+        self._deferred = False
         bar = QHBoxLayout()
         bar.addWidget(QLabel("Colour by"))
         bar.addWidget(self.color_by)
@@ -148,7 +153,10 @@ class ClustersPanel(Panel):
         self.progress.hide()
         lay = QVBoxLayout(self.content)
         lay.addLayout(bar)
-        lay.addWidget(self.info)  # its own line: beside the buttons it was cut off in a small window
+        info_row = QHBoxLayout()
+        info_row.addWidget(self.info, 1)
+        info_row.addWidget(self.compute_now)
+        lay.addLayout(info_row)  # its own line: beside the buttons it was cut off in a small window
         lay.addWidget(split, 1)
         lay.addWidget(self.progress)
         self._hover_path = None
@@ -158,7 +166,20 @@ class ClustersPanel(Panel):
         ctx.modelChanged.connect(self._model_changed)
         ctx.imagesChanged.connect(self._reset)
         ctx.identitiesChanged.connect(lambda _t: self._recolor())
+        ctx.sitesChanged.connect(lambda: self.color_by.currentData() == "site" and self._recolor())
+        ctx.modelStateChanged.connect(self._model_state_changed)
         self._reset()
+
+    def _model_state_changed(self, state) -> None:
+        """Training ended (or was stopped): a map put off meanwhile is computed now, if shown."""
+        if self._deferred and (state is None or not state.training):
+            self._deferred = False
+            self.compute_now.hide()
+            self.task.request(self.load)
+
+    def _training(self) -> bool:
+        state = self.ctx.model_state
+        return bool(state is not None and state.training)
 
     # -- loading ---------------------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -187,12 +208,20 @@ class ClustersPanel(Panel):
                               "look at this view")
         self.task.request(self.load)
 
-    def load(self) -> None:
+    def load(self, force: bool = False) -> None:
         """Compute (or read from the cache) the projection in the background (a running one is
-        superseded)."""
+        superseded).  While training runs only a cached map is shown: a new one is put off until
+        training ends (it would take CPU time from training), unless ``force``."""
         session = self.ctx.session
         if session is None:
             return
+        if self._training() and not force:
+            self.task.start("projection", tasks.cached_projection, session, on_done=self._cached_or_deferred)
+            if self.ctx.identities is None:
+                self.load_identities()
+            return
+        self._deferred = False
+        self.compute_now.hide()
         self.progress.reset("Computing the 2-D map…")
         self.progress.show()
         if len(self.ids):
@@ -203,11 +232,22 @@ class ClustersPanel(Panel):
         if self.ctx.identities is None:
             self.load_identities()
 
+    def _cached_or_deferred(self, result) -> None:
+        if result is not None:
+            self._loaded(result)
+            return
+        self._deferred = True
+        self.compute_now.show()
+        state = self.ctx.model_state
+        model = state.short() if state is not None else "current model"
+        self.info.setText(f"The 2-D map of the {model} is computed when training ends: computing it now would "
+                          "slow training down.")
+
     def load_identities(self) -> None:
         session = self.ctx.session
         if session is None:
             return
-        self.run("identities", tasks.identities, session, on_done=self.ctx.set_identities)
+        self.run("identities", tasks.named_identities, session, on_done=lambda r: self.ctx.set_identities(*r))
 
     def _loaded(self, result) -> None:
         ids, xy, images = result
@@ -240,7 +280,7 @@ class ClustersPanel(Panel):
         code_of = np.full(len(uniq), -1, np.int64)
         code_of[coloured] = np.arange(int(coloured.sum()))
         codes = code_of[inv.reshape(-1)]
-        legend = [(f"#{int(u)}", int(c)) for u, c in zip(uniq[coloured], counts[coloured])]
+        legend = [(self.ctx.identity_label(int(u)), int(c)) for u, c in zip(uniq[coloured], counts[coloured])]
         return codes, legend, int((codes < 0).sum())
 
     def values_for(self, key: str) -> tuple[np.ndarray, set]:
@@ -256,6 +296,12 @@ class ClustersPanel(Panel):
             return np.asarray(imgs.scenario)[rows].astype(str) + " / " + np.asarray(imgs.group)[rows].astype(str), set()
         if key == "camera":
             return np.asarray(imgs.camera)[rows], set()
+        if key == "site":
+            from itkm_engine.vocabulary import DEFAULT_SITE
+
+            sites = self.ctx.camera_sites
+            cams = np.asarray(imgs.camera)[rows].astype(str)
+            return np.array([sites.get(c, DEFAULT_SITE) for c in cams], dtype=object), set()
         if key == "person":
             pid = np.asarray(imgs.person_id)[rows]
             return np.where(pid >= 0, pid.astype(str), "unknown"), {"unknown"}
@@ -324,7 +370,7 @@ class ClustersPanel(Panel):
         parts = [f"<b>image {int(self.ids[row])}</b>", f"camera {imgs.camera[r]}",
                  f"{imgs.scenario[r]} / {imgs.group[r]}"]
         if ident >= 0:
-            parts.append(f"identity #{ident}")
+            parts.append(f"identity {self.ctx.identity_label(ident)}")
         if pid >= 0:
             parts.append(f"person id {pid} (labels)")
         return "<br>".join(parts)

@@ -102,10 +102,18 @@ class GalleryPanel(Panel):
         self.text.returnPressed.connect(lambda: self.query_text(self.text.text()))
         search = QPushButton("Search")
         search.clicked.connect(lambda: self.query_text(self.text.text()))
+        self.search_btn = search
         tbox = QGroupBox("Describe a person")
-        tl = QHBoxLayout(tbox)
+        tcol = QVBoxLayout(tbox)
+        tl = QHBoxLayout()
         tl.addWidget(self.text, 1)
         tl.addWidget(search)
+        tcol.addLayout(tl)
+        # where the model's text tower is random, text search is off and this says why and how to get it
+        self.text_off = QLabel("")
+        self.text_off.setWordWrap(True)
+        self.text_off.hide()
+        tcol.addWidget(self.text_off)
         self.top_k = QSpinBox()
         self.top_k.setRange(5, 1000)
         self.top_k.setSingleStep(10)
@@ -119,6 +127,8 @@ class GalleryPanel(Panel):
         self.f_scen = CheckMenuButton("Scenarios")
         self.f_group = CheckMenuButton("Groups")
         self.f_cam = CheckMenuButton("Cameras")
+        self.f_site = CheckMenuButton("Sites")
+        self.f_site.setToolTip("Only matches from cameras of these sites (where their folders were filmed)")
         self.f_scen.set_values(list(SCENARIOS))
         self.f_group.set_values(list(GROUPS))
         obox = QGroupBox("Matches")
@@ -129,6 +139,7 @@ class GalleryPanel(Panel):
         ol.addRow(self.f_scen)
         ol.addRow(self.f_group)
         ol.addRow(self.f_cam)
+        ol.addRow(self.f_site)
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
@@ -174,8 +185,9 @@ class GalleryPanel(Panel):
         self.top_k.valueChanged.connect(self._options_changed)
         self.rerank.toggled.connect(self._options_changed)
         self.exclude_cam.toggled.connect(self._options_changed)
-        for b in (self.f_scen, self.f_group, self.f_cam):
+        for b in (self.f_scen, self.f_group, self.f_cam, self.f_site):
             b.on_change = self._options_changed
+        ctx.sitesChanged.connect(lambda: self.f_site.set_values(sorted(set(self.ctx.camera_sites.values()))))
         ctx.thumbs.ready.connect(self._thumb_ready)
         ctx.queryImage.connect(self.query_image_id)
         ctx.openSet.connect(self.show_set)
@@ -183,7 +195,17 @@ class GalleryPanel(Panel):
         ctx.sessionChanged.connect(lambda _s: self._reset())
         ctx.modelChanged.connect(self.rerun)
         ctx.identitiesChanged.connect(lambda _t: self._refresh_identity_badges())
+        ctx.modelStateChanged.connect(self._model_state_changed)
         self._reset()
+
+    def _model_state_changed(self, state) -> None:
+        """Text search on or off, with the reason (``itkm_engine/text_search.py``)."""
+        reason = state.text_off if state is not None else None
+        for w in (self.text, self.search_btn):
+            w.setEnabled(reason is None)
+        self.text_off.setText(reason or "")
+        self.text_off.setVisible(reason is not None)
+        self.text.setPlaceholderText("text search is off (see below)" if reason else "e.g. a person in a red jacket")
 
     # -- state ---------------------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -211,10 +233,15 @@ class GalleryPanel(Panel):
             self._rerun.start()
 
     def filters(self) -> dict:
+        cameras = frozenset(self.f_cam.checked()) or None
+        sites = self.f_site.checked()
+        if sites:  # a site filter is the cameras of those sites (within the camera filter, if any)
+            of_sites = {c for c, site in self.ctx.camera_sites.items() if site in sites}
+            cameras = frozenset(of_sites & set(cameras) if cameras else of_sites) or frozenset({"\0no camera"})
         return {
             "scenarios": frozenset(self.f_scen.checked()) or None,
             "groups": frozenset(self.f_group.checked()) or None,
-            "cameras": frozenset(self.f_cam.checked()) or None,
+            "cameras": cameras,
             "exclude_same_camera": self.exclude_cam.isChecked(),
         }
 
@@ -249,7 +276,8 @@ class GalleryPanel(Panel):
     def query_text(self, text: str) -> None:
         session = self.ctx.session
         text = (text or "").strip()
-        if session is None or not text:
+        state = self.ctx.model_state
+        if session is None or not text or (state is not None and state.text_off):
             return
         self.query = ("text", text)
         self.query_image.clear()
@@ -325,6 +353,7 @@ class GalleryPanel(Panel):
                            m.identity if m.identity >= 0 else None, m.person_id,
                            extra={"same_person": pid >= 0 and m.person_id == pid}) for m in self.matches]
         self._mark_decisions(items)
+        self._name_items(items)
         self.grid.set_items(items)
         if not items:
             self.header.setText("No matches with these filters.")
@@ -359,6 +388,7 @@ class GalleryPanel(Panel):
                  for i, r, d in zip(shown, rows, ident) if r >= 0]
         self.query = ("set", ids, title)
         self.matches = []
+        self._name_items(items)
         self.grid.set_items(items)
         self.query_image.clear()
         self.query_image.setText(f"{len(ids):,}\nimages")
@@ -374,7 +404,14 @@ class GalleryPanel(Panel):
         ident = self.ctx.identity_of(np.array([it.image_id for it in items], np.int64))
         for it, d in zip(items, ident):
             it.identity = int(d) if d >= 0 else None
+        self._name_items(items)
         self.grid.viewport().update()
+
+    def _name_items(self, items: list) -> None:
+        """The operator's names of the tiles' identities (``ctx.identity_names``)."""
+        names = self.ctx.identity_names
+        for it in items:
+            it.name = names.get(it.identity, ("", ""))[0] if it.identity is not None else ""
 
     # -- the operator's decisions (itkm_engine/constraints.py) ---------------------------------------------
     def _decision_bar(self) -> QWidget:
@@ -458,7 +495,7 @@ class GalleryPanel(Panel):
             return
         step = session.redo() if redo else session.undo()
         word = "Redone" if redo else "Undone"
-        self.decision_info.setText(f"{word}: step {step}." if step is not None else
+        self.decision_info.setText(f"{word}: {session.describe_step(step)}." if step is not None else
                                    f"Nothing to {'redo' if redo else 'undo'}.")
         if step is not None:
             self._mark_decisions(self.grid.items())
@@ -467,7 +504,7 @@ class GalleryPanel(Panel):
 
     def _decisions_changed(self) -> None:
         """Identities obey the decisions at once: recompute them (cheap) and tell the panels."""
-        self.run("identities", tasks.identities, self.ctx.session, on_done=self.ctx.set_identities)
+        self.run("identities", tasks.named_identities, self.ctx.session, on_done=lambda r: self.ctx.set_identities(*r))
 
     # review queue
     def start_review(self) -> None:
@@ -482,6 +519,8 @@ class GalleryPanel(Panel):
         if not self.review:
             self.decision_info.setText("Nothing to review: every candidate pair has been decided.")
             return
+        self.decision_info.setText(f"Review queue: {plural(len(self.review), 'pair')} nearest the decision boundary "
+                                   f"(similarity {self.review[0].boundary:.3f}).")
         self._show_review(0)
 
     def _show_review(self, i: int) -> None:
@@ -501,13 +540,17 @@ class GalleryPanel(Panel):
         item = ThumbItem(p.image_b, imgs.path[r], str(imgs.camera[r]), str(imgs.scenario[r]), str(imgs.group[r]),
                          p.similarity, ident if ident >= 0 else None, int(imgs.person_id[r]))
         self._mark_decisions([item])
+        self._name_items([item])
         self.grid.set_items([item])
         self.grid.setCurrentIndex(self.grid.model().index(0, 0))
         self.grid.setFocus()
         where = "across scenarios" if p.cross_scenario else "within a scenario"
-        now = "the model says same person" if p.same_identity else "the model says different people"
-        self.header.setText(f"<b>Review {i + 1} of {len(self.review)}</b> — {where}, similarity {p.similarity:.3f} "
-                            f"({now}). Y: same person · N: not · arrows: skip")
+        # the model's answer is its identities' (a clustering), not a threshold on this one number:
+        # two pairs at one similarity can get different answers, so the boundary is shown beside it
+        now = ("the identities put them together" if p.same_identity else "the identities keep them apart")
+        side = "above" if p.similarity >= p.boundary else "below"
+        self.header.setText(f"<b>Review {i + 1} of {len(self.review)}</b> — {where}: similarity {p.similarity:.3f}, "
+                            f"{side} the boundary {p.boundary:.3f}; {now}. Y: same person · N: not · arrows: skip")
 
     def _review_step(self, step: int) -> None:
         if self.query and self.query[0] == "review":

@@ -46,7 +46,9 @@ class IdentitiesPanel(Panel):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         h = self.table.horizontalHeader()
         h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        h.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        h.setSectionResizeMode(IdentityModel.CAMERAS, QHeaderView.ResizeMode.Stretch)  # the rest: never "Seen"
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setWordWrap(False)
         self.table.selectionModel().currentRowChanged.connect(lambda cur, _p: self._current_changed(cur))
         self.search = QLineEdit()
         self.search.setPlaceholderText("Filter by identity, camera or scenario")
@@ -82,7 +84,8 @@ class IdentitiesPanel(Panel):
         right_split = QSplitter(Qt.Orientation.Vertical)
         right_split.addWidget(self.timeline)
         right_split.addWidget(self.strip)
-        right_split.setSizes([300, 360])
+        right_split.setSizes([220, 440])  # the strip keeps a whole row of crops in a small window
+        right_split.setStretchFactor(1, 1)
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -95,7 +98,7 @@ class IdentitiesPanel(Panel):
         split.addWidget(left)
         split.addWidget(right)
         split.setStretchFactor(1, 1)
-        split.setSizes([540, 740])
+        split.setSizes([620, 980])
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
         ctx.workspaceChanged.connect(lambda _w: self._reset())
@@ -138,8 +141,8 @@ class IdentitiesPanel(Panel):
         self.time_note.setText("* Times come from the frame numbers in the file names: they order the sightings "
                                "of a recording but carry no real date." if derived else "")
         self.title_label.setText("Select an identity to see where and when it was seen.")
-        if self.ctx.identities is not table:
-            self.ctx.set_identities(table)
+        if self.ctx.identities is not table or self.ctx.identity_names != names:
+            self.ctx.set_identities(table, names)  # the other views show the names too
         if self.proxy.rowCount():
             self.table.selectRow(0)
 
@@ -185,7 +188,8 @@ class IdentitiesPanel(Panel):
         times = np.asarray(imgs.timestamp, float)[rows]
         order = np.argsort(np.where(np.isfinite(times), times, np.inf), kind="stable")
         ids, rows, times = ids[order], rows[order], times[order]
-        cameras = sorted({str(c) for c in imgs.camera}, key=_natural)
+        # the rows: this identity's cameras only (all 14 of a workspace overlapped in a small window)
+        cameras = sorted({str(c) for c in np.asarray(imgs.camera)[rows]}, key=_natural)
         cam_index = {c: i for i, c in enumerate(cameras)}
         cam_rows = np.array([cam_index[str(c)] for c in np.asarray(imgs.camera)[rows]], np.int64)
         scen_of_cam = {}
@@ -197,7 +201,8 @@ class IdentitiesPanel(Panel):
                 scen_of_cam[c] = str(imgs.scenario[m[0]]) if len(m) else ""
         self.timeline.set_sightings(cameras, cam_rows, times, ids, scen_of_cam)
         items = [ThumbItem(int(i), imgs.path[r], str(imgs.camera[r]), str(imgs.scenario[r]), str(imgs.group[r]),
-                           None, identity, int(imgs.person_id[r]), caption=f"{imgs.camera[r]} {_short_time(tt)}")
+                           None, identity, int(imgs.person_id[r]), caption=f"{imgs.camera[r]} {_short_time(tt)}",
+                           name=self.model.names.get(identity, ("", ""))[0])
                  for i, r, tt in zip(ids, rows, times)]
         self.strip.set_items(items)
         cams = sorted({str(c) for c in np.asarray(imgs.camera)[rows]}, key=_natural)
@@ -236,10 +241,26 @@ class IdentitiesPanel(Panel):
         self.split_btn.clicked.connect(self.split_selected)
         self.name_btn.clicked.connect(self.save_name)
         self.name_edit.returnPressed.connect(self.save_name)
-        for w in (self.merge_btn, self.split_btn, self.name_edit, self.note_edit, self.name_btn, self.undo_btn,
-                  self.redo_btn):
-            lay.addWidget(w)
-        lay.addWidget(self.decision_info, 1)
+        # two rows: the name and note get room to be typed in (on one row with the buttons they were
+        # a few letters wide at 1024x640)
+        self.name_edit.setMinimumWidth(120)
+        self.note_edit.setMinimumWidth(120)
+        rows = QVBoxLayout()
+        rows.setContentsMargins(0, 0, 0, 0)
+        top = QHBoxLayout()
+        for w in (self.merge_btn, self.split_btn, self.undo_btn, self.redo_btn):
+            top.addWidget(w)
+        top.addWidget(self.decision_info, 1)
+        self.decision_info.setWordWrap(True)
+        second = QHBoxLayout()
+        second.addWidget(QLabel("Name"))
+        second.addWidget(self.name_edit, 2)
+        second.addWidget(QLabel("Note"))
+        second.addWidget(self.note_edit, 3)
+        second.addWidget(self.name_btn)
+        rows.addLayout(top)
+        rows.addLayout(second)
+        lay.addLayout(rows, 1)
         return bar
 
     def _act(self, fn, done: str) -> None:
@@ -255,6 +276,8 @@ class IdentitiesPanel(Panel):
         except ItkmError as exc:
             self.decision_info.setText(str(exc))
             return
+        if callable(done):
+            done = done(session, step)
         self.decision_info.setText(done if step is not None else "Nothing to undo or redo.")
         self.summary = []
         self.load()
@@ -288,7 +311,7 @@ class IdentitiesPanel(Panel):
 
     def undo_redo(self, redo: bool) -> None:
         word = "Redone" if redo else "Undone"
-        self._act(lambda s: s.redo() if redo else s.undo(), f"{word} the last step.")
+        self._act(lambda s: s.redo() if redo else s.undo(), lambda s, step: f"{word}: {s.describe_step(step)}.")
 
     def prepare_screenshot(self) -> None:
         """Show the largest identity seen by several cameras (the interesting case)."""

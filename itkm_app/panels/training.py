@@ -131,6 +131,10 @@ class TrainingPanel(Panel):
         hist_box = QGroupBox("Rounds")
         hl = QVBoxLayout(hist_box)
         hl.addWidget(self.history)
+        self.scored_note = QLabel("")
+        self.scored_note.setWordWrap(True)
+        self.scored_note.hide()
+        hl.addWidget(self.scored_note)
         self.eval_headline = QLabel("Not evaluated yet: Evaluate scores the current model when the file names "
                                     "carry person ids.")
         self.eval_headline.setWordWrap(True)
@@ -157,7 +161,7 @@ class TrainingPanel(Panel):
         split.addWidget(self.curves)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([560, 1040])
+        split.setSizes([620, 980])  # at 1024 px the column keeps its minimum and the charts get the rest
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
         self._rounds: list | None = None  # None until the workspace's history has been read
@@ -165,6 +169,7 @@ class TrainingPanel(Panel):
         self._device_chosen = False  # the user picked a device (else the saved one is kept)
         self._choice_problem: str | None = None  # why the chosen preset cannot train this workspace
         self.device.activated.connect(self._device_picked)
+        self._fresh_eval: tuple | None = None  # (model key, scores) of the last Evaluate
         self._fill_devices()
         ctx.workspaceChanged.connect(self._on_workspace)
         ctx.sessionChanged.connect(lambda _s: self._update_buttons())
@@ -272,10 +277,10 @@ class TrainingPanel(Panel):
         ws = self.ctx.ws
         if ws is None:
             return
-        self.run("training history", tasks.read_training_history, ws, on_done=self._show_history)
+        self.run("training history", tasks.read_training_history, ws, self.ctx.session, on_done=self._show_history)
 
     def _show_history(self, data) -> None:
-        rounds, epoch_log, evals, n_images, keys = data
+        rounds, epoch_log, evals, n_images, keys, times, current_key = data
         self._rounds = rounds
         self._check_choice()
         self._n_images = n_images
@@ -299,23 +304,40 @@ class TrainingPanel(Panel):
         # the scores first: they are what the table is read for (they hid behind a scrollbar)
         cols = ["Round", "Status", "mAP %", "R1 %", "Took", "Clusters", "Precision", "ARI"]
         m.setHorizontalHeaderLabels(cols)
-        m.horizontalHeaderItem(2).setToolTip("Headline evaluation: cross-camera protocol, all queries")
-        m.horizontalHeaderItem(4).setToolTip("Time the round ran (time the app was closed is not counted)")
-        latest_eval = {}
+        m.horizontalHeaderItem(2).setToolTip("Headline evaluation: cross-camera protocol, all queries. † scored on "
+                                             "another image set than the round above: the scores do not compare")
+        m.horizontalHeaderItem(4).setToolTip("Time the round ran (time the app was closed is not counted): "
+                                             "the duration the log's 'round N done in ...' says")
+        # the current model's evaluation: the last finished round's, or the untrained model's
+        latest_eval = eval_by_ckpt.get(current_key, {}) if current_key else {}
+        if not latest_eval and self._fresh_eval is not None and self._fresh_eval[0] == current_key:
+            latest_eval = self._fresh_eval[1]  # evaluated but not stored (a read-only workspace)
+        last_scored: tuple[int, int] | None = None  # (round, images) of the last scored round above
+        changed: list[str] = []
         for r in rounds:
             v = last_values.get(r.number, {})
-            secs = active_seconds(r.started, r.finished, epochs_of.get(r.number, []))
+            secs = times.get(r.number)
+            if secs is None:  # a round trained before durations were recorded
+                secs = active_seconds(r.started, r.finished, epochs_of.get(r.number, []))
             took = format_duration(secs)
             ckpt_name = os.path.basename(r.checkpoint) if r.checkpoint else ""
             rec = eval_by_ckpt.get(keys.get(r.number, "-"), {})
-            if r.status == "done":  # the current model is the last finished round's
+            if r.status == "done" and not current_key:  # the current model is the last finished round's
                 latest_eval = rec
             ev = eval_table.headline(rec)
+            scored = ev.get("gallery") if ev else None
+            mark = ""
+            if isinstance(scored, (int, float)):
+                if last_scored is not None and last_scored[1] != int(scored):
+                    mark = " †"
+                    changed.append(f"round {last_scored[0]} was scored on {last_scored[1]:,} images, round "
+                                   f"{r.number} on {int(scored):,}")
+                last_scored = (r.number, int(scored))
             cells = [
                 str(r.number),
                 r.status + (f" ({r.stage} {r.epoch})" if r.status != "done" and r.stage else ""),
-                _num(ev.get("mAP"), 1, pct=True),
-                _num(ev.get("rank1"), 1, pct=True),
+                _num(ev.get("mAP"), 1, pct=True) + mark if ev else "",
+                _num(ev.get("rank1"), 1, pct=True) + mark if ev else "",
                 took,
                 _num(v.get("n_clusters"), 0),
                 _num(v.get("precision"), 3),
@@ -326,11 +348,17 @@ class TrainingPanel(Panel):
                    f"\noutliers {_num(v.get('n_outliers'), 0)}\ncheckpoint {ckpt_name or '-'}")
             if ev:
                 tip += f"\nevaluation: {eval_table.headline_text(rec)}"
+                if isinstance(scored, (int, float)):
+                    tip += f"\nscored on {int(scored):,} images with a person id"
             for i, it in enumerate(items):
                 it.setToolTip(tip)
                 if i >= 2:
                     it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             m.appendRow(items)
+        self.scored_note.setText(
+            "† Scored on another image set than the round above (" + "; ".join(changed) + "): cameras or images "
+            "were added or removed, so these scores do not compare." if changed else "")
+        self.scored_note.setVisible(bool(changed))
         self._show_eval(latest_eval)
         self._update_buttons()
 
@@ -475,6 +503,8 @@ class TrainingPanel(Panel):
         if not scores:
             self.state_label.setText("Nothing to evaluate: the images carry no person ids.")
             return
+        session = self.ctx.session
+        self._fresh_eval = (session.checkpoint_key() if session is not None else None, scores)
         self._show_eval(scores)
         self.state_label.setText(f"Evaluation: {eval_table.headline_text(scores)}.")
         for p, s, v in eval_table.rows(scores):

@@ -16,7 +16,9 @@ __all__ = ["IdentityModel", "IdentityFilter"]
 
 
 class IdentityModel(RowsTableModel):
-    COLUMNS = ("Identity", "Sightings", "Cameras", "Scenarios", "Seen", "Conf.")
+    # Cameras last: it takes what width is left (elided, the full list on hover), so "Seen" is never cut
+    COLUMNS = ("Identity", "Sightings", "Seen", "Scenarios", "Conf.", "Cameras")
+    CAMERAS = 5
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -56,12 +58,12 @@ class IdentityModel(RowsTableModel):
         c = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             name = self.names.get(s.identity, ("", ""))[0]
-            return [f"#{s.identity} {name}".rstrip(), s.size, ", ".join(s.cameras),
-                    ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios), self._span(s),
-                    f"{s.mean_confidence:.2f}"][c]
+            return [f"#{s.identity} {name}".rstrip(), s.size, self._span(s),
+                    ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios), f"{s.mean_confidence:.2f}",
+                    ", ".join(s.cameras)][c]
         if role == Qt.ItemDataRole.UserRole:
-            return [s.identity, s.size, len(s.cameras), len(s.scenarios), s.t_first, s.mean_confidence][c]
-        if role == Qt.ItemDataRole.TextAlignmentRole and c in (1, 5):
+            return [s.identity, s.size, s.t_first, len(s.scenarios), s.mean_confidence, len(s.cameras)][c]
+        if role == Qt.ItemDataRole.TextAlignmentRole and c in (1, 4):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
             return (f"identity #{s.identity}: {s.size} sightings\ncameras: {', '.join(s.cameras)}\n"

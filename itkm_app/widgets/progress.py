@@ -1,12 +1,15 @@
-"""Per-stage and overall progress of a job, with an ETA, fed by ProgressEvents."""
+"""Per-part and overall progress of a job, with the time left, fed by ProgressEvents.
+
+The time left is the engine's (``ProgressEvent.eta_s``, ``itkm_engine/eta.py``): the app has no
+estimator of its own, so the Training view, the status bar and ``itkm train`` say the same.
+"""
 
 from __future__ import annotations
 
-import time
-from collections import deque
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QSizePolicy, QWidget
 
-from PySide6.QtWidgets import QGridLayout, QLabel, QProgressBar, QWidget
-
+from itkm_engine.eta import format_duration, format_eta  # noqa: F401 - the app's formatting, re-exported
 from itkm_engine.progress import ProgressEvent
 from itkm_engine.vocabulary import STAGE_LABELS
 
@@ -28,88 +31,17 @@ STAGE_NAMES = {
     "identities": "Identities",
     "done": "Done",
 }
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return ""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
-
-
-def format_eta(seconds: float | None) -> str:
-    """A time left as a person would say it: rounded, never falsely precise."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return ""
-    if seconds < 10:
-        return "a few seconds"
-    if seconds < 60:
-        return f"about {int(round(seconds / 10.0)) * 10} s"
-    if seconds < 3600:
-        return f"about {max(1, int(round(seconds / 60.0)))} min"
-    return f"about {format_duration(round(seconds / 300.0) * 300)}"
-
-
-class EtaEstimator:
-    """Time left for a whole job from its overall fraction, measured over a recent window.
-
-    The engine's own ``eta_s`` extrapolates from the job's start, which misleads when parts of
-    a job take longer than their share of the bar (clustering early in a round, UMAP's layout
-    after its quick neighbour search): the first estimate was 7 min for a 3-minute round.  Here
-    the rate is the progress of the last :attr:`WINDOW_S` seconds; nothing is shown until the
-    job has run :attr:`MIN_ELAPSED_S` seconds and moved :attr:`MIN_FRACTION`, or while the
-    fraction has not moved for a while (a phase without progress events).
-    """
-
-    WINDOW_S = 30.0
-    MIN_ELAPSED_S = 5.0
-    MIN_FRACTION = 0.03
-    STALE_S = 8.0
-
-    def __init__(self, clock=time.monotonic) -> None:
-        self.clock = clock
-        self.reset()
-
-    def reset(self) -> None:
-        self.t0: float | None = None
-        self.f0 = 0.0
-        self.samples: deque[tuple[float, float]] = deque()
-        self.last_move: float | None = None
-
-    def update(self, fraction: float | None) -> float | None:
-        """Feed the job's overall fraction; returns seconds left, or ``None`` (not known yet)."""
-        now = self.clock()
-        if self.t0 is None:
-            self.t0, self.f0 = now, fraction or 0.0
-        if fraction is None:
-            return None
-        if not self.samples or fraction > self.samples[-1][1]:
-            self.last_move = now
-        self.samples.append((now, fraction))
-        while len(self.samples) > 2 and self.samples[1][0] < now - self.WINDOW_S:
-            self.samples.popleft()
-        return self.estimate(now)
-
-    def estimate(self, now: float | None = None) -> float | None:
-        now = self.clock() if now is None else now
-        if self.t0 is None or not self.samples:
-            return None
-        f = self.samples[-1][1]
-        if f >= 1.0:
-            return 0.0
-        if now - self.t0 < self.MIN_ELAPSED_S or f - self.f0 < self.MIN_FRACTION:
-            return None
-        if self.last_move is not None and now - self.last_move > self.STALE_S:
-            return None
-        t_a, f_a = self.samples[0]
-        if now - t_a < 1.0 or f <= f_a:
-            return None
-        rate = (f - f_a) / (now - t_a)
-        return (1.0 - f) / rate
+#: A job's parts (``ProgressEvent.part``): the label of the bar that follows the part.
+PART_NAMES = {"extract": "Features", "final": "New model's features",
+              **{s.name: f"Stage {s.numeral}" for s in STAGE_LABELS.values()}}
+#: Sub-steps inside a part, for the detail line.
+STEP_NAMES = {"extract": "embedding images", "knn": "clustering: neighbour search",
+              "encoding": "clustering: k-reciprocal encoding", "jaccard": "clustering: Jaccard distances",
+              "dbscan": "clustering: DBSCAN"}
+#: The label widths are fixed (the bars never move sideways): sized for these texts.
+LABEL_SAMPLE = "Round 88 · New model's features"
+ETA_SAMPLE = "about 2 h 55 min left"
+NO_ETA = "estimating time left"
 
 
 def stage_fraction(e: ProgressEvent) -> float | None:
@@ -123,7 +55,10 @@ def stage_fraction(e: ProgressEvent) -> float | None:
 
 
 class JobProgress(QWidget):
-    """Stage label + stage bar, overall bar + ETA.  :meth:`show_event` per ProgressEvent."""
+    """Part label + part bar, overall bar + time left, a detail line.  :meth:`show_event` per
+    ProgressEvent.  The part bar follows the event's part (a stage of a round, an extraction) from
+    0 to 100% and is labelled with it; sub-steps (embedding, clustering, training steps) are named
+    on the detail line, so the bar never jumps back when one sub-step ends and the next begins."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -134,7 +69,13 @@ class JobProgress(QWidget):
         self.eta_label = QLabel("")
         self.detail_label = QLabel("")
         self.detail_label.setWordWrap(False)
-        self.eta = EtaEstimator()
+        self.detail_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        fm = self.fontMetrics()
+        self._label_w = fm.horizontalAdvance(LABEL_SAMPLE) + 8
+        for label in (self.stage_label, self.overall_label):
+            label.setFixedWidth(self._label_w)
+        self.eta_label.setFixedWidth(max(fm.horizontalAdvance(ETA_SAMPLE), fm.horizontalAdvance(NO_ETA)) + 8)
+        self.eta_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         for bar in (self.stage_bar, self.overall_bar):
             bar.setRange(0, 1000)
             bar.setValue(0)
@@ -143,7 +84,7 @@ class JobProgress(QWidget):
         lay = QGridLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.stage_label, 0, 0)
-        lay.addWidget(self.stage_bar, 0, 1)
+        lay.addWidget(self.stage_bar, 0, 1, 1, 2)
         lay.addWidget(self.overall_label, 1, 0)
         lay.addWidget(self.overall_bar, 1, 1)
         lay.addWidget(self.eta_label, 1, 2)
@@ -151,9 +92,13 @@ class JobProgress(QWidget):
         lay.setColumnStretch(1, 1)
         self.reset()
 
+    def _set_label(self, text: str) -> None:
+        fm = self.stage_label.fontMetrics()
+        self.stage_label.setText(fm.elidedText(text, Qt.TextElideMode.ElideRight, self._label_w - 4))
+        self.stage_label.setToolTip(text)
+
     def reset(self, text: str = "Idle") -> None:
-        self.eta.reset()
-        self.stage_label.setText(text)
+        self._set_label(text)
         for bar in (self.stage_bar, self.overall_bar):
             bar.setRange(0, 1000)
             bar.setValue(0)
@@ -164,11 +109,15 @@ class JobProgress(QWidget):
     def show_event(self, e: ProgressEvent) -> None:
         self.stage_bar.setTextVisible(True)
         self.overall_bar.setTextVisible(True)
-        name = STAGE_NAMES.get(e.stage, e.stage.capitalize() if e.stage else "Working")
+        if e.part:
+            name = PART_NAMES.get(e.part, e.part.capitalize())
+            full = STAGE_LABELS[e.part].label if e.part in STAGE_LABELS else name
+        else:
+            name = full = STAGE_NAMES.get(e.stage, e.stage.capitalize() if e.stage else "Working")
         if e.round is not None:
-            name = f"Round {e.round}: {name}"
-        self.stage_label.setText(name)
-        sf = stage_fraction(e)
+            name = f"Round {e.round} · {name}"
+        self._set_label(name)
+        sf = e.part_fraction if e.part else stage_fraction(e)
         if sf is None:
             self.stage_bar.setRange(0, 0) if e.fraction is None else self.stage_bar.setRange(0, 1000)
             if e.fraction is not None:
@@ -179,16 +128,21 @@ class JobProgress(QWidget):
         if e.fraction is not None:
             self.overall_bar.setRange(0, 1000)
             self.overall_bar.setValue(int(1000 * e.fraction))
-        # one ETA, for the whole job, next to the overall bar (never a stage's as the job's)
-        left = self.eta.update(e.fraction)
+        # one time left, for the whole job, next to the overall bar: the engine's estimate
         if e.fraction is not None and e.fraction >= 1:
             self.eta_label.setText("")
         else:
-            self.eta_label.setText(f"{format_eta(left)} left" if left is not None else "estimating time left…")
-        parts = []
+            self.eta_label.setText(f"{format_eta(e.eta_s)} left" if e.eta_s is not None else NO_ETA)
+            self.eta_label.setToolTip("" if e.eta_s is not None else
+                                      "Shown once it can be measured: after the first epoch of a first round, "
+                                      "from the previous round's times after that")
+        parts = [full] if e.part and full != name.split(" · ")[-1] else []
         if e.epochs and e.epoch is not None:
             parts.append(f"epoch {min(e.epoch + 1, e.epochs)}/{e.epochs}")
-        if e.step is not None and e.steps:
+        step = STEP_NAMES.get(e.stage, "") if e.part else ""
+        if step:
+            parts.append(step + (f" {e.step:,}/{e.steps:,}" if e.step is not None and e.steps else ""))
+        elif e.step is not None and e.steps:
             parts.append(f"step {e.step}/{e.steps}")
         if e.message:
             parts.append(e.message)
@@ -199,7 +153,7 @@ class JobProgress(QWidget):
         self.reset(text)
 
     def finish(self, text: str = "Done") -> None:
-        self.stage_label.setText(text)
+        self._set_label(text)
         for bar in (self.stage_bar, self.overall_bar):
             bar.setTextVisible(True)
             bar.setRange(0, 1000)

@@ -30,10 +30,14 @@ SAME_PERSON_COLOR = "#2ca02c"
 
 def badge_legend() -> str:
     """What the tiles' marks mean, for a line under a grid (rich text)."""
-    scen = ", ".join(f"<b>{short}</b> {name}" for name, short in SCENARIO_SHORT.items())
+    scen = " · ".join(f"<b>{short}</b> {name}" for name, short in SCENARIO_SHORT.items())
     groups = ", ".join(f"<b>{short}</b> {name}" for name, short in GROUP_SHORT.items() if short)
-    return (f"Badge: scenario ({scen}) and group ({groups}). <b>#N</b>: the identity the model gave the image. "
-            f"<span style='color:{SAME_PERSON_COLOR}'><b>Green frame ✓</b></span>: the query's person by the labels.")
+    must, cannot = DECISION_MARKS["must"], DECISION_MARKS["cannot"]
+    return (f"{scen}; groups {groups} · <b>#N</b> identity (and its name) · "
+            f"<span style='color:{SAME_PERSON_COLOR}'><b>green frame ✓</b></span> the query's person by the labels · "
+            f"<span style='background:{must[1]};color:white'>&nbsp;<b>{must[0]} {must[2]}</b>&nbsp;</span> "
+            f"<span style='background:{cannot[1]};color:white'>&nbsp;<b>{cannot[0]} {cannot[2]}</b>&nbsp;</span> "
+            "your decisions (a band across the crop)")
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ThumbItem:
     caption: str = ""  # extra line (e.g. a time stamp)
     extra: dict = field(default_factory=dict)
     decision: str | None = None  # the operator's: "must" (same person as the query) or "cannot"
+    name: str = ""  # the operator's name of the identity
 
     def tooltip(self) -> str:
         lines = [f"<b>image {self.image_id}</b>", self.path]
@@ -56,7 +61,7 @@ class ThumbItem:
             lines.append(f"similarity {self.similarity:.3f}")
         lines.append(f"camera {self.camera} &middot; {self.scenario} / {self.group}")
         if self.identity is not None and self.identity >= 0:
-            lines.append(f"identity {self.identity}")
+            lines.append(f"identity {self.identity}" + (f" <b>{self.name}</b>" if self.name else ""))
         if self.person_id >= 0:
             lines.append(f"person id (labels) {self.person_id}")
         if self.caption:
@@ -115,18 +120,26 @@ class ThumbDelegate(QStyledItemDelegate):
 
     PAD = 4
     TEXT_LINES = 2
+    #: A cell never grows wider than this for its text (a long camera name is then elided).
+    MAX_TEXT_W = 210
 
     def __init__(self, cache: ThumbnailCache, parent=None) -> None:
         super().__init__(parent)
         self.cache = cache
+        self.sample = "0.000  cam-00"  # the longest first line of the grid's items (set_items)
 
     def cell_size(self, option_font: QFont) -> QSize:
         from PySide6.QtGui import QFontMetrics
 
         fm = QFontMetrics(option_font)
-        w = max(self.cache.box.width(), fm.horizontalAdvance("0.000  cam-00")) + 2 * self.PAD
+        text_w = min(fm.horizontalAdvance(self.sample) + 6, self.MAX_TEXT_W)
+        w = max(self.cache.box.width(), fm.horizontalAdvance("0.000  cam-00"), text_w) + 2 * self.PAD
         h = self.cache.box.height() + self.TEXT_LINES * (fm.height() + 2) + 3 * self.PAD
         return QSize(w, h)
+
+    @staticmethod
+    def first_line(it: "ThumbItem") -> str:
+        return f"{it.similarity:.3f}  {it.camera}" if it.similarity is not None else (it.caption or it.camera)
 
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:  # noqa: N802
         return self.cell_size(option.font)
@@ -157,8 +170,6 @@ class ThumbDelegate(QStyledItemDelegate):
             if self.cache.failed(it.path):
                 painter.setPen(pal.color(QPalette.ColorRole.Text))
                 painter.drawText(img_rect, Qt.AlignmentFlag.AlignCenter, "unreadable")
-        if it.decision:
-            paint_decision(painter, img_rect, it.decision)
         text_col = pal.color(QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text)
         fm = option.fontMetrics
         line_h = fm.height() + 2
@@ -196,7 +207,10 @@ class ThumbDelegate(QStyledItemDelegate):
             painter.drawText(brect, Qt.AlignmentFlag.AlignCenter, text)
         if it.identity is not None and it.identity >= 0:
             painter.setPen(text_col)
-            painter.drawText(line2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"#{it.identity}")
+            label = f"#{it.identity}" + (f" {it.name}" if it.name else "")
+            room = line2.width() - (bw + 6 if text else 0)
+            painter.drawText(line2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                             fm.elidedText(label, Qt.TextElideMode.ElideRight, max(room, 0)))
         if it.extra.get("same_person"):
             green = QColor(SAME_PERSON_COLOR)
             painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
@@ -209,25 +223,43 @@ class ThumbDelegate(QStyledItemDelegate):
             painter.drawEllipse(tick)
             painter.setPen(QPen(QColor("#ffffff")))
             painter.drawText(tick, Qt.AlignmentFlag.AlignCenter, "✓")
+        if it.decision:  # last: the operator's own mark is never under another one
+            paint_decision(painter, img_rect, it.decision, fm)
         painter.restore()
 
 
-DECISION_MARKS = {"must": ("\u2713", "#2e7d32"), "cannot": ("\u2717", "#c62828")}  # check / cross, green / red
+#: The operator's decisions: (mark, colour, words).  Drawn as a solid band across the crop's foot,
+#: unlike the labels' small round tick in the top-right corner (the two were the same mark there).
+DECISION_MARKS = {"must": ("\u2713", "#2e7d32", "same"), "cannot": ("\u2717", "#c62828", "not")}
 
 
-def paint_decision(painter: QPainter, img_rect: QRect, decision: str) -> None:
-    """The operator's decision as a round mark in the thumbnail's top-right corner."""
-    mark, colour = DECISION_MARKS.get(decision, ("?", theme.MUTED))
-    d = 18
-    rect = QRect(img_rect.right() - d - 2, img_rect.y() + 2, d, d)
-    painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-    painter.setPen(QPen(QColor("#ffffff"), 1.5))
-    painter.setBrush(QColor(colour))
-    painter.drawEllipse(rect)
+def decision_rect(img_rect: QRect, fm) -> QRect:
+    """Where the decision band is drawn: the full width of the crop, at its foot."""
+    h = fm.height() + 4
+    return QRect(img_rect.x(), img_rect.bottom() - h + 1, img_rect.width(), h)
+
+
+def paint_decision(painter: QPainter, img_rect: QRect, decision: str, fm=None) -> None:
+    """The operator's decision as a solid band with a mark and words across the crop's foot."""
+    from PySide6.QtGui import QFontMetrics
+
+    mark, colour, words = DECISION_MARKS.get(decision, ("?", theme.MUTED, "?"))
     f = QFont(painter.font())
     f.setBold(True)
+    if f.pointSizeF() > 0:
+        f.setPointSizeF(f.pointSizeF() * 0.9)
     painter.setFont(f)
-    painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, mark)
+    fm = QFontMetrics(f)
+    rect = decision_rect(img_rect, fm)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.setBrush(QColor(colour))
+    painter.drawRect(rect)
+    painter.setPen(QPen(QColor("#ffffff")))
+    text = f"{mark} {words}"
+    if fm.horizontalAdvance(text) > rect.width() - 2:
+        text = mark
+    painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
 
 
 class ThumbGrid(QListView):
@@ -264,6 +296,12 @@ class ThumbGrid(QListView):
             lambda cur, _prev: self.currentItemChanged.emit(cur.data(ItemRole) if cur.isValid() else None))
 
     def set_items(self, items: list[ThumbItem]) -> None:
+        # cells wide enough for the items' own first lines ("0.892 demoB:vis-b", "demoB:ir-a 00:00:03"
+        # were cut to "0.892 demo…"), up to the delegate's limit
+        sample = max((ThumbDelegate.first_line(it) for it in items), key=len, default="0.000  cam-00")
+        if sample != self.delegate.sample:
+            self.delegate.sample = sample
+            self.setGridSize(self.delegate.cell_size(self.font()) + QSize(6, 6))
         self.thumb_model.set_items(items)
         self.scrollToTop()
 

@@ -13,20 +13,16 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtGui import QColor, QPalette
 
+from itkm_engine.data.timestamps import DERIVED_SPAN_S, NAME_EPOCH, is_derived
+
 from .. import theme
 from .thumb_grid import SCENARIO_COLORS
 
 __all__ = ["Timeline", "FrameTimeAxis", "NAME_EPOCH", "DERIVED_SPAN_S", "is_derived", "fmt_derived", "fmt_time"]
 
-#: Time stamps derived from frame numbers start at this instant (``itkm_engine.data.layouts``:
-#: 2000-01-01 UTC + (sequence - 1) days + frame / fps).  They order sightings but carry no date.
-NAME_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-DERIVED_SPAN_S = 400 * 86400.0
-
-
-def is_derived(ts) -> bool:
-    """True for a time stamp made from frame numbers (no real date)."""
-    return ts is not None and math.isfinite(ts) and NAME_EPOCH <= ts < NAME_EPOCH + DERIVED_SPAN_S
+# Time stamps derived from frame numbers (2000-01-01 UTC + (sequence - 1) days + frame / fps) order
+# sightings but carry no date: NAME_EPOCH, DERIVED_SPAN_S and is_derived are the engine's one rule
+# (itkm_engine/data/timestamps.py).
 
 
 def fmt_derived(ts: float) -> str:

@@ -30,6 +30,13 @@ LOSS_SKIP = {"loss", "steps", "seconds"}
 AXIS_WIDTH = 46
 #: Height of one legend line in pixels.
 LEGEND_LINE = 19
+#: Size of the charts' titles.
+TITLE_SIZE = "9pt"
+#: The longest name a legend shows (a Stage III loss term): legends are this wide ("homog", "instance_centr" were cut).
+LEGEND_SAMPLE = "instance_centroid"
+#: Heights (fraction of the plot, from the bottom) of the stage marks' labels, taken in turn so
+#: neighbouring marks ("R1 III" and "R2 I" two epochs apart) never share a line.
+MARK_HEIGHTS = (0.93, 0.78)
 
 
 class Curves(pg.GraphicsLayoutWidget):
@@ -62,9 +69,19 @@ class Curves(pg.GraphicsLayoutWidget):
         self._dirty: set[tuple[str, str]] = set()
         self.items: dict[tuple[str, str], pg.PlotDataItem] = {}
         theme.style_plot_widget(self)
-        self.loss_plot = self.addPlot(row=0, col=0, title="Loss terms")
-        self.cluster_plot = self.addPlot(row=1, col=0, title="Clusters")
-        self.quality_plot = self.addPlot(row=2, col=0, title="Pseudo-label quality (needs person ids)")
+        from PySide6.QtGui import QFontMetrics
+
+        legend_w = QFontMetrics(self.font()).horizontalAdvance(LEGEND_SAMPLE) + 44  # sample line + gaps
+        # short titles in a small type: a long one set the charts' minimum width (the legends were cut
+        # off at the window's edge) and three large ones took a fifth of a 640-pixel-high window
+        self.loss_plot = self.addPlot(row=0, col=0)
+        self.cluster_plot = self.addPlot(row=1, col=0)
+        self.quality_plot = self.addPlot(row=2, col=0)
+        for plot, title in ((self.loss_plot, "Loss terms"), (self.cluster_plot, "Clusters"),
+                            (self.quality_plot, "Pseudo-label quality")):
+            plot.setTitle(title, size=TITLE_SIZE)
+        self.quality_plot.titleLabel.setToolTip("Precision, recall and ARI of the pseudo-labels: only when the "
+                                                "file names carry person ids")
         self.plots = {"loss": self.loss_plot, "clusters": self.cluster_plot, "quality": self.quality_plot}
         # legends beside the plots, in their own column: inside they covered the curves
         self.legends = {}
@@ -74,7 +91,7 @@ class Curves(pg.GraphicsLayoutWidget):
             legend = pg.LegendItem(labelTextColor=theme.palette().color(QPalette.ColorRole.Text),
                                    verSpacing=-4)
             self.addItem(legend, row=row, col=1)
-            legend.setFixedWidth(118)
+            legend.setFixedWidth(legend_w)
             # Neither a legend's entries nor the tick labels may resize the plots during a run: a
             # resize regenerates all six axes with their grids (~15 ms of CPU, ~50 ms of a busy
             # machine's time) and it came with every new curve and every new order of magnitude.
@@ -82,6 +99,11 @@ class Curves(pg.GraphicsLayoutWidget):
             legend.setMinimumHeight(0)
             legend.setPreferredHeight(0)
             p.getAxis("left").setWidth(AXIS_WIDTH)
+            # tick labels that would touch are left out (a short plot drew 300/200/100 over each other)
+            p.getAxis("left").setStyle(hideOverlappingLabels=True, maxTextLevel=0,
+                                       textFillLimits=[(0, 0.7), (2, 0.5), (4, 0.3)])
+            if p is not self.quality_plot:  # the x axes are linked: only the lowest one says the numbers
+                p.getAxis("bottom").setStyle(showValues=False)
             p.legend = legend
             self.legends[row] = legend
             theme.style_plot(p)
@@ -90,14 +112,15 @@ class Curves(pg.GraphicsLayoutWidget):
             p.disableAutoRange()
             theme.cache_plot_text(p)
         # the loss plot holds most curves (and the longest legend): 3/7 of the height
-        for row, (plot, stretch) in enumerate(((self.loss_plot, 3), (self.cluster_plot, 2), (self.quality_plot, 2))):
+        # the lowest plot also holds the x axis' numbers and name
+        for row, (plot, stretch) in enumerate(((self.loss_plot, 3), (self.cluster_plot, 2), (self.quality_plot, 3))):
             plot.setPreferredHeight(40)  # below any real size: the stretch shares the rest
             self.ci.layout.setRowStretchFactor(row, stretch)
         self.cluster_plot.setXLink(self.loss_plot)
         self.quality_plot.setXLink(self.loss_plot)
         self.quality_plot.setYRange(-0.02, 1.05, padding=0)
         self.planned_epochs = 0.0  # x extent the live run will reach (set by the panel)
-        self.quality_plot.setLabel("bottom", "training epochs (all stages and rounds)")
+        self.quality_plot.setLabel("bottom", "epochs (all stages and rounds)")
         self.hover_text = ""
         self._hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self._on_move)
         self.clear_all()
@@ -137,10 +160,13 @@ class Curves(pg.GraphicsLayoutWidget):
                 ys.append(float("nan"))
                 self._dirty.add((plot_name, k))
         numeral = STAGE_LABELS[stage].numeral
-        label = f"R{round_no} {numeral}" if round_no else numeral
+        # the round only where it starts: "R2 I", then "II", "III" (full labels overlapped at 1024 px)
+        label = f"R{round_no} {numeral}" if round_no and stage == "stage1" else numeral
         pen = pg.mkPen(theme.secondary_text_color(), width=1, style=Qt.PenStyle.DotLine)
+        height = MARK_HEIGHTS[(len(self._stage_marks) - 1) % len(MARK_HEIGHTS)]
         line = pg.InfiniteLine(pos=x, angle=90, pen=pen, label=label,
-                               labelOpts={"position": 0.92, "color": theme.secondary_text_color()})
+                               labelOpts={"position": height, "color": theme.secondary_text_color(),
+                                          "anchors": [(0, 0.5), (0, 0.5)]})
         self.loss_plot.addItem(line)
         self.loss_plot._markers.append(line)
 

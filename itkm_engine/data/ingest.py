@@ -54,7 +54,7 @@ from ..progress import Reporter
 from ..records import Camera, ImageRecord
 from .guess import CameraGuess, assign_scenarios, guess_camera
 from .imageio import BadImage, describe_path, probe, relpath_to_text
-from .layouts import FoundImage, Layout, check_root, detect_layout, get_layout
+from .layouts import LAYOUTS, FoundImage, Layout, check_root, detect_layout, get_layout
 from .walk import Rejected
 from ..vocabulary import SCENARIOS, TWO_GROUP
 
@@ -107,6 +107,7 @@ class SourceRow:
     newly_missing: int
     rejected: int
     guessed: bool  # False when nothing changed and the stored guesses were kept
+    site_change: tuple[str, str] | None = None  # (before, after) when re-ingesting with --site moved it
 
 
 @dataclass
@@ -176,7 +177,9 @@ class IngestSummary:
         out += [fmt(row) for row in lines_data]
         out += [fmt(["-" * w for w in widths]), fmt(totals)]
         for s in self.sources:
-            note = "" if s.guessed else "; unchanged, kept previous guesses"
+            note = "" if s.guessed else "; images unchanged, kept previous guesses"
+            if s.site_change is not None:
+                note += f"; site changed from {s.site_change[0]!r} to {s.site_change[1]!r} (the next round uses it)"
             out.append(f"{s.root}: layout {s.layout}, {s.found} images found, {s.added} new, "
                        f"{s.updated} updated, {s.newly_missing} newly missing{note}")
         if any(r.user_set for r in self.cameras):
@@ -194,6 +197,15 @@ class IngestSummary:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def folder_layout(root: Path) -> str:
+    """The layout ingest uses for ``root`` when none is named: a folder of loose crops from one
+    camera is that camera ("one-camera", named after the folder) -- in the CLI as in the app's
+    "Add camera folders" -- else the first layout that matches (:func:`detect_layout`)."""
+    if LAYOUTS["one-camera"].matches(root):
+        return "one-camera"
+    return detect_layout(root)
 
 
 def ingest(
@@ -238,7 +250,7 @@ def ingest(
                 f"the folder path {describe_path(root)} is not valid UTF-8; rename the folder "
                 "(or the folder above it that has the odd name) and ingest it again"
             ) from None
-        plan.append((root, forced if forced is not None else get_layout(detect_layout(root))))
+        plan.append((root, forced if forced is not None else get_layout(folder_layout(root))))
     if not plan:
         raise LayoutError("no folder to ingest")
 
@@ -433,7 +445,10 @@ def _ingest_folder(ws, root: Path, lay: Layout, scenario: str | None, reporter: 
             why = "; rejected: " + ", ".join(f"{n} x {reason}" for reason, n in top)
         raise LayoutError(f"no images found in {shown} with layout {lay.name!r} ({lay.description}){why}")
 
+    site_before = next((src.site for src in ws.sources() if os.fspath(src.root) == root_fs), None)
     source_id = ws.add_source(root, lay.name, site=site)
+    site_after = next((src.site for src in ws.sources() if src.id == source_id), None)
+    site_change = (site_before, site_after) if site_before is not None and site_before != site_after else None
     known = {c.name: c for c in ws.cameras()}
     name_of = _camera_namer(root, source_id, known)
     before = _existing_relpaths(ws, source_id)
@@ -556,7 +571,7 @@ def _ingest_folder(ws, root: Path, lay: Layout, scenario: str | None, reporter: 
         )
     summary.sources.append(
         SourceRow(source_id, shown, lay.name, len(found), added_total, updated_total, newly_missing,
-                  len(rejects), changed)
+                  len(rejects), changed, site_change)
     )
     reporter.update(1.0, stage="write", message=f"{shown}: {len(found)} images, {added_total} new")
 

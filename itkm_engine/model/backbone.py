@@ -29,6 +29,7 @@ from .checkpoint import check_model_config
 from .image_tower import ImageOutput, ImageTower
 from .towers import tower_class
 from .weights import create_clip, get_tokenizer, uses_quick_gelu
+from ..text_search import text_tower_pretrained
 
 __all__ = ["ImageOutput", "ITKMModel", "build_model", "build_tower", "CHECKPOINT_FORMAT", "FEATURES"]
 
@@ -87,6 +88,9 @@ class ITKMModel(nn.Module):
         self.width: int = self.tower.width
         self.embed_dim: int = self.tower.embed_dim
         self.feature_dim: int = self.width + self.embed_dim if cfg.feature == "concat" else self.embed_dim
+        # CLIP's pretrained text tower (text search means something only with it); recorded in
+        # checkpoints as "text_pretrained" (itkm_engine/text_search.py)
+        self.text_pretrained: bool = text_tower_pretrained(cfg)
         self.freeze_text()
 
     # -- vocabulary ------------------------------------------------------------------------
@@ -260,6 +264,7 @@ class ITKMModel(nn.Module):
             "quick_gelu": self.quick_gelu,
             "scenarios": list(self.scenarios),
             "groups": list(self.groups),
+            "text_pretrained": bool(self.text_pretrained),
             "state_dict": {k: v.detach() for k, v in self.state_dict().items()},
         }
 
@@ -294,6 +299,8 @@ class ITKMModel(nn.Module):
         model = cls(clip, state["scenarios"], state["groups"], cfg, tokenizer=tokenizer,
                     load_tower_weights=False).to(device)
         model.load_state(state)
+        # recorded since checkpoints say it; older ones: what their model settings imply
+        model.text_pretrained = bool(state.get("text_pretrained", text_tower_pretrained(cfg)))
         return model
 
     def _resize_to(self, scenarios: list[str], groups: list[str]) -> None:

@@ -34,6 +34,8 @@ class RoundContext:
     outputs: dict[str, Any] = field(default_factory=dict)  # stage outputs handed to later stages
     constraints: Constraints = field(default_factory=Constraints.empty)  # the operator's decisions
     camera_sites: dict[str, str] = field(default_factory=dict)  # camera -> site (Workspace.camera_sites)
+    timing: dict[str, float] = field(default_factory=dict)  # seconds per part of the round (trainer.py)
+    elapsed_s: Any = lambda: 0.0  # the round's active seconds so far, earlier runs included
 
     # -- images -----------------------------------------------------------------------------
     @property
@@ -65,7 +67,7 @@ class RoundContext:
                 workers=self.cfg.data.workers,
                 amp=self.cfg.amp,
                 reporter=reporter,
-                stage=stage,
+                stage="extract",  # a sub-step: the stage is the event's part (Reporter.child(part=...))
                 dist=self.dist,
             )
         if fs.failed is not None and len(fs.failed):

@@ -6,6 +6,7 @@ one's :meth:`EpochHook.after_epoch` in that order.  The trainer's order is the r
 (ADR 0004):
 
 1. :class:`CheckFinite` -- weights that went NaN/inf stop the round before anything is written;
+   :class:`StageClock` -- the stage's seconds so far, so the saved state carries them;
 2. :class:`SaveProgress` -- ``checkpoints/progress.pt`` with the epoch's log values, so a kill
    before the next step loses nothing (resume re-logs the epoch from the file);
 3. :class:`LogEpoch` -- the epoch in the workspace's log, and the round's position;
@@ -17,6 +18,7 @@ Only the main process writes: the trainer gives other ranks :class:`CheckFinite`
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from ..features import record_failed_images
 from ..model.checkpoint import save_checkpoint
 from .context import RoundContext
 
-__all__ = ["EpochHook", "CheckFinite", "SaveProgress", "LogEpoch", "RecordFailedImages", "record_failed",
+__all__ = ["EpochHook", "CheckFinite", "StageClock", "SaveProgress", "LogEpoch", "RecordFailedImages", "record_failed",
            "outputs_to_state", "outputs_from_state", "PROGRESS_FORMAT"]
 
 #: ``state["format"]`` of the progress file.
@@ -58,6 +60,30 @@ class CheckFinite(EpochHook):
         self.last_good = f"{stage.name} epoch {epoch + 1}"
 
 
+class StageClock(EpochHook):
+    """Seconds spent per stage (``timing[stage]``, added up over the round's runs): the round's
+    duration and the next round's time-left basis (``itkm_engine/eta.py``).  The trainer calls
+    :meth:`start` before a stage prepares and :meth:`stop` after it published."""
+
+    def __init__(self, timing: dict[str, float]) -> None:
+        self.timing = timing
+        self._t = time.monotonic()
+
+    def start(self) -> None:
+        self._t = time.monotonic()
+
+    def _add(self, name: str) -> None:
+        now = time.monotonic()
+        self.timing[name] = self.timing.get(name, 0.0) + (now - self._t)
+        self._t = now
+
+    def after_epoch(self, stage, epoch: int, values: dict[str, float]) -> None:
+        self._add(stage.name)
+
+    def stop(self, name: str) -> None:
+        self._add(name)
+
+
 class SaveProgress(EpochHook):
     """The resumable state after the epoch: model, optimiser, the stage's extra state, earlier
     stages' outputs -- written atomically to ``path``."""
@@ -80,6 +106,8 @@ class SaveProgress(EpochHook):
                 "stage_state": stage.state_dict(),
                 "outputs": outputs_to_state(self.ctx.outputs),
                 "values": json.dumps(values, default=float),
+                # seconds per part so far, and the round's whole active time ("_before" on resume)
+                "timing": json.dumps({**self.ctx.timing, "_before": self.ctx.elapsed_s()}, default=float),
             },
         )
 

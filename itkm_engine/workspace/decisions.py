@@ -243,3 +243,23 @@ def _warn_damaged_name(ws, row_id: int, name) -> None:
         reporter.warning(f"the identity name {str(name)!r} (identity_names row {row_id}) has damaged anchors (not a "
                          "list of image ids: the database was edited outside ITKM Studio); it is left out -- name "
                          "the identity again")
+
+
+def describe_step(ws, batch: int | None) -> str:
+    """What one undo step holds, in words ("confirming images 12 and 40 as the same person",
+    "rejecting 3 pairs", "a split", "naming an identity 'Visitor 7'"): what undo / redo say."""
+    if batch is None:
+        return ""
+    named = ws.query("SELECT name FROM identity_names WHERE batch = ? ORDER BY id LIMIT 1", (int(batch),))
+    if named:
+        return f"naming an identity {named[0][0]!r}" if named[0][0] else "clearing an identity's name"
+    rows = ws.query("SELECT kind, image_a, image_b FROM decisions WHERE batch = ?", (int(batch),))
+    must = [(a, b) for k, a, b in rows if k == "must"]
+    cannot = [(a, b) for k, a, b in rows if k == "cannot"]
+    if must and cannot:
+        return f"a split ({len(must) + len(cannot)} links)"
+    pairs, what = (must, "as the same person") if must else (cannot, "as different people")
+    verb = "confirming" if must else "rejecting"
+    if len(pairs) == 1:
+        return f"{verb} images {pairs[0][0]} and {pairs[0][1]} {what}"
+    return f"{verb} {len(pairs)} pairs {what}" if pairs else f"step {batch}"

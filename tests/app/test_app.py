@@ -214,15 +214,18 @@ def test_lasso_selection_opens_a_set(flow):
     clusters.scatter.set_mode("pan")
 
 
-def test_text_search_ranks_the_gallery(flow):
+def test_text_search_is_off_without_clip_text_weights(flow):
+    # the tiny preset's text tower is random: a description would rank at random (issue 18), so
+    # the gallery says so and searches nothing (with CLIP weights it ranks as before)
     window, qtbot = flow["window"], flow["qtbot"]
     gallery = window.panel("gallery")
+    qtbot.waitUntil(lambda: window.ctx.model_state is not None and window.ctx.model_state.text_off is not None,
+                    timeout=30_000)
     gallery.text.setText("a person in a red jacket")
+    before = gallery.query
     gallery.query_text(gallery.text.text())
-    qtbot.waitUntil(lambda: gallery.job is None and gallery.query[0] == "text", timeout=60_000)
-    assert len(gallery.matches) == min(gallery.top_k.value(), len(window.ctx.images))
-    sims = [m.similarity for m in gallery.matches]
-    assert sims == sorted(sims, reverse=True)
+    assert gallery.query == before and gallery.job is None
+    assert not gallery.text.isEnabled() and "Text search is off" in gallery.text_off.text()
 
 
 def test_gallery_filters(flow):
@@ -248,9 +251,11 @@ def test_identity_timeline(flow):
     assert ident.proxy.rowCount() > 0
     first = ident.model.rows[0]
     ident.select_identity(first.identity)
-    n_cams = len({str(c) for c in window.ctx.images.camera})
+    t = window.ctx.identities
+    cams_seen = {str(c) for c in np.asarray(window.ctx.images.camera)[
+        window.ctx.image_rows(t.image_id[t.identity == first.identity])]}
     ticks = ident.timeline.getAxis("left")._tickLevels[0]
-    assert len(ticks) == n_cams  # one row per camera
+    assert {name for _p, name in ticks} == cams_seen  # one row per camera that saw it
     pts = ident.timeline.scatter.data
     assert len(pts) == first.size
     strip = ident.strip.items()
@@ -270,8 +275,8 @@ def test_export_tracks_csv(flow, tmp_path):
     with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == done[0] == len(window.ctx.images)
-    assert set(rows[0]) == {"identity_id", "camera", "scenario", "group", "timestamp", "image_path", "confidence",
-                            "identity_name", "confirmed"}
+    assert set(rows[0]) == {"identity_id", "camera", "scenario", "group", "timestamp", "time_source", "image_path",
+                            "confidence", "identity_name", "confirmed"}
     assert all(Path(r["image_path"]).is_file() for r in rows[:20])
 
 

@@ -230,10 +230,11 @@ def test_5_export_shortcut_works_while_a_text_box_has_focus(app, monkeypatch):
 # -- 6. progress and time left -------------------------------------------------------------------
 
 def test_6_eta_waits_for_evidence_and_follows_the_recent_rate():
-    from itkm_app.widgets.progress import EtaEstimator, format_eta
+    # the one estimator is the engine's (itkm_engine/eta.py); without a plan it follows the recent rate
+    from itkm_engine.eta import Eta, format_eta
 
     now = [0.0]
-    est = EtaEstimator(clock=lambda: now[0])
+    est = Eta(clock=lambda: now[0])
     assert est.update(0.0) is None
     now[0] = 2.0
     assert est.update(0.10) is None  # too early to say anything
@@ -243,7 +244,7 @@ def test_6_eta_waits_for_evidence_and_follows_the_recent_rate():
         left = est.update(0.10 + 0.01 * (t - 10))
     assert left == pytest.approx((1 - 0.59) / 0.01, rel=0.05)
     now[0] = 80.0  # no progress for 20 s: no stale estimate
-    assert est.estimate() is None
+    assert est.update(0.59) is None
     assert format_eta(49) == "about 50 s" and format_eta(442) == "about 7 min" and format_eta(3) == "a few seconds"
 
 

@@ -64,7 +64,7 @@ def test_query_json_by_image_id(trained_ws_template, capsys):
     assert main(["query", str(trained_ws_template), "1", "--top-k", "4", "--json", "-q"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
-    assert {"similarity", "camera", "scenario", "group", "path"} <= set(rows[0])
+    assert {"cosine", "camera", "scenario", "group", "path"} <= set(rows[0])
 
 
 def test_missing_workspace_is_a_clear_error(tmp_path, capsys):

@@ -69,7 +69,15 @@ def test_query_file_refuses_a_non_image(session, tmp_path):
         session.query_file(bad, k=3)
 
 
-def test_query_text_ranks_through_the_text_tower(session):
+def test_query_text_ranks_through_the_text_tower(session, monkeypatch):
+    from itkm_engine.text_search import TextSearchUnavailable
+
+    # this model's text tower is random: text search is refused with the reason (issue 18)
+    with pytest.raises(TextSearchUnavailable, match="Text search is off"):
+        session.query_text("a person in a red jacket", k=7)
+    # with a pretrained one (here: said to be) it ranks through the text tower
+    monkeypatch.setattr(session, "text_search_unavailable", lambda: None)
+    monkeypatch.setattr(session.model(), "text_pretrained", True)
     matches = session.query_text("a person in a red jacket", k=7)
     assert len(matches) == 7
     sims = [m.similarity for m in matches]
@@ -125,11 +133,17 @@ def test_export_tracks_rows_grouped_by_identity_ordered_by_time(session, tmp_pat
             assert i not in seen
             seen.add(i)
             last = i
-    # ordered by time inside a block; timestamps are ISO 8601
+    # ordered by time inside a block; ISO 8601 for file times, seconds for frame-number times
+    col = {c: k for k, c in enumerate(TRACK_COLUMNS)}
+
+    def when(r):
+        t = r[col["timestamp"]]
+        return float(t) if r[col["time_source"]] == "frame_number" else dt.datetime.fromisoformat(t).timestamp()
+
     for i in seen:
-        ts = [dt.datetime.fromisoformat(r[4]) for r in body if int(r[0]) == i]
+        ts = [when(r) for r in body if int(r[0]) == i]
         assert ts == sorted(ts)
-    assert all(0.0 <= float(r[6]) <= 1.0001 for r in body)
+    assert all(0.0 <= float(r[col["confidence"]]) <= 1.0001 for r in body)
 
 
 def test_export_features_npz(session, tmp_path):

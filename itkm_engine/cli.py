@@ -148,7 +148,8 @@ def cmd_demo_data(a) -> int:
     from .data.demo import make_demo
 
     rep = ConsoleReporter("demo", a.quiet)
-    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, id_offset=a.id_offset, reporter=rep)
+    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, id_offset=a.id_offset, infrared=a.infrared,
+                     reporter=rep)
     rep.done()
     print(f"demo camera set in {info.root}: {info.n_images} crops of {info.n_identities} people")
     print_table([{"camera": name, **dataclasses.asdict(cam)} for name, cam in info.cameras.items()])
@@ -518,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--id-offset", type=_non_negative_int, default=0, help="person ids start after this (a second demo set with "
                     "other people, e.g. for a second site: --id-offset 60)")
+    sp.add_argument("--infrared", choices=("both", "thermal", "nir"), default="both",
+                    help="infrared cameras: both (default: ir-a thermal-looking, ir-b near-infrared), thermal (ir-a "
+                    "only), nir (ir-a filmed as near-infrared, like SYSU-MM01/RegDB infrared cameras)")
 
     sp = add("ingest", cmd_ingest, "add camera folders to a workspace (created if missing); re-run to pick up changes")
     sp.add_argument("folders", metavar="FOLDER", nargs="+", help="dataset or camera folders")

@@ -34,7 +34,7 @@ def review_queue(session, n: int = 100, *, k: int = 10) -> list[ReviewPair]:
     neighbours; the decision boundary is the similarity midway between the mean of same-identity
     and the mean of different-identity candidate pairs; pairs nearest it come first, pairs across
     scenarios before pairs inside one.  Pairs already decided are left out."""
-    fs = session.features()
+    fs = session.ranking()  # the space the index searches (inference.camera_centre)
     images = session.images()
     table = session.identities()
     k = max(1, min(k, len(fs.ids) - 1))

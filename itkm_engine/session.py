@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import constraints as C
+from .camera_norm import camera_centred, centre_outside
 from .constraints import ConstraintError
 from .review import review_queue
 from .workspace import decisions as D
@@ -103,6 +104,7 @@ class Session:
             self._model = None
             self._key = None
             self._features: FeatureSet | None = None
+            self._ranking: FeatureSet | None = None
             self._index = None
             self._identities: IdentityTable | None = None
             self._unsaved_identities: IdentityTable | None = None
@@ -164,10 +166,31 @@ class Session:
         have = FeatureCache(self.ws.features_dir / key).ids()
         return not len(np.setdiff1d(np.asarray(images.id, np.int64), have))
 
+    def ranking(self, reporter: Reporter | None = None) -> FeatureSet:
+        """The features every image-to-image ranking scores with -- the gallery, re-ranking, the
+        review queue, ``itkm evaluate`` and the benchmarks: :meth:`features` in the ranking space
+        (:meth:`ranking_space`).  Same rows and ids as :meth:`features`; what re-orders a ranking
+        afterwards (the operator's decisions) works on its scores, whatever space they came from."""
+        with self._lock:
+            if self._ranking is None:
+                fs = self.features(reporter)
+                feats = self.ranking_space(fs.feats, fs.ids)
+                self._ranking = fs if feats is fs.feats else FeatureSet(fs.ids, feats, fs.proj, fs.key, fs.failed)
+            return self._ranking
+
+    def ranking_space(self, feats: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``feats`` (rows = the images ``ids``) as ranking compares them: each camera's mean
+        feature subtracted when ``inference.camera_centre`` (:func:`camera_norm.camera_centred`),
+        else as they are."""
+        if not self.cfg.inference.camera_centre or not len(ids):
+            return feats
+        images = self.images()
+        return camera_centred(feats, np.asarray(images.camera)[images.index_of(ids)])
+
     def index(self):
         with self._lock:
             if self._index is None:
-                self._index = FeatureIndex.build(self.features().feats, exact_limit=self.cfg.inference.exact_search_limit)
+                self._index = FeatureIndex.build(self.ranking().feats, exact_limit=self.cfg.inference.exact_search_limit)
             return self._index
 
     # -- queries -------------------------------------------------------------------------------
@@ -194,7 +217,7 @@ class Session:
         is one matrix-vector product, which is exact and fast enough for a filtered subset."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ItkmError(f"the number of results must be 1 or more, got {k!r}")
-        fs = self.features()
+        fs = self.ranking()
         n = len(fs.ids)
         if space == "feats" and allowed is None and n > self.cfg.inference.exact_search_limit:
             sims, idx = self.index().search(q[None].astype(np.float32), min(k + 1, n))
@@ -230,7 +253,7 @@ class Session:
     def query_image(self, image_id: int, k: int = 50, filters: QueryFilter | None = None,
                     rerank: bool = False) -> list[Match]:
         """Ranked matches for an image of the workspace (the query itself excluded)."""
-        fs, images = self.features(), self.images()
+        fs, images = self.ranking(), self.images()
         r = int(fs.rows_for(np.array([image_id]))[0])
         if r < 0:
             raise ItkmError(f"image {image_id} has no features (not in the workspace, or unreadable)")
@@ -244,7 +267,7 @@ class Session:
         picks the gallery first, so "other cameras" still fills the top-k (re-ranking the
         unfiltered top-N and filtering afterwards left one result when the query's own camera
         filled the candidates).  Scores are ``1 - re-ranked distance``, not cosines."""
-        fs = self.features()
+        fs = self.ranking()
         if allowed is None:
             sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(RERANK_TOP_N, 4 * k),
                                             index=self.index())
@@ -312,6 +335,9 @@ class Session:
         # an ingested image queried by its path has a camera: "other cameras" must leave it out
         r = self._known_row(path)
         cam = str(self.images().camera[r]) if r is not None else None
+        if self.cfg.inference.camera_centre:  # into the ranking space: minus its camera's mean
+            fs, images = self.features(), self.images()
+            feat = centre_outside(feat, fs.feats, np.asarray(images.camera)[images.index_of(fs.ids)], cam)
         return self._matches(self._rank(feat, k, self._allowed(filters, cam), None))
 
     def query_text(self, text: str, k: int = 50, filters: QueryFilter | None = None) -> list[Match]:
@@ -492,14 +518,26 @@ class Session:
             return self._projection
 
     def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
-        """``evaluation.evaluate_features``: {"headline": ..., "protocols": ...}, or {} without labels."""
-        fs = self.features(reporter=reporter.child(0.0, 0.5) if reporter else None)
-        images = self.images().subset(self.images().index_of(fs.ids))
-        sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
-        scores = evaluate_features(fs.feats, images, sysu_sources=sysu,
-                                   reporter=reporter.child(0.5, 1.0) if reporter else None)
+        """The current model's scores (:meth:`score` of :meth:`ranking`, what the gallery ranks
+        with): {"headline": ..., "protocols": ...}, or {} without labels.  Stored as the
+        workspace's evaluation metrics."""
+        fs = self.ranking(reporter=reporter.child(0.0, 0.5) if reporter else None)
+        scores = self._score(fs.feats, fs.ids, reporter.child(0.5, 1.0) if reporter else None)
         if scores:
             with self._storing("storing an evaluation") as store:
                 if store:
                     self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
         return scores
+
+    def score(self, feats: np.ndarray, ids: np.ndarray, reporter: Reporter | None = None) -> dict[str, dict]:
+        """THE scoring of features against the known person ids, as ``itkm evaluate`` scores the
+        model (the benchmarks score other features with it too, e.g. a colour baseline): ``feats``
+        (rows = the images ``ids``) in the ranking space (:meth:`ranking_space`), every protocol
+        and split of :func:`evaluation.evaluate_features`, with this workspace's SYSU-MM01
+        sources."""
+        return self._score(self.ranking_space(feats, ids), ids, reporter)
+
+    def _score(self, ranked: np.ndarray, ids: np.ndarray, reporter: Reporter | None) -> dict[str, dict]:
+        images = self.images().subset(self.images().index_of(ids))
+        sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
+        return evaluate_features(ranked, images, sysu_sources=sysu, reporter=reporter)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..camera_norm import camera_centred
 from ..clustering import pseudo_labels
 from ..config import Config
 from ..constraints import Constraints, enforce_on_labels
@@ -83,14 +84,16 @@ class RoundContext:
         global; -1 for outliers.  Also the epoch's cluster metrics."""
         c = self.cfg.cluster
         keys = self.group_keys[self.rows(fs)]
+        cams = np.asarray(self.images.camera)[self.rows(fs)]
         labels = np.full(len(fs), -1, dtype=np.int64)
         offset = 0
         uniq = sorted(set(keys))
         for gi, key in enumerate(uniq):
             reporter.check()
             mask = np.flatnonzero(keys == key)
+            feats = camera_centred(fs.feats[mask], cams[mask]) if c.camera_centre else fs.feats[mask]
             lab = pseudo_labels(
-                np.ascontiguousarray(fs.feats[mask]),
+                np.ascontiguousarray(feats),
                 k1=c.k1,
                 k2=c.k2,
                 eps=c.eps,
@@ -109,6 +112,7 @@ class RoundContext:
             pid = np.asarray(self.images.person_id)[self.rows(fs)]
             q = pseudo_label_quality(labels, pid)
             metrics.update({k: float(q[k]) for k in ("precision", "recall", "fscore", "ari")})
+            metrics.update(group_label_quality(labels, pid, keys))
         return labels, metrics
 
     # -- loaders ------------------------------------------------------------------------------
@@ -138,6 +142,20 @@ class RoundContext:
         sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank,
                             pairs=pairs)
         return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
+
+
+def group_label_quality(labels: np.ndarray, pid: np.ndarray, keys: np.ndarray) -> dict[str, float]:
+    """Pseudo-label quality inside each group (where the clustering works), as
+    ``"precision[<group key>]"``, ``"recall[...]"``, ``"ari[...]"``, ``"n_clusters[...]"``: the
+    pooled numbers mix groups, and recall there can never count a person's pairs across groups."""
+    out: dict[str, float] = {}
+    for key in sorted(set(keys)):
+        m = (keys == key) & (pid >= 0)
+        if m.sum() < 2:
+            continue
+        q = pseudo_label_quality(labels[m], pid[m])
+        out.update({f"{k}[{key}]": float(q[k]) for k in ("precision", "recall", "ari", "n_clusters")})
+    return out
 
 
 def image_optimizer(model, lr: float, new_lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -30,14 +30,14 @@ def test_features_cover_every_image_and_are_normalised(session):
 
 
 def test_query_image_ranks_by_similarity_and_excludes_itself(session):
-    fs = session.features()
+    fs = session.ranking()  # the features ranking uses (camera-centred: inference.camera_centre)
     q = int(fs.ids[0])
     matches = session.query_image(q, k=10)
     assert len(matches) == 10
     assert q not in [m.image_id for m in matches]
     sims = [m.similarity for m in matches]
     assert sims == sorted(sims, reverse=True)
-    # Similarities are the cosine of the stored features.
+    # Similarities are the cosine of the ranking's features.
     row = {int(i): r for r, i in enumerate(fs.ids)}
     for m in matches[:3]:
         assert m.similarity == pytest.approx(float(fs.feats[row[q]] @ fs.feats[row[m.image_id]]), abs=1e-4)

@@ -33,7 +33,7 @@ from .model.loading import load_model, model_key, resolve_device
 from .progress import Reporter
 from .projection import cached_projection, load_cached_projection
 from .records import IdentityTable, rows_of
-from .vocabulary import CONFIG_FILE
+from .vocabulary import CONFIG_FILE, has_low_res_flag
 from .workspace import Workspace
 
 #: Candidates per query that k-reciprocal re-ranking re-orders (at least 4 x top-k).
@@ -534,10 +534,11 @@ class Session:
         model (the benchmarks score other features with it too, e.g. a colour baseline): ``feats``
         (rows = the images ``ids``) in the ranking space (:meth:`ranking_space`), every protocol
         and split of :func:`evaluation.evaluate_features`, with this workspace's SYSU-MM01
-        sources."""
+        sources and its cameras flagged low-res."""
         return self._score(self.ranking_space(feats, ids), ids, reporter)
 
     def _score(self, ranked: np.ndarray, ids: np.ndarray, reporter: Reporter | None) -> dict[str, dict]:
         images = self.images().subset(self.images().index_of(ids))
         sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
-        return evaluate_features(ranked, images, sysu_sources=sysu, reporter=reporter)
+        low_res = [c.name for c in self.ws.cameras() if has_low_res_flag(c.flag)]
+        return evaluate_features(ranked, images, sysu_sources=sysu, low_res_cameras=low_res, reporter=reporter)

@@ -127,3 +127,42 @@ def test_session_ranks_reviews_and_scores_in_one_camera_centred_space(trained_ws
         assert s.ranking() is s.features()  # off: ranking is the features as they are
         assert s.evaluate() == evaluate_features(fs.feats, sub) != centred
 
+
+def test_itkm_evaluate_scores_a_low_res_camera_inside_a_visible_infrared_source(demo_dir, tmp_path):
+    """Issue 20 section 5, end to end: a visible-infrared source whose vis-b camera films at a
+    quarter of the height is flagged low-res at ingest (it keeps its visible group), and
+    ``itkm evaluate`` scores it low-res -> high-res and back, in both protocols; each of the two
+    infrared cameras (thermal ir-a, near-infrared ir-b) is scored against the visible group too."""
+    import json
+    import shutil
+
+    from helpers.cli import cli_inproc
+    from helpers.workspaces import ingested, use_preset
+    from itkm_engine.cv import cv2
+    from itkm_engine.vocabulary import has_low_res_flag
+    from itkm_engine.workspace import Workspace
+
+    src = tmp_path / "site"
+    for cam in ("vis-a", "vis-b", "ir-a", "ir-b"):
+        shutil.copytree(demo_dir / "visible-infrared" / cam, src / cam)
+    for p in (src / "vis-b").glob("*.jpg"):
+        img = cv2.imread(str(p))
+        cv2.imwrite(str(p), cv2.resize(img, (max(6, img.shape[1] // 4), max(12, img.shape[0] // 4)),
+                                      interpolation=cv2.INTER_AREA))
+    ws = ingested(tmp_path / "ws", [src], scenario="visible-infrared")
+    use_preset(ws, "tiny")
+    with Workspace.open(ws, readonly=True) as w:
+        cams = {c.name: c for c in w.cameras()}
+    assert has_low_res_flag(cams["vis-b"].flag) and cams["vis-b"].group == "visible"
+    assert not any(has_low_res_flag(c.flag) for n, c in cams.items() if n != "vis-b")
+
+    rc, out, err = cli_inproc("evaluate", ws, "--json")
+    assert rc == 0, err
+    protocols = json.loads(out)["protocols"]
+    for protocol in ("cross-camera", "standard"):
+        scores = protocols[protocol]
+        for split in ("visible-infrared: low-res -> high-res", "visible-infrared: high-res -> low-res",
+                      "visible-infrared: camera ir-a -> visible", "visible-infrared: visible -> camera ir-b"):
+            assert split in scores and 0.0 <= scores[split]["mAP"] <= 1.0, (protocol, split)
+    rc, text, _ = cli_inproc("evaluate", ws)
+    assert rc == 0 and "visible-infrared: low-res -> high-res" in text

@@ -7,8 +7,9 @@ crop jitter, occlusion -- and films them with cameras that differ the way real o
 per-camera backgrounds and lighting casts, a thermal-looking infrared camera in which colour
 carries nothing (a garment's brightness there is its own 'thermal' value, unrelated to its colour),
 a near-infrared camera (a grey, contrast-stretched photo of the same clothes under an infrared
-lamp, as SYSU-MM01's and RegDB's infrared cameras), a low-resolution camera, and a second outfit per person for the clothing-change camera.  It is
-deliberately hard enough that a colour histogram does not solve it (see
+lamp, as SYSU-MM01's and RegDB's infrared cameras), a low-resolution camera, and a second outfit
+per person for the clothing-change camera.  It is deliberately hard enough that a colour
+histogram does not solve it (see
 ``benchmarks/bench_demo.py``): visible colours come from a small palette (many people share
 them) and are shifted by each camera's lighting.
 

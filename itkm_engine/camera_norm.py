@@ -19,35 +19,49 @@ import numpy as np
 
 __all__ = ["camera_centred", "centre_outside"]
 
+#: Rows handled at once: the work arrays stay a few tens of MB whatever the gallery's size.
+_CHUNK = 65_536
+
+
+def _camera_means(feats: np.ndarray, cameras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(names, means)``: each camera's name (sorted) and mean feature (float64 [C, D]), summed in
+    chunks of rows (no second copy of ``feats``)."""
+    names, inv, counts = np.unique(np.asarray(cameras), return_inverse=True, return_counts=True)
+    sums = np.zeros((len(names), np.asarray(feats).shape[1]), dtype=np.float64)
+    for lo in range(0, len(inv), _CHUNK):
+        np.add.at(sums, inv[lo:lo + _CHUNK], np.asarray(feats[lo:lo + _CHUNK], dtype=np.float64))
+    return names, sums / np.maximum(counts, 1)[:, None]
+
 
 def camera_centred(feats: np.ndarray, cameras: np.ndarray) -> np.ndarray:
-    """``feats`` [N, D] with each camera's mean feature subtracted, L2-normalised again (float32).
+    """``feats`` [N, D] with each camera's mean feature subtracted, L2-normalised again (a new
+    float32 array; ``feats`` is left as it is).
 
-    ``cameras`` [N] names each row's camera.  A camera with a single row keeps it as it is (its
-    mean is itself); a row left with (almost) nothing -- identical crops of one camera -- keeps
-    its own direction.
+    ``cameras`` [N] names each row's camera.  A row left with (almost) nothing -- the only crop of
+    its camera, or identical crops of one camera -- keeps its own direction.
     """
-    feats = np.asarray(feats, dtype=np.float32)
-    cameras = np.asarray(cameras)
-    x = feats.astype(np.float64)
-    for cam in np.unique(cameras):
-        m = cameras == cam
-        if m.sum() > 1:
-            x[m] -= x[m].mean(axis=0)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    flat = norms[:, 0] < 1e-6
-    x[flat] = feats[flat]
-    norms[flat] = np.linalg.norm(x[flat], axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    names, means = _camera_means(feats, cameras)
+    inv = np.searchsorted(names, np.asarray(cameras))
+    out = np.empty(np.asarray(feats).shape, dtype=np.float32)
+    for lo in range(0, len(inv), _CHUNK):
+        raw = np.asarray(feats[lo:lo + _CHUNK], dtype=np.float32)
+        x = raw - means[inv[lo:lo + _CHUNK]].astype(np.float32)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        flat = norms[:, 0] < 1e-6
+        x[flat] = raw[flat]
+        norms[flat] = np.linalg.norm(raw[flat], axis=1, keepdims=True)
+        out[lo:lo + _CHUNK] = x / np.maximum(norms, 1e-12)
+    return out
 
 
 def centre_outside(feat: np.ndarray, feats: np.ndarray, cameras: np.ndarray, camera: str | None) -> np.ndarray:
     """An outside query ``feat`` [D] in the same space as ``camera_centred(feats, cameras)``:
     minus its camera's mean when the camera is one of ``cameras``, else minus the mean of all
-    features (the camera is unknown); L2-normalised."""
-    cameras = np.asarray(cameras)
-    m = cameras == camera if camera is not None else np.zeros(len(cameras), dtype=bool)
-    mean = feats[m].mean(axis=0) if m.sum() > 1 else np.asarray(feats).mean(axis=0)
+    features (the camera is unknown); L2-normalised (its own direction when nothing is left)."""
+    rows = np.flatnonzero(np.asarray(cameras) == camera) if camera is not None else np.zeros(0, dtype=np.int64)
+    mean = (np.asarray(feats)[rows] if len(rows) else np.asarray(feats)).mean(axis=0, dtype=np.float64)
     v = np.asarray(feat, dtype=np.float64) - mean
     n = float(np.linalg.norm(v))
-    return (v / n if n > 1e-6 else np.asarray(feat, dtype=np.float64)).astype(np.float32)
+    if n < 1e-6:
+        v, n = np.asarray(feat, dtype=np.float64), float(np.linalg.norm(feat))
+    return (v / max(n, 1e-12)).astype(np.float32)

@@ -324,3 +324,16 @@ def test_color_baseline_finds_same_person_in_same_camera(demo):
     top1 = pids[sim.argmax(1)] == pids
     chance = np.mean([(np.sum(pids == q) - 1) / (len(pids) - 1) for q in pids])
     assert top1.mean() > 3 * chance
+
+
+def test_demo_data_command_chooses_the_infrared_cameras(tmp_path):
+    from helpers.cli import cli_inproc
+
+    rc, out, err = cli_inproc("demo-data", tmp_path / "th", "--identities", "3", "--infrared", "thermal")
+    assert rc == 0, err
+    manifest = json.loads((tmp_path / "th" / MANIFEST_NAME).read_text())
+    assert "ir-b" not in manifest["cameras"] and manifest["params"]["infrared"] == "thermal"
+    rc, out, err = cli_inproc("demo-data", tmp_path / "both", "--identities", "3")
+    assert rc == 0 and "ir-b" in out  # the default films both kinds
+    rc, _, err = cli_inproc("demo-data", tmp_path / "x", "--identities", "3", "--infrared", "xray")
+    assert rc == 2 and "infrared" in err

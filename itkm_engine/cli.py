@@ -417,12 +417,12 @@ def cmd_reject(a) -> int:
 def cmd_identities(a) -> int:
     from .records import rows_of
 
+    if a.override and not a.merge:
+        raise ItkmError("--override goes with --merge: itkm identities WORKSPACE --merge X Y --override")
+    if a.together and not a.split:
+        raise ItkmError("--together goes with --split: itkm identities WORKSPACE --split IMAGE IMAGE --together")
     rep = ConsoleReporter("identities", a.quiet)
     with _session(a, readonly=False, reporter=rep) as s:
-        if a.override and not a.merge:
-            raise ItkmError("--override goes with --merge: itkm identities WORKSPACE --merge X Y --override")
-        if a.together and not a.split:
-            raise ItkmError("--together goes with --split: itkm identities WORKSPACE --split IMAGE IMAGE --together")
         if a.undo or a.redo:
             step = s.undo() if a.undo else s.redo()
             _identities_after(s)

@@ -401,8 +401,11 @@ class Session:
         _n, _round, head_checkpoint = identity_store.identity_count(ws)
         done = [r.number for r in ws.rounds() if r.status == "done"]
         round_no = done[-1] if done else None
-        by_round = head_checkpoint is not None and head_checkpoint != checkpoint
-        batch = None if by_round or not batches else max(batches)
+        # what caused a new assignment: a round (another model), else a decision step newer than
+        # any an assignment was made for (else new images, or the first listing: neither)
+        by_round = head_checkpoint is None or head_checkpoint != checkpoint
+        ((seen,),) = ws.query("SELECT MAX(batch) FROM identity_states")
+        batch = None if by_round or not batches or max(batches) <= (seen or 0) else max(batches)
 
         def compute(prev_ids, prev_identity, next_id):
             touched_images = np.unique(np.concatenate([cons.must.ravel(), cons.cannot.ravel()]))

@@ -39,6 +39,7 @@ __all__ = [
     "redo",
     "history",
     "record_split",
+    "cannot_between",
     "name_identity",
     "identity_names",
 ]
@@ -171,9 +172,12 @@ def history(ws, *, limit: int | None = None) -> list[Decision]:
     return [Decision(*r) for r in rows]
 
 
-def record_split(ws, moved, rest, keys_moved, keys_rest, *, user: str | None = None) -> int:
-    """Write a split as one undo step."""
-    must, cannot = split_pairs(moved, rest, keys_moved, keys_rest)
+def record_split(ws, moved, rest, keys_moved, keys_rest, *, together: bool = True, user: str | None = None) -> int:
+    """Write a split as one undo step.  ``together``: the moved sightings are one person (chained
+    by must-links); otherwise each moved sighting only leaves the rest (cannot-links to it) and
+    nothing is said about the moved ones among themselves."""
+    must, cannot = split_pairs(moved, rest, keys_moved, keys_rest) if together else \
+        _split_off_pairs(moved, rest, keys_moved, keys_rest)
     now, who = time.time(), _user() if user is None else user
     _check_images(ws, {i for p in must + cannot for i in p})
     rows = [(k, min(a, b), max(a, b)) for k, prs in (("must", must), ("cannot", cannot)) for a, b in prs]
@@ -184,6 +188,47 @@ def record_split(ws, moved, rest, keys_moved, keys_rest, *, user: str | None = N
             [(batch, k, a, b, now, who) for k, a, b in rows],
         )
     return batch
+
+
+def _split_off_pairs(moved, rest, keys_moved, keys_rest) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(must, cannot) pairs that take each of ``moved`` off ``rest`` without joining the moved
+    ones: the rest chained by must-links (as :func:`~itkm_engine.constraints.split_pairs`), each
+    moved sighting cannot-linked to the rest's first sighting overall and in its own group key."""
+    moved, rest = np.asarray(moved, np.int64), np.asarray(rest, np.int64)
+    km, kr = np.asarray(keys_moved, object).astype(str), np.asarray(keys_rest, object).astype(str)
+    if not len(moved) or not len(rest):
+        raise ConstraintError("a split needs at least one sighting on each side: select some, not all, of them")
+    chain = rest[np.lexsort((rest, kr))]  # sorted by group key: every group sees its own chain
+    must = [(int(a), int(b)) for a, b in zip(chain[:-1], chain[1:])]
+    first = {k: int(rest[kr == k].min()) for k in set(kr)}
+    cannot = set()
+    for m, k in zip(moved.tolist(), km.tolist()):
+        cannot.add((m, int(rest.min())))
+        if k in first:
+            cannot.add((m, first[k]))
+    return must, sorted(cannot)
+
+
+def cannot_between(ws, groups) -> list[Decision]:
+    """The rejections in effect (the latest active decision on the pair is ``cannot``) between
+    sightings of two different ``groups`` (lists of image ids), newest first."""
+    where: dict[int, int] = {}
+    for g, ids in enumerate(groups):
+        for i in np.asarray(ids, np.int64).tolist():
+            where[int(i)] = g
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for r in ws.query("SELECT id, batch, kind, image_a, image_b, at, user, state FROM decisions WHERE state = 0 "
+                      "ORDER BY id DESC"):
+        d = Decision(*r)
+        pair = (d.image_a, d.image_b)
+        if pair in seen:
+            continue
+        seen.add(pair)
+        ga, gb = where.get(d.image_a), where.get(d.image_b)
+        if d.kind == "cannot" and ga is not None and gb is not None and ga != gb:
+            out.append(d)
+    return out
 
 
 def name_identity(ws, anchor_ids, name: str, note: str = "", *, user: str | None = None) -> int:

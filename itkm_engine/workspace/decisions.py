@@ -35,6 +35,7 @@ __all__ = [
     "decide",
     "confirm",
     "reject",
+    "answer",
     "undo",
     "redo",
     "history",
@@ -155,6 +156,33 @@ def decide(ws, pairs, kind: str, *, user: str | None = None) -> int:
         con.executemany(
             "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
             [(batch, kind, a, b, now, who) for a, b in norm],
+        )
+    return batch
+
+
+def answer(ws, query: int, yes=(), no=(), *, user: str | None = None) -> int:
+    """Search-and-answer: the images in ``yes`` show the person of image ``query``, those in
+    ``no`` do not; all of it one undo step (a batch mixing must- and cannot-links).  Returns the
+    batch id (0 when there is nothing to record)."""
+    q = int(query)
+    yes = list(dict.fromkeys(int(i) for i in yes))
+    no = list(dict.fromkeys(int(i) for i in no))
+    both = set(yes) & set(no)
+    if both:
+        raise ConstraintError(f"image {sorted(both)[0]} was answered both yes and no: give each result one answer")
+    if q in yes or q in no:
+        raise ConstraintError(f"image {q} was answered about itself: answer about its results")
+    rows = [("must", min(q, i), max(q, i)) for i in yes] + [("cannot", min(q, i), max(q, i)) for i in no]
+    if not rows:
+        return 0
+    _check_images(ws, {q, *yes, *no})
+    _check_same_site(ws, [(q, i) for i in yes])
+    now, who = time.time(), _user() if user is None else user
+    with ws.transaction() as con:
+        batch = _new_batch(con)
+        con.executemany(
+            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            [(batch, k, a, b, now, who) for k, a, b in rows],
         )
     return batch
 

@@ -248,20 +248,20 @@ def test_a_later_split_beats_an_earlier_merge(fresh_ws):
         assert len(set(out)) == 1
 
 
-def test_simulated_confirmations_follow_the_true_ids_nearest_the_boundary_first(trained_ws):
+def test_simulated_confirmations_follow_the_true_ids_in_the_queue_order(trained_ws):
     from itkm_engine.session import Session
 
     with Session.open(trained_ws) as s:
         queue = s.review_queue(50)
-        assert queue and all(queue[i].cross_scenario >= queue[i + 1].cross_scenario for i in range(len(queue) - 1))
-        cross = [p.margin for p in queue if p.cross_scenario]
-        assert cross == sorted(cross)
+        assert queue and not any(p.cross_scenario for p in queue)  # the queue asks inside a scenario
         n = R.simulate_confirmations(s, 20, seed=1)
         assert n == 20
         images = s.images()
         pid = dict(zip(images.id.tolist(), images.person_id.tolist()))
         cons = s.constraints()
         assert len(cons) == 20
+        asked = {(min(p.image_a, p.image_b), max(p.image_a, p.image_b)) for p in queue[:20]}
+        assert {tuple(p) for p in np.concatenate([cons.must, cons.cannot]).tolist()} == asked
         assert all(pid[a] == pid[b] for a, b in cons.must.tolist())
         assert all(pid[a] != pid[b] for a, b in cons.cannot.tolist())
         assert not {(p.image_a, p.image_b) for p in s.review_queue(50)} & {tuple(p) for p in cons.must.tolist()}

@@ -105,6 +105,13 @@ CASES = [
     ("export-features", ["export-features", "{ws}", "{demo}"]),
     ("export-features", ["export-features", "{ws}", "{ws}/config.toml"]),
     ("export-features", ["export-features", "{out}/missing", "{out}/f.npz"]),
+    ("answer", ["answer", "{ws}", "{out}/missing.jpg"]),
+    ("answer", ["answer", "{ws}", "99999999"]),
+    ("answer", ["answer", "{ws}", "1", "--top-k", "0"]),
+    ("answer", ["answer", "{ws}", "1", "--yes", "1"]),
+    ("answer", ["answer", "{ws}", "1", "--yes", "2", "--no", "2"]),
+    ("answer", ["answer", "{ws}", "1", "--no", "nope.jpg"]),
+    ("answer", ["answer", "{out}/missing", "1"]),
 ]
 
 

@@ -2,18 +2,22 @@
 
 **The review queue** (:func:`review_queue`) asks *per direction*, so every group gets questions:
 for each group of each scenario (and site), each image's ``k`` nearest images in every *other*
-group of its scenario (infrared -> visible, visible -> infrared, low-res -> high-res, ...), plus
-its nearest inside its own group, where the pairs near a cluster boundary are.  The directions
-take turns, group by group, so the infrared and low-res cameras get as many questions as the
-large visible ones.  Inside a direction the pairs whose answer would *change* what the last round
-concluded come first: a pair the round put in different clusters (or CHM left unmatched) that
-looks alike -- a "yes" would join them -- and a pair it put together that looks different -- a
-"no" would split them; pairs the round already agrees with come last.  The chance that the answer
-changes a label is estimated from the similarity against the direction's own boundary (midway
-between its same-label and different-label candidate pairs).  The labels compared are the latest
-round's per-group pseudo-labels inside a group and its cross-group (CHM) labels across groups; the
-final identities where there is no round.  Pairs already decided, or implied by decisions (one
-confirmed group, two groups kept apart), are left out; pairs never cross sites.
+group of its scenario (infrared -> visible, visible -> infrared, low-res -> high-res, ...), its
+nearest inside its own group, where the pairs near a cluster boundary are, and its nearest in the
+other scenarios of its site.  The directions take turns, group by group, so the infrared and
+low-res cameras get as many questions as the large visible ones.  Inside a direction the pairs
+whose answer would *change* what the last round concluded come first: a pair the round put in
+different clusters (or CHM left unmatched, or the identities kept apart) that looks alike -- a
+"yes" would join them -- and a pair it put together that looks different -- a "no" would split
+them; pairs the round already agrees with come last.  The chance that the answer changes a label
+is estimated from the similarity against the direction's own boundary (midway between its
+same-label and different-label candidate pairs).  A question is not asked twice in effect: one
+question per pair of clusters that a "yes" would join, and each image in at most one question
+about splitting it off.  The labels compared are the latest round's
+per-group pseudo-labels inside a group, its cross-group (CHM) labels across groups of a scenario,
+and the final identities across scenarios (and where there is no round).  Pairs already decided,
+or implied by decisions (one confirmed group, two groups kept apart), are left out; pairs never
+cross sites.
 
 **Search-and-answer** (:func:`answer_selection`): search one image and answer yes/no on a
 selection of its results -- its nearest images in the other groups of its scenario (other cameras
@@ -45,7 +49,7 @@ class ReviewPair:
     image_b: int
     similarity: float
     same_identity: bool  # the current identities hold both
-    cross_scenario: bool  # always False: the queue asks inside a scenario (kept for callers)
+    cross_scenario: bool  # the two images are in different scenarios
     margin: float  # |similarity - the direction's boundary|
     direction: str = ""  # e.g. "visible-infrared: infrared -> visible", "clothing-change: inside clothing-change"
     change: float = 0.0  # estimated chance that the answer changes a pseudo-label or a CHM match
@@ -122,6 +126,9 @@ def _directions(rows: _Rows) -> list[tuple[str, str, np.ndarray, np.ndarray, boo
         for g in others:
             out.append((key, f"{sc}: {grp} -> {g}", q, np.flatnonzero(same & (rows.group == g)), False))
         out.append((key, f"{sc}: inside {grp}", q, q, True))
+        elsewhere = np.flatnonzero((rows.scenario != sc) & (rows.site == site))
+        if len(elsewhere):
+            out.append((key, f"{sc}/{grp} -> other scenarios", q, elsewhere, False))
     return out
 
 
@@ -165,13 +172,17 @@ def review_queue(session, n: int = 100, *, k: int = 10) -> list[ReviewPair]:
     closure = load_constraints(session.ws).closure
     comp = closure.component_of(rows.ids)
     ban = closure.ban_matrix()
-    per_group: dict[str, list[list[ReviewPair]]] = {}
+    per_group: dict[str, list[list[tuple[ReviewPair, tuple]]]] = {}
     for key, name, q, g, inside in _directions(rows):
         a, b, s = _candidates(rows, q, g, k, inside)
         if not len(a):
             continue
+        within = rows.scenario[a] == rows.scenario[b]
         lab = rows.label if inside else rows.cross
-        same_lab = lab[a] == lab[b]
+        la = np.where(within, lab[a], rows.identity[a])  # across scenarios: the identities
+        lb = np.where(within, lab[b], rows.identity[b])
+        space = "group" if inside else "scenario" if within.all() else "identity"
+        same_lab = la == lb
         if same_lab.any() and (~same_lab).any():
             boundary = 0.5 * (s[same_lab].mean() + s[~same_lab].mean())
         else:
@@ -186,13 +197,21 @@ def review_queue(session, n: int = 100, *, k: int = 10) -> list[ReviewPair]:
             ca, cb = comp[a[i]], comp[b[i]]
             if ca >= 0 and cb >= 0 and (ca == cb or ban[ca, cb]):
                 continue  # decided, or implied by decisions
-            pairs.append(ReviewPair(int(rows.ids[a[i]]), int(rows.ids[b[i]]), float(s[i]),
-                                    bool(rows.identity[a[i]] == rows.identity[b[i]]), False, float(margin[i]),
-                                    name, float(change[i]), bool(same_lab[i])))
+            # What the answer settles: a join settles its two clusters (one question per pair of
+            # clusters), a split question one image's place (each image asked once).
+            if same_lab[i]:
+                settles = ((space, "split", int(a[i])), (space, "split", int(b[i])))
+            else:
+                settles = ((space, "join", int(min(la[i], lb[i])), int(max(la[i], lb[i]))),)
+            pairs.append((ReviewPair(int(rows.ids[a[i]]), int(rows.ids[b[i]]), float(s[i]),
+                                     bool(rows.identity[a[i]] == rows.identity[b[i]]),
+                                     bool(rows.scenario[a[i]] != rows.scenario[b[i]]), float(margin[i]),
+                                     name, float(change[i]), bool(same_lab[i])), settles))
         per_group.setdefault(key, []).append(pairs)
     # turns: group by group, and inside a group direction by direction
     out: list[ReviewPair] = []
     seen: set[tuple[int, int]] = set()
+    settled: set[tuple] = set()
     pos = {key: [0] * len(dirs) for key, dirs in per_group.items()}
     turn = {key: 0 for key in per_group}
     live = sorted(per_group)
@@ -204,12 +223,13 @@ def review_queue(session, n: int = 100, *, k: int = 10) -> list[ReviewPair]:
                 d = turn[key] % len(dirs)
                 turn[key] += 1
                 while p[d] < len(dirs[d]):
-                    pair = dirs[d][p[d]]
+                    pair, settles = dirs[d][p[d]]
                     p[d] += 1
                     uk = (min(pair.image_a, pair.image_b), max(pair.image_a, pair.image_b))
-                    if uk in seen:
-                        continue
+                    if uk in seen or settled.intersection(settles):
+                        continue  # asked already, or its answer would only repeat an earlier one's
                     seen.add(uk)
+                    settled.update(settles)
                     out.append(pair)
                     got = True
                     break

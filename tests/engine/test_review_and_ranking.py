@@ -69,12 +69,14 @@ def test_the_review_queue_asks_every_group_per_direction_changes_first(trained_w
         groups = set(images.group_key().tolist())
         queue = s.review_queue(4 * len(groups))
         assert len(queue) == 4 * len(groups)
-        assert all(scen[p.image_a] == scen[p.image_b] for p in queue)  # inside a scenario
-        first = queue[: 2 * len(groups)]
+        assert all(p.cross_scenario == (scen[p.image_a] != scen[p.image_b]) for p in queue)
+        first = queue[: 3 * len(groups)]
         asked = {key[p.image_a] for p in first}
         assert asked == groups  # every group, infrared and low-res included, asks early
         assert any("infrared -> visible" in p.direction for p in first)
-        assert any(key[p.image_a] != key[p.image_b] for p in first)  # across groups
+        assert any("low-res -> high-res" in p.direction for p in first)
+        assert any(p.cross_scenario for p in first)  # and across scenarios
+        assert any(key[p.image_a] == key[p.image_b] for p in first)  # and inside a group
         by_dir: dict[str, list[float]] = {}
         for p in s.review_queue(200):
             by_dir.setdefault(p.direction, []).append(p.change)

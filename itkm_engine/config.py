@@ -149,7 +149,7 @@ class DecisionConfig:
     them; these settings are the decision loss of Stage I and Stage III and its batches."""
 
     weight: float = 1.0  # decision loss weight (0: the labels obey the decisions, the features do not learn from them)
-    margin: float = 0.3  # a rejected pair costs nothing once its cosine is at or below this
+    margin: float = 0.0  # a rejected pair costs nothing once its cosine is at most the batch's mean cosine + this
     batch_share: float = 0.25  # at most this share of a batch's P identity slots hold a decided pair (at least one)
 
 

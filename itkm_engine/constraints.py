@@ -118,6 +118,11 @@ class Closure:
         rows = rows_of(self.ids, np.asarray(image_ids, np.int64))
         return np.where(rows >= 0, self.comp[np.maximum(rows, 0)] if len(self.comp) else -1, -1)
 
+    def banned_with(self, component: int) -> np.ndarray:
+        """The components ``component`` must stay apart from."""
+        b = self.ban
+        return np.concatenate([b[b[:, 0] == component, 1], b[b[:, 1] == component, 0]])
+
     def ban_matrix(self) -> np.ndarray:
         """``bool[K, K]``: components that must stay apart (symmetric)."""
         k = self.n_components

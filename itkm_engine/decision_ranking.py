@@ -69,8 +69,7 @@ def decision_ranking(scores, ids, closure: Closure, query_id: int | None = None)
     tier = np.zeros(len(s), np.int64)
     if q >= 0:
         tier[comp == q] = 1
-        ban = closure.ban_matrix()[q]
-        tier[member & ban[np.maximum(comp, 0)]] = -1
+        tier[member & np.isin(comp, closure.banned_with(q))] = -1
     top = tier == 1
     if top.any():
         missing = top & ~np.isfinite(shown)

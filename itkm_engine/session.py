@@ -214,13 +214,13 @@ class Session:
         ident = self._identity_lookup()
         cl = self._closure()
         qc = int(cl.component_of([query_id])[0]) if query_id is not None else -1
-        ban = cl.ban_matrix()[qc] if qc >= 0 else None
+        apart = set(cl.banned_with(qc).tolist()) if qc >= 0 else set()
         out = []
         for r, s in ranked:
             img_id = int(fs.ids[r])
             row = int(images.index_of([img_id])[0])
             c = int(cl.component_of([img_id])[0]) if qc >= 0 else -1
-            decision = None if c < 0 else "confirmed" if c == qc else "rejected" if ban[c] else None
+            decision = None if c < 0 else "confirmed" if c == qc else "rejected" if c in apart else None
             out.append(Match(img_id, images.path[row], str(images.camera[row]), str(images.scenario[row]),
                              str(images.group[row]), s, int(images.person_id[row]), ident.get(img_id, -1),
                              decision))

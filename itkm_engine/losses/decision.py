@@ -10,12 +10,15 @@ Batch items carry the must-link component of their image in the decisions' closu
 (``Closure.component_of``, ``-1`` for an undecided image).  Over the batch's ordered pairs
 ``(i, j)``, ``i != j``, with cosine ``s_ij``::
 
-    L = mean_{comp_i = comp_j >= 0} (1 - s_ij)  +  mean_{ban[comp_i, comp_j]} max(0, s_ij - margin)
+    L = mean_{comp_i = comp_j >= 0} (1 - s_ij)  +  mean_{ban[comp_i, comp_j]} max(0, s_ij - (m + margin))
 
 so a confirmed pair (or any two members of one confirmed group) is pulled together and a rejected
-pair (or any member of one group against any of a group it was rejected from) pushed below
-``margin``.  Each mean is zero (with graph) when the batch holds no such pair; the batches bring
-decided pairs together on purpose (``PKSampler(decided=...)``).
+pair (or any member of one group against any of a group it was rejected from) pushed below a
+margin.  The margin is relative: ``m`` is the batch's mean cosine over its pairs that no decision
+relates (detached), so a rejected pair ends up no more alike than two images picked at random --
+an absolute margin does not fit features whose cosines all sit high (pooled ReLU maps: two
+strangers at 0.6) or all sit low.  Each mean is zero (with graph) when the batch holds no such
+pair; the batches bring decided pairs together on purpose (``PKSampler(decided=...)``).
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ from ..errors import ItkmError
 __all__ = ["decision_loss"]
 
 
-def decision_loss(feats: Tensor, comp: Tensor | np.ndarray, ban: Tensor | np.ndarray, margin: float = 0.3) -> Tensor:
+def decision_loss(feats: Tensor, comp: Tensor | np.ndarray, ban: Tensor | np.ndarray, margin: float = 0.0) -> Tensor:
     """Pull confirmed, push rejected (see the module text).
 
     Args:
         feats: ``[B, D]`` L2-normalised features.
         comp: ``[B]`` component of each item (``-1``: no decision names it).
         ban: ``bool [K, K]`` components that must stay apart (symmetric).
-        margin: a rejected pair costs nothing once its cosine is at or below this.
+        margin: a rejected pair costs nothing once its cosine is at or below the batch's mean
+            cosine of unrelated pairs plus this.
     """
     if feats.dim() != 2:
         raise ItkmError(f"feats must be [B, D], got shape {tuple(feats.shape)}")
@@ -59,5 +63,8 @@ def decision_loss(feats: Tensor, comp: Tensor | np.ndarray, ban: Tensor | np.nda
         cc = c.clamp_min(0)
         neg = banned[cc[:, None], cc[None, :]] & has[:, None] & has[None, :]
         n_neg = neg.sum()
-        loss = loss + torch.where(n_neg > 0, ((sims - margin).clamp_min(0.0) * neg).sum() / n_neg.clamp_min(1), zero)
+        free = ~(pos | neg | eye)
+        ref = (sims.detach() * free).sum() / free.sum().clamp_min(1)
+        hinge = (sims - ref - margin).clamp_min(0.0)
+        loss = loss + torch.where(n_neg > 0, (hinge * neg).sum() / n_neg.clamp_min(1), zero)
     return loss

@@ -43,18 +43,21 @@ def test_a_contradiction_keeps_the_reject():
 
 # -- the loss and the batches ------------------------------------------------------------------------
 def test_decision_loss_pulls_confirmed_and_pushes_rejected_below_the_margin():
-    f = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [0.0, 1.0]]), dim=1)
+    f = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [0.0, 1.0], [0.0, 1.0]]), dim=1)
     f.requires_grad_(True)
     ban = np.zeros((2, 2), bool)
     ban[0, 1] = ban[1, 0] = True
-    loss = decision_loss(f, torch.tensor([0, 0, 1, -1]), ban, margin=0.3)
-    # pull: 1 - cos(f0, f1) = 0.4; push: cos(f0, f2) = 0.8 and cos(f1, f2) = 0.96 above 0.3
-    assert loss.item() == pytest.approx(0.4 + ((0.8 - 0.3) + (0.96 - 0.3)) / 2, abs=1e-4)
+    comp = torch.tensor([0, 0, 1, -1, -1])
+    loss = decision_loss(f, comp, ban, margin=0.0)
+    # unrelated pairs (both orders): (0,3) 0 (0,4) 0 (1,3) .8 (1,4) .8 (2,3) .6 (2,4) .6 (3,4) 1 -> mean 3.8 / 7
+    ref = 3.8 / 7
+    # pull: 1 - cos(f0, f1) = 0.4; push: cos(f0, f2) = 0.8 and cos(f1, f2) = 0.96 above the batch's mean
+    assert loss.item() == pytest.approx(0.4 + ((0.8 - ref) + (0.96 - ref)) / 2, abs=1e-4)
     loss.backward()
     assert f.grad[3].abs().sum() == 0 and f.grad[0].abs().sum() > 0
-    far = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-    assert decision_loss(far, torch.tensor([0, 1]), ban, margin=0.3).item() == 0.0  # below the margin
-    assert decision_loss(far, torch.tensor([-1, -1]), ban).item() == 0.0
+    far = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    assert decision_loss(far, torch.tensor([0, 1, -1]), ban).item() == 0.0  # below the batch's mean
+    assert decision_loss(far, torch.tensor([-1, -1, -1]), ban).item() == 0.0
 
 
 def test_the_sampler_brings_decided_pairs_and_their_outliers_capped():

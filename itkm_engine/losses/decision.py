@@ -16,9 +16,10 @@ so a confirmed pair (or any two members of one confirmed group) is pulled togeth
 pair (or any member of one group against any of a group it was rejected from) pushed below a
 margin.  The margin is relative: ``m`` is the batch's mean cosine over its pairs that no decision
 relates (detached), so a rejected pair ends up no more alike than two images picked at random --
-an absolute margin does not fit features whose cosines all sit high (pooled ReLU maps: two
-strangers at 0.6) or all sit low.  Each mean is zero (with graph) when the batch holds no such
-pair; the batches bring decided pairs together on purpose (``PKSampler(decided=...)``).
+an absolute margin does not fit features whose cosines all sit high (the quick tower's round-1
+features: strangers at 0.43, one person's sightings at 0.56) or all sit low.  Each mean is zero
+(with graph) when the batch holds no such pair; the batches bring decided pairs together on
+purpose (``PKSampler(decided=...)``).
 """
 
 from __future__ import annotations

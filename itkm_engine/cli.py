@@ -375,7 +375,7 @@ def cmd_query(a) -> int:
             matches = s.query_file(a.image, k=a.top_k, filters=filters)
         rep.done()
     rows = [{"rank": i + 1, "similarity": round(m.similarity, 4), "camera": m.camera, "scenario": m.scenario,
-             "group": m.group, "path": m.path} for i, m in enumerate(matches)]
+             "group": m.group, "decision": m.decision or "", "path": m.path} for i, m in enumerate(matches)]
     _json_out(rows) if a.json else print_table(rows)
     return 0
 
@@ -412,6 +412,37 @@ def _keep_identities(a, rep: Reporter, s) -> None:
                     "the next 'itkm identities' stores them")
 
     _store_after_read(a, rep, "the identities", write)
+
+
+def cmd_answer(a) -> int:
+    rep = ConsoleReporter("answer", a.quiet)
+    if not (a.yes or a.no):
+        with _session(a, readonly=True, reporter=rep) as s:
+            q = s.resolve_image(a.image)
+            sel = s.answer_selection(q, a.top_k)
+            images = s.images()
+            rep.done()
+            rows = [{"rank": x.rank, "image": x.image_id, "similarity": round(x.similarity, 4),
+                     "camera": str(images.camera[images.index_of([x.image_id])[0]]),
+                     "model_says": "same" if x.same_label else "different",
+                     "path": images.path[images.index_of([x.image_id])[0]]} for x in sel]
+        if a.json:
+            _json_out(rows)
+        elif rows:
+            print_table(rows)
+            print(f"answer with: itkm answer WS {q} --yes IMAGE... --no IMAGE...")
+        else:
+            print(f"nothing left to answer about image {q}: every result near it has been decided")
+        _keep_identities(a, rep, s)
+        return 0
+    with _session(a, readonly=False, reporter=rep) as s:
+        q = s.resolve_image(a.image)
+        step = s.answer(q, a.yes or [], a.no or [])
+        _identities_after(s)  # stored at once, so undo gives this step's ids back
+    rep.done()
+    print(f"image {q}: {len(a.yes or [])} same person, {len(a.no or [])} not (step {step}; rankings obey it now, "
+          "the next round learns from it; undo: itkm identities WS --undo)")
+    return 0
 
 
 def cmd_evaluate(a) -> int:
@@ -545,7 +576,7 @@ def cmd_identities(a) -> int:
             q = s.review_queue(a.review)
             images = s.images()
             rows = [{"a": p.image_a, "b": p.image_b, "similarity": round(p.similarity, 4),
-                     "same_identity": p.same_identity, "cross_scenario": p.cross_scenario,
+                     "same_identity": p.same_identity, "direction": p.direction, "change": round(p.change, 3),
                      "path_a": images.path[images.index_of([p.image_a])[0]],
                      "path_b": images.path[images.index_of([p.image_b])[0]]} for p in q]
             _json_out(rows) if a.json else print_table(rows)
@@ -686,6 +717,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("a", metavar="A", help="image id or image path")
         sp.add_argument("b", metavar="B", help="image id or image path")
 
+    sp = add("answer", cmd_answer, "search-and-answer: list an image's results to answer about, or record yes/no "
+             "answers on them (one undo step)")
+    sp.add_argument("image", metavar="IMAGE", help="the query: image id or image path")
+    sp.add_argument("--top-k", type=_positive_int, default=10, help="results to list (default 10)")
+    sp.add_argument("--yes", nargs="+", metavar="IMAGE", help="these results show the query's person")
+    sp.add_argument("--no", nargs="+", metavar="IMAGE", help="these results show someone else")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--device")
+
     sp = add("identities", cmd_identities, "list identities; merge, split, name them; undo/redo decisions; review queue")
     act = sp.add_mutually_exclusive_group()
     act.add_argument("--merge", nargs=2, type=_identity_type, metavar=("X", "Y"), help="identities X and Y are one "
@@ -696,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "a name that starts with '-': --name X -- -NAME)")
     act.add_argument("--undo", action="store_true", help="undo the last decision (a merge/split/selection is one)")
     act.add_argument("--redo", action="store_true", help="redo the last undone decision")
-    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs nearest the decision boundary")
+    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs to review next: per direction, "
+                     "every group in turn, those whose answer would change a label first")
     sp.add_argument("--note", help="note stored with --name (only with --name; one starting with '-': --note=-TEXT)")
     sp.add_argument("--override", action="store_true", help="with --merge: overrule decisions that said sightings of "
                     "the two identities are different people (refused otherwise)")

@@ -18,11 +18,12 @@ import torch
 
 from . import constraints as C
 from .constraints import ConstraintError
-from .review import review_queue
+from .review import answer_selection, review_queue
 from .workspace import decisions as D
 from .config import Config, preset
 from .config_check import load_config_file
 from .data.imageio import BadImage, load_rgb
+from .decision_ranking import decision_ranking
 from .errors import ItkmError, NothingToDoError
 from .evaluation import evaluate_features
 from .features import FeatureSet, embed, extract_features, record_failed_images
@@ -59,6 +60,7 @@ class Match:
     similarity: float
     person_id: int
     identity: int
+    decision: str | None = None  # "confirmed" / "rejected": the operator's answer about this match and the query
 
 
 def image_id_of(text) -> int | None:
@@ -69,6 +71,8 @@ def image_id_of(text) -> int | None:
     if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 18:
         return None
     return int(text)
+
+
 def _within_sites(cons, ids: np.ndarray, sites: np.ndarray):
     """``cons`` without the must-links between images of two sites (people are never shared across
     sites: such a decision, recorded before confirms across sites were refused, is not obeyed)."""
@@ -187,36 +191,67 @@ class Session:
         return ok
 
     def _rank(self, q: np.ndarray, k: int, allowed: np.ndarray | None, exclude_row: int | None,
-              space: str = "feats") -> list[tuple[int, float]]:
-        """Top-k rows by cosine to ``q`` among the allowed rows.  Unfiltered retrieval-space
-        queries over large galleries go through the (approximate) faiss index; everything else
-        is one matrix-vector product, which is exact and fast enough for a filtered subset."""
+              space: str = "feats", query_id: int | None = None) -> list[tuple[int, float]]:
+        """Top-k rows by cosine to ``q`` among the allowed rows, obeying the decisions
+        (:meth:`_top`).  Unfiltered retrieval-space queries over large galleries go through the
+        (approximate) faiss index; everything else is one matrix-vector product, which is exact
+        and fast enough for a filtered subset."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ItkmError(f"the number of results must be 1 or more, got {k!r}")
         fs = self.features()
         n = len(fs.ids)
         if space == "feats" and allowed is None and n > self.cfg.inference.exact_search_limit:
             sims, idx = self.index().search(q[None].astype(np.float32), min(k + 1, n))
-            return [(int(i), float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0 and i != exclude_row][:k]
+            scores = np.full(n, -np.inf)
+            ok = idx[0] >= 0
+            scores[idx[0][ok]] = sims[0][ok]
+            decided = np.flatnonzero(self._closure().component_of(fs.ids) >= 0)
+            scores[decided] = fs.feats[decided] @ q  # exact, so decisions can group and lift them
+            return self._top(scores, k, allowed, exclude_row, query_id)
         sims = (fs.feats if space == "feats" else fs.proj) @ q
-        if allowed is not None:
-            sims = np.where(allowed, sims, -np.inf)
-        if exclude_row is not None:
-            sims[exclude_row] = -np.inf
-        kk = min(k, n)
-        top = np.argpartition(-sims, kk - 1)[:kk] if kk < n else np.arange(n)
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [(int(r), float(sims[r])) for r in top if np.isfinite(sims[r])]
+        return self._top(sims, k, allowed, exclude_row, query_id)
 
-    def _matches(self, ranked: list[tuple[int, float]]) -> list[Match]:
+    def _closure(self):
+        """The decisions' closure (cached per decision revision)."""
+        rev = D.revision(self.ws)
+        cached = getattr(self, "_closure_cache", None)
+        if cached is None or cached[0] != rev:
+            cached = self._closure_cache = (rev, D.load_constraints(self.ws).closure)
+        return cached[1]
+
+    def _top(self, scores: np.ndarray, k: int, allowed: np.ndarray | None, exclude_row: int | None,
+             query_id: int | None) -> list[tuple[int, float]]:
+        """THE place every ranking of the session ends: ``scores`` (one per feature row, ``-inf``
+        where there is none) made to obey the operator's decisions
+        (:func:`~itkm_engine.decision_ranking.decision_ranking`: confirmed images grouped,
+        confirmed to the top, rejected to the bottom), then the filter, then the top ``k``."""
+        fs = self.features()
+        key, shown = decision_ranking(scores, fs.ids, self._closure(), query_id)
+        if allowed is not None:
+            key = np.where(allowed, key, -np.inf)
+        if exclude_row is not None:
+            key[exclude_row] = -np.inf
+        n = len(key)
+        kk = min(k, n)
+        top = np.argpartition(-key, kk - 1)[:kk] if kk < n else np.arange(n)
+        top = top[np.argsort(-key[top], kind="stable")]
+        return [(int(r), float(shown[r])) for r in top if np.isfinite(key[r])]
+
+    def _matches(self, ranked: list[tuple[int, float]], query_id: int | None = None) -> list[Match]:
         fs, images = self.features(), self.images()
         ident = self._identity_lookup()
+        cl = self._closure()
+        qc = int(cl.component_of([query_id])[0]) if query_id is not None else -1
+        apart = set(cl.banned_with(qc).tolist()) if qc >= 0 else set()
         out = []
         for r, s in ranked:
             img_id = int(fs.ids[r])
             row = int(images.index_of([img_id])[0])
+            c = int(cl.component_of([img_id])[0]) if qc >= 0 else -1
+            decision = None if c < 0 else "confirmed" if c == qc else "rejected" if c in apart else None
             out.append(Match(img_id, images.path[row], str(images.camera[row]), str(images.scenario[row]),
-                             str(images.group[row]), s, int(images.person_id[row]), ident.get(img_id, -1)))
+                             str(images.group[row]), s, int(images.person_id[row]), ident.get(img_id, -1),
+                             decision))
         return out
 
     def _identity_lookup(self) -> dict[int, int]:
@@ -234,8 +269,8 @@ class Session:
             raise ItkmError(f"image {image_id} has no features (not in the workspace, or unreadable)")
         cam = str(images.camera[images.index_of([image_id])[0]])
         if rerank:
-            return self._matches(self._rerank(r, k, self._allowed(filters, cam)))
-        return self._matches(self._rank(fs.feats[r], k, self._allowed(filters, cam), r))
+            return self._matches(self._rerank(r, k, self._allowed(filters, cam)), image_id)
+        return self._matches(self._rank(fs.feats[r], k, self._allowed(filters, cam), r, query_id=image_id), image_id)
 
     def _rerank(self, r: int, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
         """k-reciprocal re-ranking of row ``r``'s matches among the allowed rows only: the filter
@@ -253,7 +288,10 @@ class Session:
             if not len(rows):
                 return []
             sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats[rows], top_n=max(RERANK_TOP_N, 4 * k))
-        return [(int(rows[i]), float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0 and rows[i] != r][:k]
+        scores = np.full(len(fs.ids), -np.inf)
+        ok = idx[0] >= 0
+        scores[rows[idx[0][ok]]] = sims[0][ok]
+        return self._top(scores, k, allowed, r, int(fs.ids[r]))
 
     def embed_file(self, path: str | Path, scenario: str | None = None, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval and projected feature of an outside image (read-only)."""
@@ -310,7 +348,8 @@ class Session:
         # an ingested image queried by its path has a camera: "other cameras" must leave it out
         r = self._known_row(path)
         cam = str(self.images().camera[r]) if r is not None else None
-        return self._matches(self._rank(feat, k, self._allowed(filters, cam), None))
+        qid = int(self.images().id[r]) if r is not None else None
+        return self._matches(self._rank(feat, k, self._allowed(filters, cam), None, query_id=qid), qid)
 
     def query_text(self, text: str, k: int = 50, filters: QueryFilter | None = None) -> list[Match]:
         """Rank the gallery by a description, through the model's CLIP text tower."""
@@ -644,8 +683,20 @@ class Session:
         return {int(i) for i in np.unique(self.constraints().must)}
 
     def review_queue(self, n: int = 100):
-        """Pairs to review, nearest the decision boundary first, cross-scenario first."""
+        """Pairs to review (``review.review_queue``): per direction, every group in turn, the
+        pairs whose answer would change a pseudo-label or a CHM match first."""
         return review_queue(self, n)
+
+    def answer_selection(self, image, n: int = 10):
+        """Search-and-answer: the results of ``image`` (id or path) to answer yes/no about
+        (``review.answer_selection``)."""
+        return answer_selection(self, self.resolve_image(image), n)
+
+    def answer(self, image, yes=(), no=()) -> int:
+        """Search-and-answer: ``yes`` show the person of ``image``, ``no`` do not (ids or paths);
+        one undo step.  Returns it (0: nothing to record)."""
+        return D.answer(self.ws, self.resolve_image(image), [self.resolve_image(t) for t in yes],
+                        [self.resolve_image(t) for t in no])
 
     def identity_summary(self, reporter: Reporter | None = None):
         return summarize(self.identities(reporter), self.images())

@@ -35,6 +35,7 @@ __all__ = [
     "decide",
     "confirm",
     "reject",
+    "answer",
     "undo",
     "redo",
     "history",
@@ -106,6 +107,33 @@ def _check_images(ws, ids: set[int]) -> None:
         raise ConstraintError(f"unknown image id(s) {sorted(missing)[:5]}: use ids or paths of images in this workspace")
 
 
+def _image_sites(ws, ids) -> dict[int, str]:
+    """Site of each image id (its camera's source's site)."""
+    out: dict[int, str] = {}
+    lst = sorted({int(i) for i in ids})
+    for i in range(0, len(lst), 500):
+        chunk = lst[i : i + 500]
+        q = ",".join("?" * len(chunk))
+        out.update((int(a), str(b)) for a, b in ws.query(
+            "SELECT i.id, s.site FROM images i JOIN cameras c ON c.id = i.camera_id "
+            f"JOIN sources s ON s.id = c.source_id WHERE i.id IN ({q})", chunk))
+    return out
+
+
+def _check_same_site(ws, pairs) -> None:
+    """A must-link joins two images of one site only: people are never shared between sites
+    (a reject across sites is allowed: it says what is true anyway)."""
+    if not pairs:
+        return
+    site = _image_sites(ws, {i for p in pairs for i in p})
+    for a, b in pairs:
+        if site.get(a) != site.get(b):
+            raise ConstraintError(
+                f"images {a} and {b} were filmed at different sites ({site.get(a)!r} and {site.get(b)!r}): people are "
+                "never shared between sites, so they cannot be confirmed as one person (if a site is wrong, set it "
+                "again with: itkm ingest WORKSPACE FOLDER --site NAME)")
+
+
 def decide(ws, pairs, kind: str, *, user: str | None = None) -> int:
     """Record ``kind`` ('must' or 'cannot') for every ``(a, b)`` in ``pairs`` as one undo step.
     Returns the batch id (0 when ``pairs`` is empty)."""
@@ -121,12 +149,41 @@ def decide(ws, pairs, kind: str, *, user: str | None = None) -> int:
     if not norm:
         return 0
     _check_images(ws, {i for p in norm for i in p})
+    if kind == "must":
+        _check_same_site(ws, norm)
     now, who = time.time(), _user() if user is None else user
     with ws.transaction() as con:
         batch = _new_batch(con)
         con.executemany(
             "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
             [(batch, kind, a, b, now, who) for a, b in norm],
+        )
+    return batch
+
+
+def answer(ws, query: int, yes=(), no=(), *, user: str | None = None) -> int:
+    """Search-and-answer: the images in ``yes`` show the person of image ``query``, those in
+    ``no`` do not; all of it one undo step (a batch mixing must- and cannot-links).  Returns the
+    batch id (0 when there is nothing to record)."""
+    q = int(query)
+    yes = list(dict.fromkeys(int(i) for i in yes))
+    no = list(dict.fromkeys(int(i) for i in no))
+    both = set(yes) & set(no)
+    if both:
+        raise ConstraintError(f"image {sorted(both)[0]} was answered both yes and no: give each result one answer")
+    if q in yes or q in no:
+        raise ConstraintError(f"image {q} was answered about itself: answer about its results")
+    rows = [("must", min(q, i), max(q, i)) for i in yes] + [("cannot", min(q, i), max(q, i)) for i in no]
+    if not rows:
+        return 0
+    _check_images(ws, {q, *yes, *no})
+    _check_same_site(ws, [(q, i) for i in yes])
+    now, who = time.time(), _user() if user is None else user
+    with ws.transaction() as con:
+        batch = _new_batch(con)
+        con.executemany(
+            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            [(batch, k, a, b, now, who) for k, a, b in rows],
         )
     return batch
 

@@ -158,6 +158,16 @@ CASES = [
     ("cameras", ["cameras", "{ws}", "--set", "{cam}", "scenario=\udcff"]),
     ("cameras", ["cameras", "{ws}", "--set", "cam\udcff", "scenario=visible-infrared"]),
     ("export-tracks", ["export-tracks", "{ws}", "{ws}/exports/.tmp-tracks.csv"]),
+    # Decisions (issue 17): search-and-answer.
+    ("answer", ["answer", "{ws}", "{out}/missing.jpg"]),
+    ("answer", ["answer", "{ws}", "99999999"]),
+    ("answer", ["answer", "{ws}", "1", "--top-k", "0"]),
+    ("answer", ["answer", "{ws}", "1", "--yes", "1"]),
+    ("answer", ["answer", "{ws}", "1", "--yes", "2", "--no", "2"]),
+    ("answer", ["answer", "{ws}", "1", "--no", "nope.jpg"]),
+    ("answer", ["answer", "{out}/missing", "1"]),
+    ("answer", ["answer", "{ws}", "²"]),
+    ("answer", ["answer", "{ws}", "1", "--yes", "\udcff"]),
 ]
 
 

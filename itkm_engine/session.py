@@ -26,7 +26,7 @@ from .data.imageio import BadImage, load_rgb
 from .decision_ranking import decision_ranking
 from .errors import ItkmError, NothingToDoError
 from .evaluation import evaluate_features
-from .features import FeatureSet, embed, extract_features, record_failed_images
+from .features import FeatureCache, FeatureSet, embed, extract_features, record_failed_images
 from .identities import compute_identities, join_provisional, round_links, spans_sites, summarize
 from .identity_ids import assign_ids, separate_split_offs
 from .workspace import identity_store
@@ -157,15 +157,29 @@ class Session:
                 if len(images) == 0:
                     raise NothingToDoError("the workspace has no images yet: add camera folders first")
                 key = self.checkpoint_key()
-                self._features = extract_features(
-                    self.model, images, cache_dir=self.ws.features_dir / key, key=key, device=self.device,
-                    batch_size=self.cfg.data.extract_batch_size, workers=self.cfg.data.workers,
-                    amp=self.cfg.amp, reporter=reporter, write_cache=not self.ws.readonly,
-                )
-                if self._features.failed is not None and len(self._features.failed) and not self.ws.readonly:
-                    record_failed_images(self.ws, self._features.failed, images, reporter)
-                    self._images = None
+                with self._storing("storing features", complete=lambda: self._features_stored(key, images)) as store:
+                    self._features = extract_features(
+                        self.model, images, cache_dir=self.ws.features_dir / key, key=key, device=self.device,
+                        batch_size=self.cfg.data.extract_batch_size, workers=self.cfg.data.workers,
+                        amp=self.cfg.amp, reporter=reporter, write_cache=store,
+                    )
+                    if self._features.failed is not None and len(self._features.failed) and store:
+                        record_failed_images(self.ws, self._features.failed, images, reporter)
+                        self._images = None
             return self._features
+
+    def _storing(self, what: str, complete=None):
+        """A context giving whether what this read computes may be stored now: the writer lock is
+        taken for it when the workspace is writable and no other process writes it (the app holds
+        the lock only while it writes: ``Connection.writing_if_free``).  ``complete()``: whether
+        everything is stored already (then no lock is taken)."""
+        if self.ws.readonly or (self.ws.lock_on_demand and complete is not None and complete()):
+            return contextlib.nullcontext(not self.ws.readonly)
+        return self.ws.writing_if_free(what)
+
+    def _features_stored(self, key: str, images) -> bool:
+        have = FeatureCache(self.ws.features_dir / key).ids()
+        return not len(np.setdiff1d(np.asarray(images.id, np.int64), have))
 
     def index(self):
         with self._lock:
@@ -396,10 +410,11 @@ class Session:
                     checkpoint=key, links=round_links(self.ws, fs.ids), sites=self._sites(fs.ids),
                     reporter=reporter.child(0.5, 1.0) if reporter else None,
                 )
-                if not self.ws.readonly:
-                    self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
-                else:
-                    self._unsaved_identities = table
+                with self._storing("storing identities") as store:
+                    if store:
+                        self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
+                    else:
+                        self._unsaved_identities = table
                 self._identities = table
         return self._identities
 
@@ -480,12 +495,24 @@ class Session:
             pairs = np.unique(np.stack([labels, got_identity[r]], axis=1), axis=0)
             return len(pairs) == len(np.unique(labels)) == len(np.unique(got_identity[r]))
 
-        got_ids, got_identity = identity_store.settle(ws, key, checkpoint=checkpoint, batch=batch, round=round_no,
-                                                      compute=compute, check=same_partition)
-        if ws.readonly:  # what a writer would have stored differs from what is stored: keep it for later
-            in_effect = identity_store.current(ws)
-            same = (identity_store.head_key(ws) == key and np.array_equal(in_effect[0], got_ids)
-                    and np.array_equal(in_effect[1], got_identity))
+        def in_effect() -> bool:  # the assignment in effect is this one already: nothing to store
+            return identity_store.head_key(ws) == key and same_partition(*identity_store.current(ws))
+
+        # Another workspace (keep_identities) is a writer; this session's own is written when it
+        # can be now -- the app's, opened with the lock on demand, takes the writer lock for it
+        # unless another process writes -- and not at all when the assignment is in effect already.
+        done = ws is self.ws and in_effect()
+        turn = (contextlib.nullcontext(True) if ws is not self.ws else contextlib.nullcontext(False) if done
+                else self._storing("storing identity ids"))
+        with turn as store:
+            got_ids, got_identity = identity_store.settle(ws, key, checkpoint=checkpoint, batch=batch, round=round_no,
+                                                          compute=compute, check=same_partition, write=store)
+        if done:
+            self._unsaved_stable = None
+        elif not store:  # what a writer would have stored differs from what is stored: keep it for later
+            stored_ids, stored_identity = identity_store.current(ws)
+            same = (identity_store.head_key(ws) == key and np.array_equal(stored_ids, got_ids)
+                    and np.array_equal(stored_identity, got_identity))
             self._unsaved_stable = None if same else (checkpoint, batches, ids, labels, cons)
         return got_identity[rows_of(got_ids, ids)]
 
@@ -713,10 +740,11 @@ class Session:
                                                           ids=fs.ids)
             if self._projection is None and compute:
                 fs = self.features()
-                self._projection = cached_projection(
-                    None if self.ws.readonly else self.ws.cache_dir, self.checkpoint_key(), fs.feats,
-                    reporter=reporter.child(0.3, 1.0) if reporter else None, ids=fs.ids,
-                )
+                with self._storing("storing the 2-D map") as store:
+                    self._projection = cached_projection(
+                        self.ws.cache_dir if store else None, self.checkpoint_key(), fs.feats,
+                        reporter=reporter.child(0.3, 1.0) if reporter else None, ids=fs.ids,
+                    )
             return self._projection
 
     def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
@@ -726,6 +754,8 @@ class Session:
         sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
         scores = evaluate_features(fs.feats, images, sysu_sources=sysu,
                                    reporter=reporter.child(0.5, 1.0) if reporter else None)
-        if not self.ws.readonly and scores:
-            self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
+        if scores:
+            with self._storing("storing an evaluation") as store:
+                if store:
+                    self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
         return scores

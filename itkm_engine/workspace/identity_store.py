@@ -127,13 +127,15 @@ def _next_id(ws) -> int:
 
 def settle(ws, key: str, *, checkpoint: str | None, batch: int | None, round: int | None,
            compute: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray, list[LineageEvent]]],
-           check: Callable[[np.ndarray, np.ndarray], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           check: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+           write: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The assignment ``(image_ids, identity_ids)`` for ``key`` (module docstring).  ``compute(prev_ids,
     prev_identity, next_id)`` returns ``(image_ids, identity_ids, lineage events)`` for a new state;
     ``check(image_ids, identity_ids)`` says whether a stored assignment still fits what the caller
     computed (it does unless the clustering under it was computed again): one that does not is
-    matched like a new one."""
-    writer = not ws.readonly
+    matched like a new one.  ``write=False``: computed in memory, nothing stored (default: unless
+    the workspace is read-only)."""
+    writer = (not ws.readonly) if write is None else bool(write)
     with (ws.transaction() if writer else contextlib.nullcontext()) as con:
         ids, ident = current(ws)
         states = ws.query("SELECT id, key, state FROM identity_states WHERE state IN (0, 1) ORDER BY id")

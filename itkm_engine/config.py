@@ -153,6 +153,16 @@ class InferenceConfig:
 
 
 @dataclass
+class DecisionConfig:
+    """How the operator's decisions train (constraints.py, losses/decision.py): labels always obey
+    them; these settings are the decision loss of Stage I and Stage III and its batches."""
+
+    weight: float = 1.0  # decision loss weight (0: the labels obey the decisions, the features do not learn from them)
+    margin: float = 0.0  # a rejected pair costs nothing once its cosine is at most the batch's mean cosine + this
+    batch_share: float = 0.25  # at most this share of a batch's P identity slots hold a decided pair (at least one)
+
+
+@dataclass
 class Config:
     preset: str = "full"
     seed: int = 0
@@ -165,6 +175,7 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    decisions: DecisionConfig = field(default_factory=DecisionConfig)
 
     # -- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

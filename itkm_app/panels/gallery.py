@@ -16,6 +16,7 @@ from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget)
 
+from itkm_engine.errors import ItkmError
 from itkm_engine.vocabulary import GROUPS, SCENARIOS
 
 from .. import tasks
@@ -439,7 +440,11 @@ class GalleryPanel(Panel):
         if isinstance(pairs, str):
             self.decision_info.setText(pairs)
             return
-        (session.confirm_pairs if kind == "must" else session.reject_pairs)(pairs)
+        try:
+            (session.confirm_pairs if kind == "must" else session.reject_pairs)(pairs)
+        except ItkmError as exc:  # e.g. a confirm across two sites: refused, with the reason
+            self.decision_info.setText(str(exc))
+            return
         for it in items:
             it.decision = kind
         n = len(items)
@@ -504,8 +509,8 @@ class GalleryPanel(Panel):
         self.grid.set_items([item])
         self.grid.setCurrentIndex(self.grid.model().index(0, 0))
         self.grid.setFocus()
-        where = "across scenarios" if p.cross_scenario else "within a scenario"
-        now = "the model says same person" if p.same_identity else "the model says different people"
+        where = p.direction or "within a scenario"
+        now = "the last round put them together" if p.same_label else "the last round kept them apart"
         self.header.setText(f"<b>Review {i + 1} of {len(self.review)}</b> — {where}, similarity {p.similarity:.3f} "
                             f"({now}). Y: same person · N: not · arrows: skip")
 

@@ -166,3 +166,19 @@ def test_itkm_evaluate_scores_a_low_res_camera_inside_a_visible_infrared_source(
             assert split in scores and 0.0 <= scores[split]["mAP"] <= 1.0, (protocol, split)
     rc, text, _ = cli_inproc("evaluate", ws)
     assert rc == 0 and "visible-infrared: low-res -> high-res" in text
+
+
+def test_decisions_reorder_the_camera_centred_ranking(trained_ws):
+    """Composition: the similarities come from Session.ranking() (camera-centred), the operator's
+    decisions re-order them afterwards (decision_ranking in Session._top)."""
+    with Session.open(trained_ws, device="cpu") as s:
+        assert s.cfg.inference.camera_centre
+        rk = s.ranking()
+        row = {int(i): r for r, i in enumerate(rk.ids)}
+        q = int(rk.ids[0])
+        far = int(rk.ids[int(np.argmin(rk.feats @ rk.feats[row[q]]))])  # the least similar image
+        s.confirm(q, far)
+        matches = s.query_image(q, k=5)
+        assert matches[0].image_id == far and matches[0].decision == "confirmed"
+        for m in matches[1:]:
+            assert m.similarity == pytest.approx(float(rk.feats[row[q]] @ rk.feats[row[m.image_id]]), abs=1e-4)

@@ -579,8 +579,9 @@ class MainWindow(QMainWindow):
         # the centre says what is happening (it said "No workspace open" with an "Open the demo" button)
         cameras = self.panel("cameras")
         self.show_panel("cameras")
-        text = (f"Drawing {identities} people on seven cameras (visible, infrared, low-resolution and "
-                "clothes-changed) and adding them to a workspace. It opens here by itself when ready.")
+        text = (f"Drawing {identities} people on eight cameras (visible, thermal and near-infrared, "
+                "low-resolution and clothes-changed) and adding them to a workspace. It opens here by itself "
+                "when ready.")
         cameras.show_empty("Creating the demo camera set…", text)
         job.progress.connect(lambda e: self.ctx.ws is None and cameras.show_empty(
             f"Creating the demo camera set… {int(100 * (e.fraction or 0))}%", text))

@@ -408,9 +408,10 @@ def read_camera_sites(ws, *, reporter) -> dict[str, str]:
 
 
 def identity_overview(session, *, reporter):
-    """The Identities view's data: the identity table, one summary per identity, their names."""
+    """The Identities view's data: the identity table, one summary per identity, their names, and
+    a lineage note per identity ("merged #40")."""
     table = identities(session, reporter=reporter)
-    return table, session.identity_summary(), session.identity_names()
+    return table, session.identity_summary(), session.identity_names(), session.identity_history()
 
 
 def _filter(filters: dict):

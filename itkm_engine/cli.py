@@ -155,7 +155,8 @@ def cmd_demo_data(a) -> int:
     from .data.demo import make_demo
 
     rep = ConsoleReporter("demo", a.quiet)
-    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, id_offset=a.id_offset, reporter=rep)
+    info = make_demo(Path(a.dir), identities=a.identities, seed=a.seed, id_offset=a.id_offset, infrared=a.infrared,
+                     reporter=rep)
     rep.done()
     print(f"demo camera set in {info.root}: {info.n_images} crops of {info.n_identities} people")
     print_table([{"camera": name, **dataclasses.asdict(cam)} for name, cam in info.cameras.items()])
@@ -273,6 +274,7 @@ def cmd_status(a) -> int:
         latest = ws.latest_checkpoint()
         ev = ws.metrics("evaluation")
         ident = ws.identities() if latest else None
+        n_ident, note = _identity_status(ws, rounds)
         status = {
             "workspace": str(ws.path),
             "cameras": len(cams),
@@ -283,7 +285,9 @@ def cmd_status(a) -> int:
             "rounds": [{"round": r.number, "status": r.status, "stage": r.stage, "epoch": r.epoch,
                         "checkpoint": r.checkpoint} for r in rounds],
             "latest_checkpoint": str(latest) if latest else None,
-            "identities": int(len(set(ident.identity.tolist()))) if ident is not None and len(ident) else 0,
+            "identities": n_ident if n_ident is not None else
+            int(len(set(ident.identity.tolist()))) if ident is not None and len(ident) else 0,
+            "identities_note": note,
             "last_evaluation": ev[-1] if ev else None,
         }
     if a.json:
@@ -293,13 +297,34 @@ def cmd_status(a) -> int:
     print(f"cameras    {status['cameras']}  images {status['images']}  missing {status['missing']}  "
           f"rejected {status['rejected']}")
     print(f"scenarios  {', '.join(status['scenarios']) or '-'}")
-    print(f"identities {status['identities']}")
+    print(f"identities {status['identities']}" + (f"  ({note})" if note else ""))
     print_table(status["rounds"]) if status["rounds"] else print("no training rounds yet (itkm train)")
     if status["last_evaluation"]:
         from .evaluation import format_scores
 
         print(format_scores(status["last_evaluation"]["values"]))
     return 0
+
+
+def _identity_status(ws, rounds) -> tuple[int | None, str]:
+    """The identities in effect -- the number the app, ``itkm identities`` and the tracks CSV show
+    (stable ids, decisions obeyed) -- and what they do not cover yet; ``None`` before any listing."""
+    from .workspace import identity_store
+
+    n, head_round, _ckpt = identity_store.identity_count(ws)
+    if not n:
+        return None, ""
+    notes = []
+    done = [r.number for r in rounds if r.status == "done"]
+    if done and head_round != done[-1]:
+        notes.append(f"as of {'round ' + str(head_round) if head_round else 'before training'}; round {done[-1]} "
+                     "finished since: 'itkm identities' lists its identities")
+    ((new,),) = ws.query("SELECT COUNT(*) FROM images WHERE status = 'ok' AND id NOT IN "
+                         "(SELECT image_id FROM identity_ids)")
+    if new:
+        notes.append(f"{new} image{'s' if new != 1 else ''} in no identity yet: 'itkm identities' joins new images "
+                     "to their nearest identity")
+    return n, "; ".join(notes)
 
 
 def _session(a, readonly: bool, reporter: Reporter | None = None):
@@ -353,14 +378,17 @@ def cmd_query(a) -> int:
             matches = s.query_file(a.image, k=a.top_k, filters=filters, rerank=a.rerank)
         rep.done()
     # the score column says what the number is: a cosine, a re-ranked score (not a cosine), or an
-    # image-text cosine; three decimals everywhere in the table (JSON: the number)
+    # image-text cosine; three decimals everywhere in the table (JSON: the number); decision: the
+    # operator's answer about this match and the query (rankings obey it: confirmed first)
     score = "text_cosine" if a.text else "rerank_score" if a.rerank else "cosine"
     if a.json:
         _json_out([{"rank": i + 1, score: round(m.similarity, 4), "image_id": m.image_id, "camera": m.camera,
-                    "scenario": m.scenario, "group": m.group, "path": m.path} for i, m in enumerate(matches)])
+                    "scenario": m.scenario, "group": m.group, "decision": m.decision or "", "path": m.path}
+                   for i, m in enumerate(matches)])
         return 0
     print_table([{"rank": i + 1, score: f"{m.similarity:.3f}", "image": m.image_id, "camera": m.camera,
-                  "scenario": m.scenario, "group": m.group, "path": m.path} for i, m in enumerate(matches)])
+                  "scenario": m.scenario, "group": m.group, "decision": m.decision or "", "path": m.path}
+                 for i, m in enumerate(matches)])
     if a.rerank:
         print("rerank_score: 1 - the k-reciprocal re-ranked distance (compare it only within this list)")
     return 0
@@ -399,10 +427,49 @@ def _store_after_read(a, rep: Reporter, what: str, write) -> None:
 
 
 def _keep_identities(a, rep: Reporter, s) -> None:
-    table = s.unsaved_identities()
-    if table is not None:
-        _store_after_read(a, rep, "the identities",
-                          lambda ws: ws.save_identities(table.checkpoint, table.image_id, table.identity, table.confidence))
+    """Keep the identities a read computed -- the clustering and the stable ids it answered with
+    (``Session.keep_identities``: through the identity store, with their lineage) -- so the ids
+    just shown are the ids in effect, and the next read does not compute them again."""
+    if not s.unsaved_identities():
+        return
+
+    def write(ws) -> None:
+        if not s.keep_identities(ws):
+            rep.log("note: the identity ids not stored: decisions were changed since this read; "
+                    "the next 'itkm identities' stores them")
+
+    _store_after_read(a, rep, "the identities", write)
+
+
+def cmd_answer(a) -> int:
+    rep = ConsoleReporter("answer", a.quiet)
+    if not (a.yes or a.no):
+        with _session(a, readonly=True, reporter=rep) as s:
+            q = s.resolve_image(a.image)
+            sel = s.answer_selection(q, a.top_k)
+            images = s.images()
+            rep.done()
+            rows = [{"rank": x.rank, "image": x.image_id, "similarity": round(x.similarity, 4),
+                     "camera": str(images.camera[images.index_of([x.image_id])[0]]),
+                     "model_says": "same" if x.same_label else "different",
+                     "path": images.path[images.index_of([x.image_id])[0]]} for x in sel]
+        if a.json:
+            _json_out(rows)
+        elif rows:
+            print_table(rows)
+            print(f"answer with: itkm answer WS {q} --yes IMAGE... --no IMAGE...")
+        else:
+            print(f"nothing left to answer about image {q}: every result near it has been decided")
+        _keep_identities(a, rep, s)
+        return 0
+    with _session(a, readonly=False, reporter=rep) as s:
+        q = s.resolve_image(a.image)
+        step = s.answer(q, a.yes or [], a.no or [])
+        _identities_after(s)  # stored at once, so undo gives this step's ids back
+    rep.done()
+    print(f"image {q}: {len(a.yes or [])} same person, {len(a.no or [])} not (step {step}; rankings obey it now, "
+          "the next round learns from it; undo: itkm identities WS --undo)")
+    return 0
 
 
 def cmd_evaluate(a) -> int:
@@ -428,9 +495,20 @@ def cmd_export_tracks(a) -> int:
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_tracks(s, a.out, reporter=rep)
+        provisional = int(s.identities().provisional.sum())
+        missing = s.unassigned()
+        if a.lineage:
+            from .export import export_lineage
+
+            n_lineage = export_lineage(s, a.lineage)
     rep.done()
     _keep_identities(a, rep, s)
-    print(f"{n} sightings written to {a.out}")
+    print(f"{n} sightings written to {a.out}" + (f" ({provisional} provisional: ingested after the identities were "
+                                                  "computed, joined to their nearest identity)" if provisional else ""))
+    for why, k in missing.items():
+        print(f"{k} image{'s' if k != 1 else ''} not written, in no identity yet: {why}")
+    if a.lineage:
+        print(f"{n_lineage} lineage events written to {a.lineage}")
     return 0
 
 
@@ -452,9 +530,23 @@ def _decide(a, kind: str) -> int:
     with _session(a, readonly=False, reporter=rep) as s:
         ia, ib = s.resolve_image(a.a), s.resolve_image(a.b)
         batch = s.confirm(ia, ib) if kind == "confirm" else s.reject(ia, ib)
+        now = _identities_after(s)
     word = "same person" if kind == "confirm" else "not the same person"
-    print(f"images {ia} and {ib}: {word} (step {batch}; the next round obeys it; undo: itkm identities WS --undo)")
+    where = f"; now identities {' and '.join(f'#{now[i]}' for i in dict.fromkeys((ia, ib)) if i in now)}" if now else ""
+    print(f"images {ia} and {ib}: {word} (step {batch}{where}; the next round obeys it; undo: itkm identities WS --undo)")
     return 0
+
+
+def _identities_after(s) -> dict[int, int]:
+    """After a decision: the identities obeying it, stored (so the step's ids come back on undo),
+    as ``{image id: identity}`` -- when the identities of this model were listed before (listing
+    them the first time clusters every image, which a decision need not wait for); else ``{}``."""
+    from .workspace import identity_store
+
+    if identity_store.identity_count(s.ws)[2] != s.checkpoint_key():
+        return {}
+    t = s.identities()
+    return dict(zip(t.image_id.tolist(), t.identity.tolist()))
 
 
 def cmd_confirm(a) -> int:
@@ -466,6 +558,12 @@ def cmd_reject(a) -> int:
 
 
 def cmd_identities(a) -> int:
+    from .records import rows_of
+
+    if a.override and not a.merge:
+        raise ItkmError("--override goes with --merge: itkm identities WORKSPACE --merge X Y --override")
+    if a.together and not a.split:
+        raise ItkmError("--together goes with --split: itkm identities WORKSPACE --split IMAGE IMAGE --together")
     if a.note is not None and not a.name:
         raise ItkmError("--note goes with --name: itkm identities WORKSPACE --name X NAME --note TEXT")
     if a.name:
@@ -477,14 +575,27 @@ def cmd_identities(a) -> int:
     with _session(a, readonly=reading, reporter=rep) as s:
         if a.undo or a.redo:
             step = s.undo() if a.undo else s.redo()
+            _identities_after(s)
             what = "undo" if a.undo else "redo"
             print(f"{what}: {s.describe_step(step)} (step {step})" if step is not None else f"nothing to {what}")
             return 0
         if a.merge:
-            print(f"identities {a.merge[0]} and {a.merge[1]} merged (step {s.merge_identities(*a.merge)})")
+            x, y = a.merge
+            t = s.identities()
+            anchor = t.image_id[t.identity == x][:1]
+            step = s.merge_identities(x, y, override=a.override)
+            now = s.identities()  # stored at once: undo gives these ids back
+            into = f" into #{int(now.identity[rows_of(now.image_id, anchor)][0])}" if len(anchor) else ""
+            print(f"identities #{x} and #{y} merged{into} (step {step})")
             return 0
         if a.split:
-            print(f"{len(a.split)} sightings split off into a new identity (step {s.split_identity(a.split)})")
+            step = s.split_identity(a.split, together=a.together)
+            t = s.identities()
+            now = dict(zip(t.image_id.tolist(), t.identity.tolist()))
+            moved = sorted({now.get(s.resolve_image(i)) for i in a.split} - {None})
+            what = "into a new identity" if a.together or len(a.split) == 1 else "each into an identity of its own"
+            print(f"{len(a.split)} sightings split off {what} (step {step}): now "
+                  + ", ".join(f"#{i}" for i in moved))
             return 0
         if a.name:
             ident, text, note = name
@@ -496,7 +607,8 @@ def cmd_identities(a) -> int:
             if a.json:
                 _json_out([{"a": p.image_a, "b": p.image_b, "similarity": round(p.similarity, 4),
                             "boundary": round(p.boundary, 4), "same_identity": p.same_identity,
-                            "cross_scenario": p.cross_scenario,
+                            "same_label": p.same_label, "cross_scenario": p.cross_scenario,
+                            "direction": p.direction, "change": round(p.change, 3),
                             "path_a": images.path[images.index_of([p.image_a])[0]],
                             "path_b": images.path[images.index_of([p.image_b])[0]]} for p in q])
             else:
@@ -507,34 +619,46 @@ def cmd_identities(a) -> int:
         names = s.identity_names()
         confirmed = s.confirmed_image_ids()
         table = s.identities()
-        n_conf = {}
-        for i, ident in zip(table.image_id.tolist(), table.identity.tolist()):
+        history = s.identity_history([x.identity for x in summary[: a.limit]])
+        missing = s.unassigned()
+        n_conf, n_prov = {}, {}
+        for i, ident, p in zip(table.image_id.tolist(), table.identity.tolist(), table.provisional.tolist()):
             n_conf[ident] = n_conf.get(ident, 0) + (i in confirmed)
+            n_prov[ident] = n_prov.get(ident, 0) + p
         rep.done()
     _keep_identities(a, rep, s)
     rows = [{"identity": x.identity, "name": names.get(x.identity, ("", ""))[0], "sightings": x.size,
-             "confirmed": n_conf.get(x.identity, 0), "cameras": ",".join(x.cameras),
+             "confirmed": n_conf.get(x.identity, 0), "provisional": n_prov.get(x.identity, 0),
+             "cameras": ",".join(x.cameras), "history": history.get(x.identity, ""),
              "note": names.get(x.identity, ("", ""))[1]} for x in summary[: a.limit]]
-    _json_out(rows) if a.json else print_table(rows)
+    if a.json:
+        _json_out(rows)
+        return 0
+    print_table(rows)
+    largest = f" (the {len(rows)} largest shown; --limit N shows more)" if len(rows) < len(summary) else ""
+    print(f"{len(summary)} identities{largest}")
+    for why, k in missing.items():
+        print(f"{k} image{'s' if k != 1 else ''} in no identity yet: {why}")
     return 0
 
 
 def _print_review(workspace: str, queue, images) -> None:
-    """``identities --review``: the pairs in the queue's order (across scenarios first, then the
-    nearest the boundary), narrow, and the commands that decide one."""
+    """``identities --review``: the pairs in the queue's order (per direction, every group of each
+    scenario in turn; inside a direction the pairs whose answer would change a label first),
+    narrow, and the commands that decide one."""
     import shlex
 
     if not queue:
         print("nothing to review: every candidate pair has been decided")
         return
     cam = dict(zip(images.id.tolist(), (shown(c, 40) for c in images.camera)))
-    boundary = queue[0].boundary
-    print(f"{len(queue)} pairs nearest the decision boundary (similarity {boundary:.3f}, midway between pairs the "
-          "identities put together and pairs they keep apart), pairs across scenarios first:")
+    print(f"{len(queue)} pairs to review, per direction (every group in turn), those whose answer would change a "
+          "label first; from_boundary: the similarity against its direction's decision boundary (midway between "
+          "pairs the last round puts together and pairs it keeps apart):")
     rows = [{"#": i + 1, "a": p.image_a, "b": p.image_b, "cameras": f"{cam.get(p.image_a, '?')}/{cam.get(p.image_b, '?')}",
              "similarity": f"{p.similarity:.3f}", "from_boundary": f"{p.similarity - p.boundary:+.3f}",
-             "identities": "same" if p.same_identity else "different",
-             "scenarios": "across" if p.cross_scenario else "within"} for i, p in enumerate(queue)]
+             "round": "together" if p.same_label else "apart", "change": f"{p.change:.2f}",
+             "identities": "same" if p.same_identity else "different"} for i, p in enumerate(queue)]
     print_table(rows)
     ws, first = shlex.quote(str(workspace)), queue[0]
     print("decide a pair (A and B from the table):")
@@ -589,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 0: the same set every time; another seed draws another set)")
     sp.add_argument("--id-offset", type=_non_negative_int, default=0, help="person ids start after this (a second demo set with "
                     "other people, e.g. for a second site: --id-offset 60)")
+    sp.add_argument("--infrared", choices=("both", "thermal", "nir"), default="both",
+                    help="infrared cameras: both (default: ir-a thermal-looking, ir-b near-infrared), thermal (ir-a "
+                    "only), nir (ir-a filmed as near-infrared, like SYSU-MM01/RegDB infrared cameras)")
 
     sp = add("ingest", cmd_ingest, "add camera folders to a workspace (created if missing); re-run to pick up changes")
     sp.add_argument("folders", metavar="FOLDER", nargs="+", help="dataset or camera folders")
@@ -650,6 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export-tracks", cmd_export_tracks, "identity tracks to CSV, one row per sighting, grouped by identity "
              "(largest first), each identity's sightings in time order; time_source says where a time comes from")
     sp.add_argument("out", metavar="OUT.csv")
+    sp.add_argument("--lineage", metavar="LINEAGE.csv", help="also write the identities' lineage (new, merged into, "
+                    "split from, retired into; with the decision step or round) to this CSV")
     sp.add_argument("--device")
 
     sp = add("export-features", cmd_export_features, "features with paths, cameras, scenarios, ids to NPZ")
@@ -662,17 +791,32 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("a", metavar="A", help="image id or image path")
         sp.add_argument("b", metavar="B", help="image id or image path")
 
+    sp = add("answer", cmd_answer, "search-and-answer: list an image's results to answer about, or record yes/no "
+             "answers on them (one undo step)")
+    sp.add_argument("image", metavar="IMAGE", help="the query: image id or image path")
+    sp.add_argument("--top-k", type=_positive_int, default=10, help="results to list (default 10)")
+    sp.add_argument("--yes", nargs="+", metavar="IMAGE", help="these results show the query's person")
+    sp.add_argument("--no", nargs="+", metavar="IMAGE", help="these results show someone else")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--device")
+
     sp = add("identities", cmd_identities, "list identities; merge, split, name them; undo/redo decisions; review queue")
     act = sp.add_mutually_exclusive_group()
-    act.add_argument("--merge", nargs=2, type=_identity_type, metavar=("X", "Y"), help="identities X and Y are one person")
-    act.add_argument("--split", nargs="+", metavar="IMAGE", help="these sightings (ids or paths) become a new identity")
+    act.add_argument("--merge", nargs=2, type=_identity_type, metavar=("X", "Y"), help="identities X and Y are one "
+                     "person (the merged identity keeps the named, else the older id)")
+    act.add_argument("--split", nargs="+", metavar="IMAGE", help="these sightings (ids or paths) leave their identity: "
+                     "each becomes an identity of its own (with --together: one new identity)")
     act.add_argument("--name", nargs=2, metavar=("X", "NAME"), help="name identity X (use --note for a note; "
                      "a name that starts with '-': --name X -- -NAME)")
     act.add_argument("--undo", action="store_true", help="undo the last decision (a merge/split/selection is one)")
     act.add_argument("--redo", action="store_true", help="redo the last undone decision")
-    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs nearest the decision boundary "
-                     "(across scenarios first), with the itkm confirm / reject command that decides one")
+    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs to review next: per direction, "
+                     "every group in turn, those whose answer would change a label first; with the itkm confirm / "
+                     "reject command that decides one")
     sp.add_argument("--note", help="note stored with --name (only with --name; one starting with '-': --note=-TEXT)")
+    sp.add_argument("--override", action="store_true", help="with --merge: overrule decisions that said sightings of "
+                    "the two identities are different people (refused otherwise)")
+    sp.add_argument("--together", action="store_true", help="with --split: the sightings split off are one person")
     sp.add_argument("--limit", type=_positive_int, default=50, help="rows to list (default 50)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--device")

@@ -76,6 +76,9 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
     "stage3.ihm_k": (1, 1000),
     "stage3.ihm_temperature": (_POS, 10.0),
     "stage3.dru_momentum": (0.0, 1.0),
+    "decisions.weight": (0.0, 100.0),
+    "decisions.margin": (-1.0, 1.0),
+    "decisions.batch_share": (0.0, 1.0),
 }
 # Rows shared by the three training stages.
 for _s in ("stage1", "stage2", "stage3"):

@@ -4,18 +4,27 @@ The decisions themselves are stored by :mod:`itkm_engine.workspace.decisions`
 (:func:`~itkm_engine.workspace.decisions.load_constraints` hands them over as :class:`Constraints`);
 the review queue that asks for them is :mod:`itkm_engine.review`.
 
+The decisions are first *closed over all images* (:class:`Closure`, ``Constraints.closure``):
+must-links joined transitively into components (newest first; a join that would put a
+cannot-linked pair together is skipped), and a cannot-link between two images becomes one between
+their whole components.  Only then are they cut down to the rows at hand
+(:meth:`Closure.within`), so the per-group pseudo-labels see the links a chain of decisions across
+groups implies (A = B across groups and B = C across groups make A = C inside one group), and a
+reject between two confirmed groups keeps every member of one from every member of the other.
+
 Enforcement (:func:`enforce_on_labels`) is one function used wherever labels are produced: the
 per-group pseudo-labels of Stage I/III (``stages/context.py``), the cross-group CHM labels per
-scenario (``stages/heterogeneous.py``) and the final identities (``session.py``).  Constraints
-whose two images are not both among the rows given are ignored there, so per-group clustering
-sees only its own must/cannot-links and CHM only its scenario's.  Confirmed cross-group pairs are
-also IHM positives (:func:`instance_pairs`).  An identity merge or split becomes must/cannot pairs
-with :func:`merge_pairs` / :func:`split_pairs`.
+scenario (``stages/heterogeneous.py``) and the final identities (``session.py``).  Confirmed
+cross-group pairs are also IHM positives (:func:`instance_pairs`); the decision loss and the
+batches that bring decided pairs together read the same closure (``stages/context.py``,
+:mod:`itkm_engine.losses.decision`).  An identity merge or split becomes must/cannot pairs with
+:func:`merge_pairs` / :func:`split_pairs`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -25,12 +34,14 @@ from .records import rows_of
 __all__ = [
     "KINDS",
     "Constraints",
+    "Closure",
     "ConstraintError",
     "merge_pairs",
     "split_pairs",
     "enforce_on_labels",
     "enforce_cross_labels",
     "instance_pairs",
+    "decided_pairs",
 ]
 
 KINDS = ("must", "cannot")
@@ -62,6 +73,87 @@ class Constraints:
             if len(arr) and ((arr[:, 0] == a) & (arr[:, 1] == b)).any():
                 return kind
         return None
+
+    @cached_property
+    def closure(self) -> "Closure":
+        """The decisions closed over all images (computed once per Constraints)."""
+        return Closure.of(self)
+
+
+@dataclass(frozen=True)
+class Closure:
+    """Decisions closed over every image they name.
+
+    ``ids``: the decided image ids (sorted); ``comp``: the must-link component of each, ``0..K-1``
+    (joined newest decision first; a join that would put a cannot-linked pair together is
+    skipped, so inconsistent decisions keep the cannot-link); ``ban``: ``int64[B, 2]`` pairs of
+    components that must stay apart (``a < b``, unique): a cannot-link between two images applies
+    to every member of their components."""
+
+    ids: np.ndarray
+    comp: np.ndarray
+    ban: np.ndarray
+
+    @classmethod
+    def of(cls, constraints: "Constraints") -> "Closure":
+        pairs = np.concatenate([constraints.must, constraints.cannot]).astype(np.int64).reshape(-1, 2)
+        ids = np.unique(pairs)
+        if not len(ids):
+            return cls(ids, np.zeros(0, np.int64), np.zeros((0, 2), np.int64))
+        must = np.searchsorted(ids, np.asarray(constraints.must, np.int64).reshape(-1, 2))
+        cannot = np.searchsorted(ids, np.asarray(constraints.cannot, np.int64).reshape(-1, 2))
+        roots = _components(len(ids), must, cannot)
+        _, comp = np.unique(roots, return_inverse=True)
+        comp = comp.astype(np.int64).reshape(-1)
+        ban = np.sort(comp[cannot], axis=1) if len(cannot) else np.zeros((0, 2), np.int64)
+        ban = np.unique(ban[ban[:, 0] != ban[:, 1]], axis=0).reshape(-1, 2)
+        return cls(ids, comp, ban)
+
+    @property
+    def n_components(self) -> int:
+        return int(self.comp.max()) + 1 if len(self.comp) else 0
+
+    def component_of(self, image_ids) -> np.ndarray:
+        """Component of each image id (``-1`` for an image no decision names)."""
+        rows = rows_of(self.ids, np.asarray(image_ids, np.int64))
+        return np.where(rows >= 0, self.comp[np.maximum(rows, 0)] if len(self.comp) else -1, -1)
+
+    def banned_with(self, component: int) -> np.ndarray:
+        """The components ``component`` must stay apart from."""
+        b = self.ban
+        return np.concatenate([b[b[:, 0] == component, 1], b[b[:, 1] == component, 0]])
+
+    def ban_matrix(self) -> np.ndarray:
+        """``bool[K, K]``: components that must stay apart (symmetric)."""
+        k = self.n_components
+        out = np.zeros((k, k), bool)
+        if len(self.ban):
+            out[self.ban[:, 0], self.ban[:, 1]] = True
+            out[self.ban[:, 1], self.ban[:, 0]] = True
+        return out
+
+    def within(self, image_ids) -> tuple[np.ndarray, np.ndarray]:
+        """``(must, cannot)`` as row pairs of ``image_ids`` (``int64[M, 2]``) that carry every link
+        the closure implies among those images: each component's present members chained, and one
+        cannot pair per banned pair of components that both have members present."""
+        comp = self.component_of(image_ids)
+        rows = np.flatnonzero(comp >= 0)
+        if not len(rows):
+            return np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
+        order = rows[np.lexsort((rows, comp[rows]))]
+        c = comp[order]
+        same = c[1:] == c[:-1]
+        must = np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.int64)
+        first = np.full(self.n_components, -1, np.int64)
+        starts = np.concatenate([[True], ~same])
+        first[c[starts]] = order[starts]
+        if len(self.ban):
+            fa, fb = first[self.ban[:, 0]], first[self.ban[:, 1]]
+            ok = (fa >= 0) & (fb >= 0)
+            cannot = np.stack([fa[ok], fb[ok]], axis=1).astype(np.int64)
+        else:
+            cannot = np.zeros((0, 2), np.int64)
+        return must.reshape(-1, 2), cannot.reshape(-1, 2)
 
 
 # -- identity actions as constraints ----------------------------------------------------------
@@ -141,7 +233,8 @@ def _components(n: int, must: np.ndarray, cannot: np.ndarray) -> np.ndarray:
 
 
 def enforce_on_labels(labels, image_ids, constraints: Constraints, feats: np.ndarray | None = None) -> np.ndarray:
-    """Labels that obey ``constraints`` (only pairs with both images among ``image_ids`` count).
+    """Labels that obey ``constraints``: every link their closure over all images implies among
+    ``image_ids`` (:meth:`Closure.within`), so a chain of decisions through other groups counts.
 
     1. Cannot-link splits: a cluster holding two must-link components with a cannot-link between
        them is split into parts (components dealt greedily to the first part they do not conflict
@@ -155,7 +248,7 @@ def enforce_on_labels(labels, image_ids, constraints: Constraints, feats: np.nda
     """
     lab = np.asarray(labels, np.int64).copy()
     ids = np.asarray(image_ids, np.int64)
-    must, cannot = _pair_rows(constraints.must, ids), _pair_rows(constraints.cannot, ids)
+    must, cannot = constraints.closure.within(ids)
     if not len(must) and not len(cannot):
         return lab
     comp = _components(len(lab), must, cannot)
@@ -246,22 +339,48 @@ def _renumber(lab: np.ndarray) -> np.ndarray:
 
 
 def instance_pairs(pairs: np.ndarray, image_ids, group_keys, constraints: Constraints) -> np.ndarray:
-    """IHM pairs (rows of ``image_ids``) that obey the operator: cannot-linked pairs dropped,
-    confirmed cross-group pairs (both images present, different group keys) added."""
+    """IHM pairs (rows of ``image_ids``) that obey the operator: pairs between components the
+    closure keeps apart dropped, and confirmed cross-group pairs added -- every member of a
+    must-link component paired with members of each other group key in it (each member at least
+    once per other key, so a component of n images adds O(n) pairs, not n^2)."""
     ids = np.asarray(image_ids, np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     if not len(constraints):
         return pairs
-    cannot = _pair_rows(constraints.cannot, ids)
-    if len(cannot) and len(pairs):
-        bad = {(int(a), int(b)) for a, b in cannot} | {(int(b), int(a)) for a, b in cannot}
-        pairs = pairs[[(int(a), int(b)) not in bad for a, b in pairs]]
-    must = _pair_rows(constraints.must, ids)
+    cl = constraints.closure
+    comp = cl.component_of(ids)
+    if len(pairs) and len(cl.ban):
+        ca, cb = comp[pairs[:, 0]], comp[pairs[:, 1]]
+        ok = (ca < 0) | (cb < 0)
+        ban = cl.ban_matrix()
+        pairs = pairs[ok | ~ban[np.maximum(ca, 0), np.maximum(cb, 0)]]
     keys = np.asarray(group_keys, object)
-    must = must[keys[must[:, 0]] != keys[must[:, 1]]] if len(must) else must
-    if len(must):
+    add: list[tuple[int, int]] = []
+    rows = np.flatnonzero(comp >= 0)
+    for c in np.unique(comp[rows]):
+        members = rows[comp[rows] == c]
+        kk = keys[members].astype(str)
+        blocks = [members[kk == k] for k in np.unique(kk)]
+        for i in range(len(blocks)):
+            for j in range(i + 1, len(blocks)):
+                a, b = blocks[i], blocks[j]
+                add += [(int(a[t % len(a)]), int(b[t % len(b)])) for t in range(max(len(a), len(b)))]
+    if add:
         have = {(int(a), int(b)) for a, b in pairs} | {(int(b), int(a)) for a, b in pairs}
-        add = [(int(a), int(b)) for a, b in must if (int(a), int(b)) not in have]
-        if add:
-            pairs = np.concatenate([pairs, np.array(add, np.int64)])
+        new = [p for p in dict.fromkeys(add) if p not in have]
+        if new:
+            pairs = np.concatenate([pairs, np.array(new, np.int64)])
     return pairs
+
+
+def decided_pairs(image_ids, constraints: Constraints) -> tuple[np.ndarray, np.ndarray]:
+    """The operator's own pairs (not the implied ones) with both images among ``image_ids``, as
+    rows: ``(must, cannot)``, ``int64[M, 2]`` each -- what the training batches bring together.
+    A confirm the closure had to drop (it contradicts a reject) is left out."""
+    ids = np.asarray(image_ids, np.int64)
+    must = _pair_rows(np.asarray(constraints.must, np.int64).reshape(-1, 2), ids)
+    cannot = _pair_rows(np.asarray(constraints.cannot, np.int64).reshape(-1, 2), ids)
+    if len(must):
+        comp = constraints.closure.component_of(ids)
+        must = must[comp[must[:, 0]] == comp[must[:, 1]]]
+    return must, cannot

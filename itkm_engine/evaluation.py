@@ -8,9 +8,15 @@ protocols (:mod:`itkm_engine.metrics`, ``skip_cameras``):
 * ``standard`` -- Market-1501's: only gallery items of the query's person *and* camera are left
   out (same-camera non-matches still compete), as papers report it.
 
-Each is reported overall, per scenario (query and gallery inside the scenario) and per cross-group
+Each is reported overall, per scenario (query and gallery inside the scenario), per cross-group
 direction of each two-group scenario (e.g. ``visible-infrared: infrared -> visible``: infrared
-queries, visible gallery).
+queries, visible gallery) and, where the infrared (low-res) group has several cameras, per camera
+of it against the visible (high-res) group and back (``visible-infrared: camera ir-b -> visible``:
+one infrared camera's queries; ``visible-infrared: visible -> camera ir-b``), so each kind of
+infrared camera shows its own numbers.  A
+camera that ingest flagged low-res in a scenario without resolution groups (``low_res_cameras``,
+e.g. a low-res camera inside a visible-infrared source) is scored as its own direction too:
+``<scenario>: low-res -> high-res`` (its queries against the scenario's other cameras) and back.
 
 Images of a ``sysu`` source (SYSU-MM01 layout, ``cam1..cam6``; cams 3 and 6 infrared) are also
 scored with SYSU-MM01's official protocol, so numbers compare with papers: infrared queries (cam3,
@@ -114,8 +120,12 @@ def _mean_scores(runs: list[ScoreDict]) -> ScoreDict | None:
 
 
 def evaluate_features(feats: np.ndarray, images, *, sysu_sources: Collection[int] = (),
-                      reporter: Reporter | None = None) -> dict:
+                      low_res_cameras: Collection[str] = (), reporter: Reporter | None = None) -> dict:
     """Scores of ``feats`` (rows aligned with the ImageTable ``images``) under every protocol.
+
+    ``feats`` are compared as given (cosine): pass them in the space the gallery ranks in
+    (``Session.score`` does).  ``low_res_cameras``: names of cameras flagged low-res
+    (``vocabulary.has_low_res_flag``), scored low-res -> high-res and back in their scenario.
 
     Returns ``{}`` when nothing can be scored (no known ids, or no person seen by two cameras), else
     ``{"headline": {"protocol", "split", mAP, rank1, rank5, rank10, queries, gallery},
@@ -128,18 +138,8 @@ def evaluate_features(feats: np.ndarray, images, *, sysu_sources: Collection[int
     known = np.flatnonzero(pids >= 0)
     _, cams = np.unique(np.asarray(images.camera).astype(str), return_inverse=True)
     cams = cams.astype(np.int64)
-    scen = np.asarray(images.scenario)
-    grp = np.asarray(images.group)
 
-    splits: list[tuple[str, np.ndarray, np.ndarray]] = [(OVERALL, known, known)]
-    for sc in sorted(set(scen[known])):
-        m = known[scen[known] == sc]
-        splits.append((sc, m, m))
-        if sc in TWO_GROUP:
-            a, b = TWO_GROUP[sc]
-            ma, mb = m[grp[m] == a], m[grp[m] == b]
-            splits.append((f"{sc}: {b} -> {a}", mb, ma))
-            splits.append((f"{sc}: {a} -> {b}", ma, mb))
+    splits = evaluation_splits(images, known, low_res_cameras)
     n_cams = int(cams.max(initial=-1)) + 1
     protocols = ((CROSS_CAMERA, np.eye(max(n_cams, 1), dtype=bool)), (STANDARD, None))
 
@@ -186,6 +186,35 @@ def evaluate_features(feats: np.ndarray, images, *, sysu_sources: Collection[int
         return {}
     return {"headline": {"protocol": CROSS_CAMERA, "split": OVERALL, **out[CROSS_CAMERA][OVERALL]},
             "protocols": out}
+
+
+def evaluation_splits(images, known: np.ndarray, low_res_cameras: Collection[str] = ()
+                      ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, query rows, gallery rows)`` of every split :func:`evaluate_features` scores, among
+    the rows ``known`` (images with a known person id)."""
+    scen = np.asarray(images.scenario)
+    grp = np.asarray(images.group)
+    cam = np.asarray(images.camera).astype(str)
+    low = np.isin(cam, [str(c) for c in low_res_cameras])
+    splits: list[tuple[str, np.ndarray, np.ndarray]] = [(OVERALL, known, known)]
+    for sc in sorted(set(scen[known])):
+        m = known[scen[known] == sc]
+        splits.append((sc, m, m))
+        if sc in TWO_GROUP:
+            a, b = TWO_GROUP[sc]
+            ma, mb = m[grp[m] == a], m[grp[m] == b]
+            splits.append((f"{sc}: {b} -> {a}", mb, ma))
+            splits.append((f"{sc}: {a} -> {b}", ma, mb))
+            cams = sorted(set(cam[mb]))
+            for c in cams if len(cams) > 1 else ():  # one camera: the group's own split says it
+                mc = mb[cam[mb] == c]
+                splits.append((f"{sc}: camera {c} -> {a}", mc, ma))
+                splits.append((f"{sc}: {a} -> camera {c}", ma, mc))
+        if "low-res" not in TWO_GROUP.get(sc, ()) and low[m].any():
+            lo, hi = m[low[m]], m[~low[m]]
+            splits.append((f"{sc}: low-res -> high-res", lo, hi))
+            splits.append((f"{sc}: high-res -> low-res", hi, lo))
+    return splits
 
 
 def format_scores(result: dict) -> str:

@@ -24,9 +24,13 @@ from .progress import Reporter
 from .records import rows_of
 
 TRACK_COLUMNS = ("identity_id", "camera", "scenario", "group", "timestamp", "time_source", "image_path", "confidence",
-                 "identity_name", "confirmed")  # name: the operator's; confirmed: 1 if in a confirmed pair
+                 "identity_name", "confirmed", "provisional")
+# identity_id: the stable id (itkm_engine.identity_ids: it keeps naming the same people across
+# decisions and rounds); name: the operator's; confirmed: 1 if in a confirmed pair; provisional: 1
+# if the image was ingested after the identities were computed and joined its nearest identity.
 # timestamp: an ISO date-time (time_source "file_mtime"), or -- for a time made from frame numbers
 # (time_source "frame_number") -- seconds from the recording's start, never a made-up date
+LINEAGE_COLUMNS = ("identity_id", "event", "other_identity_id", "step", "round", "time")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -150,6 +154,7 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
     rows = images.index_of(table.image_id)
     keep = rows >= 0
     ident, rows, conf = table.identity[keep], rows[keep], table.confidence[keep]
+    prov = table.provisional[keep] if table.provisional is not None else np.zeros(len(ident), bool)
     sizes = np.bincount(ident) if len(ident) else np.zeros(0, np.int64)
     ts = np.nan_to_num(np.asarray(images.timestamp, dtype=np.float64), nan=np.inf)
     order = np.lexsort((ts[rows], ident, -sizes[ident])) if len(ident) else np.zeros(0, np.int64)
@@ -172,12 +177,28 @@ def export_tracks(session, out_csv: str | Path, reporter: Reporter | None = None
                 f"{float(conf[o]):.4f}",
                 escape_cell(names.get(int(ident[o]), ("", ""))[0]),
                 int(int(img_ids[o]) in confirmed),
+                int(bool(prov[o])),
             ])
             if i % 5000 == 0:
                 reporter.check()
                 reporter.update(0.7 + 0.3 * i / max(n, 1), stage="export", step=i, steps=n)
     reporter.update(1.0, stage="export", step=n, steps=n, message=f"{n} sightings written")
     return n
+
+
+def export_lineage(session, out_csv: str | Path) -> int:
+    """The identities' lineage in effect, oldest first: an id is new, merged into another, split
+    from another or retired into another, by a decision step or a round.  Returns rows."""
+    out_csv, folder = export_destination(session.ws, out_csv)
+    session.identities()  # the lineage of what the operator sees now
+    events = session.identity_lineage()
+    with atomic_open(Path(out_csv), "w", encoding="utf-8", newline="", folder=folder) as fh:
+        w = csv.writer(fh)
+        w.writerow(LINEAGE_COLUMNS)
+        for e in events:
+            w.writerow([e.identity, e.event, "" if e.other is None else e.other, "" if e.batch is None else e.batch,
+                        "" if e.round is None else e.round, iso_time(e.at)])
+    return len(events)
 
 
 def export_features(session, out_npz: str | Path, reporter: Reporter | None = None) -> int:

@@ -51,16 +51,22 @@ def compute_identities(
     min_samples: int = 2,
     checkpoint: str | None = None,
     links: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+    sites: np.ndarray | None = None,
     reporter: Reporter | None = None,
 ) -> IdentityTable:
     """Identity and confidence for every row of ``feats`` (L2-normalised).
 
     ``links``: pairs ``(rows_a, rows_b)`` of row sets that show one person (e.g. two clusters CHM
-    matched, from :func:`round_links`); the majority identities of the two sets are merged."""
+    matched, from :func:`round_links`); the majority identities of the two sets are merged.
+    ``sites``: the site of every row; people are never shared across sites, so each site is
+    clustered on its own and a link between two sites is dropped."""
     reporter = reporter or Reporter()
     n = len(ids)
     if n == 0:
         return IdentityTable(checkpoint, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if sites is not None and len(np.unique(np.asarray(sites, object))) > 1:
+        return _per_site(np.asarray(ids, np.int64), feats, np.asarray(sites, object), links, reporter,
+                         dict(k1=k1, k2=k2, eps=eps, min_samples=min_samples, checkpoint=checkpoint))
     labels = pseudo_labels(np.ascontiguousarray(feats, dtype=np.float32), k1=k1, k2=k2, eps=eps,
                            min_samples=min_samples, reporter=reporter.child(0.0, 0.8))
     reporter.update(0.85, stage="identities", message="assigning outliers")
@@ -95,6 +101,68 @@ def compute_identities(
     conf = np.clip(conf, -1.0, 1.0)  # stored features are unit length only to ~1e-4
     order = np.argsort(ids)
     return IdentityTable(checkpoint, np.asarray(ids, np.int64)[order], labels[order].astype(np.int64), conf[order])
+
+
+def _per_site(ids: np.ndarray, feats: np.ndarray, sites: np.ndarray, links, reporter: Reporter,
+              kw: dict) -> IdentityTable:
+    """:func:`compute_identities` of each site on its own, identities numbered on across sites."""
+    links = list(links or [])
+    names = sorted({str(x) for x in sites})
+    parts, offset = [], 0
+    for i, site in enumerate(names):
+        rows = np.flatnonzero(sites == site)
+        local = np.full(len(ids), -1, np.int64)
+        local[rows] = np.arange(len(rows))
+        site_links = []
+        for a, b in links:  # rows of this site only: a link across sites joins nobody
+            a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+            la, lb = local[a[(a >= 0) & (a < len(ids))]], local[b[(b >= 0) & (b < len(ids))]]
+            if (la >= 0).sum() * 2 > len(la) and (lb >= 0).sum() * 2 > len(lb):
+                site_links.append((la[la >= 0], lb[lb >= 0]))
+        t = compute_identities(ids[rows], feats[rows], links=site_links,
+                               reporter=reporter.child(i / len(names), (i + 1) / len(names)), **kw)
+        parts.append((t.image_id, t.identity + offset, t.confidence))
+        offset += int(t.identity.max()) + 1 if len(t.identity) else 0
+    img = np.concatenate([p[0] for p in parts])
+    order = np.argsort(img)
+    return IdentityTable(kw["checkpoint"], img[order], np.concatenate([p[1] for p in parts])[order],
+                         np.concatenate([p[2] for p in parts])[order])
+
+
+def spans_sites(table: IdentityTable, sites_of_ids) -> bool:
+    """Whether an identity of ``table`` holds images of two sites (``sites_of_ids``: the site of each
+    of ``table.image_id``): a table computed before identities were clustered per site."""
+    if not len(table):
+        return False
+    _, s = np.unique(np.asarray(sites_of_ids, object).astype(str), return_inverse=True)
+    pairs = np.unique(np.stack([table.identity, s.reshape(-1)], axis=1), axis=0)
+    return len(pairs) > len(np.unique(table.identity))
+
+
+def join_provisional(ids: np.ndarray, identity: np.ndarray, feats: np.ndarray, sites: np.ndarray,
+                     new_feats: np.ndarray, new_sites: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images that came after the identities were computed (ingested since) join the nearest
+    identity of their own site (cosine to its centroid): ``(identity or -1, confidence)`` per new
+    image; -1 where its site has no identity yet."""
+    out = np.full(len(new_feats), -1, np.int64)
+    conf = np.zeros(len(new_feats), np.float32)
+    sites, new_sites = np.asarray(sites, object).astype(str), np.asarray(new_sites, object).astype(str)
+    for site in np.unique(new_sites):
+        want = np.flatnonzero(new_sites == site)
+        have = sites == site
+        if not have.any():
+            continue
+        uniq, inv = np.unique(identity[have], return_inverse=True)
+        cent = np.zeros((len(uniq), feats.shape[1]), np.float64)
+        np.add.at(cent, inv.reshape(-1), feats[have])
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+        for start in range(0, len(want), 8192):
+            blk = want[start : start + 8192]
+            sims = new_feats[blk] @ cent.T
+            best = sims.argmax(axis=1)
+            out[blk] = uniq[best]
+            conf[blk] = np.clip(sims[np.arange(len(blk)), best], -1.0, 1.0)
+    return out, conf
 
 
 def _merge_links(labels: np.ndarray, conf: np.ndarray, feats: np.ndarray,

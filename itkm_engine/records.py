@@ -238,12 +238,17 @@ class RoundResult:
 
 @dataclass
 class IdentityTable:
-    """Final identity per image for one checkpoint (columns of equal length, sorted by image id)."""
+    """Final identity per image for one checkpoint (columns of equal length, sorted by image id).
+
+    From :meth:`Session.identities <itkm_engine.session.Session.identities>` ``identity`` is the
+    stable id and ``provisional`` marks images that joined their nearest identity after it was
+    computed (ingested since); ``None`` where not known (all False)."""
 
     checkpoint: str | None
     image_id: np.ndarray  # int64
     identity: np.ndarray  # int64
     confidence: np.ndarray  # float32
+    provisional: np.ndarray | None = None  # bool
 
     def __len__(self) -> int:
         return len(self.image_id)

@@ -17,23 +17,27 @@ import numpy as np
 import torch
 
 from . import constraints as C
+from .camera_norm import camera_centred, centre_outside
 from .constraints import ConstraintError
-from .review import review_queue
+from .review import answer_selection, review_queue
 from .workspace import decisions as D
 from .config import Config, preset
 from .config_check import load_config_file
 from .data.imageio import BadImage, load_rgb
+from .decision_ranking import decision_ranking
 from .errors import ItkmError, NothingToDoError
 from .evaluation import evaluate_features
 from .features import FeatureCache, FeatureSet, embed, extract_features, record_failed_images
-from .identities import compute_identities, round_links, summarize
+from .identities import compute_identities, join_provisional, round_links, spans_sites, summarize
+from .identity_ids import assign_ids, separate_split_offs
+from .workspace import identity_store
 from .index import FeatureIndex, k_reciprocal_rerank
 from .model.loading import load_model, model_key, resolve_device
 from .progress import Reporter
 from .projection import cached_projection, load_cached_projection
 from .records import IdentityTable, rows_of
 from .text_search import TextSearchUnavailable, unavailable_reason, workspace_reason
-from .vocabulary import CONFIG_FILE
+from .vocabulary import CONFIG_FILE, DEFAULT_SITE, has_low_res_flag
 from .workspace import Workspace
 
 #: Candidates per query that k-reciprocal re-ranking re-orders (at least 4 x top-k).
@@ -58,6 +62,7 @@ class Match:
     similarity: float
     person_id: int
     identity: int
+    decision: str | None = None  # "confirmed" / "rejected": the operator's answer about this match and the query
 
 
 def image_id_of(text) -> int | None:
@@ -68,6 +73,16 @@ def image_id_of(text) -> int | None:
     if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 18:
         return None
     return int(text)
+
+
+def _within_sites(cons, ids: np.ndarray, sites: np.ndarray):
+    """``cons`` without the must-links between images of two sites (people are never shared across
+    sites: such a decision, recorded before confirms across sites were refused, is not obeyed)."""
+    if not len(cons.must):
+        return cons
+    r = rows_of(ids, cons.must)
+    keep = ~((r >= 0).all(axis=1) & (sites[np.maximum(r[:, 0], 0)] != sites[np.maximum(r[:, 1], 0)]))
+    return C.Constraints(cons.must[keep], cons.cannot)
 
 
 def workspace_config(ws: Workspace, fallback: str = "quick") -> Config:
@@ -104,9 +119,13 @@ class Session:
             self._model = None
             self._key = None
             self._features: FeatureSet | None = None
+            self._ranking: FeatureSet | None = None
             self._index = None
             self._identities: IdentityTable | None = None
             self._unsaved_identities: IdentityTable | None = None
+            self._unsaved_stable = None
+            self._stable_cache = None
+            self._unassigned: dict[str, int] = {}
             self._projection = None
             self._path_rows = None
 
@@ -165,10 +184,31 @@ class Session:
         have = FeatureCache(self.ws.features_dir / key).ids()
         return not len(np.setdiff1d(np.asarray(images.id, np.int64), have))
 
+    def ranking(self, reporter: Reporter | None = None) -> FeatureSet:
+        """The features every image-to-image ranking scores with -- the gallery, re-ranking, the
+        review queue, ``itkm evaluate`` and the benchmarks: :meth:`features` in the ranking space
+        (:meth:`ranking_space`).  Same rows and ids as :meth:`features`; what re-orders a ranking
+        afterwards (the operator's decisions) works on its scores, whatever space they came from."""
+        with self._lock:
+            if self._ranking is None:
+                fs = self.features(reporter)
+                feats = self.ranking_space(fs.feats, fs.ids)
+                self._ranking = fs if feats is fs.feats else FeatureSet(fs.ids, feats, fs.proj, fs.key, fs.failed)
+            return self._ranking
+
+    def ranking_space(self, feats: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``feats`` (rows = the images ``ids``) as ranking compares them: each camera's mean
+        feature subtracted when ``inference.camera_centre`` (:func:`camera_norm.camera_centred`),
+        else as they are."""
+        if not self.cfg.inference.camera_centre or not len(ids):
+            return feats
+        images = self.images()
+        return camera_centred(feats, np.asarray(images.camera)[images.index_of(ids)])
+
     def index(self):
         with self._lock:
             if self._index is None:
-                self._index = FeatureIndex.build(self.features().feats, exact_limit=self.cfg.inference.exact_search_limit)
+                self._index = FeatureIndex.build(self.ranking().feats, exact_limit=self.cfg.inference.exact_search_limit)
             return self._index
 
     # -- queries -------------------------------------------------------------------------------
@@ -189,63 +229,93 @@ class Session:
         return ok
 
     def _rank(self, q: np.ndarray, k: int, allowed: np.ndarray | None, exclude_row: int | None,
-              space: str = "feats") -> list[tuple[int, float]]:
-        """Top-k rows by cosine to ``q`` among the allowed rows.  Unfiltered retrieval-space
-        queries over large galleries go through the (approximate) faiss index; everything else
-        is one matrix-vector product, which is exact and fast enough for a filtered subset."""
+              space: str = "feats", query_id: int | None = None) -> list[tuple[int, float]]:
+        """Top-k rows by cosine to ``q`` among the allowed rows, obeying the decisions
+        (:meth:`_top`).  Unfiltered retrieval-space queries over large galleries go through the
+        (approximate) faiss index; everything else is one matrix-vector product, which is exact
+        and fast enough for a filtered subset."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ItkmError(f"the number of results must be 1 or more, got {k!r}")
-        fs = self.features()
+        fs = self.ranking()
         n = len(fs.ids)
         if space == "feats" and allowed is None and n > self.cfg.inference.exact_search_limit:
             sims, idx = self.index().search(q[None].astype(np.float32), min(k + 1, n))
-            return [(int(i), float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0 and i != exclude_row][:k]
+            scores = np.full(n, -np.inf)
+            ok = idx[0] >= 0
+            scores[idx[0][ok]] = sims[0][ok]
+            decided = np.flatnonzero(self._closure().component_of(fs.ids) >= 0)
+            scores[decided] = fs.feats[decided] @ q  # exact, so decisions can group and lift them
+            return self._top(scores, k, allowed, exclude_row, query_id)
         sims = (fs.feats if space == "feats" else fs.proj) @ q
-        if allowed is not None:
-            sims = np.where(allowed, sims, -np.inf)
-        if exclude_row is not None:
-            sims[exclude_row] = -np.inf
-        kk = min(k, n)
-        top = np.argpartition(-sims, kk - 1)[:kk] if kk < n else np.arange(n)
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [(int(r), float(sims[r])) for r in top if np.isfinite(sims[r])]
+        return self._top(sims, k, allowed, exclude_row, query_id)
 
-    def _matches(self, ranked: list[tuple[int, float]]) -> list[Match]:
+    def _closure(self):
+        """The decisions' closure (cached per decision revision)."""
+        rev = D.revision(self.ws)
+        cached = getattr(self, "_closure_cache", None)
+        if cached is None or cached[0] != rev:
+            cached = self._closure_cache = (rev, D.load_constraints(self.ws).closure)
+        return cached[1]
+
+    def _top(self, scores: np.ndarray, k: int, allowed: np.ndarray | None, exclude_row: int | None,
+             query_id: int | None) -> list[tuple[int, float]]:
+        """THE place every ranking of the session ends: ``scores`` (one per feature row, ``-inf``
+        where there is none) made to obey the operator's decisions
+        (:func:`~itkm_engine.decision_ranking.decision_ranking`: confirmed images grouped,
+        confirmed to the top, rejected to the bottom), then the filter, then the top ``k``."""
+        fs = self.features()
+        key, shown = decision_ranking(scores, fs.ids, self._closure(), query_id)
+        if allowed is not None:
+            key = np.where(allowed, key, -np.inf)
+        if exclude_row is not None:
+            key[exclude_row] = -np.inf
+        n = len(key)
+        kk = min(k, n)
+        top = np.argpartition(-key, kk - 1)[:kk] if kk < n else np.arange(n)
+        top = top[np.argsort(-key[top], kind="stable")]
+        return [(int(r), float(shown[r])) for r in top if np.isfinite(key[r])]
+
+    def _matches(self, ranked: list[tuple[int, float]], query_id: int | None = None) -> list[Match]:
         fs, images = self.features(), self.images()
         ident = self._identity_lookup()
+        cl = self._closure()
+        qc = int(cl.component_of([query_id])[0]) if query_id is not None else -1
+        apart = set(cl.banned_with(qc).tolist()) if qc >= 0 else set()
         out = []
         for r, s in ranked:
             img_id = int(fs.ids[r])
             row = int(images.index_of([img_id])[0])
+            c = int(cl.component_of([img_id])[0]) if qc >= 0 else -1
+            decision = None if c < 0 else "confirmed" if c == qc else "rejected" if c in apart else None
             out.append(Match(img_id, images.path[row], str(images.camera[row]), str(images.scenario[row]),
-                             str(images.group[row]), s, int(images.person_id[row]), ident.get(img_id, -1)))
+                             str(images.group[row]), s, int(images.person_id[row]), ident.get(img_id, -1),
+                             decision))
         return out
 
     def _identity_lookup(self) -> dict[int, int]:
-        t = self._identities
-        if t is None:
+        if self._identities is None:
             return {}
-        t = self._obeying_decisions(t)
+        t = self.identities()
         return dict(zip(t.image_id.tolist(), t.identity.tolist()))
 
     def query_image(self, image_id: int, k: int = 50, filters: QueryFilter | None = None,
                     rerank: bool = False) -> list[Match]:
         """Ranked matches for an image of the workspace (the query itself excluded)."""
-        fs, images = self.features(), self.images()
+        fs, images = self.ranking(), self.images()
         r = int(fs.rows_for(np.array([image_id]))[0])
         if r < 0:
             raise ItkmError(f"image {image_id} has no features (not in the workspace, or unreadable)")
         cam = str(images.camera[images.index_of([image_id])[0]])
         if rerank:
-            return self._matches(self._rerank(r, k, self._allowed(filters, cam)))
-        return self._matches(self._rank(fs.feats[r], k, self._allowed(filters, cam), r))
+            return self._matches(self._rerank(r, k, self._allowed(filters, cam)), image_id)
+        return self._matches(self._rank(fs.feats[r], k, self._allowed(filters, cam), r, query_id=image_id), image_id)
 
     def _rerank(self, r: int, k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
         """k-reciprocal re-ranking of row ``r``'s matches among the allowed rows only: the filter
         picks the gallery first, so "other cameras" still fills the top-k (re-ranking the
         unfiltered top-N and filtering afterwards left one result when the query's own camera
         filled the candidates).  Scores are ``1 - re-ranked distance``, not cosines."""
-        fs = self.features()
+        fs = self.ranking()
         if allowed is None:
             sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats, top_n=max(RERANK_TOP_N, 4 * k),
                                             index=self.index())
@@ -256,7 +326,10 @@ class Session:
             if not len(rows):
                 return []
             sims, idx = k_reciprocal_rerank(fs.feats[r : r + 1], fs.feats[rows], top_n=max(RERANK_TOP_N, 4 * k))
-        return [(int(rows[i]), float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0 and rows[i] != r][:k]
+        scores = np.full(len(fs.ids), -np.inf)
+        ok = idx[0] >= 0
+        scores[rows[idx[0][ok]]] = sims[0][ok]
+        return self._top(scores, k, allowed, r, int(fs.ids[r]))
 
     def embed_file(self, path: str | Path, scenario: str | None = None, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval and projected feature of an outside image (read-only)."""
@@ -322,7 +395,11 @@ class Session:
         # an ingested image queried by its path has a camera: "other cameras" must leave it out
         r = self._known_row(path)
         cam = str(self.images().camera[r]) if r is not None else None
-        return self._matches(self._rank(feat, k, self._allowed(filters, cam), None))
+        if self.cfg.inference.camera_centre:  # into the ranking space: minus its camera's mean
+            fs, images = self.features(), self.images()
+            feat = centre_outside(feat, fs.feats, np.asarray(images.camera)[images.index_of(fs.ids)], cam)
+        qid = int(self.images().id[r]) if r is not None else None
+        return self._matches(self._rank(feat, k, self._allowed(filters, cam), None, query_id=qid), qid)
 
     def text_search_unavailable(self) -> str | None:
         """``None`` when the current model can search by description, else the one sentence that
@@ -347,53 +424,189 @@ class Session:
 
     # -- identities, projection, evaluation ----------------------------------------------------
     def identities(self, reporter: Reporter | None = None) -> IdentityTable:
+        """Every image's identity under the current model and the operator's decisions, as
+        *stable ids* (:mod:`itkm_engine.identity_ids`, stored by
+        :mod:`itkm_engine.workspace.identity_store`): an id keeps naming the same people across
+        decisions and rounds, and is never reused.  Images ingested after the identities were
+        computed join the nearest identity of their site at once (``provisional``)."""
         with self._lock:
-            if self._identities is None:
-                key = self.checkpoint_key()
-                stored = self.ws.identities(checkpoint=key)
-                if stored is not None and len(stored):
-                    self._identities = stored
-                else:
-                    fs = self.features(reporter=(reporter.child(0.0, 0.5) if reporter else None))
-                    inf, c = self.cfg.inference, self.cfg.cluster
-                    table = compute_identities(
-                        fs.ids, fs.feats, k1=c.k1, k2=c.k2, eps=inf.identity_eps, min_samples=inf.identity_min_samples,
-                        checkpoint=key, links=round_links(self.ws, fs.ids),
-                        reporter=reporter.child(0.5, 1.0) if reporter else None,
-                    )
-                    with self._storing("storing identities") as store:
-                        if store:
-                            self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
-                        else:
-                            self._unsaved_identities = table
-                    self._identities = table
-            return self._obeying_decisions(self._identities)
+            return self._stable(self._clustered(reporter))
 
-    def unsaved_identities(self) -> IdentityTable | None:
-        """The identities a read-only session computed in memory because the workspace had none
-        stored for its model (``None`` otherwise): a writer may keep them with
-        ``ws.save_identities(table.checkpoint, ...)`` so the next read does not compute them again."""
-        return self._unsaved_identities
+    def _sites(self, image_ids) -> np.ndarray:
+        """The site of each image (that of the source it was ingested from)."""
+        images = self.images()
+        site_of = {src.id: src.site for src in self.ws.sources()}
+        src = np.asarray(images.source_id)[images.index_of(np.asarray(image_ids, np.int64))]
+        uniq, inv = np.unique(src, return_inverse=True)
+        names = np.array([site_of.get(int(u), DEFAULT_SITE) for u in uniq], object)
+        return names[inv.reshape(-1)] if len(uniq) else np.zeros(0, object)
 
-    # -- the operator's decisions (itkm_engine/workspace/decisions.py, constraints.py, review.py) --
-    def _obeying_decisions(self, table: IdentityTable) -> IdentityTable:
-        """``table`` with must/cannot-links enforced (cached per decision revision)."""
-        rev = (id(table), table.checkpoint, D.revision(self.ws))
-        cached = getattr(self, "_decided", None)
-        if cached is not None and cached[0] == rev and cached[2] is table:
+    def _clustered(self, reporter: Reporter | None = None) -> IdentityTable:
+        """The clustering of the current model's features, each site on its own (stored per
+        checkpoint; one stored before identities were clustered per site is computed again)."""
+        if self._identities is None:
+            key = self.checkpoint_key()
+            stored = self.ws.identities(checkpoint=key)
+            if stored is not None and len(stored) and not spans_sites(stored, self._sites(stored.image_id)):
+                self._identities = stored
+            else:
+                fs = self.features(reporter=(reporter.child(0.0, 0.5) if reporter else None))
+                inf, c = self.cfg.inference, self.cfg.cluster
+                table = compute_identities(
+                    fs.ids, fs.feats, k1=c.k1, k2=c.k2, eps=inf.identity_eps, min_samples=inf.identity_min_samples,
+                    checkpoint=key, links=round_links(self.ws, fs.ids), sites=self._sites(fs.ids),
+                    reporter=reporter.child(0.5, 1.0) if reporter else None,
+                )
+                with self._storing("storing identities") as store:
+                    if store:
+                        self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
+                    else:
+                        self._unsaved_identities = table
+                self._identities = table
+        return self._identities
+
+    def _stable(self, raw: IdentityTable) -> IdentityTable:
+        """``raw`` completed with the images that came since (provisional), made to obey the
+        decisions, with stable ids (cached per decision revision)."""
+        rev = (id(raw), D.revision(self.ws))
+        cached = self._stable_cache
+        if cached is not None and cached[0] == rev:
             return cached[1]
-        cons, out = D.load_constraints(self.ws), table
+        fs, images = self.features(), self.images()
+        rows = rows_of(fs.ids, raw.image_id)
+        known = rows >= 0  # an image that has no features any more (unreadable since) is left out
+        ids, labels, conf = raw.image_id[known], raw.identity[known], raw.confidence[known]
+        provisional = np.zeros(len(ids), bool)
+        unassigned: dict[str, int] = {}
+        extra = np.setdiff1d(fs.ids, ids)
+        if len(extra):
+            r_old, r_new = rows[known], rows_of(fs.ids, extra)
+            lab_new, conf_new = join_provisional(ids, labels, fs.feats[r_old], self._sites(ids),
+                                                 fs.feats[r_new], self._sites(extra))
+            ok = lab_new >= 0
+            if (~ok).any():
+                unassigned["ingested at a site no round has trained on yet: train a round to find its identities"] = \
+                    int((~ok).sum())
+            ids = np.concatenate([ids, extra[ok]])
+            labels = np.concatenate([labels, lab_new[ok]])
+            conf = np.concatenate([conf, conf_new[ok]]).astype(np.float32)
+            provisional = np.concatenate([provisional, np.ones(int(ok.sum()), bool)])
+            order = np.argsort(ids)
+            ids, labels, conf, provisional = ids[order], labels[order], conf[order], provisional[order]
+        unread = int(np.setdiff1d(images.id, fs.ids).size)
+        if unread:
+            unassigned["could not be read (no features)"] = unread
+        cons = D.load_constraints(self.ws)
+        sites = self._sites(ids)
         if len(cons):
-            fs = self.features()
-            rows = rows_of(fs.ids, table.image_id)
-            feats = fs.feats[rows] if (rows >= 0).all() else None
-            out = IdentityTable(table.checkpoint, table.image_id,
-                                C.enforce_on_labels(table.identity, table.image_id, cons, feats), table.confidence)
-        self._decided = (rev, out, table)
-        return out
+            cons = _within_sites(cons, ids, sites)
+            feats = fs.feats[rows_of(fs.ids, ids)]
+            labels = C.enforce_on_labels(labels, ids, cons, feats)
+        offs = identity_store.split_offs(self.ws)
+        if offs:
+            labels = separate_split_offs(labels, ids, offs, cons.must)
+        stable = self._settle(raw.checkpoint, ids, labels, cons)
+        table = IdentityTable(raw.checkpoint, ids, stable, conf, provisional)
+        self._unassigned = unassigned
+        self._stable_cache = (rev, table)
+        return table
+
+    def _settle(self, checkpoint, ids: np.ndarray, labels: np.ndarray, cons, ws: Workspace | None = None) -> np.ndarray:
+        """Stable ids for the clusters ``labels`` (``identity_store.settle``: the assignment in effect,
+        an undone or redone one, or a new one matched against the one in effect).  A read-only
+        session computes them in memory and remembers what to store (:meth:`keep_identities`)."""
+        ws = self.ws if ws is None else ws
+        batches = identity_store.active_batches(ws)
+        key = identity_store.state_key(checkpoint, batches, ids)
+        _n, _round, head_checkpoint = identity_store.identity_count(ws)
+        done = [r.number for r in ws.rounds() if r.status == "done"]
+        round_no = done[-1] if done else None
+        # what caused a new assignment: a round (another model), else a decision step newer than
+        # any an assignment was made for (else new images, or the first listing: neither)
+        by_round = head_checkpoint is None or head_checkpoint != checkpoint
+        ((seen,),) = ws.query("SELECT MAX(batch) FROM identity_states")
+        batch = None if by_round or not batches or max(batches) <= (seen or 0) else max(batches)
+
+        def compute(prev_ids, prev_identity, next_id):
+            touched_images = np.unique(np.concatenate([cons.must.ravel(), cons.cannot.ravel()]))
+            r = rows_of(prev_ids, touched_images)
+            touched = set(prev_identity[r[r >= 0]].tolist())
+            named = D.identity_names(ws, prev_ids, prev_identity).keys()
+            a = assign_ids(prev_ids, prev_identity, ids, labels, next_id=next_id, named=named, touched=touched)
+            return ids, a.identity, a.events
+
+        def same_partition(got_ids, got_identity) -> bool:
+            r = rows_of(got_ids, ids)
+            if (r < 0).any():
+                return False
+            pairs = np.unique(np.stack([labels, got_identity[r]], axis=1), axis=0)
+            return len(pairs) == len(np.unique(labels)) == len(np.unique(got_identity[r]))
+
+        def in_effect() -> bool:  # the assignment in effect is this one already: nothing to store
+            return identity_store.head_key(ws) == key and same_partition(*identity_store.current(ws))
+
+        # Another workspace (keep_identities) is a writer; this session's own is written when it
+        # can be now -- the app's, opened with the lock on demand, takes the writer lock for it
+        # unless another process writes -- and not at all when the assignment is in effect already.
+        done = ws is self.ws and in_effect()
+        turn = (contextlib.nullcontext(True) if ws is not self.ws else contextlib.nullcontext(False) if done
+                else self._storing("storing identity ids"))
+        with turn as store:
+            got_ids, got_identity = identity_store.settle(ws, key, checkpoint=checkpoint, batch=batch, round=round_no,
+                                                          compute=compute, check=same_partition, write=store)
+        if done:
+            self._unsaved_stable = None
+        elif not store:  # what a writer would have stored differs from what is stored: keep it for later
+            stored_ids, stored_identity = identity_store.current(ws)
+            same = (identity_store.head_key(ws) == key and np.array_equal(stored_ids, got_ids)
+                    and np.array_equal(stored_identity, got_identity))
+            self._unsaved_stable = None if same else (checkpoint, batches, ids, labels, cons)
+        return got_identity[rows_of(got_ids, ids)]
+
+    def unsaved_identities(self) -> bool:
+        """Whether this read-only session computed identities it could not store: the clustering of
+        a model the workspace had none stored for, or stable ids other than those in effect (a new
+        assignment, an undo's or a redo's).  :meth:`keep_identities` stores them."""
+        return self._unsaved_identities is not None or self._unsaved_stable is not None
+
+    def keep_identities(self, ws: Workspace) -> bool:
+        """Store what :meth:`unsaved_identities` says this read-only session computed, into ``ws``
+        (the same workspace opened for writing, after this session read it): the clustering, and the
+        stable ids through ``identity_store.settle`` -- with their lineage, exactly the ids this
+        session answered with, not positions.  When the decisions in effect changed in between,
+        the stable ids are left to the next listing (they would no longer be what was shown);
+        returns whether they were stored."""
+        raw = self._unsaved_identities
+        if raw is not None:
+            stored = ws.identities(checkpoint=raw.checkpoint)
+            if stored is None or not len(stored):
+                ws.save_identities(raw.checkpoint, raw.image_id, raw.identity, raw.confidence)
+        pending = self._unsaved_stable
+        if pending is None:
+            return True
+        checkpoint, batches, ids, labels, cons = pending
+        if identity_store.active_batches(ws) != batches:
+            return False
+        self._settle(checkpoint, ids, labels, cons, ws=ws)
+        return True
+
+    def unassigned(self) -> dict[str, int]:
+        """Images in no identity yet, by reason (after :meth:`identities`)."""
+        self.identities()
+        return dict(self._unassigned)
+
+    def identity_history(self, identities=None) -> dict[int, str]:
+        """``{identity: 'merged #40; split from #3'}`` from the lineage in effect."""
+        return identity_store.history_notes(self.ws, identities)
+
+    def identity_lineage(self):
+        """The whole lineage log (``identity_store.Lineage`` rows, oldest first)."""
+        return identity_store.lineage(self.ws)
 
     def resolve_image(self, token) -> int:
-        """Image id of ``token``: an id, or the path (absolute or relative to its source) of an image."""
+        """Image id of ``token``: an id, or the path of an ingested image -- absolute, relative to
+        the current folder (tried first), or relative to the folder it was ingested from.  A path
+        that names images of several sources is refused, listing them."""
         images = self.images()
         text = str(token)
         number = image_id_of(text)
@@ -401,18 +614,32 @@ class Session:
             return number
         cache = getattr(self, "_token_rows", None)
         if cache is None or cache[0] is not images:
-            rows: dict[str, int] = {}
+            by_path: dict[str, int] = {}
+            by_rel: dict[str, list[int]] = {}
             for i, (p, r) in enumerate(zip(images.path, images.relpath)):
-                rows.setdefault(str(p), i)
-                rows.setdefault(str(r), i)
-            self._token_rows = cache = (images, rows)
-        cand = [text, str(Path(text).expanduser().absolute())]
-        with contextlib.suppress(OSError):
-            cand.append(str(Path(text).expanduser().resolve()))
-        for c in cand:
-            if c in cache[1]:
-                return int(images.id[cache[1][c]])
+                by_path.setdefault(str(p), i)
+                by_rel.setdefault(str(r), []).append(i)
+            self._token_rows = cache = (images, by_path, by_rel)
+        _, by_path, by_rel = cache
         shown = repr(text if len(text) <= 80 else text[:77] + "...")
+        here = Path(text).expanduser()
+        exists = os.path.exists(here)  # False for any OSError (a name too long to be a file, ...)
+        cand = [str(here.absolute())]
+        with contextlib.suppress(OSError, RuntimeError):
+            cand.append(str(here.resolve()))
+        for c in cand:  # the file the path names from the current folder (or an absolute path)
+            if c in by_path:
+                return int(images.id[by_path[c]])
+        rel = by_rel.get(Path(text).as_posix() if not here.is_absolute() else "", [])
+        if len(rel) == 1 and not exists:
+            return int(images.id[rel[0]])
+        if rel:
+            listed = "; ".join(images.path[i] for i in rel[:5]) + (f"; and {len(rel) - 5} more" if len(rel) > 5 else "")
+            why = (f"{shown} in the current folder is not an image of this workspace" if exists
+                   else f"{shown} is ambiguous")
+            what = "an image" if len(rel) == 1 else f"images of {len(rel)} ingested folders"
+            raise ConstraintError(f"{why}: relative to the ingested folders it names {what} ({listed}); give the "
+                                  "full path or the image id, or run the command from the folder the image is in")
         raise ConstraintError(f"{shown} is not an image of this workspace: give an image id or the path of an ingested image")
 
     def constraints(self):
@@ -446,35 +673,78 @@ class Session:
         table = self.identities()
         ids = table.image_id[table.identity == int(identity)]
         if not len(ids):
-            raise ConstraintError(f"there is no identity {identity}: list them with 'itkm identities WS'")
+            raise ConstraintError(self._gone(int(identity)))
         return ids, self._group_keys(ids)
+
+    def _gone(self, identity: int) -> str:
+        """Why ``identity`` names no sighting: merged or retired into another id, or never was."""
+        fate = identity_store.fate(self.ws, identity)
+        if fate is None:
+            return f"there is no identity {identity}: list them with 'itkm identities WS'"
+        ev, live = fate
+        by = f"step {ev.batch}" if ev.batch is not None else (f"round {ev.round}" if ev.round else "re-clustering")
+        if live is None:
+            return f"identity #{identity} no longer exists ({ev.event} by {by}); its sightings are in no identity now"
+        if ev.event == "merged":
+            return f"identity #{identity} was merged into #{live} ({by}): use #{live}"
+        return f"identity #{identity} was retired ({by}); most of its sightings are now in #{live}"
 
     def _group_keys(self, image_ids) -> np.ndarray:
         images = self.images()
         return np.asarray(images.group_key(), object)[images.index_of(image_ids)]
 
-    def merge_identities(self, x: int, y: int, *more: int) -> int:
-        """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step)."""
+    def merge_identities(self, x: int, y: int, *more: int, override: bool = False) -> int:
+        """Identities ``x``, ``y`` (and ``more``) are one person (must-links, one undo step).
+
+        Refused when they are at different sites, or when a decision in effect says two of their
+        sightings are different people -- naming that decision; ``override=True`` overrules such
+        rejections explicitly (the merge's step confirms those pairs, so undoing it restores them)."""
         wanted = [int(i) for i in (x, y, *more)]
         if len(set(wanted)) != len(wanted):
             raise ConstraintError(f"an identity was given twice ({wanted}): merge different identities")
-        return D.confirm(self.ws, C.merge_pairs([self._identity_members(i) for i in wanted]))
+        members = [self._identity_members(i) for i in wanted]
+        sites = {i: sorted(set(self._sites(m[0]).tolist())) for i, m in zip(wanted, members)}
+        if len({s for v in sites.values() for s in v}) > 1:
+            where = ", ".join(f"#{i} at {'/'.join(v)}" for i, v in sites.items())
+            raise ConstraintError(f"identities of different sites are never one person ({where}): "
+                                  "people are shared only within a site")
+        pairs = C.merge_pairs(members)
+        conflicts = D.cannot_between(self.ws, [m[0] for m in members])
+        if conflicts and not override:
+            d = conflicts[0]
+            more_text = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            raise ConstraintError(
+                f"step {d.batch} said images {d.image_a} and {d.image_b} are not the same person{more_text}, and they "
+                f"are in the identities to merge: undo that step if it was wrong, or merge with --override to "
+                "overrule it")
+        if override:
+            pairs += [(d.image_a, d.image_b) for d in conflicts]
+        return D.confirm(self.ws, pairs)
 
-    def split_identity(self, image_ids) -> int:
-        """The given sightings (ids or paths, all of one identity) become a new identity."""
+    def split_identity(self, image_ids, *, together: bool = False) -> int:
+        """The given sightings (ids or paths, all of one identity) leave it.  ``together``: they are
+        one person (confirmed together, one new identity); otherwise nobody said so, and each
+        becomes an identity of its own (no must-link between them).  One undo step."""
         moved = np.unique([self.resolve_image(t) for t in image_ids]).astype(np.int64)
         table = self.identities()
         rows = rows_of(table.image_id, moved)
         if (rows < 0).any():
             raise ConstraintError(
-                f"image(s) {', '.join(map(str, moved[rows < 0][:5].tolist()))} are in no identity yet (added after the "
-                "last training round, or unreadable then); train a round first, or confirm/reject them one by one")
+                f"image(s) {', '.join(map(str, moved[rows < 0][:5].tolist()))} are in no identity yet (ingested at a "
+                "site no round has trained on, or unreadable), so they cannot be split off: train a round first, or "
+                "confirm/reject them one by one")
         ident = table.identity[rows]
         if len(set(ident.tolist())) != 1:
             raise ConstraintError("the sightings to split off belong to different identities: pick them from one")
         members, _ = self._identity_members(int(ident[0]))
         rest = np.setdiff1d(members, moved)
-        return D.record_split(self.ws, moved, rest, self._group_keys(moved), self._group_keys(rest))
+        keys_m, keys_r = self._group_keys(moved), self._group_keys(rest)
+        if together or len(moved) == 1:
+            return D.record_split(self.ws, moved, rest, keys_m, keys_r)
+        with self.ws.transaction():
+            batch = D.record_split(self.ws, moved, rest, keys_m, keys_r, together=False)
+            identity_store.record_split_offs(self.ws, batch, moved)
+        return batch
 
     def name_identity(self, identity: int, name: str, note: str = "") -> int:
         """Name and note an identity (anchored to its images, so it survives re-clustering)."""
@@ -491,8 +761,20 @@ class Session:
         return {int(i) for i in np.unique(self.constraints().must)}
 
     def review_queue(self, n: int = 100):
-        """Pairs to review, nearest the decision boundary first, cross-scenario first."""
+        """Pairs to review (``review.review_queue``): per direction, every group in turn, the
+        pairs whose answer would change a pseudo-label or a CHM match first."""
         return review_queue(self, n)
+
+    def answer_selection(self, image, n: int = 10):
+        """Search-and-answer: the results of ``image`` (id or path) to answer yes/no about
+        (``review.answer_selection``)."""
+        return answer_selection(self, self.resolve_image(image), n)
+
+    def answer(self, image, yes=(), no=()) -> int:
+        """Search-and-answer: ``yes`` show the person of ``image``, ``no`` do not (ids or paths);
+        one undo step.  Returns it (0: nothing to record)."""
+        return D.answer(self.ws, self.resolve_image(image), [self.resolve_image(t) for t in yes],
+                        [self.resolve_image(t) for t in no])
 
     def identity_summary(self, reporter: Reporter | None = None):
         return summarize(self.identities(reporter), self.images())
@@ -517,14 +799,27 @@ class Session:
             return self._projection
 
     def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
-        """``evaluation.evaluate_features``: {"headline": ..., "protocols": ...}, or {} without labels."""
-        fs = self.features(reporter=reporter.child(0.0, 0.5) if reporter else None)
-        images = self.images().subset(self.images().index_of(fs.ids))
-        sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
-        scores = evaluate_features(fs.feats, images, sysu_sources=sysu,
-                                   reporter=reporter.child(0.5, 1.0) if reporter else None)
+        """The current model's scores (:meth:`score` of :meth:`ranking`, what the gallery ranks
+        with): {"headline": ..., "protocols": ...}, or {} without labels.  Stored as the
+        workspace's evaluation metrics."""
+        fs = self.ranking(reporter=reporter.child(0.0, 0.5) if reporter else None)
+        scores = self._score(fs.feats, fs.ids, reporter.child(0.5, 1.0) if reporter else None)
         if scores:
             with self._storing("storing an evaluation") as store:
                 if store:
                     self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
         return scores
+
+    def score(self, feats: np.ndarray, ids: np.ndarray, reporter: Reporter | None = None) -> dict[str, dict]:
+        """THE scoring of features against the known person ids, as ``itkm evaluate`` scores the
+        model (the benchmarks score other features with it too, e.g. a colour baseline): ``feats``
+        (rows = the images ``ids``) in the ranking space (:meth:`ranking_space`), every protocol
+        and split of :func:`evaluation.evaluate_features`, with this workspace's SYSU-MM01
+        sources and its cameras flagged low-res."""
+        return self._score(self.ranking_space(feats, ids), ids, reporter)
+
+    def _score(self, ranked: np.ndarray, ids: np.ndarray, reporter: Reporter | None) -> dict[str, dict]:
+        images = self.images().subset(self.images().index_of(ids))
+        sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
+        low_res = [c.name for c in self.ws.cameras() if has_low_res_flag(c.flag)]
+        return evaluate_features(ranked, images, sysu_sources=sysu, low_res_cameras=low_res, reporter=reporter)

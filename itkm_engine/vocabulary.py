@@ -52,6 +52,17 @@ def group_key(scenario: str, group: str) -> str:
 #: The site of a source nobody named (one site for everything).
 DEFAULT_SITE = "default"
 
+#: Start of a camera's flag when ingest found it low-res in a scenario without resolution groups
+#: (``data.guess.assign_scenarios``: it keeps its group; the evaluation scores it low-res -> high-res).
+LOW_RES_FLAG = "low-res"
+#: How a camera's flags are joined into its one flag text.
+FLAG_SEPARATOR = "; "
+
+
+def has_low_res_flag(flag: str | None) -> bool:
+    """Whether a camera's flag text says it is low-res (:data:`LOW_RES_FLAG`)."""
+    return bool(flag) and any(part.startswith(LOW_RES_FLAG) for part in flag.split(FLAG_SEPARATOR))
+
 @dataclass(frozen=True)
 class StageLabel:
     """How one stage of a round is named, and its share of the round's progress bar."""

@@ -16,6 +16,7 @@ from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QSplitter, QVBoxLayout, QWidget)
 
+from itkm_engine.errors import ItkmError
 from itkm_engine.vocabulary import GROUPS, SCENARIOS
 
 from .. import tasks
@@ -424,8 +425,8 @@ class GalleryPanel(Panel):
         self.reject_btn.setToolTip("Reject: the selected matches are someone else. The next round obeys it.")
         self.undo_btn, self.redo_btn = undo_redo_buttons(self, self.undo_redo)
         self.review_btn = QPushButton("Review queue")
-        self.review_btn.setToolTip("Pairs nearest the decision boundary, across scenarios first: "
-                                   "Y / N decides, the arrows skip")
+        self.review_btn.setToolTip("Pairs to review, per direction (every group of each scenario in turn), "
+                                   "those whose answer would change a label first: Y / N decides, the arrows skip")
         self.decision_info = QLabel("")
         self.confirm_btn.clicked.connect(lambda: self.decide("must"))
         self.reject_btn.clicked.connect(lambda: self.decide("cannot"))
@@ -476,7 +477,11 @@ class GalleryPanel(Panel):
         if isinstance(pairs, str):
             self.decision_info.setText(pairs)
             return
-        (session.confirm_pairs if kind == "must" else session.reject_pairs)(pairs)
+        try:
+            (session.confirm_pairs if kind == "must" else session.reject_pairs)(pairs)
+        except ItkmError as exc:  # e.g. a confirm across two sites: refused, with the reason
+            self.decision_info.setText(str(exc))
+            return
         for it in items:
             it.decision = kind
         n = len(items)
@@ -511,7 +516,7 @@ class GalleryPanel(Panel):
         session = self.ctx.session
         if session is None:
             return
-        self.decision_info.setText("Finding the pairs nearest the decision boundary…")
+        self.decision_info.setText("Finding the pairs to review…")
         self.run("review queue", tasks.review_queue, session, 200, on_done=self._review_ready)
 
     def _review_ready(self, queue: list) -> None:
@@ -519,8 +524,8 @@ class GalleryPanel(Panel):
         if not self.review:
             self.decision_info.setText("Nothing to review: every candidate pair has been decided.")
             return
-        self.decision_info.setText(f"Review queue: {plural(len(self.review), 'pair')} nearest the decision boundary "
-                                   f"(similarity {self.review[0].boundary:.3f}).")
+        self.decision_info.setText(f"Review queue: {plural(len(self.review), 'pair')}, per direction, those whose "
+                                   "answer would change a label first.")
         self._show_review(0)
 
     def _show_review(self, i: int) -> None:
@@ -544,10 +549,10 @@ class GalleryPanel(Panel):
         self.grid.set_items([item])
         self.grid.setCurrentIndex(self.grid.model().index(0, 0))
         self.grid.setFocus()
-        where = "across scenarios" if p.cross_scenario else "within a scenario"
-        # the model's answer is its identities' (a clustering), not a threshold on this one number:
-        # two pairs at one similarity can get different answers, so the boundary is shown beside it
-        now = ("the identities put them together" if p.same_identity else "the identities keep them apart")
+        where = p.direction or ("across scenarios" if p.cross_scenario else "within a scenario")
+        # the round's answer is its labels (a clustering), not a threshold on this one number: two
+        # pairs at one similarity can get different answers, so the direction's boundary is shown
+        now = "the last round put them together" if p.same_label else "the last round kept them apart"
         side = "above" if p.similarity >= p.boundary else "below"
         self.header.setText(f"<b>Review {i + 1} of {len(self.review)}</b> — {where}: similarity {p.similarity:.3f}, "
                             f"{side} the boundary {p.boundary:.3f}; {now}. Y: same person · N: not · arrows: skip")

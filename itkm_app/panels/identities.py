@@ -101,7 +101,7 @@ class IdentitiesPanel(Panel):
         split.setSizes([620, 980])
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
-        ctx.workspaceChanged.connect(lambda _w: self._reset())
+        ctx.workspaceChanged.connect(lambda _w: (self._forget_selection(), self._reset()))
         ctx.sessionChanged.connect(lambda _s: self._reset())
         ctx.modelChanged.connect(self._reset)
         ctx.imagesChanged.connect(self._reset)
@@ -109,6 +109,12 @@ class IdentitiesPanel(Panel):
         self._reset()
 
     # -- loading -------------------------------------------------------------------------------------------
+    def _forget_selection(self) -> None:
+        """Another workspace: its image ids and identity ids mean other people."""
+        self._table = None
+        self._follow = None
+        self.shown_identity = None
+
     def _reset(self) -> None:
         self.task.discard()  # identities of the earlier workspace, session, model or images
         self.summary = []
@@ -128,10 +134,16 @@ class IdentitiesPanel(Panel):
         self.task.start("identities", tasks.identity_overview, session, on_done=self._loaded)
 
     def _loaded(self, result) -> None:
-        table, summary, names = result
+        table, summary, names, history = result
+        before = getattr(self, "_table", None)
+        shown = getattr(self, "shown_identity", None)
+        if getattr(self, "_follow", None) is None and before is not None and shown is not None:
+            hit = before.image_id[before.identity == shown]  # a sighting of what was shown, to find it again
+            self._follow = int(hit[0]) if len(hit) else None
         self.summary = summary
         self._table = table
         self.model.names = names
+        self.model.history = history
         self.model.set_rows(summary)
         n_multi = sum(1 for s in summary if s.size > 1)
         multi_cam = sum(1 for s in summary if len(s.cameras) > 1)
@@ -143,8 +155,30 @@ class IdentitiesPanel(Panel):
         self.title_label.setText("Select an identity to see where and when it was seen.")
         if self.ctx.identities is not table or self.ctx.identity_names != names:
             self.ctx.set_identities(table, names)  # the other views show the names too
+        # Keep the identity the operator acted on (or was looking at) selected: ids are stable, so
+        # it is found by its sighting -- after a merge the kept id, after a split the part that
+        # kept the id, after an undo the id back again.  Row 0 only when there is nothing to keep.
+        follow, self._follow = getattr(self, "_follow", None), None
+        wanted = None
+        if follow is not None:
+            hit = table.image_id == follow
+            wanted = int(table.identity[hit][0]) if hit.any() else None
+        if wanted is None:
+            wanted = getattr(self, "shown_identity", None)
+        if wanted is not None and self._select_row_of(wanted):
+            return
         if self.proxy.rowCount():
             self.table.selectRow(0)
+
+    def _select_row_of(self, identity: int) -> bool:
+        for r in range(self.proxy.rowCount()):
+            src = self.proxy.mapToSource(self.proxy.index(r, 0))
+            if self.model.rows[src.row()].identity == identity:
+                self.table.selectRow(r)
+                self.table.scrollTo(self.proxy.index(r, 0))
+                self.show_identity(identity)
+                return True
+        return False
 
     def _identities_arrived(self, table) -> None:
         if self.summary and table is not None and table is not getattr(self, "_table", table) and not self.task.busy():
@@ -169,12 +203,8 @@ class IdentitiesPanel(Panel):
         self.show_identity(s.identity)
 
     def select_identity(self, identity: int) -> None:
-        for r in range(self.proxy.rowCount()):
-            src = self.proxy.mapToSource(self.proxy.index(r, 0))
-            if self.model.rows[src.row()].identity == identity:
-                self.table.selectRow(r)
-                return
-        self.show_identity(identity)
+        if not self._select_row_of(identity):
+            self.show_identity(identity)
 
     def show_identity(self, identity: int) -> None:
         """Time line and crops of one identity."""
@@ -214,9 +244,10 @@ class IdentitiesPanel(Panel):
             else:
                 span = f" · {fmt_time(t0)} → {fmt_time(t1)}"
         name, note = self.model.names.get(identity, ("", ""))
+        was = self.model.history.get(identity, "")
         self.name_edit.setText(name)
         self.note_edit.setText(note)
-        self.title_label.setText(f"<b>Identity #{identity}</b>{' ' + name if name else ''} · "
+        self.title_label.setText(f"<b>Identity #{identity}</b>{f' ({was})' if was else ''}{' ' + name if name else ''} · "
                                  f"{plural(len(ids), 'sighting')} in "
                                  f"{plural(len(cams), 'camera')} ({', '.join(cams)}){span}")
         self.shown_identity = identity
@@ -263,8 +294,9 @@ class IdentitiesPanel(Panel):
         lay.addLayout(rows, 1)
         return bar
 
-    def _act(self, fn, done: str) -> None:
-        """Run one decision on the GUI thread (a small SQLite write), then reload the identities."""
+    def _act(self, fn, done: str, follow: int | None = None) -> None:
+        """Run one decision on the GUI thread (a small SQLite write), then reload the identities,
+        keeping the identity that holds the sighting ``follow`` selected."""
         from itkm_engine.errors import ItkmError
 
         session = self.ctx.session
@@ -279,8 +311,16 @@ class IdentitiesPanel(Panel):
         if callable(done):
             done = done(session, step)
         self.decision_info.setText(done if step is not None else "Nothing to undo or redo.")
+        self._follow = follow
         self.summary = []
         self.load()
+
+    def _a_sighting_of(self, identity: int | None) -> int | None:
+        t = self.ctx.identities
+        if t is None or identity is None:
+            return None
+        hit = t.image_id[t.identity == identity]
+        return int(hit[0]) if len(hit) else None
 
     def selected_identities(self) -> list[int]:
         rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
@@ -292,26 +332,55 @@ class IdentitiesPanel(Panel):
             self.decision_info.setText("Select two or more identities in the table (Ctrl+click) to merge them.")
             return
 
-        self._act(lambda s: s.merge_identities(*ids), f"Merged {len(ids)} identities; the next round obeys it (Ctrl+Z undoes).")
+        self._act(lambda s: s.merge_identities(*ids),
+                  f"Merged {len(ids)} identities; the named, else the oldest id stays; the next round obeys it "
+                  "(Ctrl+Z undoes).", follow=self._a_sighting_of(ids[0]))
 
     def split_selected(self) -> None:
         items = self.strip.selected_items()
         if not items:
             self.decision_info.setText("Select the sightings to split off in the strip below first.")
             return
-        self._act(lambda s: s.split_identity([it.image_id for it in items]),
-                  f"Split {len(items)} sightings off into a new identity (Ctrl+Z undoes).")
+        together = False
+        if len(items) > 1:
+            together = self.ask_split_together(len(items))
+            if together is None:
+                return
+        moved = {it.image_id for it in items}
+        stay = next((it.image_id for it in self.strip.items() if it.image_id not in moved), None)
+        what = "into a new identity" if together or len(items) == 1 else "each into an identity of its own"
+        self._act(lambda s: s.split_identity([it.image_id for it in items], together=together),
+                  f"Split {plural(len(items), 'sighting')} off {what} (Ctrl+Z undoes).", follow=stay)
+
+    def ask_split_together(self, n: int) -> bool | None:
+        """Whether the ``n`` sightings being split off are one person: True, False, or None (cancel).
+        Nobody may be made one person with someone they were not said to be."""
+        from PySide6.QtWidgets import QMessageBox
+
+        box = QMessageBox(QMessageBox.Icon.Question, "Split off sightings",
+                          f"Are the {n} selected sightings one person?", parent=self)
+        box.setInformativeText("Yes: they become one new identity, confirmed as one person.\n"
+                               "No / not sure: each becomes an identity of its own.")
+        yes = box.addButton("Yes, one person", QMessageBox.ButtonRole.YesRole)
+        no = box.addButton("No / not sure", QMessageBox.ButtonRole.NoRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(no)
+        box.exec()
+        clicked = box.clickedButton()
+        return True if clicked is yes else False if clicked is no else None
 
     def save_name(self) -> None:
         ident = getattr(self, "shown_identity", None)
         if ident is None:
             return
         name, note = self.name_edit.text(), self.note_edit.text()
-        self._act(lambda s: s.name_identity(ident, name, note), f"Identity #{ident} named {name!r}.")
+        self._act(lambda s: s.name_identity(ident, name, note), f"Identity #{ident} named {name!r}.",
+                  follow=self._a_sighting_of(ident))
 
     def undo_redo(self, redo: bool) -> None:
         word = "Redone" if redo else "Undone"
-        self._act(lambda s: s.redo() if redo else s.undo(), lambda s, step: f"{word}: {s.describe_step(step)}.")
+        self._act(lambda s: s.redo() if redo else s.undo(), lambda s, step: f"{word}: {s.describe_step(step)}.",
+                  follow=self._a_sighting_of(getattr(self, "shown_identity", None)))
 
     def prepare_screenshot(self) -> None:
         """Show the largest identity seen by several cameras (the interesting case)."""

@@ -24,6 +24,7 @@ class IdentityModel(RowsTableModel):
         super().__init__(parent)
         self.rows: list = []
         self.names: dict[int, tuple[str, str]] = {}  # the operator's {identity: (name, note)}
+        self.history: dict[int, str] = {}  # lineage notes {identity: "merged #40"}
         self.time_format = "%Y-%m-%d %H:%M"
 
     def set_rows(self, rows: list) -> None:
@@ -58,7 +59,8 @@ class IdentityModel(RowsTableModel):
         c = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             name = self.names.get(s.identity, ("", ""))[0]
-            return [f"#{s.identity} {name}".rstrip(), s.size, self._span(s),
+            was = self.history.get(s.identity, "")
+            return [f"#{s.identity}{f' ({was})' if was else ''} {name}".rstrip(), s.size, self._span(s),
                     ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios), f"{s.mean_confidence:.2f}",
                     ", ".join(s.cameras)][c]
         if role == Qt.ItemDataRole.UserRole:
@@ -66,7 +68,9 @@ class IdentityModel(RowsTableModel):
         if role == Qt.ItemDataRole.TextAlignmentRole and c in (1, 4):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return (f"identity #{s.identity}: {s.size} sightings\ncameras: {', '.join(s.cameras)}\n"
+            was = self.history.get(s.identity, "")
+            return (f"identity #{s.identity}{f' ({was})' if was else ''}: {s.size} sightings\n"
+                    f"cameras: {', '.join(s.cameras)}\n"
                     f"scenarios: {', '.join(s.scenarios)}\nfirst seen {fmt_time(s.t_first)}\n"
                     f"last seen {fmt_time(s.t_last)}\nmean confidence {s.mean_confidence:.3f}")
         return None
@@ -86,5 +90,6 @@ class IdentityFilter(QSortFilterProxyModel):
         if self.text:
             t = self.text.lower()
             name = self.sourceModel().names.get(s.identity, ("", ""))[0].lower()
-            return t in f"#{s.identity}" or t in name or any(t in c.lower() for c in s.cameras) or any(t in x for x in s.scenarios)
+            was = self.sourceModel().history.get(s.identity, "").lower()
+            return t in f"#{s.identity}" or t in name or t in was or any(t in c.lower() for c in s.cameras) or any(t in x for x in s.scenarios)
         return True

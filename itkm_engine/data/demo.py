@@ -13,6 +13,7 @@ Layout written (the ``scenario-folders`` layout, Market-1501 file names)::
     ROOT/.itkm-demo                                marker written first: this is a demo folder
     ROOT/visible-infrared/vis-a/0001_c1s1_000012_00.jpg
     ROOT/visible-infrared/vis-b/..._c2s1_...       ROOT/visible-infrared/ir-a/..._c3s1_...
+    ROOT/visible-infrared/ir-b/..._c8s1_...       (infrared="both", the default: near-infrared)
     ROOT/cross-resolution/hr-a/..._c4s1_...        ROOT/cross-resolution/lr-a/..._c5s1_...
     ROOT/clothing-change/cc-a/..._c6s1_...         ROOT/clothing-change/cc-b/..._c7s1_...
 
@@ -27,6 +28,7 @@ the same whatever ``identities`` is (identity 7 of a 60-identity set is identity
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -46,6 +48,7 @@ from .demo_render import (
     STREAM_CAMERA,
     STREAM_FRAMES,
     STREAM_IMAGE,
+    STREAM_NIR,
     STREAM_ORDER,
     VIEWS,
     CameraLook,
@@ -57,6 +60,9 @@ from .demo_render import (
 
 __all__ = [
     "DEMO_CAMERAS",
+    "INFRARED_KINDS",
+    "REALISTIC",
+    "demo_cameras",
     "DEMO_EPOCH",
     "DEMO_NAME_RE",
     "MANIFEST_NAME",
@@ -70,7 +76,7 @@ __all__ = [
 ]
 
 #: Bump when the drawing changes, so an old demo folder is regenerated instead of reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the near-infrared camera ir-b (infrared="both" by default)
 MANIFEST_NAME = "demo_manifest.json"
 MARKER_NAME = ".itkm-demo"
 #: File mtimes are ``DEMO_EPOCH + frame`` seconds (2023-11-14T22:13:20Z + frame).
@@ -79,8 +85,9 @@ DEMO_EPOCH = 1_700_000_000
 DEMO_NAME_RE = re.compile(r"^(\d{4})_c(\d+)s1_(\d{6})_00\.jpg$")
 MAX_FRAME = 999_999
 
-#: The camera set, in camera-number order.
-DEMO_CAMERAS: tuple[DemoCameraSpec, ...] = (
+#: The seven cameras every demo set has, in camera-number order (who appears where is planned on
+#: these; ``ir-b`` below is planned on top, so adding it leaves these cameras' crops unchanged).
+_BASE_CAMERAS: tuple[DemoCameraSpec, ...] = (
     DemoCameraSpec("vis-a", "visible-infrared", "visible", 1, "visible", 128),
     DemoCameraSpec("vis-b", "visible-infrared", "visible", 2, "visible", 128),
     DemoCameraSpec("ir-a", "visible-infrared", "infrared", 3, "infrared", 128),
@@ -89,8 +96,37 @@ DEMO_CAMERAS: tuple[DemoCameraSpec, ...] = (
     DemoCameraSpec("cc-a", "clothing-change", "all", 6, "visible", 128),
     DemoCameraSpec("cc-b", "clothing-change", "all", 7, "visible", 128),
 )
+#: The second infrared kind: a near-infrared camera (SYSU-MM01 / RegDB-like: a grey,
+#: contrast-stretched photo of the same clothes under an infrared lamp, not a thermal image).
+_NIR_CAMERA = DemoCameraSpec("ir-b", "visible-infrared", "infrared", 8, "near-infrared", 128)
+#: ``make_demo(infrared=...)``: which infrared cameras the set has.
+#: "both" (default): ir-a thermal + ir-b near-infrared; "thermal": ir-a only (the set before
+#: near-infrared existed); "nir": ir-a filmed as near-infrared (same people and shots as
+#: "thermal", so the two kinds compare pairwise).
+INFRARED_KINDS = ("both", "thermal", "nir")
+#: Probability that a person of the visible-infrared scenario also walks past ir-b.
+_NIR_SHARE = 0.7
+#: ``make_demo(**REALISTIC)``: the regime of real camera networks -- many people, a handful of
+#: crops per person per camera, groups of a few hundred crops (issue 20).
+REALISTIC = {"identities": 90, "images_per_camera": (2, 6)}
+
+
+def demo_cameras(infrared: str = "both") -> tuple[DemoCameraSpec, ...]:
+    """The cameras of a demo set with ``infrared`` (one of :data:`INFRARED_KINDS`)."""
+    if infrared == "thermal":
+        return _BASE_CAMERAS
+    if infrared == "nir":
+        return tuple(dataclasses.replace(c, modality="near-infrared") if c.modality == "infrared" else c
+                     for c in _BASE_CAMERAS)
+    if infrared == "both":
+        return _BASE_CAMERAS[:3] + (_NIR_CAMERA,) + _BASE_CAMERAS[3:]
+    raise ItkmError(f"infrared must be one of {', '.join(INFRARED_KINDS)}; got {infrared!r}")
+
+
+#: The default camera set (``infrared="both"``), in scenario order.
+DEMO_CAMERAS: tuple[DemoCameraSpec, ...] = demo_cameras("both")
 _SCENARIO_CAMERAS: dict[str, tuple[DemoCameraSpec, ...]] = {
-    s: tuple(c for c in DEMO_CAMERAS if c.scenario == s) for s in dict.fromkeys(c.scenario for c in DEMO_CAMERAS)
+    s: tuple(c for c in _BASE_CAMERAS if c.scenario == s) for s in dict.fromkeys(c.scenario for c in _BASE_CAMERAS)
 }
 _SCENARIO_ORDER: tuple[str, ...] = tuple(_SCENARIO_CAMERAS)
 
@@ -140,9 +176,10 @@ def make_demo(
     out_dir: str | Path,
     *,
     identities: int = 60,
-    images_per_camera: int | None = None,
+    images_per_camera: int | tuple[int, int] | None = None,
     seed: int = 0,
     id_offset: int = 0,
+    infrared: str = "both",
     reporter: Reporter | None = None,
 ) -> DemoInfo:
     """Write the demo camera set into ``out_dir`` and describe it.
@@ -152,8 +189,17 @@ def make_demo(
     *primary* scenario (assigned round-robin, so every scenario has cross-camera matches), and
     with probability 0.75 in each other scenario too (there mostly in >= 2 cameras, sometimes
     in 1).  About half of them wear other clothes in ``cc-b``.  ``images_per_camera`` is the
-    number of crops per person per camera (``None``: 4..8 at random); the default gives roughly
-    2,000 crops, drawn in a few seconds on one core.
+    number of crops per person per camera: an int, a ``(low, high)`` range drawn per person and
+    camera, or ``None`` (4..8); the default gives roughly 2,000 crops, drawn in a few seconds on
+    one core.  Real camera networks have many people and few crops each: e.g. ``identities=90,
+    images_per_camera=(2, 6)`` (:data:`REALISTIC`) makes groups of a few hundred crops with a
+    handful per person.
+
+    ``infrared`` (:data:`INFRARED_KINDS`): "both" (default) films the visible-infrared scenario
+    with a thermal-looking camera (``ir-a``: bright skin, clothes by emissivity, not colour) and a
+    near-infrared one (``ir-b``: a grey, contrast-stretched photo of the same clothes, as
+    SYSU-MM01's and RegDB's infrared cameras); "thermal" has ``ir-a`` only; "nir" films ``ir-a``
+    as near-infrared.  The other cameras' crops are the same whichever is chosen.
 
     The whole folder (images, names, mtimes, manifest) is a function of the parameters.
 
@@ -165,12 +211,14 @@ def make_demo(
     t0 = time.monotonic()
     identities, images_per_camera, seed = _validate_params(identities, images_per_camera, seed)
     id_offset = _validate_offset(id_offset, identities)
+    specs = demo_cameras(infrared)
     root = Path(out_dir)
     params = {
         "generator_version": GENERATOR_VERSION,
         "identities": identities,
-        "images_per_camera": images_per_camera,
+        "images_per_camera": list(images_per_camera) if isinstance(images_per_camera, tuple) else images_per_camera,
         "seed": seed,
+        "infrared": infrared,
     }
     if id_offset:  # only when set, so folders written before the parameter existed stay valid
         params["id_offset"] = id_offset
@@ -193,15 +241,15 @@ def make_demo(
     atomic_write_text(root / MARKER_NAME, json.dumps(params, sort_keys=True) + "\n")
 
     persons = {pid: Person.draw(seed, pid) for pid in range(id_offset + 1, id_offset + identities + 1)}
-    cameras = {spec.name: CameraLook.build(seed, spec) for spec in DEMO_CAMERAS}
-    plan = _plan(seed, identities, images_per_camera, id_offset)
+    cameras = {spec.name: CameraLook.build(seed, spec) for spec in specs}
+    plan = _plan(seed, identities, images_per_camera, id_offset, nir_camera=_NIR_CAMERA in specs)
     total = sum(len(shots) for shots in plan.values())
     reporter.log(f"drawing {total} demo crops of {identities} identities in {len(cameras)} cameras")
 
     files: list[str] = []
     per_camera: dict[str, int] = {}
     done = 0
-    for spec in DEMO_CAMERAS:
+    for spec in specs:
         cam = cameras[spec.name]
         folder = root / spec.scenario / spec.name
         folder.mkdir(parents=True, exist_ok=True)
@@ -233,7 +281,7 @@ def make_demo(
         n_images=len(files),
         n_identities=identities,
         cameras={
-            s.name: DemoCamera(s.scenario, s.group, s.camnum, per_camera[s.name]) for s in DEMO_CAMERAS
+            s.name: DemoCamera(s.scenario, s.group, s.camnum, per_camera[s.name]) for s in specs
         },
         seconds=time.monotonic() - t0,
         clothes_changed=changed,
@@ -254,7 +302,7 @@ def make_demo(
                 "modality": s.modality,
                 "n_images": per_camera[s.name],
             }
-            for s in DEMO_CAMERAS
+            for s in specs
         },
         "clothes_changed": list(changed),
         "files": files,
@@ -272,15 +320,23 @@ def _plan_has(plan: dict[str, list["Shot"]], camera: str, pid: int) -> bool:
 # Folder bookkeeping
 
 
-def _validate_params(identities, images_per_camera, seed) -> tuple[int, int | None, int]:
+def _validate_params(identities, images_per_camera, seed) -> tuple[int, int | tuple[int, int] | None, int]:
     if isinstance(identities, bool) or not isinstance(identities, (int, np.integer)):
         raise ItkmError(f"identities must be an integer, got {identities!r}")
     if not 3 <= int(identities) <= 9999:
         # >= 3: each scenario is some identity's primary one, so each has cross-camera matches
         raise ItkmError(f"identities must be between 3 and 9999 (4-digit person ids), got {identities}")
-    if images_per_camera is not None:
+    if isinstance(images_per_camera, (tuple, list)):
+        lo_hi = tuple(images_per_camera)
+        if (len(lo_hi) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in lo_hi)
+                or not 1 <= lo_hi[0] <= lo_hi[1] <= 50):
+            raise ItkmError(f"images_per_camera as a range must be (low, high) with 1 <= low <= high <= 50, "
+                            f"got {images_per_camera!r}")
+        images_per_camera = (int(lo_hi[0]), int(lo_hi[1]))
+    elif images_per_camera is not None:
         if isinstance(images_per_camera, bool) or not isinstance(images_per_camera, (int, np.integer)):
-            raise ItkmError(f"images_per_camera must be an integer or None, got {images_per_camera!r}")
+            raise ItkmError(f"images_per_camera must be an integer, a (low, high) range or None, "
+                            f"got {images_per_camera!r}")
         if not 1 <= int(images_per_camera) <= 50:
             raise ItkmError(f"images_per_camera must be between 1 and 50, got {images_per_camera}")
         images_per_camera = int(images_per_camera)
@@ -303,7 +359,8 @@ def make_two_site_demo(
     identities: int = 30,
     seed: int = 0,
     *,
-    images_per_camera: int | None = None,
+    images_per_camera: int | tuple[int, int] | None = None,
+    infrared: str = "both",
     reporter: Reporter | None = None,
 ) -> tuple[Path, Path]:
     """Two demo camera sets filmed at two sites that share no people: ``out_dir/site-a`` (ids
@@ -313,9 +370,9 @@ def make_two_site_demo(
     reporter = reporter or Reporter()
     root = Path(out_dir)
     a = make_demo(root / "site-a", identities=identities, images_per_camera=images_per_camera, seed=seed,
-                  reporter=reporter.child(0.0, 0.5))
+                  infrared=infrared, reporter=reporter.child(0.0, 0.5))
     b = make_demo(root / "site-b", identities=identities, images_per_camera=images_per_camera, seed=seed,
-                  id_offset=identities, reporter=reporter.child(0.5, 1.0))
+                  id_offset=identities, infrared=infrared, reporter=reporter.child(0.5, 1.0))
     return a.root, b.root
 
 
@@ -355,7 +412,7 @@ def _clear_previous_demo(root: Path) -> None:
     Only files named like demo crops inside the demo's own camera folders are deleted.
     """
     (root / MANIFEST_NAME).unlink(missing_ok=True)
-    for spec in DEMO_CAMERAS:
+    for spec in _BASE_CAMERAS + (_NIR_CAMERA,):
         folder = root / spec.scenario / spec.name
         if not folder.is_dir():
             continue
@@ -368,10 +425,14 @@ def _clear_previous_demo(root: Path) -> None:
 # Who appears where and when
 
 
-def _plan(seed: int, identities: int, images_per_camera: int | None, id_offset: int = 0) -> dict[str, list[Shot]]:
+def _plan(seed: int, identities: int, images_per_camera: int | tuple[int, int] | None, id_offset: int = 0, *,
+          nir_camera: bool = False) -> dict[str, list[Shot]]:
     """Assign identities to scenarios/cameras and lay each camera's tracks on its time line."""
     order = np.random.default_rng([seed, STREAM_ORDER]).permutation(len(_SCENARIO_ORDER))
-    appear: dict[str, list[tuple[int, int]]] = {c.name: [] for c in DEMO_CAMERAS}  # camera -> (pid, n)
+    lo, hi = (4, 8) if images_per_camera is None else (
+        images_per_camera if isinstance(images_per_camera, tuple) else (images_per_camera, images_per_camera))
+    cameras = _BASE_CAMERAS + ((_NIR_CAMERA,) if nir_camera else ())
+    appear: dict[str, list[tuple[int, int]]] = {c.name: [] for c in cameras}  # camera -> (pid, n)
     for pid in range(id_offset + 1, id_offset + identities + 1):
         rng = np.random.default_rng([seed, STREAM_ASSIGN, pid])
         # Round robin over the set's own people, so every scenario is some person's primary one.
@@ -386,11 +447,16 @@ def _plan(seed: int, identities: int, images_per_camera: int | None, id_offset: 
                 continue
             chosen = sorted(rng.choice(len(cams), size=size, replace=False).tolist())
             for ci in chosen:
-                n = images_per_camera if images_per_camera is not None else int(rng.integers(4, 9))
+                n = lo if lo == hi else int(rng.integers(lo, hi + 1))
                 appear[cams[ci].name].append((pid, n))
+            if nir_camera and scenario == _NIR_CAMERA.scenario:
+                # Drawn from a stream of its own: the base cameras' plan stays as it was.
+                nrng = np.random.default_rng([seed, STREAM_NIR, pid])
+                if nrng.random() < _NIR_SHARE:
+                    appear[_NIR_CAMERA.name].append((pid, lo if lo == hi else int(nrng.integers(lo, hi + 1))))
 
     plan: dict[str, list[Shot]] = {}
-    for spec in DEMO_CAMERAS:
+    for spec in cameras:
         rng = np.random.default_rng([seed, STREAM_FRAMES, spec.camnum])
         tracks = appear[spec.name]
         view_p = _camera_view_probs(seed, spec)

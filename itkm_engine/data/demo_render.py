@@ -4,10 +4,12 @@ Why this exists: the app, the CLI and the tests must run anywhere, without downl
 dataset, and still exercise everything that makes UMS-ReID hard (DESIGN.md section 1).  So this
 module draws person crops -- body shape, clothes, patterns, bags, hair, skin, pose and viewpoint,
 crop jitter, occlusion -- and films them with cameras that differ the way real ones do:
-per-camera backgrounds and lighting casts, an infrared-looking camera in which colour carries
-nothing (a garment's brightness there is its own 'thermal' value, unrelated to its colour), a
-low-resolution camera, and a second outfit per person for the clothing-change camera.  It is
-deliberately hard enough that a colour histogram does not solve it (see
+per-camera backgrounds and lighting casts, a thermal-looking infrared camera in which colour
+carries nothing (a garment's brightness there is its own 'thermal' value, unrelated to its colour),
+a near-infrared camera (a grey, contrast-stretched photo of the same clothes under an infrared
+lamp, as SYSU-MM01's and RegDB's infrared cameras), a low-resolution camera, and a second outfit
+per person for the clothing-change camera.  It is deliberately hard enough that a colour
+histogram does not solve it (see
 ``benchmarks/bench_demo.py``): visible colours come from a small palette (many people share
 them) and are shifted by each camera's lighting.
 
@@ -39,10 +41,11 @@ __all__ = [
     "STREAM_FRAMES",
     "STREAM_IMAGE",
     "STREAM_ORDER",
+    "STREAM_NIR",
 ]
 
 #: Random streams: each purpose draws from its own generator seeded by ``(seed, stream, ...)``.
-STREAM_PERSON, STREAM_CAMERA, STREAM_ASSIGN, STREAM_FRAMES, STREAM_IMAGE, STREAM_ORDER = range(1, 7)
+STREAM_PERSON, STREAM_CAMERA, STREAM_ASSIGN, STREAM_FRAMES, STREAM_IMAGE, STREAM_ORDER, STREAM_NIR = range(1, 8)
 VIEWS = ("front", "back", "left", "right")
 
 
@@ -54,7 +57,7 @@ class DemoCameraSpec:
     scenario: str
     group: str
     camnum: int
-    modality: str  # "visible" | "infrared"
+    modality: str  # "visible" | "infrared" (thermal look) | "near-infrared" (grey photo of the clothes)
     base_height: int  # median crop height before the low-res downscale
     lowres: bool = False
 
@@ -248,6 +251,8 @@ class CameraLook:
     jpeg_quality: int
     light_dir: float  # -1..1 which side the light comes from
     ir_window: tuple[float, float] = (0.0, 1.0)  # infrared: output range of the scene's 0..1
+    stretch: tuple[float, float] = (1.0, 99.0)  # near-infrared: auto-gain percentiles of each frame
+    seed: int = 0  # the demo's seed (near-infrared reflectances are drawn per person from it)
 
     @staticmethod
     def build(seed: int, spec: DemoCameraSpec) -> "CameraLook":
@@ -261,6 +266,18 @@ class CameraLook:
                 blur=float(rng.uniform(0.9, 1.2)), noise=float(rng.uniform(0.035, 0.05)),
                 jpeg_quality=85, light_dir=0.0,
                 ir_window=(float(rng.uniform(0.12, 0.2)), float(rng.uniform(0.62, 0.72))),
+            )
+        if spec.modality == "near-infrared":
+            # An infrared lamp at the camera: a darker, grey scene, the person lit from the front;
+            # the camera's auto-gain stretches each frame's contrast.
+            vis = _visible_background(rng, bh, bw)
+            grey = (vis @ np.array([0.299, 0.587, 0.114], np.float32)) * float(rng.uniform(0.55, 0.8))
+            return CameraLook(
+                spec, grey.astype(np.float32), np.ones(3, np.float32), 1.0, 1.0,
+                gamma=float(rng.uniform(0.8, 1.0)),
+                blur=float(rng.uniform(0.6, 1.0)), noise=float(rng.uniform(0.025, 0.04)),
+                jpeg_quality=85, light_dir=float(rng.uniform(-0.3, 0.3)),
+                stretch=(float(rng.uniform(0.5, 3.0)), float(rng.uniform(98.5, 99.8))), seed=seed,
             )
         bg = _visible_background(rng, bh, bw)
         # Strong, camera-specific light colour: the same shirt reads differently per camera.
@@ -521,8 +538,52 @@ def _occlude(lab: np.ndarray, rng: np.random.Generator) -> None:
         lab[:, max(0, x - W // 14): x + W // 14] = OCC
 
 
+def _nir_reflectance(seed: int, person: Person, outfit: _Outfit, occ: np.ndarray) -> np.ndarray:
+    """Grey level of each label-map value under near-infrared light.
+
+    The clothes' visible luminance pattern survives (light shirt over dark trousers stays so), but
+    compressed toward the middle -- dark dyes reflect infrared -- and shifted a little per garment
+    (dye-dependent), the same shift in every near-infrared crop of that garment.  Skin reads
+    bright whatever its tone."""
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    shift = np.random.default_rng([seed, STREAM_NIR, person.pid, 1]).normal(0, 0.06, _N_LABELS)
+
+    def g(rgb) -> float:
+        return float(np.asarray(rgb, np.float32) @ luma)
+
+    cloth = [g(person.hair), g(outfit.top), g(outfit.top2), g(outfit.bottom), g(person.shoes), g(person.bag_color),
+             g(person.bag_color * 0.7)]
+    out = np.zeros(_N_LABELS, np.float32)
+    out[SKIN] = 0.62 + 0.2 * g(person.skin)
+    out[[HAIR, TOP, TOP2, BOTTOM, SHOES, BAG, STRAP]] = [0.14 + 0.74 * v ** 0.8 for v in cloth]
+    out[OCC] = 0.14 + 0.74 * g(occ) ** 0.8
+    return np.clip(out + shift.astype(np.float32), 0.03, 0.97)
+
+
+def _render_nir(cam: CameraLook, person: Person, outfit: _Outfit, occ: np.ndarray, lab: np.ndarray, mask: np.ndarray,
+                bg: np.ndarray, shadow: np.ndarray, shade: np.ndarray, size: tuple[int, int],
+                rng: np.random.Generator) -> np.ndarray:
+    """A near-infrared crop: the scene's grey reflectance under a lamp at the camera (brightest at
+    the centre of the frame), the frame's contrast auto-stretched, slight blur and sensor noise."""
+    h, w = size
+    H, W = lab.shape
+    lut = _nir_reflectance(cam.seed, person, outfit, occ)  # the same in every near-infrared camera
+    scene = bg * shadow
+    scene[mask] = lut[lab[mask]] * (0.85 + 0.15 * shade[mask])
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    lamp = 1.0 - 0.25 * (((xx - W / 2) / W) ** 2 + 0.5 * ((yy - H / 2) / H) ** 2) * 4.0
+    scene = scene * np.clip(lamp, 0.4, 1.0) * float(np.exp(rng.normal(0, 0.08)))
+    scene = cv2.resize(scene, (w, h), interpolation=cv2.INTER_AREA)
+    lo, hi = np.percentile(scene, cam.stretch)
+    img = np.clip((scene - lo) / max(float(hi - lo), 1e-3), 0.0, 1.0) ** cam.gamma
+    img = cv2.GaussianBlur(img, (0, 0), cam.blur)
+    img = img + rng.normal(0, cam.noise, img.shape).astype(np.float32)
+    grey = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.merge([grey, grey, grey])
+
+
 def render_crop(cam: CameraLook, person: Person, outfit: _Outfit, shot: Shot, rng: np.random.Generator) -> np.ndarray:
-    """One crop as a BGR uint8 image (3 equal channels for the infrared camera)."""
+    """One crop as a BGR uint8 image (3 equal channels for the infrared cameras)."""
     spec = cam.spec
     h = int(round(spec.base_height * math.exp(rng.normal(0, 0.07))))
     w = max(8, int(round(h * 0.5 * math.exp(rng.normal(0, 0.06)))))
@@ -561,6 +622,8 @@ def render_crop(cam: CameraLook, person: Person, outfit: _Outfit, shot: Shot, rn
         return cv2.merge([grey, grey, grey])
 
     occ = _jitter_rgb(rng, _TOP_COLORS[list(_TOP_COLORS)[int(rng.integers(0, len(_TOP_COLORS)))]], 0.1)
+    if spec.modality == "near-infrared":
+        return _render_nir(cam, person, outfit, occ, lab, mask, bg, shadow, shade, (h, w), rng)
     lut = np.stack([np.zeros(3, np.float32), person.skin, person.hair, outfit.top, outfit.top2, outfit.bottom,
                     person.shoes, person.bag_color, person.bag_color * 0.7, occ]).astype(np.float32)
     scene = bg * shadow[:, :, None]

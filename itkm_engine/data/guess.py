@@ -26,7 +26,7 @@ from ..cv import cv2
 import numpy as np
 
 from .imageio import BadImage, load_rgb, read_header
-from ..vocabulary import SCENARIOS, TWO_GROUP
+from ..vocabulary import FLAG_SEPARATOR, LOW_RES_FLAG, SCENARIOS, TWO_GROUP
 
 __all__ = [
     "CameraGuess",
@@ -60,8 +60,6 @@ _DARK_V = 24
 _THUMB = 64
 
 MIXED_FLAG = "mixed visible and grey crops"
-#: Start of the flag of a low-res camera in a scenario without resolution groups (see assign_scenarios).
-LOW_RES_FLAG = "low-res"
 
 
 @dataclass(frozen=True)
@@ -201,5 +199,5 @@ def assign_scenarios(
         if name in low and scenario != "cross-resolution":
             flags.append(f"{LOW_RES_FLAG} ({g.median_height:.0f} px median height vs {low[name]:.0f} px "
                          f"for the other cameras): kept in the {group} group")
-        out[name] = (scenario, group, "; ".join(flags) or None)
+        out[name] = (scenario, group, FLAG_SEPARATOR.join(flags) or None)
     return out

@@ -191,12 +191,22 @@ class PKSampler(Sampler[tuple[int, int]]):
     paired instance, each identity's first ``ceil(K/2)`` slots prefer its paired instances, and
     each of those brings one of its partners into the identity's remaining slots.  Batches keep
     their size ``P*K``; only partners with a label >= 0 and another label than their own count.
+
+    ``decided`` (``[M, 2]`` instance indices: the operator's confirmed and rejected pairs) brings
+    decided pairs into the batches for the decision loss: up to ``decided_share`` of the P
+    identity slots of every batch (at least one) hold a decided pair each -- both ends, whatever
+    their labels (an outlier comes with its partner), the rest of the slot filled from the two
+    ends' clusters.  Without ``decided`` the batches are exactly those without the argument.
     """
 
     def __init__(self, labels: np.ndarray, p: int, k: int, batches: int, seed: int = 0,
-                 pairs: np.ndarray | None = None) -> None:
+                 pairs: np.ndarray | None = None, decided: np.ndarray | None = None,
+                 decided_share: float = 0.25) -> None:
         self.labels = np.asarray(labels)
         self.p, self.k, self.batches, self.seed = int(p), int(k), int(batches), seed
+        self.decided = (np.zeros((0, 2), np.int64) if decided is None
+                        else np.asarray(decided, dtype=np.int64).reshape(-1, 2))
+        self.decided_share = float(decided_share)
         valid = np.flatnonzero(self.labels >= 0)
         order = np.argsort(self.labels[valid], kind="stable")
         sorted_idx = valid[order]
@@ -231,9 +241,16 @@ class PKSampler(Sampler[tuple[int, int]]):
             return
         rng = np.random.default_rng(self.seed)
         p = min(self.p, len(self.ids))
+        n_dec = self.decided_slots(p)
         draw = 0
         for _ in range(self.batches):
-            chosen = self._choose_identities(rng, p) if self.partners else rng.choice(len(self.ids), size=p, replace=False)
+            if n_dec:
+                for i in rng.choice(len(self.decided), size=n_dec, replace=False):
+                    for x in self._pair_slot(rng, *self.decided[i]):
+                        yield int(x), draw
+                        draw += 1
+            q = p - n_dec
+            chosen = self._choose_identities(rng, q) if self.partners else rng.choice(len(self.ids), size=q, replace=False)
             for c in chosen:
                 m = self.members[c]
                 if self.partners:
@@ -243,6 +260,29 @@ class PKSampler(Sampler[tuple[int, int]]):
                 for x in pick:
                     yield int(x), draw
                     draw += 1
+
+    def decided_slots(self, p: int | None = None) -> int:
+        """Identity slots per batch that hold a decided pair (0 without decided pairs)."""
+        p = min(self.p, len(self.ids)) if p is None else p
+        if not len(self.decided) or self.decided_share <= 0 or p < 1:
+            return 0
+        return int(min(len(self.decided), max(1, int(p * self.decided_share)), p))
+
+    def _pair_slot(self, rng: np.random.Generator, a: int, b: int) -> list[int]:
+        """One identity slot of K items for the decided pair ``(a, b)``: both ends first, then
+        members of their clusters in turn (the ends again where they have none)."""
+        pools = []
+        for x in (a, b):
+            lab = self.labels[x]
+            pos = int(np.searchsorted(self.ids, lab)) if lab >= 0 else -1
+            m = self.members[pos] if 0 <= pos < len(self.ids) and self.ids[pos] == lab else np.zeros(0, np.int64)
+            m = m[(m != a) & (m != b)]
+            pools.append(m if len(m) else np.array([x], np.int64))
+        out = [int(a), int(b)]
+        while len(out) < self.k:
+            pool = pools[len(out) % 2]
+            out.append(int(pool[rng.integers(len(pool))]))
+        return out[: self.k]
 
     def _choose_identities(self, rng: np.random.Generator, p: int) -> np.ndarray:
         n_pref = min(-(-p // 2), len(self.paired_ids))

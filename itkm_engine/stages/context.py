@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..camera_norm import camera_centred
 from ..clustering import pseudo_labels
 from ..config import Config
-from ..constraints import Constraints, enforce_on_labels
+from ..constraints import Constraints, decided_pairs, enforce_on_labels
 from ..data.loading import Augment, CropDataset, CropTransform, PKSampler, make_loader
 from ..vocabulary import DEFAULT_SITE, group_key
 from ..distributed import SINGLE, DistContext
@@ -19,6 +20,22 @@ from ..features import FeatureSet, extract_features
 from ..metrics import pseudo_label_quality
 from ..progress import Reporter
 from ..records import rows_of
+
+
+@dataclass
+class DecidedRows:
+    """The operator's decisions over the rows of one epoch's features: the must-link component
+    of each row in the decisions' closure (``-1``: undecided), the components that must stay
+    apart (``bool [K, K]``), and the decided pairs (rows) the batches bring together."""
+
+    comp: np.ndarray
+    ban: np.ndarray
+    pairs: np.ndarray
+    n_must: int
+    n_cannot: int
+
+    def metrics(self) -> dict[str, float]:
+        return {"decided_pairs": float(len(self.pairs)), "decided_images": float((self.comp >= 0).sum())}
 
 
 @dataclass
@@ -46,6 +63,25 @@ class RoundContext:
         """Site of every image (its camera's source's site; the default site when unknown)."""
 
         return np.array([self.camera_sites.get(c, DEFAULT_SITE) for c in self.images.camera], dtype=object)
+
+    def cluster_keys(self, rows: np.ndarray) -> np.ndarray:
+        """What pseudo-labels are computed per: the group key, and the site where a workspace has
+        several (people are never shared between sites, so no cluster may span two)."""
+        keys = self.group_keys[rows]
+        sites = self.image_sites()[rows]
+        if len(set(sites)) > 1:
+            keys = np.array([f"{k}@{s}" for k, s in zip(keys, sites)], dtype=object)
+        return keys
+
+    def decided(self, fs: FeatureSet) -> DecidedRows | None:
+        """The decisions over the rows of ``fs`` (None when the workspace has none)."""
+        if not len(self.constraints):
+            return None
+        cl = self.constraints.closure
+        comp = cl.component_of(fs.ids)
+        must, cannot = decided_pairs(fs.ids, self.constraints)
+        return DecidedRows(comp, cl.ban_matrix(), np.concatenate([must, cannot]).reshape(-1, 2), len(must),
+                           len(cannot))
 
     @property
     def has_ids(self) -> bool:
@@ -84,15 +120,17 @@ class RoundContext:
         """Pseudo-labels for every row of ``fs``: clustered per group, ids offset so they are
         global; -1 for outliers.  Also the epoch's cluster metrics."""
         c = self.cfg.cluster
-        keys = self.group_keys[self.rows(fs)]
+        keys = self.cluster_keys(self.rows(fs))
+        cams = np.asarray(self.images.camera)[self.rows(fs)]
         labels = np.full(len(fs), -1, dtype=np.int64)
         offset = 0
         uniq = sorted(set(keys))
         for gi, key in enumerate(uniq):
             reporter.check()
             mask = np.flatnonzero(keys == key)
+            feats = camera_centred(fs.feats[mask], cams[mask]) if c.camera_centre else fs.feats[mask]
             lab = pseudo_labels(
-                np.ascontiguousarray(fs.feats[mask]),
+                np.ascontiguousarray(feats),
                 k1=c.k1,
                 k2=c.k2,
                 eps=c.eps,
@@ -111,6 +149,7 @@ class RoundContext:
             pid = np.asarray(self.images.person_id)[self.rows(fs)]
             q = pseudo_label_quality(labels, pid)
             metrics.update({k: float(q[k]) for k in ("precision", "recall", "fscore", "ari")})
+            metrics.update(group_label_quality(labels, pid, keys))
         return labels, metrics
 
     # -- loaders ------------------------------------------------------------------------------
@@ -123,9 +162,10 @@ class RoundContext:
         return max(1, -(-int((np.asarray(labels) >= 0).sum()) // (d.num_identities * d.num_instances)))
 
     def pk_loader(self, fs: FeatureSet, labels: np.ndarray, *, batches: int, seed: int,
-                  pairs: np.ndarray | None = None):
+                  pairs: np.ndarray | None = None, decided: DecidedRows | None = None):
         """Augmented PK batches over the rows of ``fs`` that carry a label >= 0 (pair-aware with
-        ``pairs``, rows of ``fs``: see :class:`PKSampler`)."""
+        ``pairs``, rows of ``fs``; with ``decided``, the operator's pairs brought in, outliers
+        included: see :class:`PKSampler`)."""
         d = self.cfg.data
         rows = self.rows(fs)
         ds = CropDataset(
@@ -138,8 +178,23 @@ class RoundContext:
         )
         # Each rank draws its own batches (DDP averages their gradients).
         sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank,
-                            pairs=pairs)
+                            pairs=pairs, decided=None if decided is None else decided.pairs,
+                            decided_share=self.cfg.decisions.batch_share)
         return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
+
+
+def group_label_quality(labels: np.ndarray, pid: np.ndarray, keys: np.ndarray) -> dict[str, float]:
+    """Pseudo-label quality inside each group (where the clustering works), as
+    ``"precision[<group key>]"``, ``"recall[...]"``, ``"ari[...]"``, ``"n_clusters[...]"``: the
+    pooled numbers mix groups, and recall there can never count a person's pairs across groups."""
+    out: dict[str, float] = {}
+    for key in sorted(set(keys)):
+        m = (keys == key) & (pid >= 0)
+        if m.sum() < 2:
+            continue
+        q = pseudo_label_quality(labels[m], pid[m])
+        out.update({f"{k}[{key}]": float(q[k]) for k in ("precision", "recall", "ari", "n_clusters")})
+    return out
 
 
 def image_optimizer(model, lr: float, new_lr: float, weight_decay: float) -> torch.optim.Optimizer:

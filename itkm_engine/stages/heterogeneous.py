@@ -16,7 +16,9 @@ batch, and pair-aware: each sampled instance with an IHM partner brings it along
 pseudo-label boundaries, so plain PK batches almost never hold both ends).  Loss = homogeneous
 memory loss + cross-group memory loss + instance pair loss (in-batch pairs, plus a pull toward the
 partner's cross-group centroid) + image-to-text cross-entropy against the (updated) text anchors,
-each weighted and switchable in the config.  Logged per epoch beside the losses: ``chm_pairs``,
+each weighted and switchable in the config, plus the decision loss on the operator's pairs (which
+the batches bring in, as in Stage I).  CHM and IHM run per scenario and, where a workspace has
+several sites, per site: they never join people of two sites.  Logged per epoch beside the losses: ``chm_pairs``,
 ``chm_precision`` (where person ids exist), ``ihm_pairs``, ``ihm_pairs_used`` (pairs with both
 ends in a batch, summed over the epoch) and ``ihm_batch_share`` (batches holding one or more).
 """
@@ -41,7 +43,7 @@ from ..memory import ClusterMemory
 from ..progress import Reporter
 from ..records import rows_of
 from .context import RoundContext, image_optimizer
-from .homogeneous import GroupMemories
+from .homogeneous import DecisionTerm, GroupMemories
 from .loop import EpochPlan, epoch_seed
 from .text import logit_scale
 
@@ -59,6 +61,7 @@ class HeterogeneousStage:
         self.prev_text: np.ndarray | None = None  # DRU state: last epoch's anchors ...
         self.prev_ids: np.ndarray | None = None  # ... and the instances and labels they belonged to
         self.prev_labels: np.ndarray | None = None
+        self.decided = None
 
     def prepare(self, reporter: Reporter, resume: dict[str, Any] | None) -> None:
         st2 = self.ctx.outputs.get("stage2")
@@ -106,21 +109,26 @@ class HeterogeneousStage:
         self.text = text
 
         # CHM per scenario -> cross-group labels; IHM -> reliable instance pairs.
+        # Per scenario, and per site where there are several: people are never shared between
+        # sites, so neither CHM nor IHM may join two (Stage I's clusters are per site already).
         scen = np.asarray(ctx.images.scenario[rows])
         grp = np.asarray(ctx.images.group[rows])
         cams = np.asarray(ctx.images.camera[rows])
         pid = np.asarray(ctx.images.person_id)[rows]
+        sites = ctx.image_sites()[rows]
+        part = scen if len(set(sites)) < 2 else np.array([f"{a}@{b}" for a, b in zip(scen, sites)], dtype=object)
         cross = np.full(len(fs), -1, dtype=np.int64)
         offset, chm_pairs, pairs, chm_right, chm_judged = 0, 0, [], 0.0, 0
-        for sc in sorted(set(scen)):
+        for unit in sorted(set(part)):
             reporter.check()
-            m = np.flatnonzero(scen == sc)
+            m = np.flatnonzero(part == unit)
+            sc = scen[m[0]]
             if sc in TWO_GROUP:
                 a_name, _ = TWO_GROUP[sc]
                 sides = np.where(grp[m] == a_name, 0, 1)
                 sides = np.where(labels[m] >= 0, sides, -1)
             else:
-                sides = sides_by_camera(labels[m], cams[m], shuffle_seed=epoch_seed(ctx.cfg.seed, ctx.round_no, sc, epoch))
+                sides = sides_by_camera(labels[m], cams[m], shuffle_seed=epoch_seed(ctx.cfg.seed, ctx.round_no, unit, epoch))
             if s.chm:
                 res = match_scenario(
                     fs.feats[m], labels[m], sides, torch.as_tensor(cluster_text),
@@ -154,6 +162,8 @@ class HeterogeneousStage:
         self.cross = cross
         self.pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
         self.pairs = instance_pairs(self.pairs, fs.ids, ctx.group_keys[rows], ctx.constraints)  # operator's pairs
+        if len(self.pairs) and part is not scen:  # a confirm across sites (recorded before they were refused)
+            self.pairs = self.pairs[sites[self.pairs[:, 0]] == sites[self.pairs[:, 1]]]
         metrics.update({"chm_pairs": float(chm_pairs), "ihm_pairs": float(len(self.pairs))})
         if chm_judged:
             metrics["chm_precision"] = chm_right / chm_judged
@@ -179,7 +189,11 @@ class HeterogeneousStage:
         seed = epoch_seed(ctx.cfg.seed, ctx.round_no, self.name, epoch)
         pk_pairs = self.pairs if (s.ihm and s.ihm_pair_sampling) else None
         steps = ctx.batches_per_epoch(s.iters_per_epoch, cross)
-        loader = ctx.pk_loader(fs, cross, batches=steps, seed=seed, pairs=pk_pairs)
+        self.decided = DecisionTerm.of(ctx, fs)
+        if self.decided is not None:
+            metrics.update(self.decided.rows.metrics())
+        loader = ctx.pk_loader(fs, cross, batches=steps, seed=seed, pairs=pk_pairs,
+                               decided=self.decided.rows if self.decided is not None else None)
         return EpochPlan(loader, steps, metrics)
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
@@ -207,6 +221,8 @@ class HeterogeneousStage:
             if s.ihm_centroid_pull:
                 terms["instance_centroid"] = s.weight_instance * partner_centroid_loss(
                     self.cross_memory.logits(feats), self.partner_t[b.index])
+        if self.decided is not None:
+            terms["decision"] = self.decided.loss(feats, b.index)
         if s.weight_i2t > 0 and len(self.text_t):
             proj = F.normalize(out.proj.float(), dim=-1)
             lab = self.i2t_t[b.index]

@@ -3,7 +3,9 @@
 Every epoch: features of all images with the current model, pseudo-labels per group (infrared
 clusters never mix with visible ones at this stage), one cluster memory per group initialised from
 cluster means, and PK batches trained with the contrastive loss against the sample's own group's
-centroids.  The scenario embedding and the group stems live in the model (model/backbone.py); this
+centroids.  Where the operator decided pairs, the batches bring some of them in (outliers with
+their partner) and the decision loss pulls confirmed pairs together and pushes rejected ones
+apart (:mod:`itkm_engine.losses.decision`).  The scenario embedding and the group stems live in the model (model/backbone.py); this
 stage is where they learn.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..losses.decision import decision_loss
 from ..memory import ClusterMemory
 from ..progress import Reporter
 from ..distributed import image_forward
@@ -43,12 +46,41 @@ class GroupMemories:
         self.memory.init_from(torch.as_tensor(feats[keep], device=device), torch.as_tensor(labels[keep], device=device))
 
     def loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against the own group's centroids, mean over the samples with a label;
+        ``-1`` (an outlier: in Stage III one that a decision or CHM gave a cross-group label, or a
+        decided image brought into a batch with its partner) adds nothing."""
         logits = self.memory.logits(feats)
-        other = self.group_of[None, :] != self.group_of[labels][:, None]
-        return F.cross_entropy(logits.masked_fill(other, float("-inf")), labels)
+        valid = labels >= 0
+        safe = labels.clamp_min(0)
+        if logits.shape[1] == 0:
+            return feats.sum() * 0.0
+        other = self.group_of[None, :] != self.group_of[safe][:, None]
+        ce = F.cross_entropy(logits.masked_fill(other, float("-inf")), safe, reduction="none")
+        return (ce * valid).sum() / valid.sum().clamp_min(1)
 
     def update(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         self.memory.update(feats.float(), labels)
+
+
+class DecisionTerm:
+    """The decision loss of one epoch (Stage I and Stage III): the rows' components and bans on
+    the device, weighted as ``decisions.weight``."""
+
+    def __init__(self, rows, cfg, device: torch.device) -> None:
+        self.rows = rows
+        self.weight, self.margin = cfg.weight, cfg.margin
+        self.comp = torch.as_tensor(rows.comp, device=device)
+        self.ban = torch.as_tensor(rows.ban, device=device)
+
+    @classmethod
+    def of(cls, ctx: RoundContext, fs) -> "DecisionTerm | None":
+        rows = ctx.decided(fs)
+        return None if rows is None else cls(rows, ctx.cfg.decisions, ctx.device)
+
+    def loss(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if self.weight <= 0:
+            return feats.sum() * 0.0
+        return self.weight * decision_loss(feats, self.comp[index], self.ban, self.margin)
 
 
 class HomogeneousStage:
@@ -63,6 +95,7 @@ class HomogeneousStage:
         self.forward = image_forward(ctx.model, ctx.dist)
         self.memories: GroupMemories | None = None
         self.labels: np.ndarray | None = None
+        self.decided = None
 
     def prepare(self, reporter: Reporter, resume: dict[str, Any] | None) -> None:
         pass  # every epoch starts from fresh clusters: nothing is shared or resumed beyond the model
@@ -80,7 +113,11 @@ class HomogeneousStage:
                                       device=ctx.device)
         seed = epoch_seed(ctx.cfg.seed, ctx.round_no, self.name, epoch)
         steps = ctx.batches_per_epoch(s.iters_per_epoch, labels)
-        loader = ctx.pk_loader(fs, labels, batches=steps, seed=seed)
+        self.decided = DecisionTerm.of(ctx, fs)
+        if self.decided is not None:
+            metrics.update(self.decided.rows.metrics())
+        loader = ctx.pk_loader(fs, labels, batches=steps, seed=seed,
+                               decided=self.decided.rows if self.decided is not None else None)
         return EpochPlan(loader, steps, metrics)
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
@@ -92,7 +129,10 @@ class HomogeneousStage:
         out = self.forward(b.images, b.scenario_idx, b.group_idx)
         feats = self.ctx.model.retrieval_feature(out).float()
         self._step = (feats.detach(), b.labels)
-        return {"homogeneous": self.memories.loss(feats, b.labels)}
+        terms = {"homogeneous": self.memories.loss(feats, b.labels)}
+        if self.decided is not None:
+            terms["decision"] = self.decided.loss(feats, b.index)
+        return terms
 
     def after_backward(self) -> None:
         pass  # the model's gradients are DDP's
@@ -112,4 +152,4 @@ class HomogeneousStage:
         return {}
 
 
-__all__ = ["HomogeneousStage", "GroupMemories"]
+__all__ = ["HomogeneousStage", "GroupMemories", "DecisionTerm"]

@@ -35,10 +35,12 @@ __all__ = [
     "decide",
     "confirm",
     "reject",
+    "answer",
     "undo",
     "redo",
     "history",
     "record_split",
+    "cannot_between",
     "name_identity",
     "identity_names",
 ]
@@ -105,6 +107,33 @@ def _check_images(ws, ids: set[int]) -> None:
         raise ConstraintError(f"unknown image id(s) {sorted(missing)[:5]}: use ids or paths of images in this workspace")
 
 
+def _image_sites(ws, ids) -> dict[int, str]:
+    """Site of each image id (its camera's source's site)."""
+    out: dict[int, str] = {}
+    lst = sorted({int(i) for i in ids})
+    for i in range(0, len(lst), 500):
+        chunk = lst[i : i + 500]
+        q = ",".join("?" * len(chunk))
+        out.update((int(a), str(b)) for a, b in ws.query(
+            "SELECT i.id, s.site FROM images i JOIN cameras c ON c.id = i.camera_id "
+            f"JOIN sources s ON s.id = c.source_id WHERE i.id IN ({q})", chunk))
+    return out
+
+
+def _check_same_site(ws, pairs) -> None:
+    """A must-link joins two images of one site only: people are never shared between sites
+    (a reject across sites is allowed: it says what is true anyway)."""
+    if not pairs:
+        return
+    site = _image_sites(ws, {i for p in pairs for i in p})
+    for a, b in pairs:
+        if site.get(a) != site.get(b):
+            raise ConstraintError(
+                f"images {a} and {b} were filmed at different sites ({site.get(a)!r} and {site.get(b)!r}): people are "
+                "never shared between sites, so they cannot be confirmed as one person (if a site is wrong, set it "
+                "again with: itkm ingest WORKSPACE FOLDER --site NAME)")
+
+
 def decide(ws, pairs, kind: str, *, user: str | None = None) -> int:
     """Record ``kind`` ('must' or 'cannot') for every ``(a, b)`` in ``pairs`` as one undo step.
     Returns the batch id (0 when ``pairs`` is empty)."""
@@ -120,12 +149,41 @@ def decide(ws, pairs, kind: str, *, user: str | None = None) -> int:
     if not norm:
         return 0
     _check_images(ws, {i for p in norm for i in p})
+    if kind == "must":
+        _check_same_site(ws, norm)
     now, who = time.time(), _user() if user is None else user
     with ws.transaction() as con:
         batch = _new_batch(con)
         con.executemany(
             "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
             [(batch, kind, a, b, now, who) for a, b in norm],
+        )
+    return batch
+
+
+def answer(ws, query: int, yes=(), no=(), *, user: str | None = None) -> int:
+    """Search-and-answer: the images in ``yes`` show the person of image ``query``, those in
+    ``no`` do not; all of it one undo step (a batch mixing must- and cannot-links).  Returns the
+    batch id (0 when there is nothing to record)."""
+    q = int(query)
+    yes = list(dict.fromkeys(int(i) for i in yes))
+    no = list(dict.fromkeys(int(i) for i in no))
+    both = set(yes) & set(no)
+    if both:
+        raise ConstraintError(f"image {sorted(both)[0]} was answered both yes and no: give each result one answer")
+    if q in yes or q in no:
+        raise ConstraintError(f"image {q} was answered about itself: answer about its results")
+    rows = [("must", min(q, i), max(q, i)) for i in yes] + [("cannot", min(q, i), max(q, i)) for i in no]
+    if not rows:
+        return 0
+    _check_images(ws, {q, *yes, *no})
+    _check_same_site(ws, [(q, i) for i in yes])
+    now, who = time.time(), _user() if user is None else user
+    with ws.transaction() as con:
+        batch = _new_batch(con)
+        con.executemany(
+            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            [(batch, k, a, b, now, who) for k, a, b in rows],
         )
     return batch
 
@@ -171,9 +229,12 @@ def history(ws, *, limit: int | None = None) -> list[Decision]:
     return [Decision(*r) for r in rows]
 
 
-def record_split(ws, moved, rest, keys_moved, keys_rest, *, user: str | None = None) -> int:
-    """Write a split as one undo step."""
-    must, cannot = split_pairs(moved, rest, keys_moved, keys_rest)
+def record_split(ws, moved, rest, keys_moved, keys_rest, *, together: bool = True, user: str | None = None) -> int:
+    """Write a split as one undo step.  ``together``: the moved sightings are one person (chained
+    by must-links); otherwise each moved sighting only leaves the rest (cannot-links to it) and
+    nothing is said about the moved ones among themselves."""
+    must, cannot = split_pairs(moved, rest, keys_moved, keys_rest) if together else \
+        _split_off_pairs(moved, rest, keys_moved, keys_rest)
     now, who = time.time(), _user() if user is None else user
     _check_images(ws, {i for p in must + cannot for i in p})
     rows = [(k, min(a, b), max(a, b)) for k, prs in (("must", must), ("cannot", cannot)) for a, b in prs]
@@ -184,6 +245,47 @@ def record_split(ws, moved, rest, keys_moved, keys_rest, *, user: str | None = N
             [(batch, k, a, b, now, who) for k, a, b in rows],
         )
     return batch
+
+
+def _split_off_pairs(moved, rest, keys_moved, keys_rest) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(must, cannot) pairs that take each of ``moved`` off ``rest`` without joining the moved
+    ones: the rest chained by must-links (as :func:`~itkm_engine.constraints.split_pairs`), each
+    moved sighting cannot-linked to the rest's first sighting overall and in its own group key."""
+    moved, rest = np.asarray(moved, np.int64), np.asarray(rest, np.int64)
+    km, kr = np.asarray(keys_moved, object).astype(str), np.asarray(keys_rest, object).astype(str)
+    if not len(moved) or not len(rest):
+        raise ConstraintError("a split needs at least one sighting on each side: select some, not all, of them")
+    chain = rest[np.lexsort((rest, kr))]  # sorted by group key: every group sees its own chain
+    must = [(int(a), int(b)) for a, b in zip(chain[:-1], chain[1:])]
+    first = {k: int(rest[kr == k].min()) for k in set(kr)}
+    cannot = set()
+    for m, k in zip(moved.tolist(), km.tolist()):
+        cannot.add((m, int(rest.min())))
+        if k in first:
+            cannot.add((m, first[k]))
+    return must, sorted(cannot)
+
+
+def cannot_between(ws, groups) -> list[Decision]:
+    """The rejections in effect (the latest active decision on the pair is ``cannot``) between
+    sightings of two different ``groups`` (lists of image ids), newest first."""
+    where: dict[int, int] = {}
+    for g, ids in enumerate(groups):
+        for i in np.asarray(ids, np.int64).tolist():
+            where[int(i)] = g
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for r in ws.query("SELECT id, batch, kind, image_a, image_b, at, user, state FROM decisions WHERE state = 0 "
+                      "ORDER BY id DESC"):
+        d = Decision(*r)
+        pair = (d.image_a, d.image_b)
+        if pair in seen:
+            continue
+        seen.add(pair)
+        ga, gb = where.get(d.image_a), where.get(d.image_b)
+        if d.kind == "cannot" and ga is not None and gb is not None and ga != gb:
+            out.append(d)
+    return out
 
 
 def name_identity(ws, anchor_ids, name: str, note: str = "", *, user: str | None = None) -> int:

@@ -23,7 +23,7 @@ from .connection import DB_NAME, WorkspaceOlderError, _error_name
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "SchemaMixin"]
 
 #: The schema this code writes.  Bump it together with a new entry in MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: ``MIGRATIONS[n](con)`` upgrades a version-``n`` database to ``n + 1``.  Each runs inside its own
 #: ``BEGIN IMMEDIATE`` transaction together with the ``schema_version`` bump, after the database was
@@ -82,6 +82,62 @@ def _migrate_2_to_3(con: sqlite3.Connection) -> None:
 
 
 MIGRATIONS[2] = _migrate_2_to_3
+
+# -- stable identity ids (schema v4; the store is itkm_engine/workspace/identity_store.py) ----------
+#: ``identity_ids``: the identity id in effect for every image (ids are never reused).
+#: ``identity_states``: one row per published assignment -- the ``key`` it was computed for (model,
+#: active decision steps, images), the decision ``batch`` / ``round`` that caused it, and ``state``
+#: 0 in effect, 1 undone (redoable), 2 dropped -- on an undo stack like the decisions'.
+#: ``identity_changes``: what each state changed (``before``/``after`` id per image, -1 = none), so
+#: undo and redo restore an earlier assignment exactly.  ``identity_lineage``: new / merged into /
+#: split from / retired into, per state.  ``identity_split_offs``: sightings split off one by one
+#: (each its own identity unless confirmed together), in effect while their decision step is.
+_IDENTITY_ID_TABLES = """
+CREATE TABLE IF NOT EXISTS identity_ids (
+    image_id INTEGER PRIMARY KEY,
+    identity INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS identity_ids_identity ON identity_ids (identity);
+CREATE TABLE IF NOT EXISTS identity_states (
+    id         INTEGER PRIMARY KEY,
+    key        TEXT NOT NULL,
+    checkpoint TEXT,
+    batch      INTEGER,
+    round      INTEGER,
+    at         REAL NOT NULL,
+    state      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS identity_changes (
+    state_id INTEGER NOT NULL REFERENCES identity_states(id),
+    image_id INTEGER NOT NULL,
+    before   INTEGER NOT NULL,
+    after    INTEGER NOT NULL,
+    PRIMARY KEY (state_id, image_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS identity_lineage (
+    id       INTEGER PRIMARY KEY,
+    state_id INTEGER NOT NULL REFERENCES identity_states(id),
+    identity INTEGER NOT NULL,
+    event    TEXT NOT NULL CHECK (event IN ('new', 'merged', 'split', 'retired')),
+    other    INTEGER
+);
+CREATE INDEX IF NOT EXISTS identity_lineage_identity ON identity_lineage (identity);
+CREATE INDEX IF NOT EXISTS identity_lineage_other ON identity_lineage (other);
+CREATE TABLE IF NOT EXISTS identity_split_offs (
+    batch    INTEGER NOT NULL,
+    image_id INTEGER NOT NULL,
+    PRIMARY KEY (batch, image_id)
+) WITHOUT ROWID;
+"""
+
+
+def _migrate_3_to_4(con: sqlite3.Connection) -> None:
+    """Version 4: stable identity ids, their undo stack and lineage."""
+    for stmt in _statements(_IDENTITY_ID_TABLES):
+        con.execute(stmt)
+
+
+MIGRATIONS[3] = _migrate_3_to_4
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -187,7 +243,7 @@ CREATE TABLE identities (
     confidence REAL NOT NULL,
     PRIMARY KEY (checkpoint, image_id)
 );
-""" + _DECISION_TABLES
+""" + _DECISION_TABLES + _IDENTITY_ID_TABLES
 
 
 def _statements(script: str) -> Iterator[str]:

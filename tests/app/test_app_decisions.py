@@ -135,3 +135,71 @@ def test_merge_split_and_name_in_the_identities_view(qtbot, window):
     qtbot.waitUntil(lambda: panel.job is None and bool(panel.summary), timeout=60_000)
     assert panel.model.names == {}
     _idle(qtbot, w)
+
+
+def test_ids_stay_put_the_acted_on_identity_stays_selected_and_a_split_asks(qtbot, window, monkeypatch):
+    """Stable ids in the app (issue 17 §1, issue 16 §3): a confirm in the gallery changes no badge
+    whose image's identity did not change, and undo gives every badge back; a merge keeps the older id selected and shows what it
+    merged; a split of several sightings asks whether they are one person, and "no" makes each
+    an identity of its own."""
+    w = window
+    panel = w.panel("identities")
+    w.show_panel("identities")  # the identities, loaded
+    qtbot.waitUntil(lambda: panel.job is None and len(panel.summary) >= 3, timeout=60_000)
+    gallery = w.panel("gallery")
+    w.show_panel("gallery")
+    t = w.ctx.identities
+    qid = int(t.image_id[0])
+    gallery.query_image_id(qid)
+    qtbot.waitUntil(lambda: gallery.job is None and len(gallery.matches) >= 5, timeout=60_000)
+    items = gallery.grid.items()
+    badges = [it.identity for it in items]
+    other = next(i for i, it in enumerate(items) if it.identity is not None and it.identity != badges[0]
+                 and int(w.ctx.identity_of(np.array([qid]))[0]) != it.identity)
+    joined = {badges[other], int(w.ctx.identity_of(np.array([qid]))[0])}
+    gallery.grid.setCurrentIndex(gallery.grid.model().index(other, 0))
+    gallery.grid.selectionModel().clearSelection()
+    qtbot.keyClick(gallery.grid, Qt.Key.Key_Y)  # the query's person: their two identities become one
+    _idle(qtbot, w)
+    now = [it.identity for it in gallery.grid.items()]
+    assert now[other] == int(w.ctx.identity_of(np.array([qid]))[0]) == min(joined)
+    assert [x for x, b in zip(now, badges) if b not in joined] == [b for b in badges if b not in joined]
+    w.ctx.session.undo()
+    gallery._decisions_changed()
+    _idle(qtbot, w)
+    assert [it.identity for it in gallery.grid.items()] == badges  # undo: every badge as it was
+
+    w.show_panel("identities")
+    panel.hide_single.setChecked(False)
+    qtbot.waitUntil(lambda: panel.job is None and len(panel.summary) >= 3, timeout=60_000)
+    a, b = panel.summary[0].identity, panel.summary[1].identity
+    kept, gone = min(a, b), max(a, b)
+    panel.select_identity(panel.summary[2].identity)  # the view shows another one first
+    panel.table.clearSelection()
+    for x in (gone, kept):
+        r = next(r for r in range(panel.proxy.rowCount())
+                 if panel.model.rows[panel.proxy.mapToSource(panel.proxy.index(r, 0)).row()].identity == x)
+        panel.table.selectionModel().select(panel.proxy.index(r, 0), QItemSelectionModel.SelectionFlag.Select
+                                            | QItemSelectionModel.SelectionFlag.Rows)
+    panel.merge_btn.click()
+    qtbot.waitUntil(lambda: panel.job is None and bool(panel.summary), timeout=60_000)
+    assert panel.shown_identity == kept  # the merged identity, under the older id, still selected
+    assert f"Identity #{kept}</b> (merged #{gone})" in panel.title_label.text()
+    assert panel.model.data(panel.model.index(next(i for i, s in enumerate(panel.model.rows) if s.identity == kept), 0)
+                            ).startswith(f"#{kept} (merged #{gone})")
+
+    c = next(x.identity for x in panel.summary if x.identity not in (kept, gone) and x.size >= 4)
+    panel.select_identity(c)  # sightings no decision joined
+    asked = []
+    monkeypatch.setattr(panel, "ask_split_together", lambda n: asked.append(n) or False)
+    strip = panel.strip
+    for i in (0, 1):
+        strip.selectionModel().select(strip.model().index(i, 0), QItemSelectionModel.SelectionFlag.Select)
+    p, q = (it.image_id for it in strip.items()[:2])
+    panel.split_btn.click()
+    qtbot.waitUntil(lambda: panel.job is None and bool(panel.summary), timeout=60_000)
+    assert asked == [2]
+    ident = w.ctx.identity_of(np.array([p, q]))
+    assert ident[0] != ident[1] and c not in ident  # each left, on its own
+    assert panel.shown_identity == c  # the larger part keeps the id, and the view keeps it
+    _idle(qtbot, w)

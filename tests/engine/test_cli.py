@@ -34,7 +34,7 @@ def test_each_command_has_help(command, capsys):
 def test_status_json(trained_ws_template, capsys):
     assert main(["status", str(trained_ws_template), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["cameras"] == 7
+    assert status["cameras"] == 8
     assert status["images"] > 0
     assert status["rounds"][0]["status"] == "done"
     assert set(status["scenarios"]) == {"visible-infrared", "cross-resolution", "clothing-change"}

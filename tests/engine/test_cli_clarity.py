@@ -143,16 +143,22 @@ def test_review_is_narrow_sorted_and_says_how_to_decide(trained_ws_template, tmp
     lines = out.splitlines()
     table = "\n".join(lines[1:]).split("\ndecide a pair")[0]
     assert max(len(ln) for ln in table.splitlines()) <= 100, table  # it was ~200 columns, paths included
-    assert re.search(r"decision boundary \(similarity \d\.\d{3}", lines[0])
+    assert "per direction" in lines[0] and "decision boundary" in lines[0], lines[0]
     rows = _table(table)
     assert rows
-    key = [(r["scenarios"] != "across", abs(float(r["from_boundary"]))) for r in rows]
-    assert key == sorted(key)  # across scenarios first, then nearest the boundary
     first = rows[0]
     assert f"e.g. pair 1: itkm confirm {ws} {first['a']} {first['b']}" in out and f"itkm reject {ws} A B" in out
-    # the JSON keeps every field, paths included, and the boundary
-    data = json.loads(cli_inproc("identities", ws, "--review", "3", "--json", "-q", expect=0).out)
-    assert {"a", "b", "similarity", "boundary", "path_a", "path_b"} <= set(data[0])
+    # the JSON keeps every field, paths included, each pair's direction and its direction's boundary;
+    # inside a direction, the pairs whose answer would most likely change a label come first (ADR 0014)
+    data = json.loads(cli_inproc("identities", ws, "--review", "12", "--json", "-q", expect=0).out)
+    assert {"a", "b", "similarity", "boundary", "direction", "change", "path_a", "path_b"} <= set(data[0])
+    assert [(int(r["a"]), int(r["b"])) for r in rows] == [(d["a"], d["b"]) for d in data]  # table order = JSON order
+    for direction in {d["direction"] for d in data}:
+        change = [d["change"] for d in data if d["direction"] == direction]
+        assert change == sorted(change, reverse=True), (direction, change)
+        for d in data:
+            if d["direction"] == direction:
+                assert abs(float(rows[data.index(d)]["from_boundary"]) - (d["similarity"] - d["boundary"])) < 2e-3
 
 
 # -- 4. help texts --------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ from benchmarks.color_baseline import color_histogram, color_histogram_features
 from itkm_engine.data.demo import (
     DEMO_CAMERAS,
     DEMO_EPOCH,
+    INFRARED_KINDS,
     MANIFEST_NAME,
     MARKER_NAME,
+    REALISTIC,
     is_demo_folder,
     make_demo,
     parse_demo_name,
@@ -61,8 +63,8 @@ def test_layout_names_and_timestamps(demo):
     files = _files(root)
     assert len(files) == demo.n_images == sum(c.n_images for c in demo.cameras.values())
     assert demo.n_identities == 8
-    assert set(demo.cameras) == {"vis-a", "vis-b", "ir-a", "hr-a", "lr-a", "cc-a", "cc-b"}
-    assert len({c.camnum for c in demo.cameras.values()}) == 7  # camera numbers are global and unique
+    assert set(demo.cameras) == {"vis-a", "vis-b", "ir-a", "ir-b", "hr-a", "lr-a", "cc-a", "cc-b"}
+    assert len({c.camnum for c in demo.cameras.values()}) == 8  # camera numbers are global and unique
     frames = defaultdict(list)
     for p in files:
         camera, scenario = p.parent.name, p.parent.parent.name
@@ -105,6 +107,7 @@ def test_every_scenario_has_cross_camera_matches(demo):
                    for s in ("visible-infrared", "cross-resolution", "clothing-change")), pid
     # the cross-group directions the benchmarks score have matches
     assert any("ir-a" in cs and cs & {"vis-a", "vis-b"} for cs in cams_of.values())
+    assert any("ir-b" in cs and cs & {"vis-a", "vis-b"} for cs in cams_of.values())
     assert any({"lr-a", "hr-a"} <= cs for cs in cams_of.values())
     assert demo.clothes_changed and all("cc-b" in cams_of[p] for p in demo.clothes_changed)
 
@@ -118,11 +121,70 @@ def test_infrared_camera_has_no_colour(demo):
     for p in _files(demo.root):
         by_cam[p.parent.name].append(p)
     assert _mean_saturation(by_cam["ir-a"]) < 3.0
+    assert _mean_saturation(by_cam["ir-b"]) < 3.0
     for cam in ("vis-a", "vis-b", "hr-a", "cc-a", "cc-b"):
         assert _mean_saturation(by_cam[cam]) > 20.0, cam
     # warm body brighter than the cool background: the centre column beats the border columns
     ir = np.stack([cv2.resize(_read(p)[:, :, 0], (32, 64)).astype(np.float32) for p in by_cam["ir-a"]])
     assert ir[:, 10:54, 12:20].mean() > ir[:, :, :3].mean() + 15
+
+
+def _torso_legs(p: Path) -> tuple[float, float]:
+    """Mean grey level of the upper and the lower body (centre columns)."""
+    g = cv2.resize(cv2.cvtColor(_read(p), cv2.COLOR_BGR2GRAY), (32, 64)).astype(np.float32)
+    return float(g[16:30, 12:20].mean()), float(g[38:56, 12:20].mean())
+
+
+def test_near_infrared_keeps_the_clothes_luminance_pattern(tmp_path):
+    """ir-b (near-infrared) is a grey photo of the clothes: who wears a lighter top than trousers
+    in the visible cameras mostly does so in ir-b too; the thermal ir-a ignores colour."""
+    demo = make_demo(tmp_path / "nir", identities=30, images_per_camera=2, seed=0)
+    by = defaultdict(list)
+    for p in _files(demo.root):
+        by[(parse_demo_name(p.name)[0], p.parent.name)].append(p)
+
+    def contrast(paths) -> float:
+        return float(np.mean([np.subtract(*_torso_legs(p)) for p in paths]))
+
+    agree = {"ir-a": [], "ir-b": []}
+    for (pid, cam), paths in by.items():
+        if cam in agree:
+            vis = by.get((pid, "vis-a"), []) + by.get((pid, "vis-b"), [])
+            if vis and abs(contrast(vis)) > 25:
+                agree[cam].append(np.sign(contrast(vis)) == np.sign(contrast(paths)))
+    assert len(agree["ir-b"]) >= 5
+    assert np.mean(agree["ir-b"]) >= 0.75
+    assert np.mean(agree["ir-b"]) > np.mean(agree["ir-a"])
+
+
+def test_infrared_kinds_share_everything_else(tmp_path):
+    """infrared="thermal" is the set without ir-b; "nir" films ir-a's same shots as near-infrared;
+    the other cameras' crops are byte-identical in all three."""
+    sets = {k: make_demo(tmp_path / k, identities=5, images_per_camera=1, seed=2, infrared=k) for k in INFRARED_KINDS}
+    assert set(sets["thermal"].cameras) == set(sets["nir"].cameras) == set(sets["both"].cameras) - {"ir-b"}
+    digests = {k: _digest(info.root) for k, info in sets.items()}
+    jpgs = [n for n in digests["thermal"] if n.endswith(".jpg")]
+    assert jpgs and all(n in digests["nir"] and n in digests["both"] for n in jpgs)
+    for name in jpgs:
+        if "/ir-a/" in name.replace(os.sep, "/"):
+            assert digests["thermal"][name] == digests["both"][name] != digests["nir"][name]
+        else:
+            assert digests["thermal"][name] == digests["nir"][name] == digests["both"][name]
+    manifest = json.loads((sets["nir"].root / MANIFEST_NAME).read_text())
+    assert manifest["cameras"]["ir-a"]["modality"] == "near-infrared" and manifest["params"]["infrared"] == "nir"
+    with pytest.raises(ItkmError, match="infrared"):
+        make_demo(tmp_path / "bad", identities=3, infrared="xray")
+
+
+def test_realistic_regime_has_few_crops_per_person_and_camera(tmp_path):
+    info = make_demo(tmp_path / "real", identities=12, images_per_camera=(2, 3), seed=0)
+    counts = defaultdict(int)
+    for p in _files(info.root):
+        counts[(parse_demo_name(p.name)[0], p.parent.name)] += 1
+    assert set(counts.values()) <= {2, 3} and len(set(counts.values())) == 2
+    again = make_demo(tmp_path / "real", identities=12, images_per_camera=(2, 3), seed=0)
+    assert again.reused  # the range is stored in the manifest and compared on reuse
+    assert REALISTIC["identities"] >= 80 and REALISTIC["images_per_camera"][1] <= 6
 
 
 def test_low_res_camera_is_small(demo):
@@ -226,7 +288,9 @@ def test_refuses_a_folder_that_is_not_a_demo(tmp_path):
     with pytest.raises(ItkmError):
         make_demo(afile, identities=3)
     for bad in ({"identities": 2}, {"identities": 10_000}, {"identities": 3, "seed": -1},
-                {"identities": 3, "images_per_camera": 0}, {"identities": 3.5}):
+                {"identities": 3, "images_per_camera": 0}, {"identities": 3.5},
+                {"identities": 3, "images_per_camera": (3, 2)}, {"identities": 3, "images_per_camera": (0, 2)},
+                {"identities": 3, "images_per_camera": (1, 2, 3)}):
         with pytest.raises(ItkmError):
             make_demo(tmp_path / "new", **bad)
 
@@ -260,3 +324,16 @@ def test_color_baseline_finds_same_person_in_same_camera(demo):
     top1 = pids[sim.argmax(1)] == pids
     chance = np.mean([(np.sum(pids == q) - 1) / (len(pids) - 1) for q in pids])
     assert top1.mean() > 3 * chance
+
+
+def test_demo_data_command_chooses_the_infrared_cameras(tmp_path):
+    from helpers.cli import cli_inproc
+
+    rc, out, err = cli_inproc("demo-data", tmp_path / "th", "--identities", "3", "--infrared", "thermal")
+    assert rc == 0, err
+    manifest = json.loads((tmp_path / "th" / MANIFEST_NAME).read_text())
+    assert "ir-b" not in manifest["cameras"] and manifest["params"]["infrared"] == "thermal"
+    rc, out, err = cli_inproc("demo-data", tmp_path / "both", "--identities", "3")
+    assert rc == 0 and "ir-b" in out  # the default films both kinds
+    rc, _, err = cli_inproc("demo-data", tmp_path / "x", "--identities", "3", "--infrared", "xray")
+    assert rc == 2 and "infrared" in err

@@ -196,3 +196,37 @@ def test_cli_evaluate_leads_with_the_cross_camera_headline(trained_ws, capsys):
     assert set(result) == {"headline", "protocols"}
     assert main(["status", str(trained_ws)]) == 0  # the stored evaluation, same table
     assert any(line.startswith("headline (cross-camera") for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_low_res_camera_outside_cross_resolution_is_scored_both_ways_in_both_protocols():
+    """Issue 20 section 5: a camera flagged low-res inside a visible-infrared source keeps its group
+    (visible here) but is scored as its own direction: its queries against the scenario's other
+    cameras (low-res -> high-res) and back."""
+    feats = angles(0, 40, 80, 2, 42, 82, 5, 45, 85)
+    images = table(["v1"] * 3 + ["lr"] * 3 + ["ir1"] * 3, [1, 2, 3] * 3, scenario="visible-infrared",
+                   groups=["visible"] * 6 + ["infrared"] * 3)
+    assert not any("low-res" in k for k in evaluate_features(feats, images)["protocols"]["standard"])
+    result = evaluate_features(feats, images, low_res_cameras=["lr"])
+    for protocol in ("cross-camera", "standard"):
+        scores = result["protocols"][protocol]
+        up, down = scores["visible-infrared: low-res -> high-res"], scores["visible-infrared: high-res -> low-res"]
+        assert (up["queries"], up["gallery"]) == (3, 6) and (down["queries"], down["gallery"]) == (6, 3)
+        assert up["mAP"] == 1.0 and down["mAP"] == 1.0
+    # a low-res camera of the cross-resolution scenario is its low-res group: scored once, as that
+    xres = table(["h", "h", "l", "l"], [1, 2, 1, 2], scenario="cross-resolution",
+                 groups=["high-res", "high-res", "low-res", "low-res"])
+    scores = evaluate_features(angles(0, 40, 2, 42), xres, low_res_cameras=["l"])["protocols"]["standard"]
+    assert [k for k in scores if "low-res ->" in k] == ["cross-resolution: low-res -> high-res"]
+
+
+def test_each_infrared_camera_is_scored_against_the_visible_group_when_there_are_several():
+    feats = angles(0, 40, 2, 42, 25, 65)
+    images = table(["v1", "v1", "th", "th", "nir", "nir"], [1, 2] * 3, scenario="visible-infrared",
+                   groups=["visible"] * 2 + ["infrared"] * 4)
+    scores = evaluate_features(feats, images)["protocols"]["cross-camera"]
+    assert scores["visible-infrared: camera th -> visible"]["mAP"] == 1.0  # 2 deg from its match
+    assert scores["visible-infrared: camera nir -> visible"]["mAP"] < 1.0  # 25 deg: person 2 nearer
+    assert scores["visible-infrared: visible -> camera nir"]["queries"] == 2
+    one = table(["v1", "v1", "th", "th"], [1, 2, 1, 2], scenario="visible-infrared",
+                groups=["visible"] * 2 + ["infrared"] * 2)
+    assert not any("camera" in k for k in evaluate_features(angles(0, 40, 2, 42), one)["protocols"]["standard"])

@@ -81,7 +81,7 @@ def test_two_sites_separation_is_positive(tmp_path):
         ingest(ws, [b], site="depot")
         assert sorted(s.site for s in ws.sources()) == ["default", "depot"]
         sites = ws.camera_sites()
-        assert len(set(sites.values())) == 2 and len(sites) == 14  # b's cameras renamed, not merged
+        assert len(set(sites.values())) == 2 and len(sites) == 16  # b's cameras renamed, not merged
         train(ws, _text_only(), rounds=1)
         (s2,) = [e["values"] for e in ws.epoch_log(1) if e["stage"] == "stage2"]
     assert s2["n_sites"] == 2

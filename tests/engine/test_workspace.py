@@ -73,7 +73,7 @@ def test_create_makes_folders_and_reopen_keeps_data(tmp_path):
         assert (path / "workspace.lock").exists()
         sid = w.add_source(tmp_path, "market")
         w.set_meta("note", "hello")
-        assert w.schema_version() == Workspace.SCHEMA_VERSION == 3
+        assert w.schema_version() == Workspace.SCHEMA_VERSION == 4
         mode = w._conn().execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
         assert w._conn().execute("PRAGMA foreign_keys").fetchone()[0] == 1

@@ -138,7 +138,7 @@ DRIVER = textwrap.dedent(r"""
             except BaseException:  # what an uncaught error would print, exit 1
                 traceback.print_exc()
                 rc = 1
-        return {"rc": rc, "stdout": out.getvalue()[-3000:], "stderr": err.getvalue()[-6000:]}
+        return {"rc": rc, "stdout": out.getvalue()[-30000:], "stderr": err.getvalue()[-6000:]}
 
     def fill(mnt, free_kb):
         # Leave about free_kb KiB free: reserve it, fill the rest, release the reserve.

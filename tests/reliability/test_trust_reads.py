@@ -73,6 +73,32 @@ def test_reads_work_while_another_process_holds_the_writer_lock(trained_ws, tmp_
     # Nobody writes now: what the reads compute is kept, and said nothing about.
     p = run_cli("evaluate", trained_ws)
     assert "not stored" not in p.stderr, p.stderr
-    p = run_cli("identities", trained_ws)
+    p = run_cli("identities", trained_ws, "--json", "--limit", "100000")
     assert "not stored" not in p.stderr, p.stderr
     assert _metrics(trained_ws) == 1 and _stored_identities(trained_ws) > 0
+    # ... the stable ids it answered with (issue 17 / ADR 0013), not the clustering's positions:
+    # the ids stored are those listed under the lock, each with its sightings.
+    listed = {r["identity"]: r["sightings"] for r in json.loads(p.stdout)}
+    assert {r["identity"]: r["sightings"] for r in rows} == {i: n for i, n in listed.items() if i in
+                                                              {r["identity"] for r in rows}}
+    assert _stored_ids(trained_ws) == listed
+    p = run_cli("identities", trained_ws, "--json", "--limit", "100000")  # nothing left to store
+    assert {r["identity"]: r["sightings"] for r in json.loads(p.stdout)} == listed
+    assert _states(trained_ws) == 1
+
+
+def _stored_ids(ws) -> dict[int, int]:
+    """The stable ids in effect (workspace/identity_store.py): ``{identity: sightings}``."""
+    con = sqlite3.connect(ws / "itkm.sqlite")
+    try:
+        return dict(con.execute("SELECT identity, count(*) FROM identity_ids GROUP BY identity").fetchall())
+    finally:
+        con.close()
+
+
+def _states(ws) -> int:
+    con = sqlite3.connect(ws / "itkm.sqlite")
+    try:
+        return con.execute("SELECT count(*) FROM identity_states").fetchone()[0]
+    finally:
+        con.close()

@@ -49,10 +49,10 @@ def test_text_search_stays_on_for_a_model_with_clip_weights():
     assert text_tower_pretrained({"tower": "clip", "name": "ViT-B-16", "weights": "/models/clip.bin"})
     assert "quick preset" in unavailable_reason(preset("quick").model, "quick")
     # every tower that loads CLIP's weights is listed (a new one must be, or its text search is off)
-    from itkm_engine.model.towers import TOWERS
+    from itkm_engine.model.towers import TOWERS, tower_class
     from itkm_engine.text_search import CLIP_WEIGHT_TOWERS
 
-    assert {n for n, c in TOWERS.items() if c.uses_clip_weights} == set(CLIP_WEIGHT_TOWERS)
+    assert {n for n in TOWERS if tower_class(n).uses_clip_weights} == set(CLIP_WEIGHT_TOWERS)
 
 
 # -- 1. ONNX: a dependency, and an untrained export says so --------------------------------------------

@@ -75,6 +75,13 @@ class DataConfig:
     pad: int = 10
     workers: int = 4  # data loader workers (0 = main process)
     extract_batch_size: int = 256
+    # A tower with a frozen prefix (mobilenetv2's frozen stem) computes it once per round and crop
+    # (data/stem_cache.py): the plain view for every extraction, and `fixed_views` augmented views
+    # per crop that training draws from (random erasing on the map, per draw).  0 = fresh pixel
+    # augmentation every draw.  Towers without a frozen prefix (the ViT) ignore both settings.
+    fixed_views: int = 4
+    stem_cache_mb: int = 2048  # most memory the kept maps take (float16); the rest is computed per batch
+    erase_on: str = "map"  # where random erasing acts with fixed views: "map" (per draw) | "view" (baked in)
 
 
 @dataclass

@@ -72,7 +72,7 @@ def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter |
 #: the rerun's values of these (the rest of its settings stay those it started with), so a round
 #: that ran out of memory continues after its last epoch with a smaller batch.
 MEMORY_SETTINGS = (("data", "extract_batch_size"), ("data", "workers"), ("data", "num_identities"),
-                   ("data", "num_instances"), ("stage2", "batch_size"))
+                   ("data", "num_instances"), ("stage2", "batch_size"), ("data", "stem_cache_mb"))
 
 
 def _take_memory_settings(stored: Config, requested: Config) -> list[str]:
@@ -223,7 +223,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     extract_features(
         ctx.model, ws.images(), cache_dir=ws.features_dir / key, key=key, device=device,
         batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
-        reporter=reporter.child(0.95, 1.0), stage="extract", dist=dist,
+        reporter=reporter.child(0.95, 1.0), stage="extract", dist=dist, stem=ctx.stem,
     )
     reporter.update(1.0, stage="done", round=round_no, message=f"round {round_no} done")
     reporter.log(f"round {round_no} done in {time.monotonic() - t0:.0f} s")

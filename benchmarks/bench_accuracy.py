@@ -3,6 +3,8 @@
     python benchmarks/bench_accuracy.py                    # 30 identities (~1,000 crops), 3 seeds
     python benchmarks/bench_accuracy.py --quick            # 16 identities, one seed, no extras
     python benchmarks/bench_accuracy.py --no-ablations --no-oracle
+    python benchmarks/bench_accuracy.py --no-ablations --no-oracle --rounds 1 --set stage1.epochs=8 \
+        --baseline benchmarks/results/stem-base.json --out stem-s1x8      # paired against an earlier run
 
 Why: a training engine that runs end to end can still learn nothing.  This benchmark trains the
 real thing (``itkm_engine.trainer.train``: Stage I -> II -> III, the ``quick`` preset: an
@@ -33,8 +35,14 @@ than the seed noise; infrared -> visible mAP rises round over round; CPU seconds
 <= 120.  Noise: a margin counts only beyond 2*sqrt(2)*sd of the seeds' round-1 avg mAP (about two
 standard deviations of the difference of two single runs; with 3 seeds a rough estimate).  Each
 expectation prints PASS/MISS, and "(within noise)" when the margin is smaller than that.
-CPU seconds (process time, all threads) are the round's cost; wall time and the 1-minute load
-average are recorded beside them, since other work on the machine stretches the wall time.
+CPU seconds (process time, all threads, plus reaped loader workers) are the round's cost; wall
+time and the 1-minute load average are recorded beside them, since other work on the machine
+stretches the wall time.  Each epoch's CPU seconds (``cpu_seconds``: its features, clusters and
+steps) are in the JSON's epoch logs.
+
+``--set KEY=VALUE`` changes the config of every run; ``--rounds N`` trains N rounds per seed;
+``--baseline JSON`` prints this run's paired differences (same seeds) against an earlier run's
+``per_seed`` results, mean +- sd over the seeds, per round and column.
 """
 
 
@@ -63,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import peak_rss_mb, print_table, write_json  # noqa: E402
 from benchmarks.color_baseline import color_histogram_features  # noqa: E402
 from itkm_engine.config import Config, preset  # noqa: E402
+from itkm_engine.config_check import apply_sets, validate_config  # noqa: E402
 from itkm_engine.data.demo import make_demo, make_two_site_demo  # noqa: E402
 from itkm_engine.data.ingest import ingest  # noqa: E402
 from itkm_engine.evaluation import evaluate_features  # noqa: E402
@@ -173,7 +182,7 @@ def score_model(ws: Workspace, cfg: Config, device: torch.device) -> dict[str, d
 def compact_log(epochs: list[dict]) -> list[dict]:
     """The per-epoch values worth keeping in the JSON (counts, label quality, losses, time)."""
     keep = ("n_clusters", "n_outliers", "precision", "recall", "ari", "chm_pairs", "chm_precision", "ihm_pairs",
-            "ihm_precision", "ihm_pairs_used", "separation", "n_sites", "loss", "seconds")
+            "ihm_precision", "ihm_pairs_used", "separation", "n_sites", "loss", "seconds", "cpu_seconds")
     out = []
     for e in epochs:
         v = e.get("values", e)
@@ -193,6 +202,37 @@ def expectation(name: str, value: float, reference: float, noise: float | None) 
             "margin": round(margin, 2), "result": result}
 
 
+def epoch_costs(logs: dict[str, list[dict]]) -> list[dict]:
+    """Mean CPU seconds of each stage's first and later epochs over the rounds in ``logs``."""
+    acc: dict[str, list[float]] = {}
+    for log in logs.values():
+        for e in log:
+            if "cpu_seconds" in e:
+                acc.setdefault(f"{e['stage']} epoch {'0' if e['epoch'] == 0 else '1+'}", []).append(e["cpu_seconds"])
+    return [{"epoch": k, "cpu_s": round(float(np.mean(v)), 1), "n": len(v)} for k, v in sorted(acc.items())]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its reaped children (loader workers)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
+def paired(per_seed: list[dict], base: list[dict], rounds: list[str], cols: list[str]) -> list[dict]:
+    """Per round: mean +- sd over the seeds both runs share of (this run - baseline), per column."""
+    by_seed = {b["seed"]: b for b in base}
+    out = []
+    for r in rounds:
+        both = [(s_, by_seed[s_["seed"]]) for s_ in per_seed if s_["seed"] in by_seed and r in by_seed[s_["seed"]]]
+        row: dict = {"round": r, "seeds": len(both)}
+        for c in cols:
+            d = [a[r][c] - b[r][c] for a, b in both
+                 if np.isfinite(a[r].get(c, np.nan)) and np.isfinite(b[r].get(c, np.nan))]
+            row[c] = f"{np.mean(d):+.2f}+-{np.std(d, ddof=1):.2f}" if len(d) > 1 else (f"{d[0]:+.2f}" if d else "")
+        out.append(row)
+    return out
+
+
 class Runs:
     """Workspaces, rounds and their bookkeeping (times, epoch logs) for one benchmark."""
 
@@ -205,10 +245,10 @@ class Runs:
         return new_workspace(self.root, name, sources or [(self.demo_root, None)])
 
     def round(self, ws: Workspace, cfg: Config, name: str) -> tuple[dict, float]:
-        """Train one round, then score it: (columns, wall seconds)."""
-        t, c = time.perf_counter(), time.process_time()
+        """Train one round, then score it: (columns, CPU seconds)."""
+        t, c = time.perf_counter(), cpu_seconds()
         res = train(ws, cfg, rounds=1, device=self.device)[0]
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        wall, cpu = time.perf_counter() - t, cpu_seconds() - c
         self.times.append({"run": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                            "load": round(os.getloadavg()[0], 1), "images": ws.image_count()})
         self.logs[name] = compact_log(res.epochs)
@@ -223,6 +263,11 @@ def main() -> int:
     ap.add_argument("--identities", type=int, default=None, help="demo identities (default 30; 16 with --quick)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of the full method and the ablations")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the full method's round 1, for the noise level")
+    ap.add_argument("--rounds", type=int, default=2, help="training rounds per seed (default 2)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run (repeatable), e.g. --set stage1.epochs=8")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="an earlier results JSON: print paired differences per seed (mean +- sd)")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--no-oracle", action="store_true", help="skip the oracle pseudo-label row")
     ap.add_argument("--model", default=None, help="model config name instead of the preset's (e.g. itkm-tiny)")
@@ -242,7 +287,9 @@ def main() -> int:
     cfg = preset("quick").with_overrides(device="cpu", seed=args.seed)
     if args.model:
         cfg = cfg.with_overrides(**{"model.name": args.model})
+    cfg = apply_sets(validate_config(cfg), args.set)
     device = torch.device("cpu")
+    round_names = [f"round {r}" for r in range(args.rounds + 1)]
 
     if args.keep is not None:
         root = args.keep
@@ -260,9 +307,9 @@ def main() -> int:
                   f"torch threads {torch.get_num_threads()}")
         runs = Runs(root, root / "demo", device, clock)
 
-        # -- the full method, every seed: round 0, round 1, round 2 ---------------------------------
+        # -- the full method, every seed: round 0, 1, 2, ... ---------------------------------------
         colour = chance = None
-        per_seed: list[dict[str, dict]] = []
+        per_seed: list[dict] = []
         rows: list[dict] = []
         for k in range(n_seeds):
             seed = args.seed + k
@@ -274,17 +321,16 @@ def main() -> int:
                 rand = np.random.default_rng(0).standard_normal((len(images), 256)).astype(np.float32)
                 chance = columns(evaluate_features(rand / np.linalg.norm(rand, axis=1, keepdims=True), images))
                 rows.append({"row": "colour histogram", **colour})
-            r0 = columns(score_model(ws, scfg, device))
-            r1, cpu1 = runs.round(ws, scfg, f"seed {seed} round 1")
-            r2, cpu2 = runs.round(ws, scfg, f"seed {seed} round 2")
+            rec: dict = {"seed": seed, "round 0": columns(score_model(ws, scfg, device))}
+            rows.append({"row": f"round 0 (untrained), seed {seed}", **rec["round 0"]})
+            for r in range(1, args.rounds + 1):
+                rec[f"round {r}"], cpu = runs.round(ws, scfg, f"seed {seed} round {r}")
+                rows.append({"row": f"round {r}, seed {seed}", **rec[f"round {r}"], "round CPU s": round(cpu, 1)})
             ws.close()
-            per_seed.append({"round 0": r0, "round 1": r1, "round 2": r2})
-            rows.append({"row": f"round 0 (untrained), seed {seed}", **r0})
-            rows.append({"row": f"round 1, seed {seed}", **r1, "round CPU s": round(cpu1, 1)})
-            rows.append({"row": f"round 2, seed {seed}", **r2, "round CPU s": round(cpu2, 1)})
+            per_seed.append(rec)
         mean = {r: {c: round(float(np.mean([s[r][c] for s in per_seed])), 2) for c in per_seed[0][r]}
-                for r in ("round 0", "round 1", "round 2")}
-        for r in ("round 0", "round 1", "round 2"):
+                for r in round_names}
+        for r in round_names:
             rows.append({"row": f"{r}, mean of {n_seeds} seed(s)", **mean[r]})
         round1 = per_seed[0]["round 1"]  # the reference of the ablation and operator tables (first seed)
         noise: float | None = None
@@ -338,14 +384,14 @@ def main() -> int:
         checks = []
         for k, s_ in enumerate(per_seed):
             tag = f"seed {args.seed + k}"
-            checks += [
-                expectation(f"{tag}: round 1 beats round 0 ({m})", s_["round 1"][m], s_["round 0"][m], noise),
-                expectation(f"{tag}: round 2 beats round 0 ({m})", s_["round 2"][m], s_["round 0"][m], noise),
-                expectation(f"{tag}: round 1 beats the colour baseline ({m})", s_["round 1"][m], colour[m], noise),
-                expectation(f"{tag}: round 2 beats the colour baseline ({m})", s_["round 2"][m], colour[m], noise),
-                expectation(f"{tag}: infrared->visible rises round 0 -> 1", s_["round 1"][ir], s_["round 0"][ir], None),
-                expectation(f"{tag}: infrared->visible rises round 1 -> 2", s_["round 2"][ir], s_["round 1"][ir], None),
-            ]
+            for r in range(1, args.rounds + 1):
+                checks += [
+                    expectation(f"{tag}: round {r} beats round 0 ({m})", s_[f"round {r}"][m], s_["round 0"][m], noise),
+                    expectation(f"{tag}: round {r} beats the colour baseline ({m})", s_[f"round {r}"][m], colour[m],
+                                noise),
+                    expectation(f"{tag}: infrared->visible rises round {r - 1} -> {r}", s_[f"round {r}"][ir],
+                                s_[f"round {r - 1}"][ir], None),
+                ]
         for a in ablation_rows:
             ref = site_rows[0][m] if "two-site" in a["row"] else round1[m]
             checks.append(expectation(f"full method beats {a['row']} ({m}, round 1)", ref, a[m], noise))
@@ -363,14 +409,24 @@ def main() -> int:
             print_table([{"row": "full method (round 1)", **round1, "d avg mAP": 0.0}] + ablation_rows,
                         "Ablations: one round, same seed, one switch off")
             print_table(site_rows, "Separation loss on the two-site demo (disjoint people)")
+        base_rows: list[dict] = []
+        if args.baseline is not None:
+            import json
+
+            base = json.loads(args.baseline.read_text()).get("per_seed", [])
+            base_rows = paired(per_seed, base, round_names, [c for c in per_seed[0]["round 0"] if c.endswith("mAP")])
+            print_table(base_rows, f"Paired difference vs {args.baseline.name} (this - baseline, points, mean +- sd "
+                                   "over seeds)")
         print_table(runs.times, "Round times")
+        print_table(epoch_costs(runs.logs), "CPU seconds per epoch (mean over the runs; an epoch = its features, "
+                                            "clusters and steps; Stage I's first also builds the round's stem cache)")
         print_table(checks, f"Expectations (noise threshold on avg mAP: {noise if noise is not None else 'n/a'})")
         loads = clock.loads + [os.getloadavg()[0]]
         print(f"\ntotal {total_s:.0f} s; 1-min load average min/mean/max {min(loads):.1f}/{np.mean(loads):.1f}/"
               f"{max(loads):.1f} on {os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}; "
               f"peak RSS {peak_rss_mb():.0f} MB")
         path = write_json(out_name, {
-            "args": vars(args) | {"keep": str(args.keep) if args.keep else None},
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "identities": info.n_identities,
             "images": info.n_images,
             "config": cfg.to_dict(),
@@ -379,11 +435,15 @@ def main() -> int:
             "load_average": {"samples": [round(x, 2) for x in loads], "min": min(loads), "mean": float(np.mean(loads)),
                              "max": max(loads)},
             "rows": rows,
+            "sets": args.set,
+            "per_seed": per_seed,
+            "paired_vs_baseline": base_rows,
             "ablations": ablation_rows,
             "two_site": site_rows,
             "protocol": PROTOCOL,
             "noise_threshold_avg_mAP": noise,
             "round_times": runs.times,
+            "epoch_cpu_s": epoch_costs(runs.logs),
             "epoch_logs": runs.logs,
             "expectations": checks,
             "total_s": round(total_s, 1),

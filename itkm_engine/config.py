@@ -81,7 +81,6 @@ class DataConfig:
     # augmentation every draw.  Towers without a frozen prefix (the ViT) ignore both settings.
     fixed_views: int = 4
     stem_cache_mb: int = 2048  # most memory the kept maps take (float16); the rest is computed per batch
-    erase_on: str = "map"  # where random erasing acts with fixed views: "map" (per draw) | "view" (baked in)
 
 
 @dataclass

@@ -60,7 +60,6 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
     "data.extract_batch_size": (1, 65_536),
     "data.fixed_views": (0, 64),
     "data.stem_cache_mb": (0, 1_048_576),
-    "data.erase_on": frozenset({"map", "view"}),
     "inference.top_k": (1, 1_000_000),
     "inference.exact_search_limit": (1, _BIG),
     "inference.identity_eps": (_POS, 2.0),

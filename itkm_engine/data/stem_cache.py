@@ -65,9 +65,9 @@ class StemCache:
     ``budget_mb``: the most the kept maps may take.
     """
 
-    def __init__(self, model, images, *, image_size: tuple[int, int], augment: Augment, views: int, seed: tuple[int, ...],
-                 budget_mb: float, device: torch.device, batch_size: int = 128, workers: int = 0,
-                 erase_on: str = "map") -> None:
+    def __init__(self, model, images, *, image_size: tuple[int, int], augment: Augment, views: int,
+                 seed: tuple[int, ...], budget_mb: float, device: torch.device, batch_size: int = 128,
+                 workers: int = 0) -> None:
         if not model.has_frozen_prefix:
             raise ValueError(f"the {type(model.tower).__name__} image tower has no frozen prefix to cache")
         self.model = model
@@ -79,7 +79,6 @@ class StemCache:
         self.plain_tf = CropTransform(self.size)
         self.view_tf = CropTransform(self.size, augment)
         self.erasing = float(augment.random_erasing)
-        self.erase_on = erase_on  # "map": per draw, on the map; "view": baked into the fixed views' pixels
         self.views = max(int(views), 0)
         self.seed = tuple(int(v) for v in seed)  # (training seed, round): keys the views' pixel RNG
         self.budget_bytes = float(budget_mb) * _MIB
@@ -203,7 +202,7 @@ class StemCache:
         """A training draw: (view, erasure ``(top, left, height, width, noise map)`` or None)."""
         rng = np.random.default_rng((seed, index, draw))
         view = int(rng.integers(self.views))
-        if self.erase_on == "map" and self.erasing > 0 and rng.random() < self.erasing:
+        if self.erasing > 0 and rng.random() < self.erasing:
             box = erase_box(self.shape[1], self.shape[2], rng)
             if box is not None:
                 return view, (*box, int(rng.integers(NOISE_MAPS)))
@@ -221,7 +220,8 @@ class StemCache:
                 m = kept[r] if kept is self.plain else kept[r, torch.as_tensor(views[s: s + chunk])]
                 yield m.float(), self.ok[crows[s: s + chunk]]
             return
-        loader = make_loader(_ViewPixels(self, crows, views), batch_size=chunk, workers=self.workers, device=self.device)
+        loader = make_loader(_ViewPixels(self, crows, views), batch_size=chunk, workers=self.workers,
+                             device=self.device)
         with torch.random.fork_rng(devices=[]):  # a loader draws its workers' seed from the global RNG:
             batches = iter(loader)  # not here, so kept and computed maps leave the same RNG state behind
         for s, batch in zip(range(0, n, chunk), batches):
@@ -238,8 +238,7 @@ class StemCache:
         """The pixels of view ``view`` (:data:`PLAIN` or 0..views-1) of the crop at cache row ``row``."""
         if view == PLAIN:
             return self.plain_tf(rgb)
-        rng = np.random.default_rng((*self.seed, int(self.ids[row]), int(view)))
-        return self.view_tf(rgb, rng) if self.erase_on == "view" else self.view_tf.pixels(rgb, rng)
+        return self.view_tf.pixels(rgb, np.random.default_rng((*self.seed, int(self.ids[row]), int(view))))
 
 
 class _Batches:

@@ -65,7 +65,6 @@ class RoundContext:
                 self.model, self.images, image_size=self.cfg.model.image_size, augment=self.augment(),
                 views=d.fixed_views, seed=(self.cfg.seed, self.round_no),
                 budget_mb=d.stem_cache_mb, device=self.device, batch_size=d.extract_batch_size, workers=d.workers,
-                erase_on=d.erase_on,
             ).build(reporter, stage)
         return self.stem
 

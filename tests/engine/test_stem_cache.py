@@ -214,6 +214,6 @@ def test_itkm_train_quick_says_what_it_cached_and_checks_the_settings(small_ws):
     res = cli_inproc("train", small_ws, "--preset", "quick", "--device", "cpu", *sets, expect=0)
     line = [ln for ln in res.text.splitlines() if "stem cache:" in ln]
     assert line and "plain + 4 augmented views" in line[0], res.text
-    for bad in ("data.stem_cache_mb=-1", "data.fixed_views=-2", "data.erase_on=pixels"):
+    for bad in ("data.stem_cache_mb=-1", "data.fixed_views=-2", "data.fixed_views=1.5"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             apply_sets(preset("quick"), [bad])

@@ -2,7 +2,10 @@
 
 Opening a workspace: the Workspace first (fast: the Cameras and Training panels fill at once),
 then the Session -- which imports torch and builds the model -- in a background job, with its
-state in the status bar.  Heavy imports and UMAP's JIT are warmed up in the background at
+state in the status bar.  The workspace is opened to read; the writer lock is taken only for each
+write (ingest, camera edits, decisions, caches; training's child takes it itself), so ``itkm``
+commands in a terminal work while the window sits open.  A read job every few seconds follows
+what another process changed (a round finished from the terminal) and refreshes the views.  Heavy imports and UMAP's JIT are warmed up in the background at
 start-up, so the window is usable within a second or two.
 """
 
@@ -87,6 +90,10 @@ class ShortcutsOverTextBoxes(QObject):
 
 #: The quiet read job that refreshes the model state while other jobs run (its own end triggers none).
 MODEL_STATE_JOB = "model state"
+#: The quiet read job that looks whether another process changed the workspace (its end triggers none).
+WATCH_JOB = "workspace changes"
+#: How often (ms) the window looks whether another process changed the open workspace.
+WATCH_INTERVAL_MS = 2000
 
 
 class MainWindow(QMainWindow):
@@ -155,7 +162,15 @@ class MainWindow(QMainWindow):
         self.ctx.sessionChanged.connect(lambda _s: self._update_actions())
         self.ctx.modelStateChanged.connect(self._model_state_changed)
         self.ctx.modelChanged.connect(self.refresh_model_state)
-        self.jobs.jobEnded.connect(lambda j: j.name == MODEL_STATE_JOB or self.refresh_model_state())
+        self.jobs.jobEnded.connect(lambda j: j.name in (MODEL_STATE_JOB, WATCH_JOB) or self.refresh_model_state())
+        # another process's changes (a terminal's itkm commands): looked for every few seconds
+        self._stamp: dict | None = None  # the workspace's change stamp last seen (None: take the next as is)
+        self._own_writes = 0  # write jobs of the app that ended (their own signals refreshed the views)
+        self._adopt_pending = False
+        self._watch_timer = QTimer(self)
+        self._watch_timer.setInterval(WATCH_INTERVAL_MS)
+        self._watch_timer.timeout.connect(self.watch_workspace)
+        self.jobs.jobEnded.connect(lambda j: j.kind == "write" and self._own_write_ended())
         self.panel("training").trainingChanged.connect(lambda _on: (self.refresh_model_state(),
                                                                      self._update_actions()))
         self._etas: dict = {}
@@ -320,7 +335,9 @@ class MainWindow(QMainWindow):
             return
         self.close_workspace()
         try:
-            ws = Workspace.open(path, create=create, readonly=readonly)
+            # read without the writer lock; each write takes it (hold_lock=False): itkm commands in
+            # a terminal run while the window sits open (ADR 0012)
+            ws = Workspace.open(path, create=create, readonly=readonly, hold_lock=False, owner=tasks.APP_OWNER)
         except WorkspaceLockedError as exc:
             if self.ask_open_readonly(str(exc)):
                 self.open_workspace(path, readonly=True)
@@ -443,7 +460,10 @@ class MainWindow(QMainWindow):
 
     def _workspace_changed(self, ws) -> None:
         self.eval_label.setText("")
+        self._stamp = None
+        self._adopt_pending = False
         if ws is None:
+            self._watch_timer.stop()
             self.ws_label.setText("No workspace")
             self.setWindowTitle(APP_NAME)
         else:
@@ -451,7 +471,69 @@ class MainWindow(QMainWindow):
             self.ws_label.setText(f"Workspace: {ws.path}{mode}")
             self.ws_label.setToolTip(str(ws.path))
             self.setWindowTitle(f"{ws.path.name}{mode} — {APP_NAME}")
+            self._watch_timer.start()
+            self.watch_workspace(adopt=True)
         self._update_actions()
+
+    # -- other processes' changes --------------------------------------------------------------------------------
+    def _own_write_ended(self) -> None:
+        """The app's own write job (its training child included) ended: what it changed is not
+        another process's change (the job's own signals refreshed the views), so the next stamp is
+        taken as it is."""
+        self._own_writes += 1
+        self.watch_workspace(adopt=True)
+
+    def watch_workspace(self, adopt: bool = False) -> None:
+        """Look (in a quiet read job) whether another process changed the workspace; the views
+        follow (:meth:`_workspace_stamp`).  ``adopt``: take the stamp as the new baseline (after
+        the app's own writes).  Not while the app itself writes: its jobs say what they change."""
+        ws = self.ctx.ws
+        if ws is None:
+            return
+        if self.jobs.find(WATCH_JOB) is not None:
+            self._adopt_pending = self._adopt_pending or adopt
+            return
+        if self.jobs.busy("write") and not adopt:
+            return
+        mark = (self._own_writes, ws.writes_done)
+        self.jobs.submit(WATCH_JOB, tasks.workspace_changes, ws, self.ctx.session, None if adopt else self._stamp,
+                         quiet=True, report_errors=False,
+                         on_done=lambda r, w=ws, m=mark, a=adopt: self._workspace_stamp(w, m, a, r))
+
+    def _workspace_stamp(self, ws, mark: tuple, adopt: bool, result) -> None:
+        stamp, changed, writer = result
+        if self.ctx.ws is not ws:
+            return
+        self._show_writer(ws, writer)
+        if mark != (self._own_writes, ws.writes_done) or self._adopt_pending:
+            # the app wrote meanwhile (a job, a decision): this stamp cannot tell its changes from
+            # another process's; take a fresh one as the baseline
+            self._adopt_pending = False
+            QTimer.singleShot(0, lambda: self.watch_workspace(adopt=True))
+            return
+        first = adopt or self._stamp is None
+        self._stamp = stamp
+        if first or not changed:
+            return
+        who = f" (pid {writer.pid}: {writer.what()})" if writer is not None else ""
+        self.log_view.add(LogMessage("info", f"the workspace was changed by another process{who}: "
+                                             f"{', '.join(changed)}; the views follow"))
+        if "images" in changed:
+            self.ctx.imagesChanged.emit()
+        if "model" in changed:
+            self.ctx.modelChanged.emit()
+        elif "rounds" in changed:
+            self.panel("training").reload()
+            self.refresh_model_state()
+        if "decisions" in changed and self.ctx.session is not None:
+            self.jobs.submit("identities", tasks.identities, self.ctx.session, quiet=True,
+                             on_done=lambda t, s=self.ctx.session: self.ctx.session is s and self.ctx.set_identities(t))
+
+    def _show_writer(self, ws, writer) -> None:
+        """The status bar names another process while it writes the workspace."""
+        mode = " (read-only)" if ws.readonly and writer is None else ""
+        busy = f" · being written by pid {writer.pid} ({writer.what()})" if writer is not None else ""
+        self.ws_label.setText(f"Workspace: {ws.path}{mode}{busy}")
 
     def open_demo(self, identities: int = 60) -> None:
         """The demo: made on first use in the user's data folder, ingested, opened; reused later."""

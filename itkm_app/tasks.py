@@ -24,7 +24,8 @@ import numpy as np
 __all__ = ["CHILD_NICE", "import_engine", "import_projection",
            # the window
            "warm_up", "probe_devices", "describe_device", "open_session", "make_demo_workspace", "read_rounds",
-           "read_images", "compute_in_child", "extract_features", "export_tracks", "follow_umask",
+           "read_images", "compute_in_child", "extract_features", "export_tracks", "follow_umask", "APP_OWNER",
+           "workspace_changes",
            # Cameras
            "camera_samples", "read_cameras", "read_rejects", "set_camera", "reset_cameras", "set_site",
            "ingest_plan", "ingest_folders",
@@ -147,6 +148,23 @@ def make_demo_workspace(demo_dir: Path, ws_dir: Path, identities: int = 60, *, r
     finally:
         ws.close()
     return ws_dir
+
+
+#: How the app names itself in a workspace's lock file while it writes (what a refused ``itkm``
+#: command says: "being written by pid N (itkm-app: adding camera folders)").
+APP_OWNER = "itkm-app"
+
+
+def workspace_changes(ws, session, since: dict | None, *, reporter):
+    """What another process changed since the stamp ``since`` (``Workspace.change_stamp``):
+    (the stamp now, the parts that changed, the process writing the workspace now or None).  The
+    session forgets what it derived from a changed part (off the GUI thread: it may wait for a
+    computation in progress)."""
+    stamp = ws.change_stamp()
+    changed = [] if since is None else [k for k in stamp if stamp[k] != since.get(k)]
+    if session is not None and {"images", "model"} & set(changed):
+        session.refresh()
+    return stamp, changed, ws.other_writer()
 
 
 def read_rounds(ws, *, reporter):
@@ -278,18 +296,27 @@ def ingest_folders(ws, session, folders: list[str], layout: str | None = None, s
 
 # -- Training ------------------------------------------------------------------------------------------
 
-def run_training(session, cfg, rounds: int, device: str, *, reporter):
-    """The training job: rounds in a child process (it writes the config and holds the writer lock
-    meanwhile; see ``itkm_engine.child_job``), then a refreshed session."""
+def run_training(session, request, *, reporter):
+    """The training job: ``request`` (an ``itkm_engine.train_request.TrainRequest``: what the user
+    chose) goes to the one training entry point in a child process, as ``itkm train`` would run
+    it -- the workspace's saved settings, checked with the lineage before config.toml is written;
+    the child holds the writer lock meanwhile (``itkm_engine.child_job``).  Then a refreshed
+    session with the settings the run saved."""
     from itkm_engine.child_job import run_child
+    from itkm_engine.errors import ItkmError
 
-    cfg.device = device
     try:
-        return run_child("train", session.ws, {"rounds": rounds, "device": device}, cfg=cfg, reporter=reporter,
-                         what="training", nice=CHILD_NICE)
+        return run_child("train", session.ws, {"request": request.to_json()}, reporter=reporter, what="training",
+                         nice=CHILD_NICE)
     finally:
         # whatever happened, the session must not serve a stale model or stale features
-        session.cfg = cfg
+        import_engine()
+        from itkm_engine.session import workspace_config
+
+        try:
+            session.cfg = workspace_config(session.ws)
+        except ItkmError:
+            pass  # a damaged config.toml: the session keeps its settings; training said why
         session.refresh()
 
 

@@ -135,8 +135,9 @@ def run_child(kind: str, ws, params: dict | None = None, *, cfg=None, reporter: 
 
     path = Path(getattr(ws, "path", ws))
     lend = ws.lend_writer() if hasattr(ws, "lend_writer") and not ws.readonly else nullcontext()
+    owner = getattr(ws, "owner", None)  # the app: its child's lock says "itkm-app: training"
     request = {"kind": kind, "workspace": str(path), "config": cfg.to_toml() if cfg is not None else None,
-               "params": params or {}, "nice": int(nice)}
+               "params": params or {}, "nice": int(nice), "owner": f"{owner}: {what or kind}" if owner else None}
     with lend:
         value = _run(request, reporter, cancel_grace_s, term_grace_s, env, what or kind)
     return decode_result(kind, value)
@@ -339,13 +340,14 @@ def compute_in_child(session, kind: str, *, reporter: Reporter, nice: int = 0) -
     ``projection()`` afterwards only read them.  Holds the session's lock meanwhile, so no thread
     of this process extracts the same features at the same time (they wait and then read the
     cache, as they would wait for an extraction in this process).  Returns ``False`` without
-    starting anything when the cache is already complete, or when this process cannot lend the
-    writer lock (a read-only workspace: the session computes in memory as before).
+    starting anything when the cache is already complete, or when the workspace cannot be written
+    now (opened read-only, or another process writes it: the session computes in memory as before).
     """
     if kind not in ("features", "projection"):
         raise ValueError(f"not a session step: {kind!r}")
     with session._lock:
-        if session.ws.readonly or cached_in_session(session, kind):
+        # another process writing now (a terminal's itkm train): the child could not take the lock
+        if session.ws.readonly or session.ws.other_writer() is not None or cached_in_session(session, kind):
             return False
         run_child(kind, session.ws, {"device": str(session.device)}, cfg=session.cfg, reporter=reporter,
                   nice=nice, what="feature extraction" if kind == "features" else "2-D map")

@@ -22,10 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import atomic_write_text
 from .errors import Cancelled, ItkmError
 from .progress import LogMessage, ProgressEvent, Reporter
-from .vocabulary import CONFIG_FILE
 
 EPILOG = "Run 'itkm COMMAND --help' for the options of one command."
 
@@ -211,46 +209,18 @@ def cmd_cameras(a) -> int:
     return 0
 
 
-def _config_for(ws, a):
-    """The run's configuration: --config, else --preset, else the workspace's config.toml, else
-    quick; then --weights, --device and --set.  Validated as a whole (ConfigError naming the key)
-    before the caller writes anything."""
-    from dataclasses import replace
-
-    from .config import preset
-    from .config_check import apply_sets, load_config_file, validate_config
-
-    path = ws.path / CONFIG_FILE
-    if a.config:
-        cfg = load_config_file(a.config)
-    elif a.preset:
-        cfg = preset(a.preset)
-    elif path.exists():
-        cfg = load_config_file(path)
-    else:
-        cfg = preset("quick")
-    if a.weights:
-        cfg.model = replace(cfg.model, weights=a.weights)
-    if a.device:
-        cfg.device = a.device
-    cfg = apply_sets(validate_config(cfg), a.set or [])
-    return cfg
-
-
 def cmd_train(a) -> int:
-    from .config_check import check_lineage
-    from .trainer import abandon_interrupted_round, train
+    from .train_request import TrainRequest, check_request, run_training
     from .workspace import Workspace
 
+    req = TrainRequest.from_args(a)
+    check_request(req)  # a bad preset, --set, config file or device: refused at once, before torch loads
     rep = ConsoleReporter("train", a.quiet)
     with Workspace.open(a.workspace, reporter=rep) as ws:
-        cfg = _config_for(ws, a)  # everything is checked before anything is written
-        check_lineage(ws, cfg, ignore_unfinished=a.restart_round)
-        if a.restart_round:
-            abandon_interrupted_round(ws, rep)
-        atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
         try:
-            results = train(ws, cfg, rounds=a.rounds, device=a.device or cfg.device, reporter=rep)
+            # the one entry point (train_request.py): settings, lineage, the interrupted round,
+            # all checked before config.toml is written; then the rounds
+            results = run_training(ws, req, reporter=rep)
         except (KeyboardInterrupt, Cancelled):
             rep.done()
             print("training stopped; run the same command again to resume from the last completed epoch",
@@ -310,11 +280,11 @@ def cmd_status(a) -> int:
 def _session(a, readonly: bool, reporter: Reporter | None = None):
     """The workspace's Session; opening messages (a stale lock taken over, a schema upgrade and
     its backup) go to ``reporter`` so the operator sees them."""
-    from .config_check import check_device
+    from .config_check import check_device_present
     from .session import Session
     from .workspace import Workspace
 
-    check_device(getattr(a, "device", None))
+    check_device_present(getattr(a, "device", None))  # --device cuda:7 without that GPU: one line
     ws = Workspace.open(a.workspace, readonly=readonly, reporter=reporter)
     try:
         return Session(ws, None, device=getattr(a, "device", None) or "auto")
@@ -354,6 +324,19 @@ def cmd_query(a) -> int:
              "group": m.group, "path": m.path} for i, m in enumerate(matches)]
     _json_out(rows) if a.json else print_table(rows)
     return 0
+
+
+def _check_destination_first(a) -> None:
+    """An export's destination (and ``--device``) checked before the session loads torch: a folder,
+    a link or a user's image as OUT is refused at once, not after seconds of imports.  The export
+    checks it again where it writes."""
+    from .config_check import check_device_present
+    from .export import check_export_destination
+    from .workspace import Workspace
+
+    check_device_present(getattr(a, "device", None))
+    with Workspace.open(a.workspace, readonly=True) as ws:
+        check_export_destination(ws, a.out)
 
 
 def _store_after_read(a, rep: Reporter, what: str, write) -> None:
@@ -401,6 +384,7 @@ def cmd_evaluate(a) -> int:
 def cmd_export_tracks(a) -> int:
     from .export import export_tracks
 
+    _check_destination_first(a)
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_tracks(s, a.out, reporter=rep)
@@ -413,6 +397,7 @@ def cmd_export_tracks(a) -> int:
 def cmd_export_features(a) -> int:
     from .export import export_features
 
+    _check_destination_first(a)
     rep = ConsoleReporter("export", a.quiet)
     with _session(a, readonly=True, reporter=rep) as s:  # a read of the workspace (the file is the user's)
         n = export_features(s, a.out, reporter=rep)
@@ -492,6 +477,7 @@ def cmd_identities(a) -> int:
 
 
 def cmd_export_onnx(a) -> int:
+    _check_destination_first(a)  # before onnx_export imports torch
     from .onnx_export import check_destination, check_onnx, export_onnx
 
     rep = ConsoleReporter("export", a.quiet)
@@ -748,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_out_of_memory(exc):
             raise
-        # Training explains its own (trainer.train); this is extraction, a query, an export.
+        # Training explains its own (train_request.run_training); this is extraction, a query, an export.
         print(f"itkm {a.command}: out of memory ({shown(exc, 200)}); lower data.extract_batch_size in the "
               "workspace's config.toml (the images embedded at once), or close other programs, then run it again; "
               "nothing was changed", file=sys.stderr)

@@ -6,9 +6,13 @@ set of choices gets one row).  Errors are :class:`ConfigError` naming the key, e
 ``stage2.batch_size = 0 is out of range: 1 .. 65536``.
 
 Also here: reading a ``config.toml`` (a damaged or non-UTF-8 file is a ConfigError, not a
-traceback), applying ``--set KEY=VALUE`` items, and the *lineage* check that stops a workspace
+traceback), applying ``--set KEY=VALUE`` items, the *lineage* check that stops a workspace
 trained with one model from being continued with another (``--preset quick`` on a ``tiny``
-workspace would otherwise fail with a size-mismatch deep inside the model).
+workspace would otherwise fail with a size-mismatch deep inside the model), whether a device
+asked for is on this computer, and the settings an interrupted round resumes with.
+
+Nothing here imports torch at module level (the tower table is torch-free): the training entry
+point (``train_request.py``) refuses a bad request in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -16,18 +20,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
 from .config import MAX_IMAGE_AREA, PRESETS, Config
+from .devices import DEVICE_NAME, device_problem
 from .errors import ItkmError
 from .model.towers import TOWERS
 
 __all__ = ["ConfigError", "RANGES", "validate_config", "load_config_file", "apply_sets", "check_lineage", "check_device",
-           "LINEAGE_KEYS"]
+           "check_device_present", "lineage_problem", "LINEAGE_KEYS", "MEMORY_SETTINGS", "take_memory_settings",
+           "round_config", "resumed_config"]
 
 
 class ConfigError(ItkmError):
@@ -85,7 +90,6 @@ for _w in ("weight_homogeneous", "weight_cross", "weight_instance", "weight_i2t"
 # Each image tower's checks of its own settings (e.g. model.frozen_blocks of the MobileNetV2 tower).
 for _tower in TOWERS.values():
     RANGES.update({f"model.{k}": r for k, r in _tower.config_ranges.items()})
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
 #: The model settings that make two checkpoints one lineage (the next round loads the last one).
 LINEAGE_KEYS = ("name", "image_size", "tower", "feature", "n_ctx")
@@ -108,8 +112,20 @@ def validate_config(cfg: Config) -> Config:
 
 def check_device(name: str | None, what: str = "--device") -> None:
     """A device name the engine understands (``auto``, ``cpu``, ``mps``, ``cuda``, ``cuda:N``)."""
-    if name is not None and not (isinstance(name, str) and _DEVICE.match(name)):
+    if name is not None and not (isinstance(name, str) and DEVICE_NAME.match(name)):
         raise ConfigError(f"{what} = {name!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
+def check_device_present(name: str | None, what: str = "--device") -> None:
+    """A device asked for *now* (``--device``, the app's device list) must be a device name and be
+    on this computer: ``--device cuda:7`` without that GPU is refused before anything is written
+    (it used to be saved in config.toml, and every later command called the checkpoint damaged).
+    A device stored in config.toml is only a preference, resolved when the model loads."""
+    check_device(name, what)
+    why = device_problem(name)
+    if why is not None:
+        raise ConfigError(f"{what} {name!r} cannot be used: {why}. Use --device auto (the GPU when there is one, "
+                          "else the CPU) or --device cpu. Nothing was changed.")
 
 
 def _check_dataclass(obj, prefix: str) -> None:
@@ -225,32 +241,82 @@ def _is_leaf(cfg: Config, key: str) -> bool:
     return not dataclasses.is_dataclass(obj)
 
 
-def check_lineage(ws, cfg: Config, *, ignore_unfinished: bool = False) -> None:
-    """Refuse ``cfg`` when its model differs from the one this workspace's rounds trained.
+def lineage_problem(rounds, cfg: Config, *, ignore_unfinished: bool = False) -> str | None:
+    """Why ``cfg`` cannot continue the training of these rounds (``Workspace.rounds()``), or ``None``.
 
-    The next round starts from the last finished round's checkpoint, so a different model name,
-    crop size, tower, feature or prompt length cannot continue it.  Reads only the database."""
-    wanted = ("done",) if ignore_unfinished else ("done", "running", "cancelled")
-    rounds = [r for r in ws.rounds() if r.config_json and r.status in wanted]
-    if not rounds:
-        return
-    last = rounds[-1]
+    The next round starts from the last finished round's checkpoint (an interrupted one resumes
+    from its own progress), so a different model name, crop size, tower, feature or prompt length
+    cannot continue them.  A pure function of the rounds: the app asks it on its GUI thread with
+    the rounds it has read, and shows the same sentence as ``itkm train``."""
+    recorded = [r for r in rounds if r.config_json]
+    done = [r for r in recorded if r.status == "done"]
+    unfinished = [] if ignore_unfinished else [r for r in recorded if r.status in ("running", "cancelled")]
+    # the model the next round loads: the last finished round's, and an interrupted round's
+    candidates = done[-1:] + [r for r in unfinished[-1:] if not done or r.number > done[-1].number]
+    for last in reversed(candidates):
+        try:
+            stored = json.loads(last.config_json)
+            trained = stored.get("model", {})
+        except (ValueError, AttributeError):
+            continue
+        now = dataclasses.asdict(cfg.model)
+        diffs = [f"model.{k} {_norm(trained[k])} -> {_norm(now[k])}" for k in LINEAGE_KEYS
+                 if k in trained and k in now and _norm(trained[k]) != _norm(now[k])]
+        if diffs:
+            return (f"this workspace's model was trained with preset {stored.get('preset', '?')!r} (round "
+                    f"{last.number}); the requested settings change the model ({'; '.join(diffs)}), so they cannot "
+                    f"continue its training. Keep the workspace's settings (leave out --preset/--config), or ingest "
+                    "the same folders into a new workspace for a new model. Nothing was changed.")
+    return None
+
+
+def check_lineage(ws, cfg: Config, *, ignore_unfinished: bool = False) -> None:
+    """Refuse ``cfg`` (:class:`ConfigError`) when its model differs from the one this workspace's
+    rounds trained (:func:`lineage_problem`).  Reads only the database."""
+    problem = lineage_problem(ws.rounds(), cfg, ignore_unfinished=ignore_unfinished)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+#: Settings that only bound how much memory is used at once.  An interrupted round resumes with
+#: the rerun's values of these (the rest of its settings stay those it started with), so a round
+#: that ran out of memory continues after its last epoch with a smaller batch.
+MEMORY_SETTINGS = (("data", "extract_batch_size"), ("data", "workers"), ("data", "num_identities"),
+                   ("data", "num_instances"), ("stage2", "batch_size"), ("data", "stem_cache_mb"))
+
+
+def take_memory_settings(stored: Config, requested: Config) -> list[str]:
+    """Copy :data:`MEMORY_SETTINGS` from ``requested`` into ``stored``; returns what changed."""
+    changed = []
+    for part, key in MEMORY_SETTINGS:
+        old, new = getattr(getattr(stored, part), key), getattr(getattr(requested, part), key)
+        if old != new:
+            setattr(getattr(stored, part), key, new)
+            changed.append(f"{part}.{key} {old} -> {new}")
+    return changed
+
+
+def round_config(info, fallback: Config) -> Config:
+    """The settings round ``info`` (a ``RoundInfo``) started with -- checked, since an older
+    version stored them unchecked (``batch_size = 0`` then failed on every resume); ``fallback``
+    for a round that stored none."""
+    if not info.config_json:
+        return fallback
     try:
-        trained = json.loads(last.config_json).get("model", {})
-    except (ValueError, AttributeError):
-        return
-    now = dataclasses.asdict(cfg.model)
-    diffs = []
-    for k in LINEAGE_KEYS:
-        if k in trained and k in now and _norm(trained[k]) != _norm(now[k]):
-            diffs.append(f"model.{k} {_norm(trained[k])} -> {_norm(now[k])}")
-    if diffs:
-        preset_was = json.loads(last.config_json).get("preset", "?")
-        raise ConfigError(
-            f"this workspace's model was trained with preset {preset_was!r} (round {last.number}); the requested "
-            f"settings change the model ({'; '.join(diffs)}), so they cannot continue its training. Keep the "
-            f"workspace's settings (leave out --preset/--config), or ingest the same folders into a new workspace "
-            "for a new model. Nothing was changed.")
+        return validate_config(Config.from_dict(json.loads(info.config_json)))
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"round {info.number} was started with settings that cannot work ({exc}); abandon it "
+                          "and start a new round: itkm train WORKSPACE --restart-round") from None
+
+
+def resumed_config(info, requested: Config) -> tuple[Config, list[str], bool]:
+    """The settings an interrupted round ``info`` continues with: its own, with the memory
+    settings of ``requested``.  Returns (settings, the memory settings changed, whether other
+    requested settings are left unused until the next round)."""
+    stored = round_config(info, requested)
+    changed = take_memory_settings(stored, requested)
+    ignored = stored.to_dict() | {"device": None} != requested.to_dict() | {"device": None}
+    return stored, changed, ignored
 
 
 def _norm(v):

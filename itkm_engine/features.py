@@ -86,6 +86,16 @@ class FeatureCache:
         first.sort()
         return FeatureSet(ids_a[first], np.concatenate(feats)[first], np.concatenate(proj)[first])
 
+    def ids(self) -> np.ndarray:
+        """The image ids the chunks hold (only their id arrays are read: cheap).  A damaged chunk
+        may be among them; :meth:`load` is the check."""
+        out = []
+        if self.folder is not None and self.folder.is_dir():
+            for f in sorted(self.folder.glob("chunk_*.npz")):
+                with contextlib.suppress(OSError, ValueError, KeyError, EOFError), np.load(f, allow_pickle=False) as z:
+                    out.append(z["ids"].astype(np.int64))
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
     DIMS_FILE = "dims.json"
 
     def dims(self) -> tuple[int, int] | None:

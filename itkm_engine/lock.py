@@ -51,6 +51,10 @@ class LockInfo:
     host: str
     started: float
     argv: list[str]
+    #: what the holder is writing now (the app names each write: "adding camera folders")
+    doing: str = ""
+    #: the holder takes the lock only while it writes (the app): the answer is "try again"
+    brief: bool = False
 
     def command(self, limit: int = 60) -> str:
         """The holder's command line, shortened for a message (``itkm train --rounds 2``)."""
@@ -68,7 +72,17 @@ class LockInfo:
         return time.strftime("%Y-%m-%d %H:%M", t)
 
     def describe(self) -> str:
-        return f"pid {self.pid} ({self.command()}) on {self.host} since {self.since()}"
+        return f"pid {self.pid} ({self.what()}) on {self.host} since {self.since()}"
+
+    def what(self) -> str:
+        """The holder and what it is doing: ``itkm train WS`` or ``itkm-app: adding camera folders``."""
+        return self.command() + (f": {self.doing}" if self.doing else "")
+
+    def advice(self) -> str:
+        """What the refused process can do."""
+        if self.brief:
+            return "it holds the workspace only while it writes: try again when it is done"
+        return "open it read-only or stop that process"
 
 
 def pid_alive(pid: int) -> bool:
@@ -118,6 +132,8 @@ def _parse(raw: bytes) -> LockInfo | None:
             host=str(data["host"]),
             started=float(data["started"]),
             argv=[str(a) for a in data.get("argv", [])],
+            doing=str(data.get("doing") or ""),
+            brief=bool(data.get("brief", False)),
         )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
@@ -152,10 +168,14 @@ class WriterLock:
         *,
         argv: list[str] | None = None,
         on_message: Callable[[str], None] | None = None,
+        doing: str = "",
+        brief: bool = False,
     ) -> None:
         self.path = Path(path)
         self.argv = list(sys.argv if argv is None else argv)
         self.on_message = on_message
+        self.doing = doing
+        self.brief = brief
         self.info: LockInfo | None = None  # ours, while held
         self.took_over: LockInfo | None = None  # the stale holder we replaced, if any
         self._fd: int | None = None
@@ -222,9 +242,11 @@ class WriterLock:
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
                 return False
-            info = LockInfo(pid=os.getpid(), host=_host(), started=time.time(), argv=self.argv)
+            info = LockInfo(pid=os.getpid(), host=_host(), started=time.time(), argv=self.argv, doing=self.doing,
+                            brief=self.brief)
             payload = json.dumps(
-                {"pid": info.pid, "host": info.host, "started": info.started, "argv": info.argv}
+                {"pid": info.pid, "host": info.host, "started": info.started, "argv": info.argv,
+                 **({"doing": info.doing} if info.doing else {}), **({"brief": True} if info.brief else {})}
             ).encode("utf-8")
             os.write(fd, payload)
             os.fsync(fd)
@@ -282,10 +304,9 @@ class WriterLock:
             alive = pid_alive(info.pid)
             # flock acquirable => the holder process is gone even if its pid was recycled.
             if alive and flocked is not True:
-                who = "this process" if info.pid == os.getpid() else info.command()
+                who = "this process" if info.pid == os.getpid() else info.what()
                 exc = WorkspaceLockedError(
-                    f"workspace is being written by pid {info.pid} ({who}) since {info.since()}; "
-                    "open it read-only or stop that process"
+                    f"workspace is being written by pid {info.pid} ({who}) since {info.since()}; {info.advice()}"
                 )
                 exc.holder = info  # type: ignore[attr-defined]
                 raise exc

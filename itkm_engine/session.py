@@ -25,7 +25,7 @@ from .config_check import load_config_file
 from .data.imageio import BadImage, load_rgb
 from .errors import ItkmError, NothingToDoError
 from .evaluation import evaluate_features
-from .features import FeatureSet, embed, extract_features, record_failed_images
+from .features import FeatureCache, FeatureSet, embed, extract_features, record_failed_images
 from .identities import compute_identities, round_links, summarize
 from .index import FeatureIndex, k_reciprocal_rerank
 from .model.loading import load_model, model_key, resolve_device
@@ -140,15 +140,29 @@ class Session:
                 if len(images) == 0:
                     raise NothingToDoError("the workspace has no images yet: add camera folders first")
                 key = self.checkpoint_key()
-                self._features = extract_features(
-                    self.model, images, cache_dir=self.ws.features_dir / key, key=key, device=self.device,
-                    batch_size=self.cfg.data.extract_batch_size, workers=self.cfg.data.workers,
-                    amp=self.cfg.amp, reporter=reporter, write_cache=not self.ws.readonly,
-                )
-                if self._features.failed is not None and len(self._features.failed) and not self.ws.readonly:
-                    record_failed_images(self.ws, self._features.failed, images, reporter)
-                    self._images = None
+                with self._storing("storing features", complete=lambda: self._features_stored(key, images)) as store:
+                    self._features = extract_features(
+                        self.model, images, cache_dir=self.ws.features_dir / key, key=key, device=self.device,
+                        batch_size=self.cfg.data.extract_batch_size, workers=self.cfg.data.workers,
+                        amp=self.cfg.amp, reporter=reporter, write_cache=store,
+                    )
+                    if self._features.failed is not None and len(self._features.failed) and store:
+                        record_failed_images(self.ws, self._features.failed, images, reporter)
+                        self._images = None
             return self._features
+
+    def _storing(self, what: str, complete=None):
+        """A context giving whether what this read computes may be stored now: the writer lock is
+        taken for it when the workspace is writable and no other process writes it (the app holds
+        the lock only while it writes: ``Connection.writing_if_free``).  ``complete()``: whether
+        everything is stored already (then no lock is taken)."""
+        if self.ws.readonly or (self.ws.lock_on_demand and complete is not None and complete()):
+            return contextlib.nullcontext(not self.ws.readonly)
+        return self.ws.writing_if_free(what)
+
+    def _features_stored(self, key: str, images) -> bool:
+        have = FeatureCache(self.ws.features_dir / key).ids()
+        return not len(np.setdiff1d(np.asarray(images.id, np.int64), have))
 
     def index(self):
         with self._lock:
@@ -326,10 +340,11 @@ class Session:
                         checkpoint=key, links=round_links(self.ws, fs.ids),
                         reporter=reporter.child(0.5, 1.0) if reporter else None,
                     )
-                    if not self.ws.readonly:
-                        self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
-                    else:
-                        self._unsaved_identities = table
+                    with self._storing("storing identities") as store:
+                        if store:
+                            self.ws.save_identities(key, table.image_id, table.identity, table.confidence)
+                        else:
+                            self._unsaved_identities = table
                     self._identities = table
             return self._obeying_decisions(self._identities)
 
@@ -469,10 +484,11 @@ class Session:
                                                           ids=fs.ids)
             if self._projection is None and compute:
                 fs = self.features()
-                self._projection = cached_projection(
-                    None if self.ws.readonly else self.ws.cache_dir, self.checkpoint_key(), fs.feats,
-                    reporter=reporter.child(0.3, 1.0) if reporter else None, ids=fs.ids,
-                )
+                with self._storing("storing the 2-D map") as store:
+                    self._projection = cached_projection(
+                        self.ws.cache_dir if store else None, self.checkpoint_key(), fs.feats,
+                        reporter=reporter.child(0.3, 1.0) if reporter else None, ids=fs.ids,
+                    )
             return self._projection
 
     def evaluate(self, reporter: Reporter | None = None) -> dict[str, dict]:
@@ -482,6 +498,8 @@ class Session:
         sysu = [src.id for src in self.ws.sources() if src.layout == "sysu"]
         scores = evaluate_features(fs.feats, images, sysu_sources=sysu,
                                    reporter=reporter.child(0.5, 1.0) if reporter else None)
-        if not self.ws.readonly and scores:
-            self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
+        if scores:
+            with self._storing("storing an evaluation") as store:
+                if store:
+                    self.ws.save_metrics("evaluation", None, self.checkpoint_key(), scores)
         return scores

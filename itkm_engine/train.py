@@ -1,21 +1,21 @@
 """Multi-process training: ``torchrun --nproc-per-node N -m itkm_engine.train WORKSPACE [options]``.
 
-Takes the same options as ``itkm train`` (see ``itkm train --help``).  Rank 0 holds the
-workspace's writer lock and writes everything; the other ranks open it read-only.  On a machine
-without GPUs the processes use the gloo backend on the CPU (that is how the tests run it).
+Takes the same options as ``itkm train`` (see ``itkm train --help``) and goes through the same
+entry point (:func:`itkm_engine.train_request.run_training`): rank 0 holds the workspace's writer
+lock, resolves and checks the request and writes config.toml; the other ranks open it read-only
+and receive rank 0's settings (or its refusal).  On a machine without GPUs the processes use the
+gloo backend on the CPU (that is how the tests run it).
 """
 
 from __future__ import annotations
 
 import sys
 
-from .atomic import atomic_write_text
-from .cli import ConsoleReporter, _config_for, build_parser
+from .cli import ConsoleReporter, build_parser
 from .distributed import init_from_env, shutdown
 from .errors import ItkmError
 from .progress import Reporter
-from .vocabulary import CONFIG_FILE
-from .trainer import train
+from .train_request import TrainRequest, check_request, run_training
 from .workspace import Workspace
 
 
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
+        req = TrainRequest.from_args(a)
+        check_request(req)  # the same answer on every rank (same options, same files): refused at once
         device = torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         if dist.main:
             ws = Workspace.open(a.workspace)
@@ -32,11 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         if not dist.main:
             ws = Workspace.open(a.workspace, readonly=True)
         with ws:
-            cfg = _config_for(ws, a)
-            if dist.main:
-                atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
             rep = ConsoleReporter("train", a.quiet) if dist.main else Reporter(job="train")
-            results = train(ws, cfg, rounds=a.rounds, device=device, reporter=rep, dist=dist)
+            results = run_training(ws, req, reporter=rep, dist=dist, device=device)
             if dist.main:
                 for r in results:
                     print(f"round {r.round} done in {r.seconds:.0f} s on {dist.world} processes -> {r.checkpoint}")

@@ -9,6 +9,10 @@ the stage's extra state, earlier stages' outputs) and logs the epoch in the work
 step, so a kill at any point loses at most the epoch in flight; running the same command again
 continues from the last completed epoch.  A cancel request stops within one batch and leaves the
 same resumable state.
+
+This is the training *loop*.  The way into it -- settings resolved and checked, the model's
+lineage, an interrupted round resumed or abandoned, config.toml written, out of memory explained
+-- is :mod:`itkm_engine.train_request`, which the CLI, torchrun and the app's worker all call.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import torch
 
 from .atomic import atomic_open
 from .config import Config
-from .config_check import ConfigError, validate_config
+from .config_check import resumed_config
 from .distributed import SINGLE, DistContext
-from .errors import Cancelled, NotEnoughMemoryError, NothingToDoError, TrainingDivergedError, is_out_of_memory
+from .errors import Cancelled, NothingToDoError, TrainingDivergedError
 from .features import extract_features
 from .model.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from .model.loading import camera_vocabulary, latest_round_checkpoint, load_model, model_from_state, resolve_device
@@ -59,62 +63,8 @@ def train(ws, cfg: Config, *, rounds: int = 1, device=None, reporter: Reporter |
     results = []
     for i in range(rounds):
         rep = reporter.child(i / rounds, (i + 1) / rounds)
-        try:
-            results.append(_run_round(ws, cfg, device, rep, dist))
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            raise _out_of_memory(ws, cfg, device, exc, dist) from exc
+        results.append(_run_round(ws, cfg, device, rep, dist))
     return results
-
-
-#: Settings that only bound how much memory is used at once.  An interrupted round resumes with
-#: the rerun's values of these (the rest of its settings stay those it started with), so a round
-#: that ran out of memory continues after its last epoch with a smaller batch.
-MEMORY_SETTINGS = (("data", "extract_batch_size"), ("data", "workers"), ("data", "num_identities"),
-                   ("data", "num_instances"), ("stage2", "batch_size"), ("data", "stem_cache_mb"))
-
-
-def _take_memory_settings(stored: Config, requested: Config) -> list[str]:
-    """Copy :data:`MEMORY_SETTINGS` from ``requested`` into ``stored``; returns what changed."""
-    changed = []
-    for part, key in MEMORY_SETTINGS:
-        old, new = getattr(getattr(stored, part), key), getattr(getattr(requested, part), key)
-        if old != new:
-            setattr(getattr(stored, part), key, new)
-            changed.append(f"{part}.{key} {old} -> {new}")
-    return changed
-
-
-def _out_of_memory(ws, cfg: Config, device: torch.device, exc: BaseException, dist: DistContext) -> NotEnoughMemoryError:
-    """One message for a round that ran out of memory: where, which setting to lower, and that
-    the round resumes (it is marked ``cancelled``, not left ``running``)."""
-    rounds = ws.rounds()
-    last = rounds[-1] if rounds else None
-    where = "extract"
-    if last is not None and last.status == "running":
-        where = last.stage or "extract"
-        if dist.main:
-            ws.update_round(last.number, status="cancelled")
-    if where == "stage2":
-        setting = f"stage2.batch_size (now {cfg.stage2.batch_size})"
-        example = f"--set stage2.batch_size={max(1, cfg.stage2.batch_size // 2)}"
-    elif where in ("stage1", "stage3"):
-        setting = (f"the batch, data.num_identities x data.num_instances (now {cfg.data.num_identities} x "
-                   f"{cfg.data.num_instances})")
-        example = f"--set data.num_identities={max(2, cfg.data.num_identities // 2)}"
-    else:
-        setting = f"data.extract_batch_size (now {cfg.data.extract_batch_size})"
-        example = f"--set data.extract_batch_size={max(1, cfg.data.extract_batch_size // 2)}"
-    what = " ".join(str(exc).split())[:160] or type(exc).__name__
-    on = f"the {device.type.upper()}" if device.type != "cpu" else "the computer"
-    if last is not None and last.status == "running":
-        after = (f"round {last.number} stopped in {where} and is kept: lower {setting} and start training again "
-                 f"(itkm train WORKSPACE {example}) -- the round resumes after its last completed epoch with the "
-                 "smaller batch")
-    else:
-        after = f"lower {setting} and start training again (itkm train WORKSPACE {example})"
-    return NotEnoughMemoryError(f"{on} ran out of memory ({what}); {after}. Closing other programs also helps.")
 
 
 def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: DistContext) -> RoundResult:
@@ -128,14 +78,8 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     if resume is not None:
         round_no = int(resume["round"])
         info = next(r for r in ws.rounds() if r.number == round_no)
-        stored = _stored_config(info, cfg)
-        lowered = _take_memory_settings(stored, cfg)
-        if lowered:
-            reporter.log(f"round {round_no} continues with the rerun's memory settings: {'; '.join(lowered)}")
-        if stored.to_dict() | {"device": None} != cfg.to_dict() | {"device": None}:
-            reporter.warning(f"round {round_no} continues with the settings it started with; to use the new "
-                             "ones, abandon it: itkm train WORKSPACE --restart-round ...")
-        cfg = stored
+        # the settings it started with, and the memory settings of this run (train_request says so)
+        cfg, _, _ = resumed_config(info, cfg)
         cfg.device = str(device)
         model = model_from_state(resume.get("model"), progress_path, device=device)
         scenarios, groups = camera_vocabulary(ws)
@@ -230,18 +174,6 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     return RoundResult(round_no, ckpt, time.monotonic() - t0, ws.epoch_log(round_no))
 
 
-def _stored_config(info, cfg: Config) -> Config:
-    """The settings an interrupted round started with -- checked, since an older version stored
-    them unchecked (``batch_size = 0`` then failed on every resume)."""
-    if not info.config_json:
-        return cfg
-    try:
-        return validate_config(Config.from_dict(json.loads(info.config_json)))
-    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"round {info.number} was started with settings that cannot work ({exc}); abandon it "
-                          "and start a new round: itkm train WORKSPACE --restart-round") from None
-
-
 def done_stage_of(resume: dict) -> str:
     return f"{resume['stage']} epoch {int(resume['epoch']) + 1}"
 
@@ -249,22 +181,6 @@ def done_stage_of(resume: dict) -> str:
 def exc_stage(exc: Exception) -> str:
     text = str(exc)
     return next((s.name for s in STAGES if text.startswith(s.name)), "stage1")
-
-
-def abandon_interrupted_round(ws, reporter: Reporter | None = None) -> int | None:
-    """``itkm train --restart-round``: drop an unfinished round's saved progress and mark it
-    ``failed``, so the next :func:`train` starts a new round with the settings given now.
-    Returns the abandoned round's number (None when there was none)."""
-    reporter = reporter or Reporter()
-    unfinished = [r for r in ws.rounds() if r.status in ("running", "cancelled")]
-    (ws.checkpoints_dir / PROGRESS_FILE).unlink(missing_ok=True)
-    if not unfinished:
-        reporter.log("no interrupted round to abandon; starting a new round")
-        return None
-    for r in unfinished:
-        ws.update_round(r.number, status="failed")
-    reporter.log(f"round {unfinished[-1].number} abandoned (its saved progress was dropped); starting a new round")
-    return unfinished[-1].number
 
 
 def _start_or_restart_round(ws, cfg: Config, base_ckpt: Path | None, reporter: Reporter) -> int:

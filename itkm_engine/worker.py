@@ -32,12 +32,11 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .atomic import atomic_write_text
 from .child_job import dumps, event_to_json
 from .config import Config
 from .errors import Cancelled, ItkmError
 from .progress import CancelToken, LogMessage, ProgressEvent, Reporter
-from .vocabulary import CONFIG_FILE
+from .train_request import TrainRequest, check_request, run_training
 from .workspace import Workspace
 
 #: After a cancel by SIGTERM or by the parent going away, exit hard if the job has not stopped.
@@ -78,13 +77,15 @@ def _limit_threads(device: str) -> None:
 
 
 def job_train(ws, cfg, params: dict, reporter: Reporter) -> list[dict]:
-    from .trainer import train  # torch: the test-count jobs and the parent's imports of this module stay without it
-
-    device = params.get("device") or cfg.device
-    cfg.device = device
-    _limit_threads(device)
-    atomic_write_text(ws.path / CONFIG_FILE, cfg.to_toml())
-    results = train(ws, cfg, rounds=int(params.get("rounds", 1)), device=device, reporter=reporter)
+    """Training rounds through the one entry point (``train_request.run_training``), exactly as
+    ``itkm train`` runs them: ``params["request"]`` is a :class:`TrainRequest` (what the user
+    chose in the app: a preset only when they changed it, a device, rounds).  Its settings are
+    resolved against the workspace's config.toml, checked, the lineage too, before anything is
+    written; ``cfg`` (the app's session settings) plays no part."""
+    req = TrainRequest.from_json(params.get("request") or {})
+    check_request(req)  # refused before torch loads
+    _limit_threads(req.device or "auto")
+    results = run_training(ws, req, reporter=reporter)
     return [{"round": r.round, "checkpoint": str(r.checkpoint), "seconds": r.seconds, "epochs": r.epochs}
             for r in results]
 
@@ -183,7 +184,7 @@ def run(request: dict, reporter: Reporter) -> Any:
         return job(None, cfg, request.get("params") or {}, reporter)
     from .session import workspace_config  # torch (see job_train)
 
-    with Workspace.open(request["workspace"], reporter=reporter) as ws:
+    with Workspace.open(request["workspace"], reporter=reporter, owner=request.get("owner")) as ws:
         return job(ws, cfg or workspace_config(ws), request.get("params") or {}, reporter)
 
 

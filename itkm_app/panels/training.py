@@ -1,6 +1,13 @@
 """Training: preset, device and rounds; start / stop / retrain; progress; live curves; history.
 
-``itkm_engine.trainer.train`` runs as one ``write`` job.  Its progress events drive the stage and
+The panel starts with the workspace's saved settings (its ``config.toml``: preset and device), and
+Start / Retrain send a :class:`~itkm_engine.train_request.TrainRequest` of what the user changed
+-- a preset only when they chose another one, a device only when they picked one -- to the one
+training entry point (``train_request.run_training``, in a child process), so settings saved with
+``itkm train --set`` survive a Retrain.  Another preset whose model cannot continue a trained
+workspace is refused here, before anything is written, with the CLI's explanation.
+
+Training runs as one ``write`` job.  Its progress events drive the stage and
 overall bars (with ETA) and the live curves: loss terms per step, and per epoch the cluster
 count and -- when the images carry person ids -- pseudo-label precision and ARI.  Finished epochs
 are also read back from the workspace (``epoch_log``), so the curves show the whole history of
@@ -154,6 +161,10 @@ class TrainingPanel(Panel):
         lay = QVBoxLayout(self.content)
         lay.addWidget(split)
         self._rounds: list | None = None  # None until the workspace's history has been read
+        self._saved_preset: str | None = None  # the preset of the workspace's config.toml (None: no file)
+        self._device_chosen = False  # the user picked a device (else the saved one is kept)
+        self._choice_problem: str | None = None  # why the chosen preset cannot train this workspace
+        self.device.activated.connect(self._device_picked)
         self._fill_devices()
         ctx.workspaceChanged.connect(self._on_workspace)
         ctx.sessionChanged.connect(lambda _s: self._update_buttons())
@@ -161,6 +172,7 @@ class TrainingPanel(Panel):
         ctx.imagesChanged.connect(self._update_buttons)
         ctx.deviceChanged.connect(lambda _d: self._fill_devices())
         self.preset.currentIndexChanged.connect(lambda _i: ctx.settings.set("training/preset", self.preset.currentData()))
+        self.preset.currentIndexChanged.connect(lambda _i: self._check_choice())
         self.rounds.valueChanged.connect(lambda v: ctx.settings.set("training/rounds", v))
         self.preset.currentIndexChanged.connect(lambda _i: self.plan_chart())
         self.rounds.valueChanged.connect(lambda _v: self.plan_chart())
@@ -191,24 +203,70 @@ class TrainingPanel(Panel):
         self.show_content()
         self._rounds = None
         self.eval_table.set_scores({})
-        self._select_preset(ws)
+        self._show_saved_settings(ws)
         self._update_buttons()
         self.reload()
 
-    def _select_preset(self, ws) -> None:
+    def _show_saved_settings(self, ws) -> None:
+        """Preset and device of the workspace's saved settings (config.toml), else the app's last
+        choice.  Start and Retrain keep the saved settings unless the user changes them here."""
         name = self.ctx.settings.get("training/preset", "quick", str)
-        cfg_path = ws.path / CONFIG_FILE
-        if cfg_path.exists():
+        device = None
+        self._saved_preset = None
+        self._device_chosen = False
+        if (ws.path / CONFIG_FILE).exists():
             try:
                 import tomllib
 
-                name = tomllib.loads(cfg_path.read_text()).get("preset", name)
+                saved = tomllib.loads((ws.path / CONFIG_FILE).read_text(encoding="utf-8"))
+                name = self._saved_preset = str(saved.get("preset", "full"))
+                device = saved.get("device")
             except (OSError, ValueError):
-                pass
+                pass  # a damaged file: the training refuses it with its own message
         if self.preset.findData(name) < 0 and name == "tiny":
             self.preset.addItem("Tiny (tests and development)", "tiny")
         i = self.preset.findData(name)
         self.preset.setCurrentIndex(max(i, 0))
+        if isinstance(device, str):
+            j = self.device.findData(device)
+            if j >= 0:  # a device this computer lacks stays the saved preference ("auto" shown)
+                self.device.setCurrentIndex(j)
+        self._check_choice()
+
+    def _device_picked(self, _index: int) -> None:
+        self._device_chosen = True
+
+    def request(self, rounds: int | None = None):
+        """The :class:`TrainRequest` of the panel's choices: the saved settings, with a preset
+        only when the user chose another (or nothing is saved) and a device only when they picked
+        one."""
+        from itkm_engine.train_request import TrainRequest
+
+        chosen = self.preset.currentData() or "quick"
+        keep = self._saved_preset is not None and chosen == self._saved_preset
+        device = self.device.currentData() or "auto"
+        pick_device = self._device_chosen or self._saved_preset is None
+        return TrainRequest(preset=None if keep else chosen, device=device if pick_device else None,
+                            rounds=int(rounds or self.rounds.value()))
+
+    def _check_choice(self) -> str | None:
+        """Why the panel's choices cannot train this workspace (the CLI's words), or None.  Reads
+        config.toml and the rounds already read: nothing on the GUI thread waits for the database."""
+        ws = self.ctx.ws
+        problem = None
+        if ws is not None:
+            from itkm_engine.config_check import lineage_problem
+            from itkm_engine.errors import ItkmError
+            from itkm_engine.train_request import resolve_config
+
+            try:
+                problem = lineage_problem(self._rounds or [], resolve_config(ws.path, self.request()))
+            except ItkmError as exc:
+                problem = str(exc)
+        if problem != self._choice_problem:
+            self._choice_problem = problem
+            self._update_buttons()
+        return problem
 
     def reload(self) -> None:
         ws = self.ctx.ws
@@ -219,6 +277,7 @@ class TrainingPanel(Panel):
     def _show_history(self, data) -> None:
         rounds, epoch_log, evals, n_images, keys = data
         self._rounds = rounds
+        self._check_choice()
         self._n_images = n_images
         if not self.task.busy():
             # after a finished run the charts already show this history, in more detail
@@ -299,6 +358,8 @@ class TrainingPanel(Panel):
             self.state_label.setText("This workspace is open read-only: training is disabled.")
         elif self._rounds is None:
             self.state_label.setText("Reading the workspace's training history…")
+        elif self._choice_problem:
+            self.state_label.setText(f"Cannot train with these settings: {self._choice_problem}")
         elif not self._rounds:
             self.state_label.setText("Not trained yet. Start the first round; each round runs Stage I (homogeneous "
                                      "learning), Stage II (text knowledge) and Stage III (heterogeneous matching).")
@@ -324,8 +385,16 @@ class TrainingPanel(Panel):
             self.curves.redraw()
 
     def config(self):
+        """The settings Start would train with (the saved ones, changed as the panel shows)."""
         from itkm_engine.config import preset
+        from itkm_engine.errors import ItkmError
+        from itkm_engine.train_request import resolve_config
 
+        if self.ctx.ws is not None:
+            try:
+                return resolve_config(self.ctx.ws.path, self.request())
+            except ItkmError:
+                pass  # a damaged config.toml: the training says so when it starts
         return preset(self.preset.currentData() or "quick")
 
     def start(self, rounds: int | None = None) -> None:
@@ -333,8 +402,12 @@ class TrainingPanel(Panel):
         if self.task.busy() or self.ctx.session is None:
             return
         n = int(rounds or self.rounds.value())
+        problem = self._check_choice()
+        if problem:  # refused before anything is written, in the CLI's words
+            self.state_label.setText(f"Not started: {problem}")
+            return
+        request = self.request(n)
         cfg = self.config()
-        device = self.device.currentData() or "auto"
         self.progress.reset("Starting…")
         self._live_complete = False
         from ..wording import plural
@@ -342,7 +415,7 @@ class TrainingPanel(Panel):
         self.state_label.setText(f"Training {plural(n, 'round')} with the {cfg.preset} preset on "
                                  f"{self.device.currentText()}…")
         self.plan_chart(n, cfg)
-        self.task.start("train", tasks.run_training, self.ctx.session, cfg, n, device, kind="write", loading=False,
+        self.task.start("train", tasks.run_training, self.ctx.session, request, kind="write", loading=False,
                         on_done=self._trained, on_progress=self.progress.show_event,
                         on_events=self.curves.add_events, on_end=self._ended, on_cancel=self._cancelled,
                         on_error=lambda msg, _tb: self.state_label.setText(f"Training failed: {msg}"))
@@ -383,6 +456,8 @@ class TrainingPanel(Panel):
         self.ctx.modelChanged.emit()
 
     def _ended(self) -> None:
+        if self.ctx.ws is not None:
+            self._show_saved_settings(self.ctx.ws)  # the settings the run saved (config.toml)
         self.reload()
         self._update_buttons()
         self.trainingChanged.emit(False)

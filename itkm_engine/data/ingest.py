@@ -17,6 +17,12 @@
    (:mod:`itkm_engine.data.guess`), unless nothing in the source changed since the last ingest,
    and stored with :meth:`Workspace.upsert_camera` (which keeps what the operator set).
 
+Files already in the workspace are never added twice: a folder *inside* an ingested source is
+refused before anything is written (its files are that source's; ingest the source again, and
+give it its site there), and a folder *holding* an ingested source leaves that source's subtree
+to it -- both said to the user.  A folder that looks like a copy of another source (same file
+names and pixel sizes, confirmed by the bytes of a sample) is ingested with a warning.
+
 Camera names are workspace-wide but a layout names cameras per folder (two datasets both have
 a ``c1``).  Rule: a camera keeps its layout name unless another source already owns that name;
 then it is named ``"<folder name>:<camera>"`` (``"<folder name>#<source id>:<camera>"`` if even that
@@ -111,6 +117,8 @@ class IngestSummary:
     sources: list[SourceRow] = field(default_factory=list)
     reject_reasons: Counter = field(default_factory=Counter)
     unassigned_rejects: int = 0  # rejects outside any camera folder
+    #: (folder ingested, the source already holding part of it, files left to that source)
+    already_in_workspace: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def rows(self) -> list[CameraRow]:
@@ -173,6 +181,9 @@ class IngestSummary:
                        f"{s.updated} updated, {s.newly_missing} newly missing{note}")
         if any(r.user_set for r in self.cameras):
             out.append("* scenario/group set by the operator (kept)")
+        for folder, owner, n in self.already_in_workspace:
+            out.append(f"{folder}: {n} files under {owner} were already in the workspace from that folder; "
+                       "they were not added again")
         if self.unassigned_rejects:
             out.append(f"{self.unassigned_rejects} rejected entries were outside any camera folder")
         if self.reject_reasons:
@@ -231,6 +242,7 @@ def ingest(
     if not plan:
         raise LayoutError("no folder to ingest")
 
+    _refuse_nested_roots(ws, plan)
     ws_real = os.path.realpath(ws.path)
     for root, _ in plan:
         if ws_real == os.fspath(root) or ws_real.startswith(os.fspath(root).rstrip(os.sep) + os.sep):
@@ -238,43 +250,102 @@ def ingest(
                              "(keep workspaces outside camera folders)")
 
     summary = IngestSummary()
-    for i, (root, lay) in enumerate(plan):
-        sub = reporter.child(i / len(plan), (i + 1) / len(plan))
-        _ingest_folder(ws, root, lay, scenario, sub, summary, workers=max(1, workers), batch_size=max(1, batch_size),
-                       site=site)
+    # one write: the writer lock held throughout (the app takes it only for its writes)
+    with ws.writing(f"adding {len(plan)} folder{'s' if len(plan) > 1 else ''} of camera images"):
+        for i, (root, lay) in enumerate(plan):
+            sub = reporter.child(i / len(plan), (i + 1) / len(plan))
+            _ingest_folder(ws, root, lay, scenario, sub, summary, workers=max(1, workers),
+                           batch_size=max(1, batch_size), site=site)
     warn_duplicate_sources(ws, [root for root, _ in plan], reporter)
     reporter.update(1.0, stage="done", message=f"{summary.images} images in {len(summary.cameras)} cameras")
     return summary
 
 
-def warn_duplicate_sources(ws, roots: Sequence[Path], reporter: Reporter, share: float = 0.5) -> list[tuple[str, str]]:
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is strictly inside ``folder`` (both absolute, resolved)."""
+    return path != folder and os.fspath(path).startswith(os.fspath(folder).rstrip(os.sep) + os.sep)
+
+
+def _refuse_nested_roots(ws, plan: Sequence[tuple[Path, Layout]]) -> None:
+    """A folder inside an already ingested source (or inside another folder of the same command)
+    is refused before anything is written: its files are in the workspace already, under that
+    source's cameras, and a second copy of them would tell Stage II that the same people are
+    different ones.  (A sub-folder given another ``--site`` added every image again.)"""
+    roots = [root for root, _ in plan]
+    for root in roots:
+        for other in roots:
+            if _inside(root, other):
+                raise LayoutError(f"{describe_path(root)} is inside {describe_path(other)}, which is given too: "
+                                  f"ingest {describe_path(other)} alone. Nothing was changed.")
+    sources = [s for s in ws.sources() if any(_inside(root, Path(s.root)) for root in roots)]
+    if not sources:
+        return
+    table = ws.images(include_missing=True)
+    for root in roots:
+        for src in sources:
+            owner = Path(src.root)
+            if not _inside(root, owner):
+                continue
+            prefix = relpath_to_text(os.path.relpath(root, owner)) + "/"
+            n = sum(1 for sid, rel in zip(np.asarray(table.source_id).tolist(), table.relpath)
+                    if sid == src.id and rel.startswith(prefix))
+            raise LayoutError(
+                f"{describe_path(root)} is inside {describe_path(owner)}, which is already in this workspace (site "
+                f"{src.site!r}): its {n} images are there already, and adding them again would make every person in "
+                f"them two people. To pick up new or changed files, ingest {describe_path(owner)} again; a site applies "
+                f"to the whole of it (--site NAME with that folder). Nothing was changed.")
+
+
+def _nested_sources(ws, root: Path) -> list[tuple[str, object]]:
+    """(relative folder in text form + '/', source) of every ingested source inside ``root``."""
+    return [(relpath_to_text(os.path.relpath(Path(s.root), root)) + "/", s) for s in ws.sources()
+            if _inside(Path(s.root), root)]
+
+
+def _same_bytes(a: str, b: str, limit: int = 1 << 22) -> bool:
+    """Whether two files hold the same bytes (read only; at most ``limit`` bytes compared)."""
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read(limit) == fb.read(limit)
+    except OSError:
+        return False
+
+
+def warn_duplicate_sources(ws, roots: Sequence[Path], reporter: Reporter, share: float = 0.5,
+                           sample: int = 8) -> list[tuple[str, str]]:
     """Warn when a folder just ingested looks like a copy of another source of the workspace (at
-    least ``share`` of its images have the same relative path and pixel size there): a renamed
-    copy is otherwise ingested again silently and every person in it appears twice.  Returns
-    (folder, earlier folder) pairs."""
+    least ``share`` of its images have a file of the same name and pixel size there, and the files
+    of a ``sample`` of those pairs hold the same bytes): a copy -- renamed, or of a sub-folder, so
+    its relative paths differ -- is otherwise ingested again silently and every person in it
+    appears twice.  Returns (folder, earlier folder) pairs."""
     sources = {os.fspath(s.root): s.id for s in ws.sources()}
     mine = {sources[os.fspath(r)] for r in roots if os.fspath(r) in sources}
     if not mine or len(sources) < 2:
         return []
     t = ws.images(include_missing=True)
-    keys: dict[int, set] = defaultdict(set)
-    for sid, rel, w, h in zip(np.asarray(t.source_id).tolist(), t.relpath, np.asarray(t.width).tolist(),
-                              np.asarray(t.height).tolist()):
-        keys[sid].add((rel, w, h))
+    keys: dict[int, dict] = defaultdict(dict)  # source -> (file name, width, height) -> path
+    for sid, rel, w, h, path in zip(np.asarray(t.source_id).tolist(), t.relpath, np.asarray(t.width).tolist(),
+                                    np.asarray(t.height).tolist(), t.path):
+        keys[sid].setdefault((rel.rsplit("/", 1)[-1], w, h), path)
     by_id = {v: k for k, v in sources.items()}
     out = []
     for sid in sorted(mine):
-        own = keys.get(sid, set())
+        own = keys.get(sid, {})
         for other, theirs in keys.items():
             if other == sid or not own:
                 continue
-            same = len(own & theirs)
-            if same >= share * len(own):
+            common = own.keys() & theirs.keys()
+            same = len(common)
+            if same < share * len(own):
+                continue
+            picked = sorted(common)[:: max(1, same // sample)][:sample]
+            if sum(_same_bytes(own[k], theirs[k]) for k in picked) * 2 >= len(picked):
                 out.append((by_id[sid], by_id[other]))
                 reporter.warning(
                     f"{by_id[sid]} looks like a copy of the already ingested {by_id[other]} ({same} of {len(own)} "
-                    "images have the same names and sizes): they are now in the workspace twice, so the same "
-                    "people appear twice. If it is a copy, ingest into a new workspace without it.")
+                    "images have a file of the same name and size there, and the files compared hold the same "
+                    "bytes): they are now in the workspace twice, so the same people appear twice. If it is a "
+                    "copy, ingest into a new workspace without it.")
                 break
     return out
 
@@ -339,6 +410,21 @@ def _ingest_folder(ws, root: Path, lay: Layout, scenario: str | None, reporter: 
         if n % 5000 == 0:
             reporter.check()
             reporter.update(_SCAN * 0.5, stage="scan", message=f"{n} entries scanned in {shown}")
+    # Ingested sources inside this folder keep their files: they are not added again here.
+    left: Counter = Counter()
+    for prefix, src in _nested_sources(ws, root):
+        before_n = len(found)
+        found = [it for it in found if not relpath_to_text(it.relpath).startswith(prefix)]
+        scan_rejects = [r for r in scan_rejects if not relpath_to_text(r.relpath).startswith(prefix)]
+        if len(found) != before_n:
+            left[src.id] = before_n - len(found)
+            summary.already_in_workspace.append((shown, describe_path(Path(src.root)), before_n - len(found)))
+            reporter.warning(f"{before_n - len(found)} images under {describe_path(Path(src.root))} are already in the "
+                             f"workspace from that folder (site {src.site!r}); they were not added again (ingest that "
+                             "folder to pick up changes there)")
+    if not found and left:
+        reporter.update(1.0, stage="write", message=f"{shown}: every image is already in the workspace")
+        return
     if not found:
         # Nothing to ingest: the wrong layout was named, or the folder holds no usable entries.
         why = ""

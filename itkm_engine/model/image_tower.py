@@ -55,9 +55,7 @@ class ImageTower(nn.Module):
     #: Whether ``ModelConfig.pretrained`` / ``weights`` name CLIP's weights (a tower that is CLIP's
     #: own image tower) rather than the tower's own (then CLIP, its text side, is built without them).
     uses_clip_weights: bool = False
-    #: This tower's checks of its own settings: ``ModelConfig`` field -> inclusive (lo, hi), rows of
-    #: ``config_check.RANGES`` as ``model.<field>``.
-    config_ranges: dict[str, tuple[float, float]] = {}
+    # The checks of a tower's own settings are its row of ``towers.TOWERS`` (read without torch).
 
     @classmethod
     def from_clip(cls, clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig, *,

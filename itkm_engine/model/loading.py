@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..devices import device_problem
 from ..errors import ItkmError
 from .backbone import ITKMModel, build_model
 from .checkpoint import _short, check_model_state, checkpoint_key, load_checkpoint
@@ -30,10 +31,15 @@ __all__ = ["resolve_device", "seed_everything", "camera_vocabulary", "init_key",
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    """``auto`` -> the first CUDA device when there is one, else the CPU.
+
+    A named device this computer does not have (a workspace trained on a GPU, opened on a laptop:
+    its config.toml says ``cuda``) is resolved like ``auto``: a stored device is a preference,
+    never a reason to call a checkpoint damaged.  A device the user asks for now is checked
+    before anything starts (``config_check.check_device_present``)."""
     if isinstance(name, torch.device):
         return name
-    if name in (None, "", "auto"):
+    if name in (None, "", "auto") or device_problem(name) is not None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 

@@ -116,8 +116,7 @@ class MobileNetV2Tower(ImageTower):
     """See the module docstring.  ``load_weights=False`` builds the architecture only (a
     checkpoint supplies every weight)."""
 
-    #: 19 blocks: at least one stays frozen, and one stays trainable after the group stem.
-    config_ranges = {"frozen_blocks": (1, 17)}
+    # model.frozen_blocks' range (1..17 of 19 blocks) is this tower's row of towers.TOWERS.
 
     @classmethod
     def from_clip(cls, clip: nn.Module, n_scenarios: int, n_groups: int, cfg: ModelConfig, *,

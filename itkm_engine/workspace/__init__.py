@@ -111,6 +111,28 @@ class Workspace(CatalogMixin, HistoryMixin, SchemaMixin, Connection):
         """Who holds the writer lock now (a :class:`itkm_engine.lock.LockInfo`) or ``None``."""
         return read_lock_info(self.lock_path)
 
+    def change_stamp(self) -> dict[str, tuple]:
+        """A small summary per part of the workspace that differs whenever that part changed,
+        whichever process changed it: ``images`` (sources and their sites, cameras and their
+        scenario/group, images), ``model`` (the finished rounds' checkpoints), ``rounds`` (every
+        round's state and the epochs logged) and ``decisions``.  The app compares two to follow a
+        terminal's ``itkm`` commands (one read, a few ms)."""
+        with self._snapshot() as con:
+            one = lambda sql: tuple(con.execute(sql).fetchone())  # noqa: E731
+            return {
+                "images": one("SELECT (SELECT count(*) FROM images), (SELECT coalesce(max(id), 0) FROM images), "
+                              "(SELECT count(*) FROM images WHERE status = 'ok'), "
+                              "(SELECT group_concat(id || ':' || site, ',') FROM sources), "
+                              "(SELECT group_concat(id || ':' || scenario || ':' || grp, ',') FROM cameras)"),
+                "model": one("SELECT group_concat(number || ':' || coalesce(checkpoint, ''), ',') FROM rounds "
+                             "WHERE status = 'done'"),
+                "rounds": one("SELECT (SELECT group_concat(number || ':' || status || ':' || coalesce(stage, '') || ':' "
+                              "|| coalesce(epoch, ''), ',') FROM rounds), (SELECT count(*) FROM epochs)"),
+                "decisions": one("SELECT (SELECT count(*) || ':' || coalesce(max(id), 0) || ':' || coalesce(sum(state), 0) "
+                                 "FROM decisions), (SELECT count(*) || ':' || coalesce(max(id), 0) || ':' || "
+                                 "coalesce(sum(state), 0) FROM identity_names)"),
+            }
+
     # -- meta --------------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))

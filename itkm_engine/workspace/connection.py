@@ -2,7 +2,10 @@
 
 Concurrency: one *writer* process per workspace (the writer lock, :mod:`itkm_engine.lock`) and any
 number of read-only openers (``Workspace.open(path, readonly=True)``: no lock, SQLite ``mode=ro``;
-WAL lets them read a consistent snapshot while the writer commits).  Inside a process one
+WAL lets them read a consistent snapshot while the writer commits).  A long-lived opener that
+writes now and then -- the app -- opens with ``hold_lock=False``: it reads without the lock and
+takes it only for each write (:meth:`Connection.writing`; a transaction outside one takes it for
+itself), so a terminal's ``itkm train`` / ``ingest`` / ``cameras --set`` run while it sits open.  Inside a process one
 :class:`~itkm_engine.workspace.Workspace` object owns one connection guarded by an ``RLock``, so
 worker threads may share it (their calls serialise); for truly parallel reads open one read-only
 Workspace per thread.
@@ -31,8 +34,8 @@ from typing import Any, Iterator, Self, Sequence
 import numpy as np
 
 from ..atomic import remove_stale_temporaries
-from ..errors import ItkmError, ReadOnlyWorkspaceError, WorkspaceError
-from ..lock import LOCK_NAME, WriterLock
+from ..errors import ItkmError, ReadOnlyWorkspaceError, WorkspaceError, WorkspaceLockedError
+from ..lock import LOCK_NAME, LockInfo, WriterLock, pid_alive, read_lock_info
 from ..progress import Reporter
 from ..vocabulary import CONFIG_FILE
 
@@ -57,6 +60,11 @@ def _parse_ints(text: str | None, n: int) -> np.ndarray:
     if len(arr) != n:  # a value numpy could not parse: fall back to Python, which raises on garbage
         arr = np.array([int(v) for v in text.split(",")], dtype=np.int64)
     return arr
+
+
+def new_db(db: Path) -> bool:
+    """Whether ``db`` is not a database yet (missing or empty)."""
+    return not db.exists() or db.stat().st_size == 0
 
 
 def _error_name(exc: sqlite3.Error) -> str:
@@ -86,15 +94,24 @@ class Connection:
         readonly: bool = False,
         create: bool = False,
         reporter: Reporter | None = None,
+        hold_lock: bool = True,
+        owner: str | None = None,
     ) -> None:
         self.path: Path = Path(path).expanduser().absolute()
         self.readonly: bool = bool(readonly)
         self._reporter = reporter or Reporter()
         self._rlock = threading.RLock()
+        self._turn_done = threading.Condition(self._rlock)  # a write turn ended (lend_writer waits)
         self._tx_depth = 0
         self._con: sqlite3.Connection | None = None
         self._lock: WriterLock | None = None
         self._pid = os.getpid()  # a connection must not be used across fork()
+        #: True: the writer lock is taken only for each write (:meth:`writing`), not held while idle
+        self.lock_on_demand: bool = not hold_lock and not readonly
+        self._owner = owner  # names this process in the lock file (``itkm-app``), else its argv
+        self._turns = 0  # nested write turns in progress (lock_on_demand)
+        #: write turns this object has finished (lock_on_demand): tells its own writes from others'
+        self.writes_done = 0
         if readonly and create:
             raise WorkspaceError("a workspace cannot be created read-only; open it with readonly=False to create it")
         try:
@@ -111,6 +128,8 @@ class Connection:
         readonly: bool = False,
         create: bool = False,
         reporter: Reporter | None = None,
+        hold_lock: bool = True,
+        owner: str | None = None,
     ) -> Self:
         """Open the workspace at ``path``.
 
@@ -119,6 +138,10 @@ class Connection:
         lock, migrates an older schema (after a backup) and clears stale temporaries.  Raises
         :class:`WorkspaceError` for a folder that is not a workspace, :class:`WorkspaceLockedError`
         when another live process writes it, :class:`SchemaTooNewError` for a newer schema.
+
+        ``hold_lock=False`` (the app): after that opening the lock is released; the workspace
+        reads without it and takes it for each write (:meth:`writing`).  ``owner`` names this
+        process in the lock file (what another process's refusal says), default its command line.
         """
         if readonly and not create:
             try:
@@ -128,7 +151,7 @@ class Connection:
                 # migrates after a backup), then read.  Where it cannot be written (a live writer,
                 # a read-only place) the reason is raised instead.
                 cls(path, reporter=reporter).close()
-        return cls(path, readonly=readonly, create=create, reporter=reporter)
+        return cls(path, readonly=readonly, create=create, reporter=reporter, hold_lock=hold_lock, owner=owner)
 
     @classmethod
     def create(cls, path: str | Path, *, reporter: Reporter | None = None) -> Self:
@@ -178,7 +201,16 @@ class Connection:
                 f"cannot write in the workspace folder {path} (read-only disk or no permission); "
                 "open it read-only (Workspace.open(..., readonly=True); itkm status / query / cameras without --set read it without a lock)"
             )
-        self._lock = WriterLock(path / LOCK_NAME, on_message=self._reporter.warning).acquire()
+        try:
+            self._lock = self._writer_lock("opening the workspace" if self.lock_on_demand else "").acquire()
+        except WorkspaceLockedError:
+            if not self.lock_on_demand or new_db(db):
+                raise
+            # Another process writes it now (a terminal's itkm train): read meanwhile; each write
+            # asks for the lock when it comes.  Only an older schema needs the lock to open.
+            self._con = self._connect_readonly(db)
+            self._check_version_readonly()
+            return
         # Before anything is written (the schema upgrade's backup included): stale temporaries
         # go, and a folder of the workspace that is a link stops the writer -- it would write
         # wherever the link points.
@@ -199,6 +231,101 @@ class Connection:
                 (path / name).mkdir(exist_ok=True)
             except OSError as exc:
                 raise WorkspaceError(f"cannot create {path / name}: {exc.strerror or exc}") from exc
+        if self.lock_on_demand:
+            self._end_turn()  # opened, upgraded, cleaned: read without the lock until a write
+
+    @property
+    def owner(self) -> str | None:
+        """How this process is named in the lock file (``itkm-app``), or None (its command line)."""
+        return self._owner
+
+    def _writer_lock(self, doing: str = "") -> WriterLock:
+        argv = [self._owner] if self._owner else None
+        return WriterLock(self.path / LOCK_NAME, argv=argv, on_message=self._reporter.warning, doing=doing,
+                          brief=self.lock_on_demand)
+
+    # -- the writer lock, taken for each write (hold_lock=False) ---------------------------------
+    @contextlib.contextmanager
+    def writing(self, what: str = "") -> Iterator[Self]:
+        """Hold the writer lock for the block: one write of a workspace opened with
+        ``hold_lock=False`` (several transactions and files that belong together, e.g. an
+        ingest).  Raises :class:`WorkspaceLockedError` naming the process that writes it now
+        (nothing was written); ``what`` is what this process's lock says it is doing.  Nested
+        blocks (any thread of this process) share one turn.  A workspace that holds its lock
+        anyway just runs the block; a read-only one raises :class:`ReadOnlyWorkspaceError`."""
+        self._check_writable()
+        if not self.lock_on_demand:
+            yield self
+            return
+        with self._rlock:
+            self._check_writable()  # lent meanwhile?
+            if self._turns == 0:
+                self._begin_turn(what)
+            self._turns += 1
+        try:
+            yield self
+        finally:
+            with self._rlock:
+                self._turns -= 1
+                if self._turns == 0:
+                    self.writes_done += 1
+                    self._end_turn()
+                    self._turn_done.notify_all()
+
+    @contextlib.contextmanager
+    def writing_if_free(self, what: str = "") -> Iterator[bool]:
+        """Like :meth:`writing` where the workspace can be written now; else the block runs
+        without a turn and gets ``False``: a read that keeps what it computed (identities,
+        features, a map) only when no other process writes and the workspace is not read-only."""
+        if self.readonly:
+            yield False
+            return
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.writing(what))
+            except (WorkspaceLockedError, ReadOnlyWorkspaceError):
+                got = False
+            else:
+                got = True
+            yield got
+
+    def other_writer(self) -> LockInfo | None:
+        """The live process other than this one that holds the writer lock now, or ``None``."""
+        info = read_lock_info(self.path / LOCK_NAME)
+        if info is None or info.pid == os.getpid() or not pid_alive(info.pid):
+            return None
+        return info
+
+    def _begin_turn(self, what: str) -> None:
+        lock = self._writer_lock(what)
+        lock.acquire()  # WorkspaceLockedError naming the holder: nothing changed
+        db = self.path / DB_NAME
+        try:
+            if lock.took_over is not None:  # a killed writer (a child job) may have left temporaries
+                remove_stale_temporaries(self.path)
+            self._refuse_folder_links()
+            con = self._connect_writer(db)
+        except BaseException:
+            lock.release()
+            raise
+        old, self._con, self._lock = self._con, con, lock
+        if old is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+
+    def _end_turn(self) -> None:
+        db = self.path / DB_NAME
+        con, self._con = self._con, None
+        if con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                con.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+        self._con = self._connect_readonly(db)
 
     def _refuse_folder_links(self) -> None:
         """The workspace's own folders (and the folders in them, such as ``features/<key>``) must
@@ -317,6 +444,15 @@ class Connection:
         and raises :class:`ReadOnlyWorkspaceError`.  See ``docs/adr/0008-jobs-in-a-child-process.md``.
         """
         self._check_writable()
+        if self.lock_on_demand:  # no lock held while idle: the child takes it; no writes here meanwhile
+            with self._rlock:
+                self._turn_done.wait_for(lambda: self._turns == 0)
+                self.readonly = True
+            try:
+                yield self
+            finally:
+                self.readonly = False
+            return
         with self._rlock:
             db = self.path / DB_NAME
             self.close()
@@ -353,7 +489,8 @@ class Connection:
         self.close()
 
     def __repr__(self) -> str:
-        mode = "closed" if self.closed else ("read-only" if self.readonly else "writer")
+        mode = "closed" if self.closed else ("read-only" if self.readonly else
+                                             "writer" if self._lock is not None else "reader, writes on demand")
         return f"<Workspace {self.path} ({mode})>"
 
     # -- connection plumbing -----------------------------------------------------------------
@@ -415,9 +552,17 @@ class Connection:
 
         Rolled back on any exception; SQLite disk/permission failures surface as
         :class:`WorkspaceError`.  Nested use (same thread) becomes a SAVEPOINT.  Holds the
-        workspace's RLock, so other threads' calls wait until it ends.
+        workspace's RLock, so other threads' calls wait until it ends.  On a workspace opened
+        with ``hold_lock=False`` a transaction outside :meth:`writing` takes the writer lock for
+        itself (one decision, one camera edit).
         """
         self._check_writable()
+        turn = self.writing() if self.lock_on_demand else contextlib.nullcontext()
+        with turn, self._transaction() as con:
+            yield con
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._rlock:
             con = self._conn()
             if self._tx_depth > 0:

@@ -119,6 +119,10 @@ def test_a_dying_child_is_one_clear_error_with_its_last_log_lines(monkeypatch, f
 
 # -- training in a child: the writer lock is lent and taken back; a killed round resumes -------------
 
+#: The worker's training request (train_request.TrainRequest as JSON): the tiny preset on the CPU.
+TINY = {"request": {"preset": "tiny", "device": "cpu", "rounds": 1}}
+
+
 def _root():
     from pathlib import Path
 
@@ -126,14 +130,13 @@ def _root():
 
 
 def test_training_in_a_child_lends_the_writer_lock_and_takes_it_back(fresh_ws):
-    from itkm_engine.config import preset
 
     rep, events, _ = _reporter()
     seen_readonly = []
     on_event = rep.on_event
     rep.on_event = lambda e: (seen_readonly.append(ws.readonly), on_event(e))
     with Workspace.open(fresh_ws) as ws:
-        results = run_child("train", ws, {"rounds": 1, "device": "cpu"}, cfg=preset("tiny"), reporter=rep)
+        results = run_child("train", ws, TINY, reporter=rep)
         assert not ws.readonly and ws.writer_info().pid == os.getpid()
         assert [r.status for r in ws.rounds()] == ["done"]
     assert all(seen_readonly) and seen_readonly  # the parent read only while the child wrote
@@ -142,26 +145,24 @@ def test_training_in_a_child_lends_the_writer_lock_and_takes_it_back(fresh_ws):
 
 
 def test_a_killed_training_child_leaves_the_round_resumable(fresh_ws, monkeypatch):
-    from itkm_engine.config import preset
 
     monkeypatch.setenv("ITKM_WORKER_FAULT", "kill@stage2")
     rep, _, _ = _reporter()
     with Workspace.open(fresh_ws) as ws:
         with pytest.raises(ChildDiedError, match="SIGKILL"):
-            run_child("train", ws, {"rounds": 1, "device": "cpu"}, cfg=preset("tiny"), reporter=rep)
+            run_child("train", ws, TINY, reporter=rep)
         assert not ws.readonly and ws.writer_info().pid == os.getpid()  # took the stale lock back
         assert [r.status for r in ws.rounds()] == ["running"]  # unfinished, not failed: resumable
         monkeypatch.delenv("ITKM_WORKER_FAULT")
-        results = run_child("train", ws, {"rounds": 1, "device": "cpu"}, cfg=preset("tiny"), reporter=rep)
+        results = run_child("train", ws, TINY, reporter=rep)
         assert [r.round for r in results] == [1]  # the same round, resumed
         assert [r.status for r in ws.rounds()] == ["done"]
 
 
 def test_cancel_of_a_training_child_stays_resumable(fresh_ws):
-    from itkm_engine.config import preset
 
     with Workspace.open(fresh_ws) as ws, JobRunner() as runner:
-        h = runner.submit(run_child, "train", ws, {"rounds": 1, "device": "cpu"}, cfg=preset("tiny"))
+        h = runner.submit(run_child, "train", ws, TINY)
         t0 = time.monotonic()
         while (h.progress is None or h.progress.stage != "stage1") and time.monotonic() - t0 < 120:
             time.sleep(0.02)

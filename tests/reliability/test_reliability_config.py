@@ -88,7 +88,8 @@ def test_a_nan_step_rolls_back_to_the_last_good_epoch_and_restart_round_abandons
     from itkm_engine.config import preset
     from itkm_engine.errors import TrainingDivergedError
     from itkm_engine.model.checkpoint import load_checkpoint
-    from itkm_engine.trainer import PROGRESS_FILE, abandon_interrupted_round, train
+    from itkm_engine.train_request import abandon_interrupted_round
+    from itkm_engine.trainer import PROGRESS_FILE, train
     from itkm_engine.workspace import Workspace
 
     cfg = preset("tiny")

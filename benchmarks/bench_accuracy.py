@@ -5,6 +5,8 @@
     python benchmarks/bench_accuracy.py --no-ablations     # the README's table: 3 seeds, 2 rounds, bounds
     python benchmarks/bench_accuracy.py --realistic --vary-data --no-ablations --no-oracle --out mod-base
     python benchmarks/bench_accuracy.py ... --set cluster.eps=0.4 --baseline results/mod-base.json --out mod-eps04
+    python benchmarks/bench_accuracy.py --no-ablations --no-oracle --rounds 1 --set stage1.epochs=8 \
+        --baseline benchmarks/results/stem-base.json --out stem-s1x8      # paired against an earlier run
 
 Why: a training engine that runs end to end can still learn nothing.  This benchmark trains the
 real thing (``itkm_engine.trainer.train``: Stage I -> II -> III, the ``quick`` preset: an
@@ -55,8 +57,14 @@ than the seed noise; infrared -> visible mAP rises round over round; CPU seconds
 <= 120.  Noise: a margin counts only beyond 2*sqrt(2)*sd of the seeds' round-1 avg mAP (about two
 standard deviations of the difference of two single runs; with 3 seeds a rough estimate).  Each
 expectation prints PASS/MISS, and "(within noise)" when the margin is smaller than that.
-CPU seconds (process time, all threads) are the round's cost; wall time and the 1-minute load
-average are recorded beside them, since other work on the machine stretches the wall time.
+CPU seconds (process time, all threads, plus reaped loader workers) are the round's cost; wall
+time and the 1-minute load average are recorded beside them, since other work on the machine
+stretches the wall time.  Each epoch's CPU seconds (``cpu_seconds``: its features, clusters and
+steps) are in the JSON's epoch logs.
+
+``--set KEY=VALUE`` changes the config of every run; ``--rounds N`` trains N rounds per seed;
+``--baseline JSON`` prints this run's paired differences (same seeds) against an earlier run's
+``per_seed`` results, mean +- sd over the seeds, per round and column.
 """
 
 
@@ -327,7 +335,7 @@ def scored(feats: np.ndarray, ws: Workspace, cfg: Config, camera_kinds: dict[str
 def compact_log(epochs: list[dict]) -> list[dict]:
     """The per-epoch values worth keeping in the JSON (counts, label quality, losses, time)."""
     keep = ("n_clusters", "n_outliers", "precision", "recall", "ari", "chm_pairs", "chm_precision", "ihm_pairs",
-            "ihm_precision", "ihm_pairs_used", "separation", "n_sites", "loss", "seconds")
+            "ihm_precision", "ihm_pairs_used", "separation", "n_sites", "loss", "seconds", "cpu_seconds")
     out = []
     for e in epochs:
         v = e.get("values", e)
@@ -347,6 +355,22 @@ def expectation(name: str, value: float, reference: float, noise: float | None) 
             "margin": round(margin, 2), "result": result}
 
 
+def epoch_costs(logs: dict[str, list[dict]]) -> list[dict]:
+    """Mean CPU seconds of each stage's first and later epochs over the rounds in ``logs``."""
+    acc: dict[str, list[float]] = {}
+    for log in logs.values():
+        for e in log:
+            if "cpu_seconds" in e:
+                acc.setdefault(f"{e['stage']} epoch {'0' if e['epoch'] == 0 else '1+'}", []).append(e["cpu_seconds"])
+    return [{"epoch": k, "cpu_s": round(float(np.mean(v)), 1), "n": len(v)} for k, v in sorted(acc.items())]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its reaped children (loader workers)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
 class Runs:
     """Workspaces, rounds and their bookkeeping (times, epoch logs) for one benchmark."""
 
@@ -361,9 +385,9 @@ class Runs:
     def round(self, ws: Workspace, cfg: Config, name: str, camera_kinds: dict[str, str] | None = None,
               save: Path | None = None) -> tuple[dict, float]:
         """Train one round, then score it: (columns, CPU seconds)."""
-        t, c = time.perf_counter(), time.process_time()
+        t, c = time.perf_counter(), cpu_seconds()
         res = train(ws, cfg, rounds=1, device=self.device)[0]
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        wall, cpu = time.perf_counter() - t, cpu_seconds() - c
         self.times.append({"run": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                            "load": round(os.getloadavg()[0], 1), "images": ws.image_count()})
         self.logs[name] = compact_log(res.epochs)
@@ -632,6 +656,8 @@ def main() -> int:
                         "Ablations: one round, same seed, one switch off")
             print_table(site_rows, "Separation loss on the two-site demo (disjoint people)")
         print_table(runs.times, "Round times")
+        print_table(epoch_costs(runs.logs), "CPU seconds per epoch (mean over the runs; an epoch = its features, "
+                                            "clusters and steps; Stage I's first also builds the round's stem cache)")
         print_table(checks, f"Expectations (noise threshold on avg mAP: {noise if noise is not None else 'n/a'})")
         loads = clock.loads + [os.getloadavg()[0]]
         print(f"\ntotal {total_s:.0f} s; 1-min load average min/mean/max {min(loads):.1f}/{np.mean(loads):.1f}/"
@@ -657,6 +683,7 @@ def main() -> int:
             "protocol": PROTOCOL,
             "noise_threshold_avg_mAP": noise,
             "round_times": runs.times,
+            "epoch_cpu_s": epoch_costs(runs.logs),
             "epoch_logs": runs.logs,
             "expectations": checks,
             "total_s": round(total_s, 1),

@@ -63,6 +63,8 @@ RANGES: dict[str, tuple[float, float] | frozenset] = {
     "data.pad": (0, 1024),
     "data.workers": (0, 256),
     "data.extract_batch_size": (1, 65_536),
+    "data.fixed_views": (0, 64),
+    "data.stem_cache_mb": (0, 1_048_576),
     "inference.top_k": (1, 1_000_000),
     "inference.exact_search_limit": (1, _BIG),
     "inference.identity_eps": (_POS, 2.0),
@@ -283,7 +285,7 @@ def check_lineage(ws, cfg: Config, *, ignore_unfinished: bool = False) -> None:
 #: the rerun's values of these (the rest of its settings stay those it started with), so a round
 #: that ran out of memory continues after its last epoch with a smaller batch.
 MEMORY_SETTINGS = (("data", "extract_batch_size"), ("data", "workers"), ("data", "num_identities"),
-                   ("data", "num_instances"), ("stage2", "batch_size"))
+                   ("data", "num_instances"), ("stage2", "batch_size"), ("data", "stem_cache_mb"))
 
 
 def take_memory_settings(stored: Config, requested: Config) -> list[str]:

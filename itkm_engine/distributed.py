@@ -110,19 +110,19 @@ def shutdown(ctx: DistContext) -> None:
 
 
 class ImageForward(torch.nn.Module):
-    """``forward(x, s, g) = model.forward_image(x, s, g)``: what DDP wraps, since DDP synchronises
+    """``forward(x, s, g, prefix) = model.forward_image(x, s, g, prefix)``: what DDP wraps, since DDP synchronises
     gradients only through its module's ``forward``."""
 
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x, scenario_idx, group_idx):
-        return self.model.forward_image(x, scenario_idx, group_idx)
+    def forward(self, x, scenario_idx, group_idx, prefix: bool = False):
+        return self.model.forward_image(x, scenario_idx, group_idx, prefix)
 
 
 def image_forward(model, ctx: DistContext):
-    """A callable ``(x, s, g) -> ImageOutput`` that synchronises gradients across ranks."""
+    """A callable ``(x, s, g, prefix=False) -> ImageOutput`` that synchronises gradients across ranks."""
     if not ctx.enabled:
         return model.forward_image
     device_ids = [ctx.local_rank] if next(model.parameters()).is_cuda else None

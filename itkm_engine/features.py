@@ -198,21 +198,24 @@ def embed(
     on_chunk=None,
     chunk: int = CHUNK,
     stage: str = "extract",
+    batches=None,
 ):
     """Embed images (no cache).  Returns ``(ok_index, feats, proj)``; ``ok_index`` are the
     positions in ``paths`` that could be read.  ``on_chunk(ok_index, feats, proj)`` is called
-    every ``chunk`` images so callers can persist partial work."""
+    every ``chunk`` images so callers can persist partial work.  ``batches``: the images' batches
+    from elsewhere (a round's stem cache: their frozen-prefix maps), instead of decoding ``paths``."""
     reporter = reporter or Reporter()
     was_training = model.training
     model.eval()
-    ds = CropDataset(
-        paths,
-        model.scenario_index(list(scenarios)).numpy(),
-        model.group_index(list(groups)).numpy(),
-        CropTransform(model.cfg.image_size),
-    )
-    loader = make_loader(ds, batch_size=batch_size, workers=workers, device=device)
-    n = len(ds)
+    if batches is None:
+        ds = CropDataset(
+            paths,
+            model.scenario_index(list(scenarios)).numpy(),
+            model.group_index(list(groups)).numpy(),
+            CropTransform(model.cfg.image_size),
+        )
+        batches = make_loader(ds, batch_size=batch_size, workers=workers, device=device)
+    n = len(paths)
     out_idx, out_f, out_p = [], [], []
     flushed = 0  # batches already handed to on_chunk
 
@@ -225,13 +228,13 @@ def embed(
     done = 0
     t0 = time.monotonic()
     try:
-        for batch in loader:
+        for batch in batches:
             reporter.check()
             done += len(batch) + len(batch.failed)
             if len(batch):
                 b = batch.to(device, non_blocking=True)
                 with autocast(device, amp):
-                    out = model.forward_image(b.images, b.scenario_idx, b.group_idx)
+                    out = model.forward_image(b.images, b.scenario_idx, b.group_idx, b.prefix)
                 out_f.append(model.retrieval_feature(out).float().cpu().numpy())
                 out_p.append(torch.nn.functional.normalize(out.proj.float(), dim=-1).cpu().numpy())
                 out_idx.append(batch.index.numpy())
@@ -261,6 +264,7 @@ def extract_features(
     stage: str = "extract",
     dist=None,
     write_cache: bool = True,
+    stem=None,
 ) -> FeatureSet:
     """Features for every image of ``images`` (an ImageTable) under ``model``.
 
@@ -271,7 +275,9 @@ def extract_features(
     and listed in ``FeatureSet.failed``.  ``cache_dir`` None (or unwritable) computes in memory.
     Under ``torchrun`` (``dist``) each rank embeds its share and every rank gets all rows; only
     rank 0 writes the cache.  ``write_cache=False`` (a read-only workspace) uses what the cache
-    holds and keeps anything newly embedded in memory.
+    holds and keeps anything newly embedded in memory.  ``stem``: the round's
+    :class:`~itkm_engine.data.stem_cache.StemCache`; images it holds are embedded from their
+    frozen-prefix maps (within float16 rounding of embedding them from pixels).
     """
     dist = dist or SINGLE
     reporter = reporter or Reporter()
@@ -316,6 +322,7 @@ def extract_features(
             reporter=reporter,
             on_chunk=persist if cache.folder is not None and not dist.enabled else None,
             stage=stage,
+            batches=stem.plain_batches(ids[mine], batch_size) if stem is not None and stem.knows(ids[mine]) else None,
         )
         new_ids = ids[mine][ok_idx]
         if dist.enabled:  # every rank gets every row; rank 0 keeps the cache

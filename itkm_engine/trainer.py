@@ -200,7 +200,7 @@ def _run_round(ws, cfg: Config, device: torch.device, reporter: Reporter, dist: 
     extract_features(
         ctx.model, final_images, cache_dir=ws.features_dir / key, key=key, device=device,
         batch_size=cfg.data.extract_batch_size, workers=cfg.data.workers, amp=cfg.amp,
-        reporter=reporter.child(*ROUND_SPANS["final"], part="final"), stage="extract", dist=dist,
+        reporter=reporter.child(*ROUND_SPANS["final"], part="final"), stage="extract", dist=dist, stem=ctx.stem,
     )
     timing["final"] = time.monotonic() - t_final
     seconds = ctx.elapsed_s()

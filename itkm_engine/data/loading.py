@@ -45,6 +45,18 @@ class CropTransform:
         self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
 
     def __call__(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        a = self.augment
+        if a is not None:
+            rng = rng or np.random.default_rng()
+        x = self.pixels(rgb, rng)
+        if a is not None and a.random_erasing > 0 and rng.random() < a.random_erasing:
+            x = _random_erase(x, rng)
+        return x
+
+    def pixels(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Resize, every pixel-level augmentation, normalisation: all but random erasing.  The
+        stem cache's fixed training views are drawn through this (data/stem_cache.py), so an
+        augmentation added here is among them; random erasing acts per draw on the cached map."""
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
         x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
         a = self.augment
@@ -62,15 +74,23 @@ class CropTransform:
                 top = int(rng.integers(0, 2 * p + 1))
                 left = int(rng.integers(0, 2 * p + 1))
                 x = x[:, top : top + h, left : left + w]
-        x = (x - self.mean) / self.std
-        if a is not None and a.random_erasing > 0 and rng.random() < a.random_erasing:
-            x = _random_erase(x, rng)
-        return x
+        return (x - self.mean) / self.std
 
 
 def _random_erase(x: torch.Tensor, rng: np.random.Generator, sl=0.02, sh=0.4, r1=0.3) -> torch.Tensor:
     """Zhong et al. random erasing: a random rectangle filled with random values."""
-    _, h, w = x.shape
+    box = erase_box(x.shape[1], x.shape[2], rng, sl, sh, r1)
+    if box is None:
+        return x
+    top, left, eh, ew = box
+    x = x.clone()
+    x[:, top : top + eh, left : left + ew] = torch.from_numpy(rng.standard_normal((3, eh, ew)).astype(np.float32))
+    return x
+
+
+def erase_box(h: int, w: int, rng: np.random.Generator, sl=0.02, sh=0.4, r1=0.3) -> tuple[int, int, int, int] | None:
+    """Random erasing's rectangle ``(top, left, height, width)`` on an ``h x w`` grid: an area of
+    ``sl..sh`` of it, aspect ``r1..1/r1`` (None when 20 tries found none that fits)."""
     area = h * w
     for _ in range(20):
         target = rng.uniform(sl, sh) * area
@@ -80,12 +100,8 @@ def _random_erase(x: torch.Tensor, rng: np.random.Generator, sl=0.02, sh=0.4, r1
         if 0 < eh < h and 0 < ew < w:
             top = int(rng.integers(0, h - eh + 1))
             left = int(rng.integers(0, w - ew + 1))
-            x = x.clone()
-            x[:, top : top + eh, left : left + ew] = torch.from_numpy(
-                rng.standard_normal((3, eh, ew)).astype(np.float32)
-            )
-            return x
-    return x
+            return top, left, eh, ew
+    return None
 
 
 class CropDataset(Dataset):
@@ -141,6 +157,9 @@ class Batch:
     group_idx: torch.Tensor
     labels: torch.Tensor
     failed: list[int]
+    #: ``images`` holds the image tower's frozen-prefix maps, not pixels (data/stem_cache.py):
+    #: pass it on as ``model.forward_image(..., prefix=batch.prefix)``.
+    prefix: bool = False
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(
@@ -150,6 +169,7 @@ class Batch:
             self.group_idx.to(device, non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
             self.failed,
+            self.prefix,
         )
 
     def __len__(self) -> int:

@@ -137,13 +137,26 @@ class ITKMModel(nn.Module):
         return new_s, new_g
 
     # -- image side ------------------------------------------------------------------------
-    def forward_image(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
-        """Images ``[B,3,H,W]`` (CLIP-normalised, ``cfg.image_size``) -> :class:`ImageOutput`."""
+    def forward_image(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor,
+                      prefix: bool = False) -> ImageOutput:
+        """Images ``[B,3,H,W]`` (CLIP-normalised, ``cfg.image_size``) -> :class:`ImageOutput`.
+        ``prefix=True``: ``x`` is :meth:`frozen_prefix`'s output for the images instead (a
+        ``Batch`` from :mod:`itkm_engine.data.stem_cache` says which it holds)."""
         s = self._as_index(scenario_idx, len(self.scenarios), "scenario", x.shape[0])
         g = self._as_index(group_idx, len(self.groups), "group", x.shape[0])
-        return self.tower(x, s, g)
+        return self.tower.forward_from_prefix(x, s, g) if prefix else self.tower(x, s, g)
 
     forward = forward_image
+
+    @property
+    def has_frozen_prefix(self) -> bool:
+        """Whether the image tower starts with a frozen prefix (see :class:`ImageTower`)."""
+        return bool(self.tower.has_frozen_prefix)
+
+    @torch.no_grad()
+    def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen prefix's output for images ``x`` (no gradients: nothing in it trains)."""
+        return self.tower.frozen_prefix(x)
 
     def retrieval_feature(self, out: ImageOutput) -> torch.Tensor:
         """The L2-normalised feature used for clustering and search (``cfg.feature``):

@@ -67,6 +67,23 @@ class ImageTower(nn.Module):
     def forward(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
         raise NotImplementedError
 
+    # -- a frozen prefix ------------------------------------------------------------------
+    #: Whether the tower starts with a *frozen prefix*: layers that never train (frozen weights,
+    #: BatchNorm in eval mode) and do not depend on the scenario or group, so their output for a
+    #: crop is a fixed function of its pixels and can be computed once and reused
+    #: (:mod:`itkm_engine.data.stem_cache`).  Then ``forward(x, s, g)`` equals
+    #: ``forward_from_prefix(frozen_prefix(x), s, g)``.  The ViT tower has none (its patch
+    #: embedding is a group stem and every block trains).
+    has_frozen_prefix: bool = False
+
+    def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B,3,H,W]`` (CLIP-normalised) -> the frozen prefix's output ``[B, ...]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen prefix")
+
+    def forward_from_prefix(self, h: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
+        """The rest of :meth:`forward`, from :meth:`frozen_prefix`'s output."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen prefix")
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -17,6 +17,10 @@ Layout (torchvision's ``mobilenet_v2().features``, 19 blocks, 1280 channels at t
       -> global average pool        1280-d ``pre``
       -> projection                 to CLIP's joint image-text width: ``proj``
 
+The frozen stem is the tower's *frozen prefix* (``frozen_prefix`` / ``forward_from_prefix``): its
+output depends on the pixels alone, so a round computes it once per crop and view
+(:mod:`itkm_engine.data.stem_cache`) and an epoch runs only the trainable blocks.
+
 BatchNorm stays in eval mode with its ImageNet statistics (``freeze_bn``): training it, or
 re-estimating its statistics on the crops, cost 4-7 mAP in the prototype. Inputs arrive normalised
 with CLIP's mean/std (the loaders are tower-agnostic) and are re-normalised to ImageNet's here.
@@ -176,9 +180,20 @@ class MobileNetV2Tower(ImageTower):
         return self.proj.weight.device
 
     # -- forward --------------------------------------------------------------------------
+    #: The frozen stem (``features[:frozen_blocks]``, BatchNorm in eval mode, never trained) comes
+    #: before the scenario embedding and the group stems: its output depends on the pixels alone.
+    has_frozen_prefix = True
+
     def forward(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
+        return self.forward_from_prefix(self.frozen_prefix(x), scenario_idx, group_idx)
+
+    def frozen_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP-normalised images -> the frozen stem's feature map (``[B, 32, H/8, W/8]`` with the
+        default 7 frozen blocks)."""
         x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
-        x = self.stem(x)
+        return self.stem(x)
+
+    def forward_from_prefix(self, x: torch.Tensor, scenario_idx: torch.Tensor, group_idx: torch.Tensor) -> ImageOutput:
         x = self.add_scenario(x, scenario_idx, self.cfg.scenario_scale)
         x = self.run_stems(x, group_idx)
         x = self.body(x)

@@ -14,6 +14,7 @@ from ..clustering import pseudo_labels
 from ..config import Config
 from ..constraints import Constraints, decided_pairs, enforce_on_labels
 from ..data.loading import Augment, CropDataset, CropTransform, PKSampler, make_loader
+from ..data.stem_cache import StemCache
 from ..vocabulary import DEFAULT_SITE, group_key
 from ..distributed import SINGLE, DistContext
 from ..features import FeatureSet, extract_features
@@ -53,6 +54,7 @@ class RoundContext:
     camera_sites: dict[str, str] = field(default_factory=dict)  # camera -> site (Workspace.camera_sites)
     timing: dict[str, float] = field(default_factory=dict)  # seconds per part of the round (trainer.py)
     elapsed_s: Any = lambda: 0.0  # the round's active seconds so far, earlier runs included
+    stem: StemCache | None = None  # the frozen stem's maps of the round's crops (stem_cache(); None: none)
 
     # -- images -----------------------------------------------------------------------------
     @property
@@ -87,9 +89,34 @@ class RoundContext:
     def has_ids(self) -> bool:
         return bool((np.asarray(self.images.person_id) >= 0).sum() > 1)
 
+    def augment(self) -> Augment:
+        d = self.cfg.data
+        return Augment(d.flip, d.pad, d.random_erasing, d.grayscale)
+
+    def stem_cache(self, reporter: Reporter | None = None, stage: str = "") -> StemCache | None:
+        """The round's :class:`StemCache`, built at the first call (a tower without a frozen
+        prefix has none; nor has a round with ``data.fixed_views`` and ``data.stem_cache_mb`` both
+        0, which reads pixels every time as before the cache)."""
+        d = self.cfg.data
+        if self._stem_pending():
+            self.stem = StemCache(
+                self.model, self.images, image_size=self.cfg.model.image_size, augment=self.augment(),
+                views=d.fixed_views, seed=(self.cfg.seed, self.round_no),
+                budget_mb=d.stem_cache_mb, device=self.device, batch_size=d.extract_batch_size, workers=d.workers,
+            ).build(reporter, stage)
+        return self.stem
+
+    def _stem_pending(self) -> bool:
+        d = self.cfg.data
+        return self.stem is None and self.model.has_frozen_prefix and (d.fixed_views > 0 or d.stem_cache_mb > 0)
+
     def extract(self, reporter: Reporter, stage: str) -> FeatureSet:
         """Features of every image with the model as it is now (the first call of a round may
         use the round's cached base features)."""
+        if self._stem_pending():  # the round's first extraction builds the stem cache first
+            self.stem_cache(reporter.child(0.0, 0.5), stage)
+            reporter = reporter.child(0.5, 1.0)
+        stem = self.stem
         if self.base_features is not None:
             fs, self.base_features = self.base_features, None
         else:
@@ -105,6 +132,7 @@ class RoundContext:
                 reporter=reporter,
                 stage="extract",  # a sub-step: the stage is the event's part (Reporter.child(part=...))
                 dist=self.dist,
+                stem=stem,
             )
         if fs.failed is not None and len(fs.failed):
             self.failed_ids.update(int(i) for i in fs.failed)
@@ -172,7 +200,7 @@ class RoundContext:
             [self.images.path[r] for r in rows],
             self.model.scenario_index(list(self.images.scenario[rows])).numpy(),
             self.model.group_index(list(self.images.group[rows])).numpy(),
-            CropTransform(self.cfg.model.image_size, Augment(d.flip, d.pad, d.random_erasing, d.grayscale)),
+            CropTransform(self.cfg.model.image_size, self.augment()),
             labels=labels,
             seed=seed,
         )
@@ -180,6 +208,9 @@ class RoundContext:
         sampler = PKSampler(labels, d.num_identities, d.num_instances, batches, seed=seed + 7919 * self.dist.rank,
                             pairs=pairs, decided=None if decided is None else decided.pairs,
                             decided_share=self.cfg.decisions.batch_share)
+        stem = self.stem_cache()
+        if stem is not None and stem.views > 0:  # the fixed views' maps (data/stem_cache.py)
+            return stem.training_batches(fs.ids, labels, sampler, seed)
         return make_loader(ds, batch_size=sampler.batch_size, sampler=sampler, workers=d.workers, device=self.device)
 
 

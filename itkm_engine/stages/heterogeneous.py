@@ -203,7 +203,7 @@ class HeterogeneousStage:
         if not len(batch):
             return {}
         b = batch.to(ctx.device, non_blocking=True)
-        out = self.forward(b.images, b.scenario_idx, b.group_idx)
+        out = self.forward(b.images, b.scenario_idx, b.group_idx, b.prefix)
         feats = ctx.model.retrieval_feature(out).float()
         homog = self.labels_t[b.index]
         terms = {

@@ -126,7 +126,7 @@ class HomogeneousStage:
         if not len(batch):
             return {}
         b = batch.to(self.ctx.device, non_blocking=True)
-        out = self.forward(b.images, b.scenario_idx, b.group_idx)
+        out = self.forward(b.images, b.scenario_idx, b.group_idx, b.prefix)
         feats = self.ctx.model.retrieval_feature(out).float()
         self._step = (feats.detach(), b.labels)
         terms = {"homogeneous": self.memories.loss(feats, b.labels)}

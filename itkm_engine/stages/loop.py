@@ -124,6 +124,7 @@ def run_stage(
     base_lrs = [g["initial_lr"] for g in opt.param_groups]
     for epoch in range(start_epoch, stage.epochs):
         seed_everything(epoch_seed(seed, round_no, stage.name, epoch))
+        cpu0 = time.process_time()
         ep_rep = reporter.child(epoch / stage.epochs, (epoch + 1) / stage.epochs)
         plan = stage.begin_epoch(epoch, ep_rep.child(0.0, 0.3))
         train_rep = ep_rep.child(0.3, 1.0)
@@ -173,6 +174,7 @@ def run_stage(
         values.update(stage.end_epoch(epoch, ep_rep))
         values["steps"] = n
         values["seconds"] = time.monotonic() - t0
+        values["cpu_seconds"] = time.process_time() - cpu0  # the whole epoch: its features, clusters and steps
         for hook in hooks:
             hook.after_epoch(stage, epoch, values)
         ep_rep.update(1.0, stage=stage.name, round=round_no, epoch=epoch, epochs=stage.epochs,

@@ -172,11 +172,18 @@ class MainWindow(QMainWindow):
         # another process's changes (a terminal's itkm commands): looked for every few seconds
         self._stamp: dict | None = None  # the workspace's change stamp last seen (None: take the next as is)
         self._own_writes = 0  # write jobs of the app that ended (their own signals refreshed the views)
+        self._own_parts: set[str] = set()  # parts whose views the app refreshed itself since the stamp
+        self._stamp_writes = 0  # the app's own writes (ws.writes_done) when the stamp was read
+        self._following = False  # the views follow another process's change (not the app's own)
         self._adopt_pending = False
         self._watch_timer = QTimer(self)
         self._watch_timer.setInterval(WATCH_INTERVAL_MS)
         self._watch_timer.timeout.connect(self.watch_workspace)
         self.jobs.jobEnded.connect(lambda j: j.kind == "write" and self._own_write_ended())
+        self.ctx.imagesChanged.connect(lambda: self._own_change("images"))
+        self.ctx.modelChanged.connect(lambda: self._own_change("model", "rounds"))
+        self.ctx.identitiesChanged.connect(lambda _t: self._own_change("decisions"))
+        self.panel("training").trainingChanged.connect(lambda _on: self._own_change("model", "rounds"))
         self.panel("training").trainingChanged.connect(lambda _on: (self.refresh_model_state(),
                                                                      self._update_actions()))
         self.panel("training").evaluated.connect(self._evaluated)
@@ -491,6 +498,7 @@ class MainWindow(QMainWindow):
     def _workspace_changed(self, ws) -> None:
         self.eval_label.setText("")
         self._stamp = None
+        self._own_parts = set()
         self._adopt_pending = False
         if ws is None:
             self._watch_timer.stop()
@@ -506,17 +514,25 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     # -- other processes' changes --------------------------------------------------------------------------------
+    def _own_change(self, *parts: str) -> None:
+        """The app refreshed these parts' views after a change of its own (an edit, a decision,
+        its training): the watcher does not report them as another process's."""
+        if not self._following:
+            self._own_parts.update(parts)
+
     def _own_write_ended(self) -> None:
-        """The app's own write job (its training child included) ended: what it changed is not
-        another process's change (the job's own signals refreshed the views), so the next stamp is
-        taken as it is."""
+        """The app's own write job (its training child included) ended: look at once.  The parts
+        it changed were refreshed by the job's own signals (:meth:`_own_change`); any other part
+        changed since the last stamp is another process's (a terminal's ``itkm train`` that ran
+        while the job did, or before the job's end reached the GUI thread)."""
         self._own_writes += 1
-        self.watch_workspace(adopt=True)
+        self.watch_workspace()
 
     def watch_workspace(self, adopt: bool = False) -> None:
         """Look (in a quiet read job) whether another process changed the workspace; the views
-        follow (:meth:`_workspace_stamp`).  ``adopt``: take the stamp as the new baseline (after
-        the app's own writes).  Not while the app itself writes: its jobs say what they change."""
+        follow (:meth:`_workspace_stamp`).  ``adopt``: take the stamp as the first baseline (a
+        workspace just opened).  Not while the app itself writes: its jobs say what they change,
+        and what another process changed meanwhile is reported once they ended."""
         ws = self.ctx.ws
         if ws is None:
             return
@@ -527,6 +543,7 @@ class MainWindow(QMainWindow):
             return
         mark = (self._own_writes, ws.writes_done)
         self.jobs.submit(WATCH_JOB, tasks.workspace_changes, ws, self.ctx.session, None if adopt else self._stamp,
+                         frozenset(self._own_parts),
                          quiet=True, report_errors=False,
                          on_done=lambda r, w=ws, m=mark, a=adopt: self._workspace_stamp(w, m, a, r))
 
@@ -535,29 +552,48 @@ class MainWindow(QMainWindow):
         if self.ctx.ws is not ws:
             return
         self._show_writer(ws, writer)
-        if mark != (self._own_writes, ws.writes_done) or self._adopt_pending:
-            # the app wrote meanwhile (a job, a decision): this stamp cannot tell its changes from
-            # another process's; take a fresh one as the baseline
+        if adopt or self._stamp is None or self._adopt_pending:
             self._adopt_pending = False
-            QTimer.singleShot(0, lambda: self.watch_workspace(adopt=True))
+            self._stamp, self._own_parts, self._stamp_writes = stamp, set(), mark[1]
             return
-        first = adopt or self._stamp is None
-        self._stamp = stamp
-        if first or not changed:
+        following = any(j.name != WATCH_JOB for j in self.jobs.active())
+        if (mark != (self._own_writes, ws.writes_done) or self.jobs.busy("write")
+                or (ws.writes_done != self._stamp_writes and following)):
+            # the app wrote while this stamp was read, or wrote (a decision) and its views are
+            # still following (the identities it recomputes): keep the last stamp -- never adopt
+            # one another process may have changed unseen -- and look again
+            QTimer.singleShot(WATCH_INTERVAL_MS // 4, self.watch_workspace)
+            return
+        # compared with the last stamp, never a fresh one: what the app changed itself meanwhile
+        # is in _own_parts (its views followed already), the rest is another process's
+        changed = [k for k in changed if k not in self._own_parts]
+        self._stamp, self._own_parts, self._stamp_writes = stamp, set(), mark[1]
+        if not changed:
             return
         who = f" (pid {writer.pid}: {writer.what()})" if writer is not None else ""
         self.log_view.add(LogMessage("info", f"the workspace was changed by another process{who}: "
                                              f"{', '.join(changed)}; the views follow"))
-        if "images" in changed:
-            self.ctx.imagesChanged.emit()
-        if "model" in changed:
-            self.ctx.modelChanged.emit()
-        elif "rounds" in changed:
-            self.panel("training").reload()
-            self.refresh_model_state()
+        self._following = True
+        try:
+            if "images" in changed:
+                self.ctx.imagesChanged.emit()
+            if "model" in changed:
+                self.ctx.modelChanged.emit()
+            elif "rounds" in changed:
+                self.panel("training").reload()
+                self.refresh_model_state()
+        finally:
+            self._following = False
         if "decisions" in changed and self.ctx.session is not None:
             self.jobs.submit("identities", tasks.identities, self.ctx.session, quiet=True,
-                             on_done=lambda t, s=self.ctx.session: self.ctx.session is s and self.ctx.set_identities(t))
+                             on_done=lambda t, s=self.ctx.session: self.ctx.session is s and self._follow_identities(t))
+
+    def _follow_identities(self, table) -> None:
+        self._following = True
+        try:
+            self.ctx.set_identities(table)
+        finally:
+            self._following = False
 
     def _show_writer(self, ws, writer) -> None:
         """The status bar names another process while it writes the workspace."""

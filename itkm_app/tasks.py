@@ -155,14 +155,14 @@ def make_demo_workspace(demo_dir: Path, ws_dir: Path, identities: int = 60, *, r
 APP_OWNER = "itkm-app"
 
 
-def workspace_changes(ws, session, since: dict | None, *, reporter):
-    """What another process changed since the stamp ``since`` (``Workspace.change_stamp``):
-    (the stamp now, the parts that changed, the process writing the workspace now or None).  The
-    session forgets what it derived from a changed part (off the GUI thread: it may wait for a
-    computation in progress)."""
+def workspace_changes(ws, session, since: dict | None, own: frozenset = frozenset(), *, reporter):
+    """What changed since the stamp ``since`` (``Workspace.change_stamp``): (the stamp now, the
+    parts that changed, the process writing the workspace now or None).  The session forgets what
+    it derived from a part another process changed -- not from ``own``, the parts the app changed
+    and followed itself (off the GUI thread: it may wait for a computation in progress)."""
     stamp = ws.change_stamp()
     changed = [] if since is None else [k for k in stamp if stamp[k] != since.get(k)]
-    if session is not None and {"images", "model"} & set(changed):
+    if session is not None and {"images", "model"} & (set(changed) - own):
         session.refresh()
     return stamp, changed, ws.other_writer()
 

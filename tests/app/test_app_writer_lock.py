@@ -78,6 +78,29 @@ def test_terminal_writes_run_beside_the_idle_app_and_the_app_follows(qtbot, wind
     assert not (trained_ws / "workspace.lock").exists()  # released after the write
 
 
+def test_a_terminal_change_while_an_app_write_job_runs_is_not_taken_for_the_apps_own(qtbot, window, trained_ws):
+    """A write job of the app (its features child, a camera edit) runs without holding the lock
+    between its writes; a terminal's ``itkm cameras --set`` meanwhile succeeds.  When the job
+    ends the window follows the terminal's change (it took the stamp after its own job as the new
+    baseline, so the change was never shown)."""
+    import threading
+
+    w = window
+    cam = _camera(w, "clothing-change").name
+    release = threading.Event()
+    w.jobs.submit("own write", lambda *, reporter: release.wait(60), kind="write", quiet=True)
+    with recording_errors() as errors:
+        p = run_cli("cameras", trained_ws, "--set", cam, "scenario=cross-camera", check=None)
+        assert p.returncode == 0, p.stderr
+        qtbot.wait(2500)  # a poll or more while the app's job runs: none reports yet
+        release.set()
+        qtbot.waitUntil(lambda: w.jobs.find("own write") is None, timeout=30_000)
+        qtbot.waitUntil(lambda: _scenario_in_panel(w, cam) == "cross-camera", timeout=30_000)
+        assert any("changed by another process" in m.text and "images" in m.text for m in w.log_view.messages())
+        _idle(qtbot, w)
+        assert not errors.calls, errors.calls
+
+
 def test_while_the_app_writes_a_terminal_is_refused_naming_the_app(qtbot, window, trained_ws):
     """Each write of the app holds the lock: a terminal command meanwhile is refused in one line
     that names the app and what it does (the same turn every app write takes: ingest, camera

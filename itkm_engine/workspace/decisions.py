@@ -83,6 +83,19 @@ def revision(ws) -> tuple:
     )
 
 
+def _record_batch(ws, rows: list[tuple[str, int, int]], user: str | None) -> int:
+    """Store ``rows`` ((kind, image_a, image_b)) as one new decision batch (one undo step),
+    stamped now and with ``user`` (the login name when None); the batch number."""
+    now, who = time.time(), _user() if user is None else user
+    with ws.transaction() as con:
+        batch = _new_batch(con)
+        con.executemany(
+            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            [(batch, k, a, b, now, who) for k, a, b in rows],
+        )
+    return batch
+
+
 def _new_batch(con) -> int:
     """Next batch id; retires undone batches (a new action clears the redo stack)."""
     for t in ("decisions", "identity_names"):
@@ -151,14 +164,7 @@ def decide(ws, pairs, kind: str, *, user: str | None = None) -> int:
     _check_images(ws, {i for p in norm for i in p})
     if kind == "must":
         _check_same_site(ws, norm)
-    now, who = time.time(), _user() if user is None else user
-    with ws.transaction() as con:
-        batch = _new_batch(con)
-        con.executemany(
-            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
-            [(batch, kind, a, b, now, who) for a, b in norm],
-        )
-    return batch
+    return _record_batch(ws, [(kind, a, b) for a, b in norm], user)
 
 
 def answer(ws, query: int, yes=(), no=(), *, user: str | None = None) -> int:
@@ -178,14 +184,7 @@ def answer(ws, query: int, yes=(), no=(), *, user: str | None = None) -> int:
         return 0
     _check_images(ws, {q, *yes, *no})
     _check_same_site(ws, [(q, i) for i in yes])
-    now, who = time.time(), _user() if user is None else user
-    with ws.transaction() as con:
-        batch = _new_batch(con)
-        con.executemany(
-            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
-            [(batch, k, a, b, now, who) for k, a, b in rows],
-        )
-    return batch
+    return _record_batch(ws, rows, user)
 
 
 def confirm(ws, pairs, *, user: str | None = None) -> int:
@@ -235,16 +234,9 @@ def record_split(ws, moved, rest, keys_moved, keys_rest, *, together: bool = Tru
     nothing is said about the moved ones among themselves."""
     must, cannot = split_pairs(moved, rest, keys_moved, keys_rest) if together else \
         _split_off_pairs(moved, rest, keys_moved, keys_rest)
-    now, who = time.time(), _user() if user is None else user
     _check_images(ws, {i for p in must + cannot for i in p})
     rows = [(k, min(a, b), max(a, b)) for k, prs in (("must", must), ("cannot", cannot)) for a, b in prs]
-    with ws.transaction() as con:
-        batch = _new_batch(con)
-        con.executemany(
-            "INSERT INTO decisions (batch, kind, image_a, image_b, at, user, state) VALUES (?, ?, ?, ?, ?, ?, 0)",
-            [(batch, k, a, b, now, who) for k, a, b in rows],
-        )
-    return batch
+    return _record_batch(ws, rows, user)
 
 
 def _split_off_pairs(moved, rest, keys_moved, keys_rest) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

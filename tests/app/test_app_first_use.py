@@ -11,7 +11,6 @@ import os
 import shutil
 import stat
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from itkm_app.context import ModelState  # noqa: E402
 from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
-from helpers.app import recording_errors  # noqa: E402
+from helpers.app import open_window, recording_errors, wait_idle  # noqa: E402
 from helpers.workspaces import copy_ws  # noqa: E402
 
 
@@ -35,22 +34,6 @@ from helpers.workspaces import copy_ws  # noqa: E402
 def recorded(qapp):
     with recording_errors() as rec:
         yield rec
-
-
-def _idle(qtbot, window, timeout=120_000):
-    qtbot.waitUntil(lambda: not window.jobs.busy("read") and not window.jobs.busy("write"), timeout=timeout)
-
-
-def _open(qtbot, path: Path, settings_path: Path, size=(1600, 1000)) -> MainWindow:
-    settings = Settings(settings_path)
-    settings.set("training/preset", "tiny")
-    window = MainWindow(settings, dev=True, warm=False)
-    window.resize(*size)
-    window.show()
-    window.open_workspace(path)
-    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=120_000)
-    _idle(qtbot, window)
-    return window
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +55,7 @@ def app(qapp, recorded, trained_ws_template, tmp_path_factory):
         np.save(path, xy)
         np.save(path.with_suffix(".ids.npy"), np.asarray(fs.ids, np.int64))
     qtbot = QtBot(None)
-    window = _open(qtbot, ws_path, base / "settings.ini")
+    window = open_window(qtbot, ws_path, base / "settings.ini")
     yield {"window": window, "qtbot": qtbot, "ws": ws_path, "xy": xy, "base": base}
     window.jobs.cancel_all()
     window.jobs.wait_idle(120)  # a job still ending would make close() ask (a modal dialog)
@@ -84,7 +67,7 @@ def fresh_app(qapp, recorded, fresh_embedded_ws, tmp_path):
     from pytestqt.qtbot import QtBot
 
     qtbot = QtBot(None)
-    window = _open(qtbot, fresh_embedded_ws, tmp_path / "settings.ini")
+    window = open_window(qtbot, fresh_embedded_ws, tmp_path / "settings.ini")
     yield window, qtbot
     window.jobs.cancel_all()
     window.jobs.wait_idle(120)  # a job still ending would make close() ask (a modal dialog)
@@ -126,7 +109,7 @@ def test_2_loose_folder_becomes_one_camera_named_after_it_and_is_selected(fresh_
     cams.ingest([str(loose)])
     qtbot.waitUntil(lambda: any(c.name == "door-cam" for c in cams.model.cameras) and not cams.loading(),
                     timeout=60_000)
-    _idle(qtbot, w)
+    wait_idle(qtbot, w)
     assert cams.selected_cameras() == ["door-cam"]
 
 
@@ -382,7 +365,7 @@ def test_12_demo_creation_is_shown_in_the_centre(qapp, recorded, tmp_path, monke
         qtbot.waitUntil(lambda: cams.empty._buttons.count() == 0, timeout=5_000)  # no "Open the demo" button
     finally:
         gate.set()
-        _idle(qtbot, window)
+        wait_idle(qtbot, window)
         window.close()
 
 
@@ -425,7 +408,7 @@ def test_14_train_and_retrain_are_disabled_while_a_write_job_runs(app):
         assert "training is running" in w.act_train.toolTip()
     finally:
         gate.set()
-        _idle(qtbot, w)
+        wait_idle(qtbot, w)
     assert w.act_train.isEnabled()
 
 
@@ -550,7 +533,7 @@ def test_2_a_refused_folder_gives_one_line_not_a_wall_of_text(app, recorded, tmp
     before = len(recorded.calls)
     w.panel("cameras").ingest([str(tmp_path / "empty")])
     qtbot.waitUntil(lambda: len(recorded.calls) > before, timeout=30_000)
-    _idle(qtbot, w)
+    wait_idle(qtbot, w)
     title, message, details = recorded.calls[-1]
     assert "\n" not in message and "has no images" in message
     assert "camera-folders" in details  # the supported layouts are one click away

@@ -860,17 +860,32 @@ class MainWindow(QMainWindow):
         self.settings.sync()
 
     # -- closing ------------------------------------------------------------------------------------------------------
-    def confirm_stop_training(self) -> bool:
+    def confirm_stop_training(self, what: str = "Training") -> bool:
+        """Ask whether to stop ``what`` (the operator's running work) and quit."""
+        kept = ("The round is kept after its last completed epoch; Start training resumes it next time."
+                if what == "Training" else "What was done so far is kept.")
         r = QMessageBox.question(
-            self, "Training is running",
-            "Training is still running. Stop it and quit?\n\nThe round is kept after its last completed epoch; "
-            "Start training resumes it next time.",
+            self, f"{what} is running", f"{what} is still running. Stop it and quit?\n\n{kept}",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
         return r == QMessageBox.StandardButton.Yes
 
+    def _work_to_ask_about(self) -> str | None:
+        """What the operator started and would lose by quitting (training, adding folders, making
+        the demo), or None.  Background writes (feature and identity caches, camera edits) are
+        cancelled without a question: they are redone on demand."""
+        if self.panel("training").is_training():
+            return "Training"
+        names = {j.name for j in self.jobs.active("write")}
+        if "ingest" in names:
+            return "Adding camera folders"
+        if "demo" in names:
+            return "Creating the demo"
+        return None
+
     def closeEvent(self, e: QCloseEvent) -> None:  # noqa: N802
-        if self.panel("training").is_training() or self.jobs.busy("write"):
-            if not self.confirm_stop_training():
+        what = self._work_to_ask_about()
+        if what is not None:
+            if not self.confirm_stop_training(what):
                 e.ignore()
                 return
         self._closing = True

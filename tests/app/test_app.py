@@ -399,19 +399,19 @@ def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, record
     training = window.panel("training")
     training.preset.setCurrentIndex(training.preset.findData("tiny"))
     asked = []
-    window.confirm_stop_training = lambda: (asked.append(1), False)[1]
+    window.confirm_stop_training = lambda what: (asked.append(what), False)[1]
     training.start()
     job = training.job
     seen = []
     job.progress.connect(seen.append)
     qtbot.waitUntil(lambda: any(e.stage in ("stage1", "extract") for e in seen), timeout=120_000)
     window.close()  # answered "no": keeps running
-    assert asked == [1] and window.isVisible() and training.job is job
-    window.confirm_stop_training = lambda: (asked.append(2), True)[1]
+    assert asked == ["Training"] and window.isVisible() and training.job is job
+    window.confirm_stop_training = lambda what: (asked.append(what), True)[1]
     cancelled = []
     job.cancelled.connect(lambda: cancelled.append(1))
     assert window.close()
-    assert asked == [1, 2]
+    assert asked == ["Training", "Training"]
     assert not window.isVisible()
     assert cancelled == [1]
     from itkm_engine.workspace import Workspace
@@ -420,6 +420,33 @@ def test_close_during_training_asks_then_cancels(qapp, qtbot, umap_ready, record
         rounds = ws.rounds()
     assert rounds and rounds[-1].status in ("cancelled", "running")
     assert recorded_errors.calls[errors_before:] == []  # a cancel is not an error
+
+
+def test_close_during_a_background_write_cancels_it_without_asking(qapp, qtbot, umap_ready, recorded_errors,
+                                                                  trained_ws, tmp_path):
+    """A cache write the app started by itself (features, identities) is cancelled on close without
+    a question -- it asked "Training is still running" when no training ran, and in an offscreen
+    run that question waits forever."""
+    import threading
+
+    window = _window_on(qtbot, trained_ws, tmp_path)
+    _wait_idle(qtbot, window)
+    asked = []
+    window.confirm_stop_training = lambda what: (asked.append(what), False)[1]
+    started = threading.Event()
+
+    def cache_write(*, reporter):
+        started.set()
+        while True:  # until cancelled, as a long feature extraction
+            reporter.check()
+            time.sleep(0.01)
+
+    job = window.jobs.submit("features", cache_write, kind="write", quiet=True)
+    cancelled = []
+    job.cancelled.connect(lambda: cancelled.append(1))
+    assert started.wait(30)
+    assert window.close()
+    assert asked == [] and not window.isVisible() and cancelled == [1]
 
 
 def test_demo_is_made_once_then_reused(qapp, qtbot, umap_ready, recorded_errors, tmp_path, monkeypatch):

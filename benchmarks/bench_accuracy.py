@@ -355,6 +355,23 @@ def expectation(name: str, value: float, reference: float, noise: float | None) 
             "margin": round(margin, 2), "result": result}
 
 
+def cols_of(pairs: list[dict]) -> list[str]:
+    """The numeric columns every ``off`` result of ``pairs`` has."""
+    keys = [c for c in pairs[0]["off"] if isinstance(pairs[0]["off"][c], (int, float))]
+    return [c for c in keys if all(c in p_["off"] for p_ in pairs)]
+
+
+def diff_columns(pairs: list[dict], cols: list[str]) -> dict[str, str]:
+    """``d <col>``: mean +- sd over the pairs of (off - full), per column (one pair: the difference)."""
+    out = {}
+    for c in cols:
+        d = [p_["off"][c] - p_["full"][c] for p_ in pairs
+             if np.isfinite(p_["off"].get(c, np.nan)) and np.isfinite(p_["full"].get(c, np.nan))]
+        out[f"d {c}"] = (f"{np.mean(d):+.2f}+-{np.std(d, ddof=1):.2f}" if len(d) > 1 else
+                         (f"{d[0]:+.2f}" if d else ""))
+    return out
+
+
 def epoch_costs(logs: dict[str, list[dict]]) -> list[dict]:
     """Mean CPU seconds of each stage's first and later epochs over the rounds in ``logs``."""
     acc: dict[str, list[float]] = {}
@@ -419,6 +436,9 @@ def main() -> int:
                     help="add an oracle row with true ids inside each camera only (no cross-camera links)")
     ap.add_argument("--save-features", type=Path, default=None, help="keep every scored model's features here")
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--ablation-seeds", type=int, default=3,
+                    help="seeds each ablation trains with, paired with the full method's same seed (default 3; "
+                         "at most --seeds)")
     ap.add_argument("--no-oracle", action="store_true",
                     help="skip the per-group oracle row (true ids inside each group, printed by default)")
     ap.add_argument("--model", default=None, help="model config name instead of the preset's (e.g. itkm-tiny)")
@@ -562,31 +582,43 @@ def main() -> int:
                              **{c: round(b[f"{c} mAP"] - mean[ref][f"{c} mAP"], 1) for c in DIRECTIONS},
                              "avg mAP": round(b["avg mAP"] - mean[ref]["avg mAP"], 2)})
 
-        # -- ablations ---------------------------------------------------------------------------------
+        # -- ablations: one switch off, one round, on every ablation seed; paired with the full method's
+        # round 1 of the same seed (the separation loss: on the two-site demo, against its full method) --
         ablation_rows: list[dict] = []
         site_rows: list[dict] = []
+        ablation_pairs: dict[str, list[dict]] = {}  # ablation -> [{"seed", "full", "off"}] per seed
+        n_abl = min(n_seeds, max(1, args.ablation_seeds))
         if not args.no_ablations:
             for key in ABLATIONS:
-                acfg = cfg.with_overrides(**{key: False})
-                ws = runs.workspace("no-" + key.replace(".", "-"), [(folder_s0, None)])
-                cols, cpu = runs.round(ws, acfg, f"no {key}", kinds0)
-                ws.close()
-                ablation_rows.append({"row": f"no {key}", **cols,
-                                      "d avg mAP": round(cols["avg mAP"] - round1["avg mAP"], 2),
-                                      "round CPU s": round(cpu, 1)})
+                for k in range(n_abl):
+                    seed = args.seed + k
+                    folder, _ = demo(seed if args.vary_data else 0)
+                    acfg = cfg.with_overrides(**{key: False, "seed": seed})
+                    ws = runs.workspace(f"no-{key.replace('.', '-')}-seed{seed}", [(folder, None)])
+                    cols, cpu = runs.round(ws, acfg, f"no {key}, seed {seed}", kinds_of(folder))
+                    ws.close()
+                    ablation_pairs.setdefault(f"no {key}", []).append(
+                        {"seed": seed, "full": per_seed[k]["round 1"], "off": cols, "cpu_s": round(cpu, 1)})
             # the separation loss on two sites with disjoint people
             site_a, site_b = make_two_site_demo(root / "two-site", identities=identities, seed=0,
                                                 images_per_camera=per_camera, infrared=args.infrared)
             sources = [(site_a, "site-a"), (site_b, "site-b")]
-            for label, scfg in (("two sites, full method", cfg),
-                                ("two sites, no stage2.separation", cfg.with_overrides(**{"stage2.separation": False}))):
-                ws = runs.workspace(label.replace(" ", "-").replace(",", "").replace(".", "-"), sources)
-                cols, cpu = runs.round(ws, scfg, label)
-                ws.close()
-                site_rows.append({"row": label, **cols, "round CPU s": round(cpu, 1)})
-            site_rows[1]["d avg mAP"] = round(site_rows[1]["avg mAP"] - site_rows[0]["avg mAP"], 2)
-            site_rows[0]["d avg mAP"] = 0.0
-            ablation_rows.append({**site_rows[1], "row": "no stage2.separation (two-site demo; vs two-site full)"})
+            for k in range(n_abl):
+                seed = args.seed + k
+                got = {}
+                for label, off in (("two sites, full method", False), ("two sites, no stage2.separation", True)):
+                    scfg = cfg.with_overrides(**{"stage2.separation": not off, "seed": seed})
+                    ws = runs.workspace(f"{label.replace(' ', '-').replace(',', '').replace('.', '-')}-seed{seed}",
+                                        sources)
+                    got[off], cpu = runs.round(ws, scfg, f"{label}, seed {seed}")
+                    ws.close()
+                    site_rows.append({"row": f"{label}, seed {seed}", **got[off], "round CPU s": round(cpu, 1)})
+                ablation_pairs.setdefault("no stage2.separation (two-site demo; vs two-site full)", []).append(
+                    {"seed": seed, "full": got[False], "off": got[True]})
+            for name, pairs in ablation_pairs.items():
+                mean_off = {c: round(float(np.mean([p_["off"][c] for p_ in pairs])), 2) for c in cols_of(pairs)}
+                ablation_rows.append({"row": name, "seeds": len(pairs), **mean_off,
+                                      **diff_columns(pairs, [f"{c} mAP" for c in DIRECTIONS] + ["avg mAP"])})
 
         total_s = time.perf_counter() - clock.t0
 
@@ -606,9 +638,11 @@ def main() -> int:
                 sd_d = float(np.std(d, ddof=1)) if len(d) > 1 else None
                 checks.append(expectation(f"{col.split()[0]} rises round 0 -> {r.split()[1]} (mean of {len(d)} seeds)",
                                           float(np.mean(d)), 0.0, 2 * sd_d / np.sqrt(len(d)) if sd_d else None))
-        for a in ablation_rows:
-            ref = site_rows[0][m] if "two-site" in a["row"] else round1[m]
-            checks.append(expectation(f"full method beats {a['row']} ({m}, round 1)", ref, a[m], noise))
+        for name, pairs in ablation_pairs.items():
+            d = [p_["full"][m] - p_["off"][m] for p_ in pairs]
+            sd_d = float(np.std(d, ddof=1)) if len(d) > 1 else None
+            checks.append(expectation(f"full method beats {name} ({m}, round 1, paired over {len(d)} seed(s))",
+                                      float(np.mean(d)), 0.0, 2 * sd_d / np.sqrt(len(d)) if sd_d else noise))
         per_k = 1000.0 * float(np.mean([t["cpu_s"] / t["images"] for t in runs.times])) if runs.times else float("nan")
         checks.append({"expectation": f"mean CPU s per round per 1,000 crops <= {ROUND_TARGET_CPU_S:.0f}",
                        "value": round(per_k, 1), "reference": ROUND_TARGET_CPU_S,
@@ -652,9 +686,11 @@ def main() -> int:
                         f"Paired difference of per-group pseudo-label quality vs {args.baseline.name}")
             base_rows = base_rows + [{"quality": True, **q} for q in base_q]
         if ablation_rows:
-            print_table([{"row": "full method (round 1)", **round1, "d avg mAP": 0.0}] + ablation_rows,
-                        "Ablations: one round, same seed, one switch off")
-            print_table(site_rows, "Separation loss on the two-site demo (disjoint people)")
+            print_table([{"row": r_["row"], "seeds": r_["seeds"], **{c: r_.get(f"d {c} mAP", "") for c in DIRECTIONS},
+                          "avg": r_.get("d avg mAP", "")} for r_ in ablation_rows],
+                        f"Ablations: one switch off, one round, paired with the full method's round 1 of the same "
+                        f"seed (off - full, mAP points, mean +- sd over {n_abl} seed(s); negative: the part helps)")
+            print_table(site_rows, "Separation loss on the two-site demo (disjoint people), per seed")
         print_table(runs.times, "Round times")
         print_table(epoch_costs(runs.logs), "CPU seconds per epoch (mean over the runs; an epoch = its features, "
                                             "clusters and steps; Stage I's first also builds the round's stem cache)")
@@ -680,6 +716,7 @@ def main() -> int:
             "bounds": gap_rows if bounds else [],
             "ablations": ablation_rows,
             "two_site": site_rows,
+            "ablation_pairs": ablation_pairs,
             "protocol": PROTOCOL,
             "noise_threshold_avg_mAP": noise,
             "round_times": runs.times,

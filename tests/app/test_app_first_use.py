@@ -22,11 +22,10 @@ from PySide6.QtGui import QColor  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from itkm_app import theme  # noqa: E402
-from itkm_app.context import ModelState  # noqa: E402
 from itkm_app.main_window import MainWindow  # noqa: E402
 from itkm_app.settings import Settings  # noqa: E402
 
-from helpers.app import open_window, recording_errors, wait_idle  # noqa: E402
+from helpers.app import fake_cached_map, open_window, recording_errors, wait_idle  # noqa: E402
 from helpers.workspaces import copy_ws  # noqa: E402
 
 
@@ -41,19 +40,10 @@ def app(qapp, recorded, trained_ws_template, tmp_path_factory):
     """A window on a copy of the trained demo workspace, with a (fake) cached 2-D map."""
     from pytestqt.qtbot import QtBot
 
-    from itkm_engine.projection import projection_path
-    from itkm_engine.session import Session
-
     base = tmp_path_factory.mktemp("firstuse")
     ws_path = base / "ws"
     copy_ws(trained_ws_template, ws_path)
-    with Session.open(ws_path, device="cpu") as s:
-        fs = s.features()
-        path = projection_path(s.ws.cache_dir, s.checkpoint_key())
-        xy = np.random.default_rng(0).normal(size=(len(fs.ids), 2)).astype(np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, xy)
-        np.save(path.with_suffix(".ids.npy"), np.asarray(fs.ids, np.int64))
+    xy = fake_cached_map(ws_path)
     qtbot = QtBot(None)
     window = open_window(qtbot, ws_path, base / "settings.ini")
     yield {"window": window, "qtbot": qtbot, "ws": ws_path, "xy": xy, "base": base}

@@ -16,139 +16,19 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
+from .console import ConsoleReporter, print_table, shown
+from .console import json_out as _json_out
+from .cli_args import (DASHED, dashed_name, identity_number, identity_type, non_negative_int, positive_int,
+                       refuse_empty_paths, text_arg)
 from .errors import Cancelled, ItkmError
-from .eta import format_duration, format_eta
-from .progress import LogMessage, ProgressEvent, Reporter
+from .eta import format_duration
+from .progress import Reporter
 
 EPILOG = "Run 'itkm COMMAND --help' for the options of one command."
-
-#: How the progress line names a job's part (``ProgressEvent.part``) and its sub-step (``stage``).
-PART_NAMES = {"extract": "features", "stage1": "Stage I", "stage2": "Stage II", "stage3": "Stage III",
-              "final": "new model's features"}
-STEP_NAMES = {"extract": "embedding", "knn": "clustering: neighbours", "encoding": "clustering: k-reciprocal",
-              "jaccard": "clustering: Jaccard", "dbscan": "clustering: DBSCAN"}
-
-
-# -- printing -------------------------------------------------------------------------------------
-class ConsoleReporter(Reporter):
-    """Progress on one updating line (a TTY) or a line every few seconds (logs); messages on stderr."""
-
-    def __init__(self, job: str, quiet: bool = False) -> None:
-        self._tty = sys.stderr.isatty()
-        self._last = 0.0
-        self._quiet = quiet
-        super().__init__(self._event, self._log, job=job)
-
-    def _event(self, e: ProgressEvent) -> None:
-        # Progress and messages never stop the work: a closed log pipe (itkm train 2>&1 | head)
-        # only ends the log.
-        with contextlib.suppress(BrokenPipeError):
-            self._show_event(e)
-
-    def _show_event(self, e: ProgressEvent) -> None:
-        if self._quiet:
-            return
-        now = time.monotonic()
-        if now - self._last < (0.2 if self._tty else 5.0) and (e.fraction or 0) < 1.0:
-            return
-        self._last = now
-        parts = [f"{100 * e.fraction:5.1f}%" if e.fraction is not None else "     "]
-        if e.round is not None:
-            parts.append(f"round {e.round}")
-        part = PART_NAMES.get(e.part, e.part)
-        step = STEP_NAMES.get(e.stage, "" if e.stage in (e.part, "done") else e.stage)
-        if part:
-            parts.append(part)
-        if e.epoch is not None and e.epochs:
-            parts.append(f"epoch {e.epoch + 1}/{e.epochs}")
-        if step:
-            parts.append(step)
-        if e.step is not None and e.steps:
-            parts.append(f"{e.step}/{e.steps}")
-        if e.losses:
-            parts.append(" ".join(f"{k}={v:.3f}" for k, v in list(e.losses.items())[:4]))
-        if e.fraction is not None and e.fraction < 1:
-            # itkm_engine/eta.py: the same estimate the app shows; none until it has a basis
-            parts.append(f"{format_eta(e.eta_s)} left" if e.eta_s is not None else "time left: not known yet")
-        if e.message:
-            parts.append(e.message)
-        line = "  ".join(parts)
-        if self._tty:
-            sys.stderr.write("\r\033[K" + line[:200])
-            sys.stderr.flush()
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def _log(self, m: LogMessage) -> None:
-        with contextlib.suppress(BrokenPipeError):
-            self._show_log(m)
-
-    def _show_log(self, m: LogMessage) -> None:
-        if self._quiet and m.level in ("debug", "info"):
-            return
-        if self._tty:
-            sys.stderr.write("\r\033[K")
-        prefix = "" if m.level == "info" else f"{m.level}: "
-        print(prefix + m.text, file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self._tty and not self._quiet:
-            with contextlib.suppress(BrokenPipeError):
-                sys.stderr.write("\r\033[K")
-                sys.stderr.flush()
-
-
-#: Characters that would steer the terminal or hide text: bidirectional overrides and isolates.
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def shown(value, limit: int | None = None) -> str:
-    """``value`` as text that is safe to print to a terminal on one line: control characters
-    (ESC, newline, ...), bidirectional overrides and the bytes of a non-UTF-8 name (surrogate
-    escapes) become visible escapes (``\\x1b``, ``\\n``, ``\\xff``); everything else is kept.
-    ``limit``: at most that many characters (a 5,000-digit argument is not echoed whole)."""
-    text = str(value)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 3] + "..."
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif 0xD800 <= o <= 0xDFFF or ch in _BIDI:
-            out.append(f"\\u{o:04x}")
-        elif o < 0x20 or 0x7F <= o < 0xA0:
-            out.append(_NAMED.get(ch, f"\\x{o:02x}"))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def print_table(rows: list[dict], cols: list[str] | None = None) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cols = cols or list(rows[0].keys())
-    cells = [[("" if r.get(c) is None else shown(r.get(c))) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-
-
-def _json_out(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
 
 # -- commands -------------------------------------------------------------------------------------
 def cmd_demo_data(a) -> int:
@@ -167,7 +47,7 @@ def cmd_ingest(a) -> int:
     from .data.ingest import ingest
     from .workspace import Workspace
 
-    _text_arg(a.site, "--site")
+    text_arg(a.site, "--site")
     rep = ConsoleReporter("ingest", a.quiet)
     with Workspace.open(a.workspace, create=True, reporter=rep) as ws:
         try:
@@ -567,7 +447,7 @@ def cmd_identities(a) -> int:
     if a.note is not None and not a.name:
         raise ItkmError("--note goes with --name: itkm identities WORKSPACE --name X NAME --note TEXT")
     if a.name:
-        name = (_identity_number(a.name[0], "--name"), _text_arg(a.name[1], "the name"), _text_arg(a.note or "", "--note"))
+        name = (identity_number(a.name[0], "--name"), text_arg(a.name[1], "the name"), text_arg(a.note or "", "--note"))
     rep = ConsoleReporter("identities", a.quiet)
     # Listing and --review are reads: no writer lock (they work beside the app or a training run,
     # and on a read-only disk); undo/redo/merge/split/name write.
@@ -708,10 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo-data", cmd_demo_data, "write the built-in multi-scenario demo camera set", ws=False)
     sp.add_argument("dir", metavar="DIR", help="output folder (created; must be empty or an earlier demo)")
-    sp.add_argument("--identities", type=_positive_int, default=60, help="number of people (default 60, ~2,000 crops)")
+    sp.add_argument("--identities", type=positive_int, default=60, help="number of people (default 60, ~2,000 crops)")
     sp.add_argument("--seed", type=int, default=0, help="random seed of the drawn people, clothes and cameras "
                     "(default 0: the same set every time; another seed draws another set)")
-    sp.add_argument("--id-offset", type=_non_negative_int, default=0, help="person ids start after this (a second demo set with "
+    sp.add_argument("--id-offset", type=non_negative_int, default=0, help="person ids start after this (a second demo set with "
                     "other people, e.g. for a second site: --id-offset 60)")
     sp.add_argument("--infrared", choices=("both", "thermal", "nir"), default="both",
                     help="infrared cameras: both (default: ir-a thermal-looking, ir-b near-infrared), thermal (ir-a "
@@ -732,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     sp = add("train", cmd_train, "run training rounds (Stage I -> II -> III); re-run to resume an interrupted one")
-    sp.add_argument("--rounds", type=_positive_int, default=1,
+    sp.add_argument("--rounds", type=positive_int, default=1,
                     help="training rounds to run, each Stage I -> II -> III starting from the last one's model "
                     "(default 1; an interrupted round is finished first and counts as one)")
     sp.add_argument("--preset", choices=["tiny", "quick", "full"],
@@ -759,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("image", metavar="IMAGE", help="an image file, a workspace image id, or text with --text")
     sp.add_argument("--text", action="store_true", help="IMAGE is a description, ranked with the CLIP text tower "
                     "(only where it has CLIP's pretrained weights: --preset full; off, with the reason, otherwise)")
-    sp.add_argument("--top-k", type=_positive_int, default=20, help="number of matches to list (default 20)")
+    sp.add_argument("--top-k", type=positive_int, default=20, help="number of matches to list (default 20)")
     sp.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of an image query (an id or "
                     "an ingested file); the score column is then rerank_score, not a cosine")
     sp.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
@@ -794,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("answer", cmd_answer, "search-and-answer: list an image's results to answer about, or record yes/no "
              "answers on them (one undo step)")
     sp.add_argument("image", metavar="IMAGE", help="the query: image id or image path")
-    sp.add_argument("--top-k", type=_positive_int, default=10, help="results to list (default 10)")
+    sp.add_argument("--top-k", type=positive_int, default=10, help="results to list (default 10)")
     sp.add_argument("--yes", nargs="+", metavar="IMAGE", help="these results show the query's person")
     sp.add_argument("--no", nargs="+", metavar="IMAGE", help="these results show someone else")
     sp.add_argument("--json", action="store_true")
@@ -802,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("identities", cmd_identities, "list identities; merge, split, name them; undo/redo decisions; review queue")
     act = sp.add_mutually_exclusive_group()
-    act.add_argument("--merge", nargs=2, type=_identity_type, metavar=("X", "Y"), help="identities X and Y are one "
+    act.add_argument("--merge", nargs=2, type=identity_type, metavar=("X", "Y"), help="identities X and Y are one "
                      "person (the merged identity keeps the named, else the older id)")
     act.add_argument("--split", nargs="+", metavar="IMAGE", help="these sightings (ids or paths) leave their identity: "
                      "each becomes an identity of its own (with --together: one new identity)")
@@ -810,14 +690,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "a name that starts with '-': --name X -- -NAME)")
     act.add_argument("--undo", action="store_true", help="undo the last decision (a merge/split/selection is one)")
     act.add_argument("--redo", action="store_true", help="redo the last undone decision")
-    act.add_argument("--review", type=_positive_int, metavar="N", help="the N pairs to review next: per direction, "
+    act.add_argument("--review", type=positive_int, metavar="N", help="the N pairs to review next: per direction, "
                      "every group in turn, those whose answer would change a label first; with the itkm confirm / "
                      "reject command that decides one")
     sp.add_argument("--note", help="note stored with --name (only with --name; one starting with '-': --note=-TEXT)")
     sp.add_argument("--override", action="store_true", help="with --merge: overrule decisions that said sightings of "
                     "the two identities are different people (refused otherwise)")
     sp.add_argument("--together", action="store_true", help="with --split: the sightings split off are one person")
-    sp.add_argument("--limit", type=_positive_int, default=50, help="rows to list (default 50)")
+    sp.add_argument("--limit", type=positive_int, default=50, help="rows to list (default 50)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--device")
 
@@ -828,86 +708,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "per group")
     sp.add_argument("--device")
     return p
-
-
-def _whole_number(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"{text} must be {least} or more")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (``--top-k -1`` used to return everything)."""
-    return _whole_number(text, 1)
-
-
-def _non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    return _whole_number(text, 0)
-
-
-def _identity_number(text: str, what: str = "an identity") -> int:
-    """An identity number as typed (plain ASCII digits, at most 18 of them); else one line."""
-    from .session import image_id_of
-
-    value = image_id_of(text)
-    if value is None:
-        raise ItkmError(f"{what}: {shown(repr(text), 60)} is not an identity number (a whole number from "
-                        "'itkm identities WORKSPACE')")
-    return value
-
-
-def _identity_type(text: str) -> int:
-    """argparse type of ``--merge``'s identity numbers."""
-    try:
-        return _identity_number(text)
-    except ItkmError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _text_arg(value: str | None, what: str) -> str | None:
-    """A text argument (a name, a note, a site) that must be UTF-8 text: bytes that are not (a
-    Latin-1 terminal, a script) come in as surrogate escapes and are refused in one line before
-    anything is written (SQLite would refuse them half-way through)."""
-    if value is None:
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ItkmError(f"{what} {shown(repr(value), 80)} is not UTF-8 text; type it again in a UTF-8 terminal") from None
-    return value
-
-
-def _dashed_name(argv: list[str]) -> list[str]:
-    """``identities ... --name X -- -NAME``: a name that starts with ``-`` (argparse would take it
-    for an option).  The ``--`` and the name become one value argparse keeps as it is."""
-    out, i = list(argv), 0
-    while i < len(out) - 3:
-        if out[i] == "--name" and out[i + 2] == "--":
-            out[i + 2 : i + 4] = [_DASHED + out[i + 3]]
-        i += 1
-    return out
-
-
-#: Marks a value that followed ``--`` (argv can never hold a NUL character).
-_DASHED = "\0"
-
-
-#: Positional path arguments; an empty one would otherwise mean the current folder ("" -> ".").
-_PATH_ARGS = {"workspace": "WORKSPACE", "dir": "DIR", "folders": "FOLDER", "out": "the output file"}
-
-
-def _refuse_empty_paths(a) -> None:
-    for attr, name in _PATH_ARGS.items():
-        values = getattr(a, attr, None)
-        for v in values if isinstance(values, list) else [values]:
-            if v is not None and not str(v).strip():
-                hint = "name a new file, e.g. tracks.csv" if attr == "out" else "give a path (. is the current folder)"
-                raise ItkmError(f"{name} is empty; {hint}")
 
 
 @contextlib.contextmanager
@@ -936,11 +736,11 @@ def _terminate_as_interrupt():
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
     parser = build_parser()
-    a = parser.parse_args(_dashed_name(sys.argv[1:] if argv is None else list(argv)))
+    a = parser.parse_args(dashed_name(sys.argv[1:] if argv is None else list(argv)))
     if getattr(a, "name", None):
-        a.name = [v.removeprefix(_DASHED) for v in a.name]
+        a.name = [v.removeprefix(DASHED) for v in a.name]
     try:
-        _refuse_empty_paths(a)
+        refuse_empty_paths(a)
         with _terminate_as_interrupt():
             rc = a.func(a)
         sys.stdout.flush()  # a closed pipe (itkm status | head) is met here, not at exit

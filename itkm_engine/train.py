@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from .cli import ConsoleReporter, build_parser
+from .cli import build_parser
+from .console import ConsoleReporter
 from .distributed import init_from_env, shutdown
 from .errors import ItkmError
 from .progress import Reporter

@@ -313,18 +313,27 @@ class Connection:
             with contextlib.suppress(sqlite3.Error):
                 old.close()
 
-    def _end_turn(self) -> None:
-        db = self.path / DB_NAME
+    def _drop_connection_and_lock(self, *, optimize: bool) -> None:
+        """Roll back what is open, close the connection (``optimize``: let SQLite refresh its
+        statistics first) and release the writer lock; errors of a connection already gone are
+        ignored."""
         con, self._con = self._con, None
         if con is not None:
             with contextlib.suppress(sqlite3.Error):
                 if con.in_transaction:
                     con.execute("ROLLBACK")
+            if optimize:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("PRAGMA optimize")
             with contextlib.suppress(sqlite3.Error):
                 con.close()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
+
+    def _end_turn(self) -> None:
+        db = self.path / DB_NAME
+        self._drop_connection_and_lock(optimize=False)
         self._con = self._connect_readonly(db)
 
     def _refuse_folder_links(self) -> None:
@@ -416,19 +425,7 @@ class Connection:
             self._lock = None
             return
         with self._rlock:
-            con, self._con = self._con, None
-            if con is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    if con.in_transaction:
-                        con.execute("ROLLBACK")
-                with contextlib.suppress(sqlite3.Error):
-                    if not self.readonly:
-                        con.execute("PRAGMA optimize")
-                with contextlib.suppress(sqlite3.Error):
-                    con.close()
-            lock, self._lock = self._lock, None
-            if lock is not None:
-                lock.release()
+            self._drop_connection_and_lock(optimize=not self.readonly)
 
     @property
     def closed(self) -> bool:

@@ -20,8 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from .console import ConsoleReporter, print_table, shown
-from .console import json_out as _json_out
+from .console import ConsoleReporter, json_out, print_table, shown
 from .cli_args import (DASHED, dashed_name, identity_number, identity_type, non_negative_int, positive_int,
                        refuse_empty_paths, text_arg)
 from .errors import Cancelled, ItkmError
@@ -95,7 +94,7 @@ def cmd_cameras(a) -> int:
             for c in ws.cameras()
         ]
     if a.json:
-        _json_out(rows)
+        json_out(rows)
     else:
         print_table(rows)
     return 0
@@ -171,7 +170,7 @@ def cmd_status(a) -> int:
             "last_evaluation": ev[-1] if ev else None,
         }
     if a.json:
-        _json_out(status)
+        json_out(status)
         return 0
     print(f"workspace  {status['workspace']}")
     print(f"cameras    {status['cameras']}  images {status['images']}  missing {status['missing']}  "
@@ -262,7 +261,7 @@ def cmd_query(a) -> int:
     # operator's answer about this match and the query (rankings obey it: confirmed first)
     score = "text_cosine" if a.text else "rerank_score" if a.rerank else "cosine"
     if a.json:
-        _json_out([{"rank": i + 1, score: round(m.similarity, 4), "image_id": m.image_id, "camera": m.camera,
+        json_out([{"rank": i + 1, score: round(m.similarity, 4), "image_id": m.image_id, "camera": m.camera,
                     "scenario": m.scenario, "group": m.group, "decision": m.decision or "", "path": m.path}
                    for i, m in enumerate(matches)])
         return 0
@@ -334,7 +333,7 @@ def cmd_answer(a) -> int:
                      "model_says": "same" if x.same_label else "different",
                      "path": images.path[images.index_of([x.image_id])[0]]} for x in sel]
         if a.json:
-            _json_out(rows)
+            json_out(rows)
         elif rows:
             print_table(rows)
             print(f"answer with: itkm answer WS {q} --yes IMAGE... --no IMAGE...")
@@ -364,7 +363,7 @@ def cmd_evaluate(a) -> int:
         raise ItkmError("nothing to evaluate: no person with a known id is seen by two cameras (ids come from "
                         "the folder layout, e.g. market or sysu; ingest such a folder to score the model)")
     _store_after_read(a, rep, "the evaluation", lambda ws: ws.save_metrics("evaluation", None, key, scores))
-    _json_out(scores) if a.json else print(format_scores(scores))
+    json_out(scores) if a.json else print(format_scores(scores))
     return 0
 
 
@@ -485,7 +484,7 @@ def cmd_identities(a) -> int:
             q = s.review_queue(a.review)
             images = s.images()
             if a.json:
-                _json_out([{"a": p.image_a, "b": p.image_b, "similarity": round(p.similarity, 4),
+                json_out([{"a": p.image_a, "b": p.image_b, "similarity": round(p.similarity, 4),
                             "boundary": round(p.boundary, 4), "same_identity": p.same_identity,
                             "same_label": p.same_label, "cross_scenario": p.cross_scenario,
                             "direction": p.direction, "change": round(p.change, 3),
@@ -512,7 +511,7 @@ def cmd_identities(a) -> int:
              "cameras": ",".join(x.cameras), "history": history.get(x.identity, ""),
              "note": names.get(x.identity, ("", ""))[1]} for x in summary[: a.limit]]
     if a.json:
-        _json_out(rows)
+        json_out(rows)
         return 0
     print_table(rows)
     largest = f" (the {len(rows)} largest shown; --limit N shows more)" if len(rows) < len(summary) else ""

@@ -11,12 +11,29 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs in one worker per core (pyproject.toml): torch's own threads in each worker
+    # (and in the CLI and training processes it starts, which inherit this) would only compete
+    # for the same cores, and on a busy machine wait for each other at every barrier.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from pathlib import Path
 
 import pytest
 
 from helpers.workspaces import copy_ws, embedded, ingested, trained
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core this process may use, at least 2 (the suite's slowest tests
+    wait on child processes, and a second worker runs meanwhile), at most 4 (each worker builds
+    the session's workspaces once and holds torch: ~1 GB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(2, min(4, cores))
+
 
 #: Size of the shared demo camera set (people); small so the session fixture trains in seconds.
 DEMO_IDENTITIES = 6

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--busy", type=int, default=2, help="busy loops beside the suite (default 2)")
     ap.add_argument("--out", default="suite", help="results/<OUT>.json (default suite)")
     args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # each run's row as it ends, also into a log file
 
     rows = []
     try:

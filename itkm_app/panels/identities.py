@@ -45,7 +45,12 @@ class IdentitiesPanel(Panel):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)  # two to merge
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         h = self.table.horizontalHeader()
-        h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # Columns sized to their contents once per load (``_loaded``), on the first 100 rows, then
+        # the operator's to resize.  Sized by the header itself (ResizeToContents), every row was
+        # measured again at each switch to this view, sort and filter letter: ~60 ms of the GUI
+        # thread per switch with 121 identities (benchmarks/bench_responsiveness.py).
+        h.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        h.setResizeContentsPrecision(100)
         h.setSectionResizeMode(IdentityModel.CAMERAS, QHeaderView.ResizeMode.Stretch)  # the rest: never "Seen"
         self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.setWordWrap(False)
@@ -145,6 +150,7 @@ class IdentitiesPanel(Panel):
         self.model.names = names
         self.model.history = history
         self.model.set_rows(summary)
+        self.table.resizeColumnsToContents()
         n_multi = sum(1 for s in summary if s.size > 1)
         multi_cam = sum(1 for s in summary if len(s.cameras) > 1)
         self.count.setText(f"{plural(len(summary), 'identity')} · {n_multi:,} seen more than once · "

@@ -57,14 +57,22 @@ class IdentityModel(RowsTableModel):
             return None
         s = self.rows[index.row()]
         c = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            name = self.names.get(s.identity, ("", ""))[0]
-            was = self.history.get(s.identity, "")
-            return [f"#{s.identity}{f' ({was})' if was else ''} {name}".rstrip(), s.size, self._span(s),
-                    ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios), f"{s.mean_confidence:.2f}",
-                    ", ".join(s.cameras)][c]
+        if role == Qt.ItemDataRole.DisplayRole:  # only the cell asked for (the view asks cell by cell)
+            if c == 0:
+                name = self.names.get(s.identity, ("", ""))[0]
+                was = self.history.get(s.identity, "")
+                return f"#{s.identity}{f' ({was})' if was else ''} {name}".rstrip()
+            if c == 1:
+                return s.size
+            if c == 2:
+                return self._span(s)
+            if c == 3:
+                return ", ".join(SCENARIO_SHORT.get(x, x) for x in s.scenarios)
+            if c == 4:
+                return f"{s.mean_confidence:.2f}"
+            return ", ".join(s.cameras)
         if role == Qt.ItemDataRole.UserRole:
-            return [s.identity, s.size, s.t_first, len(s.scenarios), s.mean_confidence, len(s.cameras)][c]
+            return (s.identity, s.size, s.t_first, len(s.scenarios), s.mean_confidence, len(s.cameras))[c]
         if role == Qt.ItemDataRole.TextAlignmentRole and c in (1, 4):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:

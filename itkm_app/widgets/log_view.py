@@ -97,11 +97,14 @@ class LogView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         h = self.table.horizontalHeader()
-        h.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        # the level column fits its longest word and icon at any time ("error" was shown as "e…"
-        # when the column had been sized for the rows seen so far)
-        h.setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
+        # Fixed widths: the time column holds "HH:MM:SS" only.  Sized to its contents, it was
+        # measured again over up to 1,000 rows at each message a training round logs.  The level
+        # column fits its longest word and icon at any time ("error" was shown as "e…" when the
+        # column had been sized for the rows seen so far).
         fm = self.table.fontMetrics()
+        h.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
+        h.resizeSection(0, max(fm.horizontalAdvance("00:00:00"), fm.horizontalAdvance("Time")) + 16)
+        h.setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
         h.resizeSection(1, max(fm.horizontalAdvance(w) for w in ("warning", "error", "debug", "info", "Level"))
                         + self.table.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize) + 32)
         h.setStretchLastSection(True)

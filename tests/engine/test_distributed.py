@@ -13,12 +13,14 @@ import numpy as np
 from itkm_engine.model.checkpoint import load_checkpoint
 from itkm_engine.workspace import Workspace
 
+from helpers.ports import free_port
+
 
 def test_torchrun_two_processes_train_a_round(ingested_ws_template, tmp_path):
     ws_path = tmp_path / "ws"
     shutil.copytree(ingested_ws_template, ws_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "itkm_engine.train", str(ws_path), "--preset", "tiny", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import CLI_ENV, REPO, cli_inproc, one_line, run_cli
+from helpers.ports import free_port
 from helpers.reliability import file_digest
 
 
@@ -163,7 +164,7 @@ def test_torchrun_refuses_another_model_on_every_rank(trained_ws):
     lineage (the CLI did), wrote config.toml and started.  Both ranks now refuse, nothing written."""
     before = file_digest(trained_ws / "config.toml")
     env = {**CLI_ENV, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "itkm_engine.train", str(trained_ws), "--preset", "quick", "-q"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert p.returncode != 0

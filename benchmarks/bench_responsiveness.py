@@ -3,6 +3,7 @@
     python benchmarks/bench_responsiveness.py                    # quick preset, one round, 2 busy processes
     python benchmarks/bench_responsiveness.py --preset tiny --runs 5
     python benchmarks/bench_responsiveness.py --busy 0           # an idle machine, for comparison
+    python benchmarks/bench_responsiveness.py --act-every 0      # nobody at the window (..._no_operator.json)
     python benchmarks/bench_responsiveness.py --preset tiny --diagnose   # where the long gaps come from
 
 Opens the app's main window (offscreen) on a copy of a demo workspace, clicks Start training on
@@ -255,7 +256,8 @@ def main() -> None:
           f"{'PASS' if gui <= TARGET_GUI_CPU_MS else 'MISS'}")
     print(f"worst wall-clock gap over all runs and phases: {worst:.0f} ms (target {TARGET_WORST_MS:.0f} ms): "
           f"{'PASS' if worst <= TARGET_WORST_MS else 'MISS'}")
-    path = write_json(f"responsiveness_{a.preset}", {"preset": a.preset, "images": info.n_images, "busy": a.busy,
+    name = f"responsiveness_{a.preset}" + ("" if a.act_every > 0 else "_no_operator")
+    path = write_json(name, {"preset": a.preset, "images": info.n_images, "busy": a.busy,
                                          "target_worst_ms": TARGET_WORST_MS,
                                          "target_gui_cpu_ms": TARGET_GUI_CPU_MS, "rows": rows,
                                          "act_every_s": a.act_every, "actions": actions})

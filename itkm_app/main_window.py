@@ -605,7 +605,7 @@ class MainWindow(QMainWindow):
         """The demo: made on first use in the user's data folder, ingested, opened; reused later."""
         base = data_dir()
         demo, ws_dir = base / "demo", base / "demo-workspace"
-        if self._demo_ready(ws_dir):
+        if self._demo_ready(demo, ws_dir):
             self.open_workspace(ws_dir)
             return
         self.log_view.add(LogMessage("info", f"creating the demo camera set in {demo}"))
@@ -625,14 +625,19 @@ class MainWindow(QMainWindow):
         job.cancelled.connect(lambda: cameras._on_workspace(self.ctx.ws))
 
     @staticmethod
-    def _demo_ready(ws_dir: Path) -> bool:
+    def _demo_ready(demo: Path, ws_dir: Path) -> bool:
+        """The demo workspace holds the whole demo set.  Adding it commits 2,000 crops at a time,
+        so a stop (or a crash) in between left a workspace with only the first batches: it is
+        finished by the demo job, not opened as it is."""
+        from itkm_engine.data.demo import complete_demo_size
         from itkm_engine.workspace import Workspace
 
-        if not Workspace.is_workspace(ws_dir):
+        size = complete_demo_size(demo)
+        if size is None or not Workspace.is_workspace(ws_dir):
             return False
         try:
             with Workspace.open(ws_dir, readonly=True) as ws:
-                return ws.image_count() > 0
+                return ws.image_count() >= size
         except Exception:  # noqa: BLE001 - not usable: make it again
             return False
 

